@@ -1,0 +1,29 @@
+"""Typed training failures. Each carries a stable `code` that the service stores as the job's error."""
+
+from __future__ import annotations
+
+
+class TrainingError(Exception):
+    """Base class: training cannot go on. `code` is stable and machine-readable."""
+
+    code = "training_failed"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ModelLoadError(TrainingError):
+    code = "model_load_failed"
+
+
+class InvalidDatasetError(TrainingError):
+    code = "invalid_dataset"
+
+
+class NonFiniteLossError(TrainingError):
+    code = "non_finite_loss"
+
+
+class CheckpointError(TrainingError):
+    code = "checkpoint_failed"

@@ -1,0 +1,97 @@
+"""Typed events that `train()` emits. Plain dataclasses, no torch, so the worker can import them cheaply.
+
+Every event serialises with `to_dict()` to `{"type": ..., **fields}`; paths are absolute strings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class Started:
+    """Training began (or resumed: `resumed_from_step` > 0)."""
+
+    total_steps: int
+    resumed_from_step: int
+    num_train_pairs: int
+    num_eval_pairs: int
+    model_family: Literal["sd", "sdxl"]
+    resolution: int
+    mixed_precision: str
+    trainable_parameters: int
+    type: Literal["started"] = "started"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One optimizer step finished; metrics are means over its micro-batches."""
+
+    step: int
+    total_steps: int
+    metrics: dict[str, float]
+    type: Literal["step"] = "step"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A complete, resumable checkpoint (also holding the LoRA weights of that step) is on disk."""
+
+    step: int
+    path: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    type: Literal["checkpoint"] = "checkpoint"
+
+
+@dataclass(frozen=True)
+class SampleImage:
+    prompt: str
+    path: str
+    with_lora: bool
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Validation images rendered at `step` (step 0 holds the base model's images, without LoRA)."""
+
+    step: int
+    images: list[SampleImage]
+    type: Literal["sample"] = "sample"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Held-out preference metrics at `step` (step 0 = the base model)."""
+
+    step: int
+    metrics: dict[str, float]
+    type: Literal["evaluation"] = "evaluation"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A finished adapter file: `format` is "diffusers" or "kohya"."""
+
+    path: str
+    format: Literal["diffusers", "kohya"]
+    type: Literal["artifact"] = "artifact"
+
+
+@dataclass(frozen=True)
+class Finished:
+    """Training ended: `stopped` is True when `should_stop()` cut it short before `total_steps`."""
+
+    step: int
+    total_steps: int
+    stopped: bool
+    type: Literal["finished"] = "finished"
+
+
+Event = Started | Step | Checkpoint | Sample | Evaluation | Artifact | Finished
+
+
+def to_dict(event: Event) -> dict[str, Any]:
+    """JSON-ready dict of an event, `type` included."""
+    return dataclasses.asdict(event)

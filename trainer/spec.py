@@ -1,0 +1,145 @@
+"""The training specification: what to train, on what, and how. No torch here.
+
+`TrainSpec` is shared by the API (which validates a job body against it, so that a bad spec is a 422 and
+never a crash on the GPU) and the trainer (which runs it). Defaults follow the MaPO reference recipe
+(SDXL, LoRA rank 8, lr 1e-5, batch 8 x accumulation 2, beta 0.1, gamma 0.5); see docs in MAPO.md.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Method = Literal["mapo", "dpo", "sft"]
+MixedPrecision = Literal["no", "fp16", "bf16"]
+LRScheduler = Literal["constant", "constant_with_warmup", "linear", "cosine"]
+
+DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+class ValidationSpec(BaseModel):
+    """Validation images generated during training, with and without the LoRA, from a fixed seed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompts: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Prompts to render; empty disables validation images.",
+    )
+    every_n_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="Render every N optimizer steps (and always at the end); None renders only at the end.",
+    )
+    num_inference_steps: int = Field(default=25, ge=1, le=200, description="Denoising steps per image.")
+    guidance_scale: float = Field(default=5.0, ge=0.0, le=30.0, description="Classifier-free guidance scale.")
+    seed: int = Field(default=0, ge=0, description="Seed of the sampling noise; fixed so images compare.")
+
+    @model_validator(mode="after")
+    def _prompts_needed_for_schedule(self) -> Self:
+        if self.every_n_steps is not None and not self.prompts:
+            raise ValueError("validation.every_n_steps is set but validation.prompts is empty")
+        if any(not p.strip() for p in self.prompts):
+            raise ValueError("validation.prompts must not contain empty prompts")
+        return self
+
+
+class TrainSpec(BaseModel):
+    """Everything the trainer needs besides the dataset and an output directory.
+
+    Invalid combinations raise `pydantic.ValidationError` whose message names the offending field.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_model: str = Field(
+        min_length=1,
+        description="Diffusers folder (local path) or hub id of an SD 1.x/2.x or SDXL base model.",
+        examples=["stabilityai/stable-diffusion-xl-base-1.0"],
+    )
+    method: Method = Field(
+        default="mapo",
+        description="mapo: margin-aware, reference-free; dpo: Diffusion-DPO (frozen reference = the base "
+        "model); sft: denoising loss on the chosen images only.",
+    )
+    resolution: int | None = Field(
+        default=None,
+        ge=16,
+        le=4096,
+        description="Training square size in pixels, a multiple of 8. None uses the base model's native "
+        "size (1024 for SDXL as in the reference recipe, 512 for SD 1.5).",
+    )
+    train_batch_size: int = Field(default=8, ge=1, le=256, description="Pairs per device per micro-step.")
+    gradient_accumulation_steps: int = Field(default=2, ge=1, le=1024, description="Micro-steps per update.")
+    max_train_steps: int = Field(default=2000, ge=1, le=1_000_000, description="Optimizer steps in all.")
+    learning_rate: float = Field(default=1e-5, gt=0.0, le=1.0, description="Peak learning rate (AdamW).")
+    lr_scheduler: LRScheduler = Field(default="constant", description="Learning-rate schedule after warmup.")
+    lr_warmup_steps: int = Field(default=0, ge=0, description="Linear warmup steps (not with 'constant').")
+    adam_beta1: float = Field(default=0.9, ge=0.0, lt=1.0, description="AdamW beta1.")
+    adam_beta2: float = Field(default=0.999, ge=0.0, lt=1.0, description="AdamW beta2.")
+    adam_weight_decay: float = Field(default=1e-2, ge=0.0, description="AdamW decoupled weight decay.")
+    adam_epsilon: float = Field(default=1e-8, gt=0.0, description="AdamW epsilon.")
+    max_grad_norm: float = Field(default=1.0, gt=0.0, description="Gradient-norm clipping threshold.")
+    beta: float = Field(default=0.1, gt=0.0, description="MaPO: weight of the preference (margin) term.")
+    gamma: float = Field(
+        default=0.5, gt=0.0, description="MaPO: scale of the errors inside the bounded score s(gamma*m)."
+    )
+    beta_dpo: float = Field(default=5000.0, gt=0.0, description="Diffusion-DPO: KL strength beta.")
+    lora_rank: int = Field(default=8, ge=1, le=1024, description="LoRA rank r.")
+    lora_alpha: float | None = Field(default=None, gt=0.0, description="LoRA alpha; None means alpha = r.")
+    lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_LORA_TARGETS),
+        min_length=1,
+        description="UNet module names (suffixes) that receive LoRA adapters.",
+    )
+    mixed_precision: MixedPrecision = Field(
+        default="fp16",
+        description="Autocast dtype on CUDA; base weights are stored in it, LoRA weights stay float32. "
+        "On a machine without CUDA training runs in float32 and the Started event says so.",
+    )
+    gradient_checkpointing: bool = Field(default=False, description="Trade compute for UNet memory.")
+    seed: int = Field(default=0, ge=0, description="Seed of data order, noise, timesteps and LoRA init.")
+    checkpoint_every_n_steps: int = Field(
+        default=500, ge=1, description="Save a resumable checkpoint every N optimizer steps."
+    )
+    keep_checkpoints: int = Field(default=3, ge=1, le=100, description="Newest checkpoints kept on disk.")
+    validation: ValidationSpec = Field(default_factory=ValidationSpec, description="Validation images.")
+    eval_fraction: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Fraction of pairs held out (never trained on) to measure preference accuracy on.",
+    )
+    eval_every_n_steps: int | None = Field(
+        default=None, ge=1, description="Measure held-out accuracy every N steps (and at 0 and the end)."
+    )
+    random_crop: bool = Field(default=False, description="Random instead of center crop.")
+    hflip: bool = Field(default=True, description="Flip both images of a pair together with p = 0.5.")
+    cache_latents: bool = Field(
+        default=False,
+        description="Encode each image (and its flip) and each prompt once and reuse them every epoch.",
+    )
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Self:
+        if self.resolution is not None and self.resolution % 8:
+            raise ValueError(f"resolution must be a multiple of 8, got {self.resolution}")
+        if self.lr_scheduler == "constant" and self.lr_warmup_steps:
+            raise ValueError("lr_warmup_steps needs lr_scheduler other than 'constant'")
+        if self.lr_warmup_steps > self.max_train_steps:
+            raise ValueError("lr_warmup_steps must not exceed max_train_steps")
+        if self.cache_latents and self.random_crop:
+            raise ValueError("random_crop cannot be combined with cache_latents (cached latents are center crops)")
+        if self.eval_every_n_steps is not None and self.eval_fraction == 0.0:
+            raise ValueError("eval_every_n_steps needs eval_fraction > 0")
+        if any(not m.strip() for m in self.lora_target_modules):
+            raise ValueError("lora_target_modules must not contain empty names")
+        return self
+
+    @property
+    def effective_lora_alpha(self) -> float:
+        """LoRA alpha with the `None` default resolved (alpha = rank, as in the reference)."""
+        return float(self.lora_rank) if self.lora_alpha is None else self.lora_alpha
