@@ -18,6 +18,15 @@ LRScheduler = Literal["constant", "constant_with_warmup", "linear", "cosine"]
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
+class SpecConflict(ValueError):
+    """A combination of fields is invalid; `field` is the dotted name to report (pydantic keeps this
+    exception in the error's `ctx["error"]`, since model-level errors carry no location)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class ValidationSpec(BaseModel):
     """Validation images generated during training, with and without the LoRA, from a fixed seed."""
 
@@ -40,9 +49,11 @@ class ValidationSpec(BaseModel):
     @model_validator(mode="after")
     def _prompts_needed_for_schedule(self) -> Self:
         if self.every_n_steps is not None and not self.prompts:
-            raise ValueError("validation.every_n_steps is set but validation.prompts is empty")
+            raise SpecConflict(
+                "validation.every_n_steps", "validation.every_n_steps is set but validation.prompts is empty"
+            )
         if any(not p.strip() for p in self.prompts):
-            raise ValueError("validation.prompts must not contain empty prompts")
+            raise SpecConflict("validation.prompts", "validation.prompts must not contain empty prompts")
         return self
 
 
@@ -126,17 +137,20 @@ class TrainSpec(BaseModel):
     @model_validator(mode="after")
     def _check_combinations(self) -> Self:
         if self.resolution is not None and self.resolution % 8:
-            raise ValueError(f"resolution must be a multiple of 8, got {self.resolution}")
+            raise SpecConflict("resolution", f"resolution must be a multiple of 8, got {self.resolution}")
         if self.lr_scheduler == "constant" and self.lr_warmup_steps:
-            raise ValueError("lr_warmup_steps needs lr_scheduler other than 'constant'")
+            raise SpecConflict("lr_warmup_steps", "lr_warmup_steps needs lr_scheduler other than 'constant'")
         if self.lr_warmup_steps > self.max_train_steps:
-            raise ValueError("lr_warmup_steps must not exceed max_train_steps")
+            raise SpecConflict("lr_warmup_steps", "lr_warmup_steps must not exceed max_train_steps")
         if self.cache_latents and self.random_crop:
-            raise ValueError("random_crop cannot be combined with cache_latents (cached latents are center crops)")
+            raise SpecConflict(
+                "random_crop",
+                "random_crop cannot be combined with cache_latents (cached latents are center crops)",
+            )
         if self.eval_every_n_steps is not None and self.eval_fraction == 0.0:
-            raise ValueError("eval_every_n_steps needs eval_fraction > 0")
+            raise SpecConflict("eval_every_n_steps", "eval_every_n_steps needs eval_fraction > 0")
         if any(not m.strip() for m in self.lora_target_modules):
-            raise ValueError("lora_target_modules must not contain empty names")
+            raise SpecConflict("lora_target_modules", "lora_target_modules must not contain empty names")
         return self
 
     @property
