@@ -7,6 +7,7 @@ saved with `save_pretrained`, so everything downstream loads them exactly like a
 
 from __future__ import annotations
 
+import itertools
 import json
 import tempfile
 from collections import Counter
@@ -105,12 +106,13 @@ def _train_bpe() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
     """Byte-level symbols (alone and word-final), then NUM_MERGES greedy merges over CORPUS."""
     alphabet = list(_bytes_to_unicode().values())
     symbols = alphabet + [s + "</w>" for s in alphabet]
-    words = Counter(tuple(w[:-1]) + (w[-1] + "</w>",) for w in CORPUS.split())
+    words = Counter((*w[:-1], w[-1] + "</w>") for w in CORPUS.split())
     merges: list[tuple[str, str]] = []
     for _ in range(NUM_MERGES):
         pairs: Counter[tuple[str, str]] = Counter()
         for word, count in words.items():
-            pairs.update({pair: count for pair in zip(word, word[1:], strict=False)})
+            for pair in itertools.pairwise(word):
+                pairs[pair] += count
         if not pairs:
             break
         best = max(pairs, key=lambda p: (pairs[p], p))
