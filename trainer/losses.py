@@ -140,4 +140,6 @@ def _pair_accuracy(advantage: torch.Tensor, *, tie_value: float) -> torch.Tensor
 
 def _check_same_shape(a: torch.Tensor, b: torch.Tensor) -> None:
     if a.ndim != 1 or a.shape != b.shape:
-        raise ValueError(f"expected two 1-D tensors of the same length, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"expected two 1-D tensors of the same length, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )

@@ -1,0 +1,130 @@
+"""Preference pairs from the canonical layout: transforms, batching, the train/eval split, latent cache.
+
+A pair's two images get the SAME flip and the same relative crop, so they stay aligned; the crop offset of
+the chosen image is recorded for SDXL's time ids. Pixels are normalised to [-1, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+
+from trainer.dataset_format import DatasetFormatError, PairRecord, read_pairs
+from trainer.errors import InvalidDatasetError
+
+
+@dataclass(frozen=True)
+class Augment:
+    resolution: int
+    random_crop: bool
+    hflip: bool
+
+
+@dataclass
+class PreparedImage:
+    pixels: torch.Tensor  # (3, R, R) in [-1, 1]
+    original_size: tuple[int, int]  # (h, w) before resizing
+    crop_top_left: tuple[int, int]  # (top, left) in the resized image
+
+
+def load_pairs(dataset_dir: Path) -> list[PairRecord]:
+    try:
+        pairs = read_pairs(dataset_dir)
+    except DatasetFormatError as exc:
+        raise InvalidDatasetError(str(exc)) from exc
+    if not pairs:
+        raise InvalidDatasetError(f"dataset {dataset_dir} has no pairs")
+    return pairs
+
+
+def split_pairs(num_pairs: int, eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic (train, eval) index split; eval is empty when eval_fraction is 0."""
+    num_eval = math.ceil(num_pairs * eval_fraction) if eval_fraction > 0 else 0
+    if num_eval >= num_pairs:
+        raise InvalidDatasetError(f"eval_fraction {eval_fraction} leaves no training pairs of {num_pairs}")
+    order = torch.randperm(num_pairs, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(order[num_eval:]), sorted(order[:num_eval])
+
+
+def prepare_image(
+    path: Path, *, resolution: int, flip: bool, crop_fraction: tuple[float, float]
+) -> PreparedImage:
+    """Resize the shorter side to `resolution`, flip, then crop at `crop_fraction` of the slack."""
+    with Image.open(path) as raw:
+        image = raw.convert("RGB")
+    original = (image.height, image.width)
+    scale = resolution / min(original)
+    size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
+    image = image.resize(size, Image.Resampling.BICUBIC)
+    if flip:
+        image = ImageOps.mirror(image)
+    top = round(crop_fraction[0] * (image.height - resolution))
+    left = round(crop_fraction[1] * (image.width - resolution))
+    image = image.crop((left, top, left + resolution, top + resolution))
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return PreparedImage(torch.from_numpy(array).permute(2, 0, 1).contiguous(), original, (top, left))
+
+
+class PairDataset(Dataset[dict[str, Any]]):
+    """Yields `{"pixels": (2, 3, R, R) [chosen, rejected], "prompt", "original_size", "crop_top_left"}`.
+
+    Randomness (flip, crop) comes from torch's global generator, which checkpoints save and restore.
+    """
+
+    def __init__(self, root: Path, pairs: list[PairRecord], augment: Augment) -> None:
+        self.root, self.pairs, self.augment = root, pairs, augment
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        pair = self.pairs[index]
+        flip = self.augment.hflip and bool(torch.rand(()) < 0.5)
+        crop = tuple(torch.rand(2).tolist()) if self.augment.random_crop else (0.5, 0.5)
+        images = [
+            prepare_image(self.root / rel, resolution=self.augment.resolution, flip=flip, crop_fraction=crop)
+            for rel in (pair.chosen, pair.rejected)
+        ]
+        return {
+            "pixels": torch.stack([images[0].pixels, images[1].pixels]),
+            "prompt": pair.prompt,
+            "original_size": torch.tensor(images[0].original_size),
+            "crop_top_left": torch.tensor(images[0].crop_top_left),
+            "index": index,
+        }
+
+
+def collate_pairs(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Batch B pairs into the [chosen_1..B; rejected_1..B] layout the loss expects."""
+    pixels = torch.stack([item["pixels"] for item in items])  # (B, 2, 3, R, R)
+    return {
+        "pixels": torch.cat([pixels[:, 0], pixels[:, 1]]),
+        "prompts": [item["prompt"] for item in items],
+        "original_sizes": torch.stack([item["original_size"] for item in items]),
+        "crop_top_lefts": torch.stack([item["crop_top_left"] for item in items]),
+        "indices": torch.tensor([item["index"] for item in items]),
+    }
+
+
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """A permutation per epoch derived from (seed, epoch) alone, so a resumed run sees the same order."""
+
+    def __init__(self, length: int, seed: int) -> None:
+        self.length, self.seed, self.epoch = length, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Any:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.length, generator=generator).tolist())

@@ -1,0 +1,211 @@
+"""`train()`: the training loop on accelerate. A spec and a dataset in, typed events and an adapter out.
+
+Runs unchanged under `accelerate launch` (data parallel); only the main process emits events and writes
+adapters. Calling it again with the same output_dir resumes from the newest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer import checkpoints
+from trainer.errors import NonFiniteLossError
+from trainer.events import Artifact, Checkpoint, Event, Finished, Started, Step
+from trainer.export import save_diffusers_lora, save_kohya_lora
+from trainer.objective import prepare_inputs, training_loss
+from trainer.session import TrainingSession, open_session
+from trainer.spec import TrainSpec
+
+ADAPTER_DIR = "adapter"
+
+
+@dataclass
+class TrainResult:
+    final_step: int
+    total_steps: int
+    stopped: bool
+    adapter_path: Path | None
+    kohya_path: Path | None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _never() -> bool:
+    return False
+
+
+def train(
+    spec: TrainSpec,
+    dataset_dir: Path,
+    output_dir: Path,
+    *,
+    on_event: Callable[[Event], None],
+    should_stop: Callable[[], bool] = _never,
+) -> TrainResult:
+    """Train `spec` on the dataset at `dataset_dir`, writing checkpoints, samples and the adapter under
+    `output_dir`. `should_stop()` is polled before every micro-step; when it answers True the run saves a
+    checkpoint and returns with `stopped=True`. Raises `trainer.errors.TrainingError` subclasses."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    session = open_session(spec, dataset_dir, output_dir)
+    emit = on_event if session.accelerator.is_main_process else (lambda event: None)
+    start_step = _resume(session, output_dir)
+    emit(_started_event(session, start_step))
+    session.run_validation(step=start_step, emit=emit, initial=True)
+    session.run_evaluation(step=start_step, emit=emit, force=True)
+    step, stopped, metrics = _run_steps(session, start_step, emit, should_stop)
+    if stopped:
+        if step > session.last_checkpoint_step:
+            _checkpoint(session, output_dir, step, metrics, emit)
+        emit(Finished(step=step, total_steps=spec.max_train_steps, stopped=True))
+        return TrainResult(step, spec.max_train_steps, True, None, None, metrics)
+    if session.last_checkpoint_step != step:
+        _checkpoint(session, output_dir, step, metrics, emit)
+    session.run_validation(step=step, emit=emit)
+    every = session.spec.eval_every_n_steps
+    if every is None or step % every:  # otherwise _after_step has just evaluated this step
+        session.run_evaluation(step=step, emit=emit, force=True)
+    adapter, kohya = _export(session, output_dir, emit)
+    emit(Finished(step=step, total_steps=spec.max_train_steps, stopped=False))
+    return TrainResult(step, spec.max_train_steps, False, adapter, kohya, metrics)
+
+
+def _run_steps(
+    session: TrainingSession, step: int, emit: Callable[[Event], None], should_stop: Callable[[], bool]
+) -> tuple[int, bool, dict[str, float]]:
+    """Optimizer steps from `step` to max_train_steps; returns (step reached, stopped early, metrics)."""
+    spec, accelerator = session.spec, session.accelerator
+    per_epoch = session.updates_per_epoch
+    metrics: dict[str, float] = {}
+    while step < spec.max_train_steps:
+        epoch, done_in_epoch = divmod(step, per_epoch)
+        loader = session.epoch_loader(epoch, skip_updates=done_in_epoch)
+        sums: dict[str, float] = {}
+        micro = 0
+        started = time.perf_counter()
+        for batch in loader:
+            if should_stop():
+                return step, True, metrics
+            sums = _add(sums, _micro_step(session, batch, step))
+            micro += 1
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            metrics = _finish_step(session, sums, micro, time.perf_counter() - started)
+            emit(Step(step=step, total_steps=spec.max_train_steps, metrics=metrics))
+            _after_step(session, step, metrics, emit)
+            sums, micro, started = {}, 0, time.perf_counter()
+            if step >= spec.max_train_steps:
+                break
+    return step, False, metrics
+
+
+def _micro_step(session: TrainingSession, batch: dict[str, Any], step: int) -> dict[str, float]:
+    accelerator = session.accelerator
+    with accelerator.accumulate(session.unet):
+        inputs = prepare_inputs(session.model, batch, session.resolution)
+        loss, metrics = training_loss(session.spec, session.unet, session.model, inputs)
+        if not torch.isfinite(loss.detach()):
+            raise NonFiniteLossError(
+                f"loss is {loss.item()} at step {step + 1}; the newest good checkpoint is step "
+                f"{session.last_checkpoint_step}"
+            )
+        accelerator.backward(loss)
+        if accelerator.sync_gradients:
+            norm = accelerator.clip_grad_norm_(session.trainable, session.spec.max_grad_norm)
+            metrics["grad_norm"] = float(norm)
+        session.optimizer.step()
+        session.lr_scheduler.step()
+        session.optimizer.zero_grad(set_to_none=True)
+    return metrics
+
+
+def _finish_step(
+    session: TrainingSession, sums: dict[str, float], micro: int, seconds: float
+) -> dict[str, float]:
+    metrics = {name: value / micro for name, value in sums.items() if name != "grad_norm"}
+    if "grad_norm" in sums:
+        metrics["grad_norm"] = sums["grad_norm"]
+    metrics["lr"] = float(session.lr_scheduler.get_last_lr()[0])
+    metrics["step_time_s"] = seconds
+    return metrics
+
+
+def _after_step(
+    session: TrainingSession, step: int, metrics: dict[str, float], emit: Callable[[Event], None]
+) -> None:
+    spec = session.spec
+    if step % spec.checkpoint_every_n_steps == 0:
+        _checkpoint(session, session.output_dir, step, metrics, emit)
+    every = spec.validation.every_n_steps
+    if every and step % every == 0 and step < spec.max_train_steps:
+        session.run_validation(step=step, emit=emit)
+    session.run_evaluation(step=step, emit=emit)
+
+
+def _checkpoint(
+    session: TrainingSession,
+    output_dir: Path,
+    step: int,
+    metrics: dict[str, float],
+    emit: Callable[[Event], None],
+) -> None:
+    accelerator = session.accelerator
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+
+        def write(tmp: Path) -> None:
+            accelerator.save_state(str(tmp / "state"))
+            save_diffusers_lora(session.lora_unet, session.lora_config, session.model.family, tmp / "lora")
+
+        path = checkpoints.save_checkpoint(
+            output_dir, step, write=write, state={"metrics": metrics}, keep=session.spec.keep_checkpoints
+        )
+        emit(Checkpoint(step=step, path=str(path), metrics=dict(metrics)))
+    session.last_checkpoint_step = step
+    accelerator.wait_for_everyone()
+
+
+def _resume(session: TrainingSession, output_dir: Path) -> int:
+    checkpoints.remove_incomplete(output_dir)
+    latest = checkpoints.latest_checkpoint(output_dir)
+    if latest is None:
+        return 0
+    step, path = latest
+    session.accelerator.load_state(str(path / "state"))
+    session.last_checkpoint_step = step
+    return min(step, session.spec.max_train_steps)
+
+
+def _export(
+    session: TrainingSession, output_dir: Path, emit: Callable[[Event], None]
+) -> tuple[Path | None, Path | None]:
+    if not session.accelerator.is_main_process:
+        return None, None
+    out = output_dir / ADAPTER_DIR
+    adapter = save_diffusers_lora(session.lora_unet, session.lora_config, session.model.family, out)
+    kohya = save_kohya_lora(session.lora_unet, session.spec.effective_lora_alpha, out)
+    emit(Artifact(path=str(adapter), format="diffusers"))
+    emit(Artifact(path=str(kohya), format="kohya"))
+    return adapter, kohya
+
+
+def _started_event(session: TrainingSession, start_step: int) -> Started:
+    return Started(
+        total_steps=session.spec.max_train_steps,
+        resumed_from_step=start_step,
+        num_train_pairs=session.num_train_pairs,
+        num_eval_pairs=session.num_eval_pairs,
+        model_family=session.model.family,
+        resolution=session.resolution,
+        mixed_precision=session.mixed_precision,
+        trainable_parameters=sum(p.numel() for p in session.trainable),
+    )
+
+
+def _add(sums: dict[str, float], metrics: dict[str, float]) -> dict[str, float]:
+    return {name: sums.get(name, 0.0) + value for name, value in metrics.items()}

@@ -1,0 +1,69 @@
+"""Validation images: the spec's prompts rendered from a fixed seed, with the LoRA and without it.
+
+The base model's images (LoRA off) do not change during training, so they are rendered once per run and
+reported at step 0; the LoRA's images are rendered at each validation step and at the end.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline, UNet2DConditionModel
+
+from trainer.events import SampleImage
+from trainer.models import DiffusionModel
+from trainer.spec import ValidationSpec
+
+
+def build_pipeline(model: DiffusionModel, unet: UNet2DConditionModel) -> Any:
+    """A text-to-image pipeline sharing the loaded modules; only the inference scheduler is read anew."""
+    components: dict[str, Any] = {
+        "unet": unet,
+        "vae": model.vae,
+        "text_encoder": model.text_encoders[0],
+        "tokenizer": model.tokenizers[0],
+    }
+    if model.family == "sdxl":
+        components |= {"text_encoder_2": model.text_encoders[1], "tokenizer_2": model.tokenizers[1]}
+    else:
+        components |= {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    pipeline = DiffusionPipeline.from_pretrained(model.source, **components)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+@torch.no_grad()
+def render(
+    pipeline: Any,
+    validation: ValidationSpec,
+    *,
+    resolution: int,
+    out_dir: Path,
+    with_lora: bool,
+) -> list[SampleImage]:
+    """Render every prompt with its own fixed-seed generator; PNGs go to out_dir/NN.png."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    unet = pipeline.unet
+    if not with_lora:
+        unet.disable_adapters()
+    try:
+        images = []
+        for index, prompt in enumerate(validation.prompts):
+            generator = torch.Generator("cpu").manual_seed(validation.seed + index)
+            image = pipeline(
+                prompt,
+                num_inference_steps=validation.num_inference_steps,
+                guidance_scale=validation.guidance_scale,
+                height=resolution,
+                width=resolution,
+                generator=generator,
+            ).images[0]
+            path = out_dir / f"{index:02d}.png"
+            image.save(path)
+            images.append(SampleImage(prompt=prompt, path=str(path), with_lora=with_lora))
+        return images
+    finally:
+        if not with_lora:
+            unet.enable_adapters()

@@ -1,0 +1,178 @@
+"""Everything one training run holds: accelerator, model with LoRA, data, optimizer, evaluator, sampler.
+
+`open_session` does the set-up the loop should not care about; the session's methods run the periodic
+side jobs (validation images, held-out evaluation) and hand out each epoch's data loader.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers import UNet2DConditionModel
+from diffusers.optimization import get_scheduler
+from peft import LoraConfig
+from torch.utils.data import DataLoader
+
+from trainer.data import Augment, EpochSampler, PairDataset, collate_pairs, load_pairs, split_pairs
+from trainer.encoding import CachedPairDataset, build_cache, collate_cached
+from trainer.evaluation import HeldOutEvaluator
+from trainer.events import Evaluation, Event, Sample
+from trainer.models import DiffusionModel, attach_lora, load_model, trainable_parameters
+from trainer.sampling import build_pipeline, render
+from trainer.spec import TrainSpec
+
+DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class TrainingSession:
+    spec: TrainSpec
+    accelerator: Accelerator
+    model: DiffusionModel
+    unet: Any  # the prepared (possibly distributed-wrapped) UNet
+    lora_config: LoraConfig
+    trainable: list[torch.nn.Parameter]
+    optimizer: Any
+    lr_scheduler: Any
+    loader: Any
+    sampler: EpochSampler
+    output_dir: Path
+    resolution: int
+    mixed_precision: str
+    num_train_pairs: int
+    num_eval_pairs: int
+    evaluator: HeldOutEvaluator | None
+    last_checkpoint_step: int = 0
+    _pipeline: Any = field(default=None, repr=False)
+
+    @property
+    def lora_unet(self) -> UNet2DConditionModel:
+        unwrapped: UNet2DConditionModel = self.accelerator.unwrap_model(self.unet)
+        return unwrapped
+
+    @property
+    def updates_per_epoch(self) -> int:
+        return math.ceil(len(self.loader) / self.spec.gradient_accumulation_steps)
+
+    def epoch_loader(self, epoch: int, *, skip_updates: int) -> Any:
+        """The loader for `epoch`, skipping the micro-batches of updates already done (on resume)."""
+        self.sampler.set_epoch(epoch)
+        # Epochs start on update boundaries, so accumulation restarts its micro-step count here.
+        self.accelerator.step = 0
+        if skip_updates:
+            return self.accelerator.skip_first_batches(
+                self.loader, skip_updates * self.spec.gradient_accumulation_steps
+            )
+        return self.loader
+
+    def run_validation(self, *, step: int, emit: Callable[[Event], None], initial: bool = False) -> None:
+        """Render the validation prompts: the base model's at the first call, the LoRA's at later ones."""
+        validation = self.spec.validation
+        if not validation.prompts or not self.accelerator.is_main_process:
+            return
+        if self._pipeline is None:
+            self._pipeline = build_pipeline(self.model, self.lora_unet)
+        samples = self.output_dir / "samples"
+        if initial:
+            images = render(
+                self._pipeline,
+                validation,
+                resolution=self.resolution,
+                out_dir=samples / "base",
+                with_lora=False,
+            )
+            emit(Sample(step=0, images=images))
+            return
+        images = render(
+            self._pipeline,
+            validation,
+            resolution=self.resolution,
+            out_dir=samples / f"step-{step:06d}",
+            with_lora=True,
+        )
+        emit(Sample(step=step, images=images))
+
+    def run_evaluation(self, *, step: int, emit: Callable[[Event], None], force: bool = False) -> None:
+        """Held-out preference metrics at the spec's interval (or now, if `force`)."""
+        every = self.spec.eval_every_n_steps
+        due = force or (every is not None and step % every == 0)
+        if self.evaluator is None or not due or not self.accelerator.is_main_process:
+            return
+        emit(Evaluation(step=step, metrics=self.evaluator.evaluate(self.lora_unet)))
+
+
+def open_session(spec: TrainSpec, dataset_dir: Path, output_dir: Path) -> TrainingSession:
+    """Load the model, attach LoRA, split and load the data, and prepare it all with accelerate."""
+    mixed = spec.mixed_precision if torch.cuda.is_available() else "no"
+    accelerator = Accelerator(
+        mixed_precision=mixed, gradient_accumulation_steps=spec.gradient_accumulation_steps
+    )
+    set_seed(spec.seed)
+    model = load_model(spec.base_model, device=accelerator.device, weight_dtype=DTYPES[mixed])
+    resolution = spec.resolution or model.native_resolution
+    lora_config = attach_lora(
+        model.unet,
+        rank=spec.lora_rank,
+        alpha=spec.effective_lora_alpha,
+        dropout=spec.lora_dropout,
+        targets=spec.lora_target_modules,
+    )
+    if spec.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+    pairs = load_pairs(dataset_dir)
+    train_idx, eval_idx = split_pairs(len(pairs), spec.eval_fraction, spec.seed)
+    augment = Augment(resolution, spec.random_crop, spec.hflip)
+    train_pairs = [pairs[i] for i in train_idx]
+    dataset: Any
+    if spec.cache_latents:
+        dataset = CachedPairDataset(build_cache(model, dataset_dir, train_pairs, augment), spec.hflip)
+        collate: Callable[[list[dict[str, Any]]], dict[str, Any]] = collate_cached
+    else:
+        dataset, collate = PairDataset(dataset_dir, train_pairs, augment), collate_pairs
+    sampler = EpochSampler(len(dataset), spec.seed)
+    loader = DataLoader(dataset, batch_size=spec.train_batch_size, sampler=sampler, collate_fn=collate)
+    trainable = trainable_parameters(model.unet)
+    optimizer = torch.optim.AdamW(
+        trainable,
+        lr=spec.learning_rate,
+        betas=(spec.adam_beta1, spec.adam_beta2),
+        weight_decay=spec.adam_weight_decay,
+        eps=spec.adam_epsilon,
+    )
+    # accelerate steps a prepared scheduler once per process, so its horizon scales with them.
+    lr_scheduler = get_scheduler(
+        spec.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=spec.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=spec.max_train_steps * accelerator.num_processes,
+    )
+    unet, optimizer, loader, lr_scheduler = accelerator.prepare(model.unet, optimizer, loader, lr_scheduler)
+    evaluator = None
+    if eval_idx and accelerator.is_main_process:
+        eval_pairs = [pairs[i] for i in eval_idx]
+        evaluator = HeldOutEvaluator(model, dataset_dir, eval_pairs, resolution=resolution, seed=spec.seed)
+    return TrainingSession(
+        spec=spec,
+        accelerator=accelerator,
+        model=model,
+        unet=unet,
+        lora_config=lora_config,
+        trainable=trainable,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        loader=loader,
+        sampler=sampler,
+        output_dir=output_dir,
+        resolution=resolution,
+        mixed_precision=mixed,
+        num_train_pairs=len(train_idx),
+        num_eval_pairs=len(eval_idx),
+        evaluator=evaluator,
+    )
