@@ -1,0 +1,31 @@
+"""All tables; importing this package registers every model on `Base.metadata` (Alembic relies on it)."""
+
+from core.models.base import Base, new_id, utcnow
+from core.models.dataset import Dataset, DatasetStatus
+from core.models.job import ACTIVE_STATUSES, FINISHED_STATUSES, JOB_STATUSES, Job, JobStatus
+from core.models.job_event import EventLevel, JobEvent
+from core.models.metric import Metric
+from core.models.outputs import Artifact, ArtifactFormat, Checkpoint, Sample
+from core.models.tenant import ApiKey, Tenant
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "FINISHED_STATUSES",
+    "JOB_STATUSES",
+    "ApiKey",
+    "Artifact",
+    "ArtifactFormat",
+    "Base",
+    "Checkpoint",
+    "Dataset",
+    "DatasetStatus",
+    "EventLevel",
+    "Job",
+    "JobEvent",
+    "JobStatus",
+    "Metric",
+    "Sample",
+    "Tenant",
+    "new_id",
+    "utcnow",
+]

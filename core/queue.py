@@ -1,0 +1,51 @@
+"""Queue and task names, and the broker connection settings that the API (producer) and the worker
+(consumer) must share. The API enqueues by task name and never imports the worker or torch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from core.settings import Settings
+
+GPU_QUEUE = "mapo.gpu"
+TRAIN_JOB_TASK = "mapo.train_job"
+
+
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    """Options for the embedded `filesystem://` broker: one folder serves as both in- and outbox."""
+    if not settings.broker_url.startswith("filesystem"):
+        return {}
+    folder = str(settings.broker_dir.resolve())
+    return {
+        "data_folder_in": folder,
+        "data_folder_out": folder,
+        "processed_folder": str((settings.broker_dir / "processed").resolve()),
+        "store_processed": False,
+    }
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery configuration common to producer and consumer."""
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.result_backend,
+        "broker_transport_options": broker_transport_options(settings),
+        "task_default_queue": GPU_QUEUE,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "broker_connection_retry_on_startup": True,
+    }
+
+
+def make_producer(settings: Settings) -> Celery:
+    """A Celery app used only to send tasks by name."""
+    app = Celery("mapo-producer")
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def enqueue_train_job(producer: Celery, job_id: str) -> None:
+    """Send the training task for `job_id`; call only after the job row is committed."""
+    producer.send_task(TRAIN_JOB_TASK, args=[job_id], queue=GPU_QUEUE)

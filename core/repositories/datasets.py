@@ -1,0 +1,63 @@
+"""Datasets of a tenant."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import exists, select
+from sqlalchemy.orm import Session
+
+from core.models import ACTIVE_STATUSES, Dataset, Job
+from core.repositories.pagination import Page, paginate
+
+
+def add_dataset(
+    session: Session,
+    *,
+    dataset_id: str,
+    tenant_id: str,
+    name: str,
+    storage_key: str,
+    num_pairs: int,
+    size_bytes: int,
+    sha256: str,
+    preview: list[dict[str, Any]],
+) -> Dataset:
+    """Record a dataset whose files are already complete in storage (status `ready`)."""
+    dataset = Dataset(
+        id=dataset_id,
+        tenant_id=tenant_id,
+        name=name,
+        status="ready",
+        storage_key=storage_key,
+        num_pairs=num_pairs,
+        bytes=size_bytes,
+        sha256=sha256,
+        preview=preview,
+    )
+    session.add(dataset)
+    session.flush()
+    return dataset
+
+
+def get_dataset(session: Session, dataset_id: str, *, tenant_id: str) -> Dataset | None:
+    """The tenant's dataset, or None (another tenant's dataset is None too)."""
+    return session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant_id))
+
+
+def list_datasets(session: Session, *, tenant_id: str, limit: int, after: str | None) -> Page[Dataset]:
+    """Newest first."""
+    stmt = select(Dataset).where(Dataset.tenant_id == tenant_id)
+    return paginate(session, stmt, key=Dataset.id, after=after, limit=limit, newest_first=True)
+
+
+def dataset_in_use(session: Session, dataset_id: str) -> bool:
+    """True while a job that has not finished refers to the dataset."""
+    stmt = select(exists().where(Job.dataset_id == dataset_id, Job.status.in_(ACTIVE_STATUSES)))
+    return bool(session.scalar(stmt))
+
+
+def delete_dataset(session: Session, dataset: Dataset) -> None:
+    """Delete the row; finished jobs keep their history with `dataset_id` set to NULL."""
+    session.delete(dataset)
+    session.flush()

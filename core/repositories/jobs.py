@@ -1,0 +1,154 @@
+"""Jobs: creation and lookup for the API; claim, heartbeat, progress, cancel and finish for the worker.
+
+Every state change is one conditional UPDATE whose WHERE clause names the states it may leave, so two
+processes racing on the same row cannot both win (the loser sees `False`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import CursorResult, Update, select, update
+from sqlalchemy.orm import Session
+
+from core.models import FINISHED_STATUSES, Job, utcnow
+from core.repositories.pagination import Page, paginate
+
+
+def add_job(session: Session, job: Job) -> Job:
+    """Insert a new job (status queued)."""
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(session: Session, job_id: str, *, tenant_id: str | None = None) -> Job | None:
+    """The job, or None; with `tenant_id` another tenant's job is None too."""
+    stmt = select(Job).where(Job.id == job_id)
+    if tenant_id is not None:
+        stmt = stmt.where(Job.tenant_id == tenant_id)
+    return session.scalar(stmt)
+
+
+def get_job_by_idempotency_key(session: Session, *, tenant_id: str, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
+
+
+def list_jobs(
+    session: Session, *, tenant_id: str, status: str | None, limit: int, after: str | None
+) -> Page[Job]:
+    """Newest first, optionally only those in `status`."""
+    stmt = select(Job).where(Job.tenant_id == tenant_id)
+    if status is not None:
+        stmt = stmt.where(Job.status == status)
+    return paginate(session, stmt, key=Job.id, after=after, limit=limit, newest_first=True)
+
+
+def get_status(session: Session, job_id: str) -> str | None:
+    """The job's current status read from the database (not from the session's identity map)."""
+    return session.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
+
+
+def _changed(session: Session, stmt: Update) -> bool:
+    result = session.execute(stmt, execution_options={"synchronize_session": False})
+    assert isinstance(result, CursorResult)
+    session.expire_all()
+    return result.rowcount == 1
+
+
+def claim_job(session: Session, job_id: str, *, worker_id: str) -> bool:
+    """queued → running for `worker_id`; False if another delivery claimed it or it was cancelled."""
+    now = utcnow()
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.status == "queued")
+        .values(status="running", worker_id=worker_id, heartbeat_at=now, attempts=Job.attempts + 1)
+    )
+    won = _changed(session, stmt)
+    if won:
+        session.execute(
+            update(Job).where(Job.id == job_id, Job.started_at.is_(None)).values(started_at=now),
+            execution_options={"synchronize_session": False},
+        )
+    return won
+
+
+def reclaim_stale_job(session: Session, job_id: str, *, worker_id: str, stale_before: datetime) -> bool:
+    """Take over a running job whose worker stopped heartbeating before `stale_before` (it died);
+    the new worker resumes from the newest checkpoint."""
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running", Job.heartbeat_at < stale_before)
+        .values(worker_id=worker_id, heartbeat_at=utcnow(), attempts=Job.attempts + 1)
+    )
+    return _changed(session, stmt)
+
+
+def heartbeat(session: Session, job_id: str, *, worker_id: str) -> str | None:
+    """Stamp the heartbeat; returns the job's status (`cancelling` means stop), or None if the job is no
+    longer this worker's."""
+    stmt = update(Job).where(Job.id == job_id, Job.worker_id == worker_id).values(heartbeat_at=utcnow())
+    if not _changed(session, stmt):
+        return None
+    return get_status(session, job_id)
+
+
+def update_progress(
+    session: Session,
+    job_id: str,
+    *,
+    step: int,
+    total_steps: int,
+    eta_seconds: float | None,
+    latest_metrics: dict[str, float] | None = None,
+) -> None:
+    """Record progress of a running job (`latest_metrics` None keeps the previous ones)."""
+    values: dict[str, Any] = {"step": step, "total_steps": total_steps, "eta_seconds": eta_seconds}
+    if latest_metrics is not None:
+        values["latest_metrics"] = latest_metrics
+    _changed(session, update(Job).where(Job.id == job_id).values(**values))
+
+
+def request_cancel(session: Session, job_id: str) -> str | None:
+    """queued → cancelled at once, running → cancelling; other states unchanged. Returns the new status."""
+    now = utcnow()
+    queued = update(Job).where(Job.id == job_id, Job.status == "queued")
+    if not _changed(session, queued.values(status="cancelled", finished_at=now, eta_seconds=None)):
+        _changed(
+            session, update(Job).where(Job.id == job_id, Job.status == "running").values(status="cancelling")
+        )
+    return get_status(session, job_id)
+
+
+def finish_job(
+    session: Session,
+    job_id: str,
+    *,
+    status: str,
+    worker_id: str | None = None,
+    error_code: str | None = None,
+    error_message: str | None = None,
+) -> bool:
+    """running/cancelling → succeeded | failed | cancelled; False if the job was not running (or, with
+    `worker_id`, not this worker's)."""
+    if status not in FINISHED_STATUSES:
+        raise ValueError(f"finish_job status must be one of {sorted(FINISHED_STATUSES)}, got {status!r}")
+    stmt = update(Job).where(Job.id == job_id, Job.status.in_(("running", "cancelling")))
+    if worker_id is not None:
+        stmt = stmt.where(Job.worker_id == worker_id)
+    values = {"error_code": error_code, "error_message": error_message, "eta_seconds": None}
+    return _changed(session, stmt.values(status=status, finished_at=utcnow(), **values))
+
+
+def requeue_job(session: Session, job_id: str, *, worker_id: str | None = None) -> bool:
+    """running → queued (the worker is shutting down and the broker will redeliver); a job being
+    cancelled is cancelled instead. False if the job was in neither state."""
+    stmt = update(Job).where(Job.id == job_id)
+    if worker_id is not None:
+        stmt = stmt.where(Job.worker_id == worker_id)
+    running = stmt.where(Job.status == "running").values(status="queued", worker_id=None, heartbeat_at=None)
+    if _changed(session, running):
+        return True
+    cancelling = stmt.where(Job.status == "cancelling").values(status="cancelled", finished_at=utcnow())
+    return _changed(session, cancelling)

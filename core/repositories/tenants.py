@@ -1,0 +1,60 @@
+"""Tenants and their API keys."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.models import ApiKey, Tenant, utcnow
+from core.security import generate_api_key, hash_api_key, hashes_match, lookup_prefix
+
+
+def create_tenant(session: Session, name: str) -> Tenant:
+    """A new tenant; names are unique."""
+    tenant = Tenant(name=name)
+    session.add(tenant)
+    session.flush()
+    return tenant
+
+
+def get_tenant_by_name(session: Session, name: str) -> Tenant | None:
+    return session.scalar(select(Tenant).where(Tenant.name == name))
+
+
+def get_or_create_tenant(session: Session, name: str) -> Tenant:
+    """The tenant called `name`, created if missing (the `mapo keys create` path)."""
+    return get_tenant_by_name(session, name) or create_tenant(session, name)
+
+
+def create_api_key(session: Session, *, tenant_id: str, pepper: str, name: str = "") -> tuple[ApiKey, str]:
+    """A new key for the tenant: returns the row and the clear key, which is never stored and not
+    recoverable later."""
+    clear = generate_api_key()
+    key = ApiKey(
+        tenant_id=tenant_id, prefix=lookup_prefix(clear), key_hash=hash_api_key(clear, pepper), name=name
+    )
+    session.add(key)
+    session.flush()
+    return key, clear
+
+
+def authenticate(session: Session, clear_key: str, *, pepper: str) -> Tenant | None:
+    """The tenant owning an unrevoked key equal to `clear_key`, or None; stamps `last_used_at`."""
+    digest = hash_api_key(clear_key, pepper)
+    candidates = session.scalars(
+        select(ApiKey).where(ApiKey.prefix == lookup_prefix(clear_key), ApiKey.revoked_at.is_(None))
+    )
+    for key in candidates:
+        if hashes_match(key.key_hash, digest):
+            key.last_used_at = utcnow()
+            return session.get(Tenant, key.tenant_id)
+    return None
+
+
+def revoke_api_key(session: Session, key_id: str) -> bool:
+    """Revoke a key by id; False if it does not exist."""
+    key = session.get(ApiKey, key_id)
+    if key is None:
+        return False
+    key.revoked_at = key.revoked_at or utcnow()
+    return True

@@ -1,0 +1,85 @@
+"""The one Settings object (environment variables prefixed `MAPO_`), with embedded single-machine defaults.
+
+Outside `development` the defaults that are only safe on a laptop (the published API-key pepper) are refused,
+so a production deployment cannot start with them by accident.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_PEPPER = "mapo-development-pepper-not-secret"
+Environment = Literal["development", "test", "production"]
+
+
+class Settings(BaseSettings):
+    """Configuration of the API and the worker. Every path defaults to a place under `data_dir`."""
+
+    model_config = SettingsConfigDict(env_prefix="MAPO_", env_nested_delimiter="__", extra="ignore")
+
+    environment: Environment = Field(
+        default="development", description="`development` allows the embedded defaults; others refuse them."
+    )
+    data_dir: Path = Field(default=Path("./mapo-data"), description="Root of every embedded default path.")
+    database_url: str = Field(default="", description="SQLAlchemy URL; empty means SQLite under data_dir.")
+    broker_url: str = Field(
+        default="filesystem://",
+        description="Celery broker; `filesystem://` is kombu's embedded transport under data_dir/broker.",
+    )
+    result_backend: str | None = Field(default=None, description="Celery result backend; the DB holds state.")
+    storage_dir: Path | None = Field(
+        default=None, description="LocalStorage root; None means data_dir/storage."
+    )
+    max_upload_bytes: int = Field(default=4 << 30, ge=1, description="Largest accepted dataset upload.")
+    max_pairs: int = Field(default=200_000, ge=1, description="Most preference pairs in one dataset.")
+    max_image_pixels: int = Field(default=4096 * 4096, ge=1, description="Largest decoded image (w * h).")
+    base_models: dict[str, str] = Field(
+        default_factory=dict,
+        description="Base-model names a job may ask for, mapped to a local diffusers folder or hub id.",
+    )
+    api_key_pepper: SecretStr = Field(
+        default=SecretStr(DEV_PEPPER), description="Secret mixed into every stored API-key hash."
+    )
+    sse_poll_seconds: float = Field(default=0.5, gt=0, description="How often an event stream polls the DB.")
+    broker_timeout_seconds: float = Field(default=2.0, gt=0, description="Readiness probe broker timeout.")
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_defaults(self) -> Self:
+        if self.environment != "development" and self.api_key_pepper.get_secret_value() == DEV_PEPPER:
+            raise ValueError(f"MAPO_API_KEY_PEPPER must be set when MAPO_ENVIRONMENT={self.environment}")
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """`database_url`, or a SQLite file under data_dir when it is empty."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'mapo.db').resolve()}"
+
+    @property
+    def storage_root(self) -> Path:
+        """Root directory of LocalStorage."""
+        return self.storage_dir if self.storage_dir is not None else self.data_dir / "storage"
+
+    @property
+    def broker_dir(self) -> Path:
+        """Folder of the embedded `filesystem://` broker (messages in and out share it on one machine)."""
+        return self.data_dir / "broker"
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Scratch space for uploads in flight; on the same filesystem as storage so moves are renames."""
+        return self.data_dir / "tmp"
+
+    def ensure_dirs(self) -> None:
+        """Create the folders that the embedded defaults need."""
+        for folder in (self.data_dir, self.storage_root, self.tmp_dir, self.broker_dir / "processed"):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def base_model_location(self, name: str) -> str:
+        """The local path or hub id behind a public base-model name; KeyError if it is not allowed."""
+        return self.base_models[name]

@@ -1,0 +1,166 @@
+"""Shared fixtures: migrated databases (SQLite always, PostgreSQL when MAPO_TEST_POSTGRES_URL reaches a
+server), per-test Settings under tmp_path, the app and its client, and `create_*` factory functions."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, delete, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+import migrations
+from core.db import Database
+from core.models import ApiKey, Base, Dataset, Job, Tenant
+from core.repositories import tenants as tenant_repo
+from core.settings import Settings
+from core.storage import dataset_key
+
+TEST_PEPPER = "test-pepper"
+POSTGRES_ENV = "MAPO_TEST_POSTGRES_URL"
+
+
+def _postgres_server_url() -> str:
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        pytest.skip(f"{POSTGRES_ENV} is not set; PostgreSQL tests skipped")
+    try:
+        with create_engine(url).connect():
+            pass
+    except Exception as exc:
+        pytest.skip(f"PostgreSQL at {POSTGRES_ENV} is unreachable ({type(exc).__name__}); tests skipped")
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh, uniquely named database on the test server, migrated to head; dropped at the end."""
+    server = make_url(_postgres_server_url())
+    name = f"mapo_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = server.set(database=name).render_as_string(hide_password=False)
+    try:
+        migrations.upgrade(url)
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A SQLite file migrated to head."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'mapo.db'}"
+    migrations.upgrade(url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """Each test that uses the database runs once on SQLite and once on PostgreSQL."""
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str) -> Settings:
+    return Settings(
+        environment="test",
+        data_dir=tmp_path / "data",
+        database_url=db_url,
+        api_key_pepper=TEST_PEPPER,  # type: ignore[arg-type]
+        base_models={"tiny-sd": str(tmp_path / "models" / "tiny-sd")},
+        sse_poll_seconds=0.05,
+    )
+
+
+@pytest.fixture
+def database(settings: Settings) -> Iterator[Database]:
+    """The test database; every row is deleted afterwards so tests never see each other's data."""
+    db = Database(settings)
+    yield db
+    with db.session_scope() as session:
+        for table in reversed(Base.metadata.sorted_tables):
+            session.execute(delete(table))
+    db.dispose()
+
+
+@pytest.fixture
+def session(database: Database) -> Iterator[Session]:
+    """A session for arranging and inspecting data; tests commit what the app must see."""
+    with database.sessions() as s:
+        yield s
+
+
+@pytest.fixture
+def client(settings: Settings, database: Database) -> Iterator[TestClient]:
+    from api.main import create_app
+
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def create_tenant(session: Session, **overrides: Any) -> Tenant:
+    return tenant_repo.create_tenant(session, overrides.pop("name", f"tenant-{uuid.uuid4().hex[:8]}"))
+
+
+def create_api_key(session: Session, tenant: Tenant, *, pepper: str = TEST_PEPPER) -> tuple[ApiKey, str]:
+    return tenant_repo.create_api_key(session, tenant_id=tenant.id, pepper=pepper)
+
+
+def auth_headers(session: Session, tenant: Tenant | None = None) -> dict[str, str]:
+    """Bearer headers of a new key (for a new tenant unless one is given); commits."""
+    tenant = tenant or create_tenant(session)
+    _, clear = create_api_key(session, tenant)
+    session.commit()
+    return {"Authorization": f"Bearer {clear}"}
+
+
+def create_dataset(session: Session, **overrides: Any) -> Dataset:
+    """A ready dataset row (files are the test's business)."""
+    tenant_id = overrides.pop("tenant_id", None) or create_tenant(session).id
+    dataset_id = overrides.pop("id", None) or f"ds_{uuid.uuid4().hex[:24]}"
+    values: dict[str, Any] = {
+        "name": "pairs",
+        "status": "ready",
+        "num_pairs": 2,
+        "bytes": 10,
+        "sha256": "0" * 64,
+        "storage_key": dataset_key(tenant_id, dataset_id),
+        "preview": [{"prompt": "a cat"}],
+    }
+    dataset = Dataset(id=dataset_id, tenant_id=tenant_id, **{**values, **overrides})
+    session.add(dataset)
+    session.flush()
+    return dataset
+
+
+def create_job(session: Session, **overrides: Any) -> Job:
+    """A queued job on a new dataset of its tenant unless told otherwise."""
+    tenant_id = overrides.pop("tenant_id", None) or create_tenant(session).id
+    if "dataset_id" not in overrides:
+        overrides["dataset_id"] = create_dataset(session, tenant_id=tenant_id).id
+    spec = {"base_model": "tiny-sd", "method": "mapo", "max_train_steps": 10}
+    values: dict[str, Any] = {
+        "base_model": "tiny-sd",
+        "method": "mapo",
+        "spec": spec,
+        "validation": {},
+        "metadata_": {},
+        "seed": 0,
+        "status": "queued",
+        "total_steps": 10,
+    }
+    job = Job(tenant_id=tenant_id, **{**values, **overrides})
+    session.add(job)
+    session.flush()
+    return job

@@ -1,0 +1,40 @@
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from core.settings import Settings
+
+
+def test_embedded_defaults_live_under_data_dir(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    assert settings.sqlalchemy_url == f"sqlite:///{(tmp_path / 'mapo.db').resolve()}"
+    assert settings.broker_url == "filesystem://"
+    assert settings.storage_root == tmp_path / "storage"
+    assert settings.result_backend is None
+
+
+def test_ensure_dirs_creates_the_embedded_folders(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "new")
+    settings.ensure_dirs()
+    assert settings.storage_root.is_dir() and settings.broker_dir.is_dir() and settings.tmp_dir.is_dir()
+
+
+def test_production_refuses_the_development_pepper() -> None:
+    with pytest.raises(ValidationError, match="MAPO_API_KEY_PEPPER"):
+        Settings(environment="production")
+
+
+def test_production_accepts_a_real_pepper() -> None:
+    settings = Settings(environment="production", api_key_pepper="s3cret")  # type: ignore[arg-type]
+    assert settings.api_key_pepper.get_secret_value() == "s3cret"
+
+
+def test_base_models_come_from_the_environment_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAPO_BASE_MODELS", '{"sdxl": "stabilityai/stable-diffusion-xl-base-1.0"}')
+    monkeypatch.setenv("MAPO_MAX_UPLOAD_BYTES", "1024")
+    settings = Settings()
+    assert settings.base_model_location("sdxl") == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert settings.max_upload_bytes == 1024
+    with pytest.raises(KeyError):
+        settings.base_model_location("unknown")
