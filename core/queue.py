@@ -22,6 +22,8 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
         "data_folder_in": folder,
         "data_folder_out": folder,
         "processed_folder": str((settings.broker_dir / "processed").resolve()),
+        # Exchange bindings; kombu's default is ./control relative to the working directory.
+        "control_folder": str((settings.broker_dir / "control").resolve()),
         "store_processed": False,
     }
 

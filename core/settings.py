@@ -77,7 +77,13 @@ class Settings(BaseSettings):
 
     def ensure_dirs(self) -> None:
         """Create the folders that the embedded defaults need."""
-        for folder in (self.data_dir, self.storage_root, self.tmp_dir, self.broker_dir / "processed"):
+        for folder in (
+            self.data_dir,
+            self.storage_root,
+            self.tmp_dir,
+            self.broker_dir / "processed",
+            self.broker_dir / "control",
+        ):
             folder.mkdir(parents=True, exist_ok=True)
 
     def base_model_location(self, name: str) -> str:

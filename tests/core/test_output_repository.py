@@ -1,9 +1,9 @@
-from conftest import create_job
 from sqlalchemy.orm import Session
 
 from core.repositories import metrics as metric_repo
 from core.repositories import outputs as output_repo
 from core.repositories.metrics import MetricPoint
+from tests.conftest import create_job
 
 
 def test_metrics_are_batched_and_a_replayed_step_overwrites(session: Session) -> None:
