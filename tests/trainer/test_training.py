@@ -1,0 +1,157 @@
+"""Training on the tiny SD and SDXL models, end to end on the CPU: what a user of `train()` relies on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.trainer.specs import tiny_spec
+from trainer.checkpoints import complete_checkpoints
+from trainer.errors import NonFiniteLossError
+from trainer.events import Artifact, Checkpoint, Event, Finished, Started, Step
+from trainer.loop import train
+
+
+def _run(spec, dataset: Path, out: Path, should_stop=None) -> tuple[object, list[Event]]:  # type: ignore[no-untyped-def]
+    events: list[Event] = []
+    kwargs = {"should_stop": should_stop} if should_stop else {}
+    result = train(spec, dataset, out, on_event=events.append, **kwargs)
+    return result, events
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+@pytest.mark.parametrize("method", ["mapo", "dpo", "sft"])
+def test_every_method_trains_both_families_to_the_last_step(
+    family: str, method: str, request: pytest.FixtureRequest, color_pairs: Path, tmp_path: Path
+) -> None:
+    base = request.getfixturevalue(f"tiny_{family}")
+    result, events = _run(tiny_spec(base, method=method), color_pairs, tmp_path)
+    steps = [e for e in events if isinstance(e, Step)]
+    assert [e.step for e in steps] == [1, 2, 3, 4]
+    assert all(torch.isfinite(torch.tensor(e.metrics["loss"])) for e in steps)
+    started = next(e for e in events if isinstance(e, Started))
+    assert started.model_family == family and started.resolution == 32
+    assert {e.format for e in events if isinstance(e, Artifact)} == {"diffusers", "kohya"}
+    assert isinstance(events[-1], Finished) and not events[-1].stopped
+    assert result.adapter_path is not None and result.adapter_path.is_file()  # type: ignore[attr-defined]
+
+
+def test_mapo_step_logs_every_term_of_the_objective(
+    tiny_sdxl: Path, color_pairs: Path, tmp_path: Path
+) -> None:
+    _, events = _run(tiny_spec(tiny_sdxl, max_train_steps=1), color_pairs, tmp_path)
+    metrics = next(e for e in events if isinstance(e, Step)).metrics
+    expected = {
+        "loss",
+        "chosen_loss",
+        "rejected_loss",
+        "chosen_score",
+        "rejected_score",
+        "margin",
+        "preference_term",
+        "accuracy",
+        "grad_norm",
+        "lr",
+        "step_time_s",
+    }
+    assert expected <= metrics.keys()
+    assert metrics["loss"] == pytest.approx(metrics["chosen_loss"] + metrics["preference_term"], rel=1e-5)
+
+
+def test_dpo_starts_at_ln2_because_lora_starts_as_the_reference(
+    tiny_sd: Path, color_pairs: Path, tmp_path: Path
+) -> None:
+    _, events = _run(tiny_spec(tiny_sd, method="dpo", max_train_steps=1), color_pairs, tmp_path)
+    first = next(e for e in events if isinstance(e, Step)).metrics
+    assert first["loss"] == pytest.approx(0.693147, abs=1e-5)
+
+
+def test_only_lora_parameters_change(tiny_sdxl: Path, color_pairs: Path, tmp_path: Path) -> None:
+    _run(tiny_spec(tiny_sdxl, max_train_steps=2), color_pairs, tmp_path)
+    base = load_file(str(tiny_sdxl / "unet" / "diffusion_pytorch_model.safetensors"))
+    ((_, checkpoint),) = [c for c in complete_checkpoints(tmp_path) if c[0] == 2]
+    trained = load_file(str(checkpoint / "state" / "model.safetensors"))
+    lora = {k: v for k, v in trained.items() if "lora" in k}
+    frozen = {k.replace(".base_layer", ""): v for k, v in trained.items() if "lora" not in k}
+    assert frozen.keys() == base.keys()
+    assert all(torch.equal(frozen[k], base[k]) for k in base)
+    ups = [v for k, v in lora.items() if "lora_B" in k]
+    assert ups and all(v.abs().sum() > 0 for v in ups), "LoRA B starts at zero and must have moved"
+
+
+def test_resumed_run_ends_with_the_full_step_count(
+    tiny_sdxl: Path, color_pairs: Path, tmp_path: Path
+) -> None:
+    spec = tiny_spec(tiny_sdxl, max_train_steps=6, gradient_accumulation_steps=2, checkpoint_every_n_steps=2)
+    seen: list[Event] = []
+
+    def stop_after_three() -> bool:
+        return sum(isinstance(e, Step) for e in seen) >= 3
+
+    first = train(spec, color_pairs, tmp_path, on_event=seen.append, should_stop=stop_after_three)
+    assert first.stopped and first.final_step == 3
+    assert complete_checkpoints(tmp_path)[-1][0] == 3, "a stop saves the steps done so far"
+    result, events = _run(spec, color_pairs, tmp_path)
+    started = next(e for e in events if isinstance(e, Started))
+    assert started.resumed_from_step == 3
+    assert [e.step for e in events if isinstance(e, Step)] == [4, 5, 6]
+    assert result.final_step == 6 and not result.stopped  # type: ignore[attr-defined]
+
+
+def test_should_stop_is_honoured_before_the_first_step(
+    tiny_sd: Path, color_pairs: Path, tmp_path: Path
+) -> None:
+    result, events = _run(tiny_spec(tiny_sd), color_pairs, tmp_path, should_stop=lambda: True)
+    assert result.stopped and result.final_step == 0  # type: ignore[attr-defined]
+    assert not any(isinstance(e, Step | Artifact) for e in events)
+    assert isinstance(events[-1], Finished) and events[-1].stopped
+
+
+def test_checkpoints_rotate_to_keep_the_newest(tiny_sd: Path, color_pairs: Path, tmp_path: Path) -> None:
+    _, events = _run(
+        tiny_spec(tiny_sd, max_train_steps=5, checkpoint_every_n_steps=1, keep_checkpoints=2),
+        color_pairs,
+        tmp_path,
+    )
+    assert [e.step for e in events if isinstance(e, Checkpoint)] == [1, 2, 3, 4, 5]
+    assert [step for step, _ in complete_checkpoints(tmp_path)] == [4, 5]
+
+
+def test_non_finite_loss_fails_with_a_typed_error_and_keeps_the_last_checkpoint(
+    tiny_sd: Path, color_pairs: Path, tmp_path: Path
+) -> None:
+    # An absurd learning rate blows the LoRA weights up after the first update; the next loss is inf/NaN.
+    spec = tiny_spec(
+        tiny_sd,
+        learning_rate=1.0,
+        adam_epsilon=1e-30,
+        max_grad_norm=1e30,
+        checkpoint_every_n_steps=1,
+        max_train_steps=50,
+    )
+    spec = spec.model_copy(update={"learning_rate": 1e30})
+    with pytest.raises(NonFiniteLossError) as failure:
+        _run(spec, color_pairs, tmp_path)
+    assert failure.value.code == "non_finite_loss"
+    kept = complete_checkpoints(tmp_path)
+    assert kept, "the last good checkpoint survives"
+    weights = load_file(str(kept[-1][1] / "lora" / "pytorch_lora_weights.safetensors"))
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_v_prediction_models_train(tiny_sd: Path, color_pairs: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from diffusers import DDPMScheduler
+
+    base = tmp_path / "v-model"
+    shutil.copytree(tiny_sd, base)
+    scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler")
+    DDPMScheduler.from_config(scheduler.config, prediction_type="v_prediction").save_pretrained(
+        base / "scheduler"
+    )
+    result, _ = _run(tiny_spec(base, max_train_steps=1), color_pairs, tmp_path / "out")
+    assert result.final_step == 1  # type: ignore[attr-defined]
