@@ -75,7 +75,9 @@ def make_demo_dataset(out_dir: Path, *, num_pairs: int = 48, resolution: int = 6
     with DatasetWriter(out_dir) as writer:
         for pair in demo_pairs(num_pairs=num_pairs, resolution=resolution, seed=seed):
             writer.add_pair(
-                pair.prompt, chosen=EncodedImage(pair.chosen, ".png"), rejected=EncodedImage(pair.rejected, ".png")
+                pair.prompt,
+                chosen=EncodedImage(pair.chosen, ".png"),
+                rejected=EncodedImage(pair.rejected, ".png"),
             )
     return read_manifest(out_dir)
 
@@ -122,3 +124,71 @@ def _encode(image: Image.Image, image_format: str) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, image_format, **({"quality": 95} if image_format == "JPEG" else {}))
     return buffer.getvalue()
+
+
+def write_demo_upload(
+    path: Path,
+    *,
+    kind: Literal["zip", "tar", "parquet"],
+    num_pairs: int = 48,
+    resolution: int = 64,
+    seed: int = 0,
+) -> Path:
+    """Write the demo pairs as a file a user would upload, and return `path`.
+
+    - "zip" / "tar": `pairs.jsonl` plus `images/NNNN_{chosen,rejected}.png` at the archive root; a tar
+      is gzipped when `path` ends in ".gz" or ".tgz".
+    - "parquet": Pick-a-Pic columns `caption`, `jpg_0`, `jpg_1` (JPEG bytes), `label_0`, `label_1`; the
+      chosen image alternates between the two columns, so only the labels tell which one it is.
+    """
+    pairs = demo_pairs(
+        num_pairs=num_pairs,
+        resolution=resolution,
+        seed=seed,
+        image_format="JPEG" if kind == "parquet" else "PNG",
+    )
+    if kind == "parquet":
+        _write_parquet(path, pairs)
+    else:
+        _write_archive(path, kind, pairs)
+    return path
+
+
+def _write_archive(path: Path, kind: Literal["zip", "tar"], pairs: Iterator[DemoPair]) -> None:
+    files: dict[str, bytes] = {}
+    lines = []
+    for index, pair in enumerate(pairs):
+        chosen, rejected = f"images/{index:04d}_chosen.png", f"images/{index:04d}_rejected.png"
+        files[chosen], files[rejected] = pair.chosen, pair.rejected
+        lines.append(json.dumps({"prompt": pair.prompt, "chosen": chosen, "rejected": rejected}) + "\n")
+    files["pairs.jsonl"] = "".join(lines).encode("utf-8")
+    if kind == "zip":
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+            for name, data in files.items():
+                archive.writestr(name, data)
+        return
+    gzipped = path.name.endswith((".gz", ".tgz"))
+    with tarfile.open(path, "w:gz") if gzipped else tarfile.open(path, "w") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+
+
+def _write_parquet(path: Path, pairs: Iterator[DemoPair]) -> None:
+    # pyarrow is a base dependency, but only this function needs it: keep importing the module cheap.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
+    columns: dict[str, list[object]] = {name: [] for name in names}
+    for index, pair in enumerate(pairs):
+        flipped = index % 2 == 1
+        columns["caption"].append(pair.prompt)
+        columns["jpg_0"].append(pair.rejected if flipped else pair.chosen)
+        columns["jpg_1"].append(pair.chosen if flipped else pair.rejected)
+        columns["label_0"].append(0.0 if flipped else 1.0)
+        columns["label_1"].append(1.0 if flipped else 0.0)
+    types = (pa.string(), pa.binary(), pa.binary(), pa.float64(), pa.float64())
+    schema = pa.schema(list(zip(names, types, strict=True)))
+    pq.write_table(pa.table(columns, schema=schema), path, row_group_size=16)

@@ -1,0 +1,74 @@
+"""Turning an extracted archive into pairs: each manifest row's prompt and its two images."""
+
+from __future__ import annotations
+
+import posixpath
+from contextlib import ExitStack
+from pathlib import Path
+
+from api.services.ingest.collector import PairCollector
+from api.services.ingest.images import ImageProblem, inspect_image
+from api.services.ingest.limits import IngestLimits
+from api.services.ingest.members import MemberIndex, normalise_name, unsafe_name_reason
+from api.services.ingest.pairs_file import Record, locate_pairs_file, read_records
+from trainer.dataset_format import EncodedImage
+
+# A checked image still in scratch: where it is and the suffix it is stored under.
+_Checked = tuple[Path, str]
+
+
+def ingest_archive_rows(index: MemberIndex, collector: PairCollector) -> None:
+    """Check every row of the archive's manifest and hand the valid pairs to `collector`."""
+    manifest, base = locate_pairs_file(index.files, collector)
+    for row, record in read_records(index.files[manifest], manifest, collector):
+        collector.admit_row(row)
+        prompt = _prompt(record, row, collector)
+        chosen = _image(index, base, record, row, "chosen", collector)
+        rejected = _image(index, base, record, row, "rejected", collector)
+        if chosen is not None and rejected is not None and chosen[0] == rejected[0]:
+            collector.report(row, "rejected", "is the same image as chosen")
+            continue
+        if prompt is not None and chosen is not None and rejected is not None:
+            with ExitStack() as files:
+                collector.add_pair(
+                    prompt,
+                    chosen=EncodedImage(files.enter_context(chosen[0].open("rb")), chosen[1]),
+                    rejected=EncodedImage(files.enter_context(rejected[0].open("rb")), rejected[1]),
+                )
+
+
+def _prompt(record: Record, row: int, collector: PairCollector) -> str | None:
+    if "prompt" not in record:
+        collector.report(row, "prompt", "missing")
+        return None
+    return collector.check_prompt(row, "prompt", record["prompt"])
+
+
+def _image(
+    index: MemberIndex, base: str, record: Record, row: int, field: str, collector: PairCollector
+) -> _Checked | None:
+    """The checked image a row's field points at, or None after reporting what is wrong with it."""
+    if field not in record:
+        collector.report(row, field, "missing")
+        return None
+    try:
+        return _resolve(index, base, record[field], collector.limits)
+    except ImageProblem as exc:
+        collector.report(row, field, str(exc))
+        return None
+
+
+def _resolve(index: MemberIndex, base: str, path: object, limits: IngestLimits) -> _Checked:
+    if not isinstance(path, str) or not path.strip():
+        raise ImageProblem("must be a non-empty image path inside the archive")
+    if unsafe_name_reason(path) is not None:
+        raise ImageProblem(f"image path {path!r} must be relative and stay inside the archive")
+    key = normalise_name(posixpath.join(base, path))
+    if key in index.refused:
+        raise ImageProblem(f"image {path!r} is an archive member that was refused")
+    stored = index.files.get(key)
+    if stored is None:
+        raise ImageProblem(f"image {path!r} is not in the archive")
+    with stored.open("rb") as image:
+        suffix = inspect_image(image, size=stored.stat().st_size, limits=limits)
+    return stored, suffix

@@ -1,0 +1,93 @@
+"""Collects the problems and the valid pairs of one upload, whatever its format."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+from api.services.ingest.limits import MAX_PROMPT_CHARS, IngestLimits
+from api.services.ingest.report import IngestRejected, IngestReport, PreviewPair, Problem, SourceFormat
+from trainer.dataset_format import DatasetWriter, EncodedImage
+
+PREVIEW_PAIRS = 5
+
+
+class StopIngest(Exception):
+    """Raised after a fatal problem is recorded: nothing more of the upload can be read safely."""
+
+
+class PairCollector:
+    """Records every problem and writes valid pairs until the first problem (after that, only checks).
+
+    A rejected upload is still read to its end, so that its answer lists every problem at once.
+    """
+
+    def __init__(self, writer: DatasetWriter, limits: IngestLimits) -> None:
+        self.limits = limits
+        self._writer = writer
+        self.problems: list[Problem] = []
+        self._unlisted = 0
+        self._rows = 0
+        self.valid_pairs = 0
+        self.dropped_ties = 0
+        self.preview: list[PreviewPair] = []
+
+    def report(self, row: int | None, field: str | None, reason: str) -> None:
+        """Record one problem; beyond `max_problems` they are only counted."""
+        if len(self.problems) < self.limits.max_problems:
+            self.problems.append(Problem(row=row, field=field, reason=reason))
+        else:
+            self._unlisted += 1
+
+    def fatal(self, reason: str, *, row: int | None = None) -> NoReturn:
+        """Record a problem that makes reading on unsafe or pointless, and stop."""
+        self.report(row, None, reason)
+        raise StopIngest(reason)
+
+    def admit_row(self, row: int) -> None:
+        """Count a non-tie row; stops the ingest once there are more than `max_pairs`."""
+        self._rows += 1
+        if self._rows > self.limits.max_pairs:
+            self.fatal(f"more than {self.limits.max_pairs} pairs; split the dataset", row=row)
+
+    def drop_tie(self) -> None:
+        """Count a pair whose labels express no preference."""
+        self.dropped_ties += 1
+
+    def check_prompt(self, row: int, field: str, value: object) -> str | None:
+        """The prompt if it is usable, else None after recording why not."""
+        if value is None:
+            self.report(row, field, "missing value")
+        elif not isinstance(value, str):
+            self.report(row, field, f"must be a string, not {type(value).__name__}")
+        elif not value.strip():
+            self.report(row, field, "prompt is empty")
+        elif len(value) > MAX_PROMPT_CHARS:
+            self.report(row, field, f"prompt is {len(value)} characters, over {MAX_PROMPT_CHARS}")
+        else:
+            return value
+        return None
+
+    def add_pair(self, prompt: str, *, chosen: EncodedImage, rejected: EncodedImage) -> None:
+        """Keep a fully checked pair; it is written only while the upload is still without problems."""
+        self.valid_pairs += 1
+        if len(self.preview) < PREVIEW_PAIRS:
+            self.preview.append(PreviewPair(prompt=prompt))
+        if not self.problems:
+            self._writer.add_pair(prompt, chosen=chosen, rejected=rejected)
+
+    def finish(self, source_format: SourceFormat) -> IngestReport:
+        """The report, or `IngestRejected` with every problem if there is any (or no valid pair)."""
+        if self.valid_pairs == 0 and not self.problems:
+            # With other problems this would only restate them; alone it is the whole story (say, all ties).
+            ties = f" ({self.dropped_ties} ties dropped)" if self.dropped_ties else ""
+            self.report(None, None, f"no valid pairs{ties}")
+        if self._unlisted:
+            self.problems.append(Problem(row=None, field=None, reason=f"{self._unlisted} more problems"))
+        if self.problems:
+            raise IngestRejected(self.problems)
+        return IngestReport(
+            num_pairs=self.valid_pairs,
+            dropped_ties=self.dropped_ties,
+            preview=self.preview,
+            source_format=source_format,
+        )

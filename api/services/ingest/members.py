@@ -1,0 +1,124 @@
+"""Archive members on disk: safe names, byte budgets, and the index of what was extracted.
+
+Extracted files are stored under numbered scratch names, never under the member's own name, so no
+archive name can reach the filesystem; hostile names are also refused outright so the user hears why.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import unicodedata
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+CHUNK_BYTES = 1 << 20
+_DRIVE = re.compile(r"^[A-Za-z]:")
+# What a decompressor may raise on corrupt input while a member is being read.
+READ_ERRORS = (OSError, EOFError, zlib.error, ValueError, NotImplementedError, RuntimeError)
+
+
+class Readable(Protocol):
+    """Anything bytes are read from in chunks: a file, a zip member, a tar member, a gzip stream."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class LimitExceeded(Exception):
+    """A size limit was crossed while reading; the message is the reason shown to the user."""
+
+
+class CorruptArchive(Exception):
+    """The archive's bytes cannot be read; the message is the reason shown to the user."""
+
+
+class ScratchWriteError(Exception):
+    """Writing our own scratch copy failed (disk full, say): a fault of the server, not of the upload.
+
+    Deliberately not an OSError, so the readers' handlers for corrupt archives never swallow it.
+    """
+
+
+class ByteBudget:
+    """Counts bytes actually produced by a decompressor and stops the read once over the limit."""
+
+    def __init__(self, limit: int, reason: str) -> None:
+        self.limit = limit
+        self.reason = reason
+        self.used = 0
+
+    def spend(self, count: int) -> None:
+        """Add `count` bytes; raises `LimitExceeded` with the budget's reason once over the limit."""
+        self.used += count
+        if self.used > self.limit:
+            raise LimitExceeded(self.reason)
+
+
+def normalise_name(name: str) -> str:
+    """The lookup key of an archive path: "/" separators, no "./", NFC (macOS zips names in NFD)."""
+    path = posixpath.normpath(name.replace("\\", "/"))
+    return unicodedata.normalize("NFC", path.lstrip("/"))
+
+
+def unsafe_name_reason(name: str) -> str | None:
+    """Why a member name could escape the extraction directory, or None if it is safe."""
+    path = name.replace("\\", "/")
+    if "\x00" in path:
+        return "has a NUL character in its name"
+    if path.startswith("/") or _DRIVE.match(path):
+        return "has an absolute path"
+    if ".." in path.split("/"):
+        return "has a '..' path component"
+    if normalise_name(path) in ("", "."):
+        return "has an empty name"
+    return None
+
+
+@dataclass
+class MemberIndex:
+    """The regular files extracted from an archive, by normalised name, plus the names refused."""
+
+    scratch: Path
+    files: dict[str, Path] = field(default_factory=dict)
+    refused: set[str] = field(default_factory=set)
+
+    def name_problem(self, name: str) -> str | None:
+        """Why a member's name is refused (unsafe, or a second member of the same name), or None."""
+        reason = unsafe_name_reason(name)
+        if reason is None and normalise_name(name) in self.files:
+            reason = "appears twice"
+        return reason
+
+    def refuse(self, name: str) -> None:
+        """Remember a refused member, so a row pointing at it is told why it is missing."""
+        self.refused.add(normalise_name(name))
+
+    def store(self, name: str, source: Readable, *, declared: int, budget: ByteBudget | None) -> None:
+        """Copy one member to scratch, counting its real bytes against its declared size and `budget`."""
+        target = self.scratch / f"{len(self.files):08d}"
+        written = 0
+        with target.open("wb") as out:
+            while chunk := _read_chunk(source, name):
+                written += len(chunk)
+                if written > declared:
+                    raise LimitExceeded(f"archive member {name!r} is larger than declared ({declared} bytes)")
+                if budget is not None:
+                    budget.spend(len(chunk))
+                _write_chunk(out, chunk)
+        self.files[normalise_name(name)] = target
+
+
+def _read_chunk(source: Readable, name: str) -> bytes:
+    try:
+        return source.read(CHUNK_BYTES)
+    except READ_ERRORS as exc:
+        raise CorruptArchive(f"archive member {name!r} is corrupt: {exc}") from exc
+
+
+def _write_chunk(out: BinaryIO, chunk: bytes) -> None:
+    try:
+        out.write(chunk)
+    except OSError as exc:
+        raise ScratchWriteError(f"cannot write the upload's scratch copy: {exc}") from exc

@@ -1,0 +1,112 @@
+"""Reading a Pick-a-Pic style parquet upload in small batches: caption, jpg_0, jpg_1, label_0, label_1."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from api.services.ingest.collector import PairCollector, StopIngest
+from api.services.ingest.images import ImageProblem, inspect_image
+from api.services.ingest.limits import RATIO_FLOOR_BYTES
+from api.services.ingest.members import ByteBudget, LimitExceeded
+from trainer.dataset_format import EncodedImage
+
+# Small batches: a row holds two encoded images of up to max_image_bytes each.
+BATCH_ROWS = 16
+
+_COLUMNS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "caption": ("text", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)),
+    "jpg_0": ("binary image bytes", lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t)),
+    "jpg_1": ("binary image bytes", lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t)),
+    "label_0": ("a number", lambda t: pa.types.is_floating(t) or pa.types.is_integer(t)),
+    "label_1": ("a number", lambda t: pa.types.is_floating(t) or pa.types.is_integer(t)),
+}
+
+
+def ingest_parquet(upload: Path, collector: PairCollector) -> None:
+    """Check every row of the parquet file and hand the valid, non-tie pairs to `collector`."""
+    try:
+        parquet = pq.ParquetFile(upload)
+        _check_schema(parquet.schema_arrow, collector)
+        _check_declared_size(parquet.metadata, upload.stat().st_size, collector)
+        budget = ByteBudget(
+            collector.limits.max_uncompressed_bytes,
+            f"parquet file expands to more than {collector.limits.max_uncompressed_bytes} bytes",
+        )
+        row = 0
+        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=list(_COLUMNS)):
+            budget.spend(int(batch.nbytes))
+            for record in batch.to_pylist():
+                _ingest_row(row, record, collector)
+                row += 1
+    except LimitExceeded as exc:
+        collector.fatal(str(exc))
+    except (pa.ArrowException, OSError) as exc:
+        collector.fatal(f"not a readable parquet file: {exc}")
+
+
+def _check_schema(schema: Any, collector: PairCollector) -> None:
+    names = set(schema.names)
+    for column, (wanted, accepts) in _COLUMNS.items():
+        if column not in names:
+            collector.report(None, column, "missing column")
+        elif not accepts(schema.field(column).type):
+            collector.report(None, column, f"must be {wanted}, not {schema.field(column).type}")
+    if collector.problems:
+        raise StopIngest("parquet columns unusable")
+
+
+def _check_declared_size(metadata: Any, file_bytes: int, collector: PairCollector) -> None:
+    limits = collector.limits
+    declared = sum(int(metadata.row_group(i).total_byte_size) for i in range(metadata.num_row_groups))
+    if declared > limits.max_uncompressed_bytes:
+        collector.fatal(
+            f"parquet file declares {declared} bytes, over the limit of {limits.max_uncompressed_bytes}"
+        )
+    if declared > RATIO_FLOOR_BYTES and declared > file_bytes * limits.max_compression_ratio:
+        collector.fatal(f"parquet file expands more than {limits.max_compression_ratio:g} times")
+
+
+def _ingest_row(row: int, record: dict[str, Any], collector: PairCollector) -> None:
+    labels = [_label(row, field, record[field], collector) for field in ("label_0", "label_1")]
+    if labels[0] is not None and labels[1] is not None and labels[0] == labels[1]:
+        collector.drop_tie()
+        return
+    collector.admit_row(row)
+    prompt = collector.check_prompt(row, "caption", record["caption"])
+    # Without both labels the order is unknown, but both images are still checked and reported.
+    swap = labels[0] is not None and labels[1] is not None and labels[1] > labels[0]
+    first, second = ("jpg_1", "jpg_0") if swap else ("jpg_0", "jpg_1")
+    chosen = _image(row, first, record[first], collector)
+    rejected = _image(row, second, record[second], collector)
+    if None in labels or prompt is None or chosen is None or rejected is None:
+        return
+    collector.add_pair(prompt, chosen=chosen, rejected=rejected)
+
+
+def _label(row: int, field: str, value: object, collector: PairCollector) -> float | None:
+    if value is None:
+        collector.report(row, field, "missing value")
+        return None
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        collector.report(row, field, f"must be a finite number, not {value!r}")
+        return None
+    return float(value)
+
+
+def _image(row: int, field: str, value: object, collector: PairCollector) -> EncodedImage | None:
+    if not isinstance(value, bytes) or not value:
+        collector.report(row, field, "missing image bytes")
+        return None
+    try:
+        suffix = inspect_image(io.BytesIO(value), size=len(value), limits=collector.limits)
+    except ImageProblem as exc:
+        collector.report(row, field, str(exc))
+        return None
+    return EncodedImage(value, suffix)

@@ -1,0 +1,93 @@
+"""`ingest_upload`: an uploaded file in, a dataset in the canonical layout out, or every problem found.
+
+Everything is built in a hidden staging folder beside `dest_dir` and renamed into place only when the
+whole upload has passed, so `dest_dir` is either complete (manifest written last) or absent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+from api.services.ingest.archive_pairs import ingest_archive_rows
+from api.services.ingest.collector import PairCollector, StopIngest
+from api.services.ingest.limits import IngestLimits
+from api.services.ingest.members import MemberIndex
+from api.services.ingest.parquet_reader import ingest_parquet
+from api.services.ingest.report import IngestRejected, IngestReport, Problem, SourceFormat
+from api.services.ingest.sniff import UploadKind, sniff_kind
+from api.services.ingest.tar_reader import extract_tar
+from api.services.ingest.zip_reader import extract_zip
+from trainer.dataset_format import DatasetWriter
+
+STAGING_MARKER = ".ingest-"  # staging folders are named ".<dest name>.ingest-<random>"; safe to sweep
+
+
+def ingest_upload(
+    upload_path: Path, filename: str, dest_dir: Path, *, limits: IngestLimits | None = None
+) -> IngestReport:
+    """Check an uploaded dataset and write it to `dest_dir` in the canonical layout.
+
+    Args:
+        upload_path: the upload as received, already on disk; only read, in chunks.
+        filename: the client's file name, used in messages only (the kind is read from the content).
+        dest_dir: where the dataset goes; it must not exist or be an empty folder.
+    Raises:
+        IngestRejected: with every problem found; `dest_dir` is then absent.
+        FileExistsError: `dest_dir` holds files already.
+    """
+    limits = limits or IngestLimits()
+    kind = sniff_kind(upload_path)
+    if kind is None:
+        problem = f"{filename!r} is not a zip, tar, tar.gz or parquet file (checked by content, not name)"
+        raise IngestRejected([Problem(row=None, field=None, reason=problem)])
+    _release_dest(dest_dir)
+    staging = dest_dir.parent / f".{dest_dir.name}{STAGING_MARKER}{secrets.token_hex(8)}"
+    (staging / "members").mkdir(parents=True)
+    try:
+        report = _ingest(upload_path, kind, staging, limits)
+        os.rename(staging / "dataset", dest_dir)
+        return report
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _release_dest(dest_dir: Path) -> None:
+    """Make sure the final rename can happen: an existing empty `dest_dir` is removed now."""
+    if dest_dir.is_dir() and not any(dest_dir.iterdir()):
+        dest_dir.rmdir()
+    elif dest_dir.exists():
+        raise FileExistsError(f"{dest_dir} already exists and is not empty")
+
+
+def _ingest(upload_path: Path, kind: UploadKind, staging: Path, limits: IngestLimits) -> IngestReport:
+    # Leaving the `with` by an exception closes pairs.jsonl without writing the manifest.
+    with DatasetWriter(staging / "dataset") as writer:
+        collector = PairCollector(writer, limits)
+        # A StopIngest's reason is already among the collector's problems.
+        with contextlib.suppress(StopIngest):
+            _read(upload_path, kind, MemberIndex(staging / "members"), collector)
+        report = collector.finish(_SOURCE_FORMAT[kind])
+    return report
+
+
+def _read(upload_path: Path, kind: UploadKind, index: MemberIndex, collector: PairCollector) -> None:
+    if kind == "parquet":
+        ingest_parquet(upload_path, collector)
+        return
+    if kind == "zip":
+        extract_zip(upload_path, index, collector)
+    else:
+        extract_tar(upload_path, gzipped=kind == "tar.gz", index=index, collector=collector)
+    ingest_archive_rows(index, collector)
+
+
+_SOURCE_FORMAT: dict[UploadKind, SourceFormat] = {
+    "zip": "zip",
+    "tar": "tar",
+    "tar.gz": "tar",
+    "parquet": "parquet",
+}
