@@ -21,7 +21,7 @@ from typing import BinaryIO, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
-FORMAT_NAME = "mapo-pairs"
+FORMAT_NAME: Literal["mapo-pairs"] = "mapo-pairs"
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 PAIRS_FILE = "pairs.jsonl"

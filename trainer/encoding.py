@@ -60,8 +60,8 @@ def build_cache(model: DiffusionModel, root: Path, pairs: list[PairRecord], augm
             for rel in (pair.chosen, pair.rejected)
         ]
         mean, std = encode_pixels(model.vae, torch.stack([im.pixels for im in images]))
-        means.append(mean.cpu().unflatten(0, (len(flips), 2)))
-        stds.append(std.cpu().unflatten(0, (len(flips), 2)))
+        means.append(mean.cpu().reshape(len(flips), 2, *mean.shape[1:]))
+        stds.append(std.cpu().reshape(len(flips), 2, *std.shape[1:]))
         sizes.append(images[0].original_size)
         crops.append(images[0].crop_top_left)
     embeds, pooled = _encode_all_prompts(model, [p.prompt for p in pairs])

@@ -66,7 +66,8 @@ def denoising_errors(
         target = scheduler.get_velocity(inputs.latents, noise2, t2)
     else:
         target = noise2
-    return (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
+    errors: torch.Tensor = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
+    return errors
 
 
 def training_loss(

@@ -18,9 +18,10 @@ from accelerate.utils import set_seed
 from diffusers import UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from peft import LoraConfig
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from trainer.data import Augment, EpochSampler, PairDataset, collate_pairs, load_pairs, split_pairs
+from trainer.dataset_format import PairRecord
 from trainer.encoding import CachedPairDataset, build_cache, collate_cached
 from trainer.evaluation import HeldOutEvaluator
 from trainer.events import Evaluation, Event, Sample
@@ -126,19 +127,54 @@ def open_session(spec: TrainSpec, dataset_dir: Path, output_dir: Path) -> Traini
     )
     if spec.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
+    data = _build_data(spec, model, dataset_dir, resolution)
+    trainable = trainable_parameters(model.unet)
+    optimizer, lr_scheduler = _build_optimizer(spec, trainable, accelerator.num_processes)
+    unet, optimizer, loader, lr_scheduler = accelerator.prepare(
+        model.unet, optimizer, data.loader, lr_scheduler
+    )
+    evaluator = None
+    if data.eval_pairs and accelerator.is_main_process:
+        evaluator = HeldOutEvaluator(
+            model, dataset_dir, data.eval_pairs, resolution=resolution, seed=spec.seed
+        )
+    return TrainingSession(
+        spec=spec, accelerator=accelerator, model=model, unet=unet, lora_config=lora_config,
+        trainable=trainable, optimizer=optimizer, lr_scheduler=lr_scheduler, loader=loader,
+        sampler=data.sampler, output_dir=output_dir, resolution=resolution, mixed_precision=mixed,
+        num_train_pairs=data.num_train_pairs, num_eval_pairs=len(data.eval_pairs), evaluator=evaluator,
+    )  # fmt: skip
+
+
+@dataclass
+class _Data:
+    loader: DataLoader[Any]
+    sampler: EpochSampler
+    num_train_pairs: int
+    eval_pairs: list[PairRecord]
+
+
+def _build_data(spec: TrainSpec, model: DiffusionModel, dataset_dir: Path, resolution: int) -> _Data:
+    """Split off the held-out pairs, then a loader over the rest: pixels, or cached latents."""
     pairs = load_pairs(dataset_dir)
     train_idx, eval_idx = split_pairs(len(pairs), spec.eval_fraction, spec.seed)
-    augment = Augment(resolution, spec.random_crop, spec.hflip)
     train_pairs = [pairs[i] for i in train_idx]
-    dataset: Any
+    augment = Augment(resolution, spec.random_crop, spec.hflip)
+    dataset: Dataset[dict[str, Any]]
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]]
     if spec.cache_latents:
         dataset = CachedPairDataset(build_cache(model, dataset_dir, train_pairs, augment), spec.hflip)
-        collate: Callable[[list[dict[str, Any]]], dict[str, Any]] = collate_cached
+        collate = collate_cached
     else:
         dataset, collate = PairDataset(dataset_dir, train_pairs, augment), collate_pairs
-    sampler = EpochSampler(len(dataset), spec.seed)
+    sampler = EpochSampler(len(train_pairs), spec.seed)
     loader = DataLoader(dataset, batch_size=spec.train_batch_size, sampler=sampler, collate_fn=collate)
-    trainable = trainable_parameters(model.unet)
+    return _Data(loader, sampler, len(train_pairs), [pairs[i] for i in eval_idx])
+
+
+def _build_optimizer(
+    spec: TrainSpec, trainable: list[torch.nn.Parameter], num_processes: int
+) -> tuple[Any, Any]:
     optimizer = torch.optim.AdamW(
         trainable,
         lr=spec.learning_rate,
@@ -150,29 +186,7 @@ def open_session(spec: TrainSpec, dataset_dir: Path, output_dir: Path) -> Traini
     lr_scheduler = get_scheduler(
         spec.lr_scheduler,
         optimizer=optimizer,
-        num_warmup_steps=spec.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=spec.max_train_steps * accelerator.num_processes,
+        num_warmup_steps=spec.lr_warmup_steps * num_processes,
+        num_training_steps=spec.max_train_steps * num_processes,
     )
-    unet, optimizer, loader, lr_scheduler = accelerator.prepare(model.unet, optimizer, loader, lr_scheduler)
-    evaluator = None
-    if eval_idx and accelerator.is_main_process:
-        eval_pairs = [pairs[i] for i in eval_idx]
-        evaluator = HeldOutEvaluator(model, dataset_dir, eval_pairs, resolution=resolution, seed=spec.seed)
-    return TrainingSession(
-        spec=spec,
-        accelerator=accelerator,
-        model=model,
-        unet=unet,
-        lora_config=lora_config,
-        trainable=trainable,
-        optimizer=optimizer,
-        lr_scheduler=lr_scheduler,
-        loader=loader,
-        sampler=sampler,
-        output_dir=output_dir,
-        resolution=resolution,
-        mixed_precision=mixed,
-        num_train_pairs=len(train_idx),
-        num_eval_pairs=len(eval_idx),
-        evaluator=evaluator,
-    )
+    return optimizer, lr_scheduler

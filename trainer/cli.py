@@ -1,0 +1,102 @@
+"""`python -m trainer`: train from a spec file, and build the offline tiny models and demo dataset.
+
+`train` prints every event as one JSON line on stdout (for scripts) and, on a terminal, a progress bar on
+stderr. SIGINT/SIGTERM stop it gracefully: the steps done so far are checkpointed, and running the same
+command again resumes. Exit codes: 0 finished, 1 training error, 2 bad spec or arguments, 130 stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from trainer.spec import TrainSpec
+
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 1, 2, 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler: Any = args.handler
+    code: int = handler(args)
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    train = commands.add_parser("train", help="train a LoRA from a spec file (YAML or JSON)")
+    train.add_argument("--spec", type=Path, required=True, help="TrainSpec as YAML or JSON")
+    train.add_argument("--dataset", type=Path, required=True, help="dataset dir in the canonical layout")
+    train.add_argument("--output", type=Path, required=True, help="output dir (same dir = resume)")
+    train.set_defaults(handler=_train)
+    tiny = commands.add_parser("make-tiny-model", help="build an offline random-weight SD or SDXL pipeline")
+    tiny.add_argument("--family", choices=["sd", "sdxl"], default="sdxl")
+    tiny.add_argument("--preset", choices=["tiny", "small"], default="tiny")
+    tiny.add_argument("--out", type=Path, required=True)
+    tiny.set_defaults(handler=_make_tiny)
+    demo = commands.add_parser("make-demo-dataset", help="write synthetic warm-vs-cool preference pairs")
+    demo.add_argument("--out", type=Path, required=True)
+    demo.add_argument("--pairs", type=int, default=48)
+    demo.add_argument("--resolution", type=int, default=64)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(handler=_make_demo)
+    return parser
+
+
+def load_spec(path: Path) -> TrainSpec:
+    """Read a spec file; YAML is a superset of JSON, so one parser serves both."""
+    return TrainSpec.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+
+
+def _train(args: argparse.Namespace) -> int:
+    from trainer.errors import TrainingError
+    from trainer.loop import train
+    from trainer.progress import EventPrinter
+
+    try:
+        spec = load_spec(args.spec)
+    except (OSError, yaml.YAMLError, ValidationError) as exc:
+        print(f"invalid spec {args.spec}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    stop_requested = _install_stop_handlers()
+    with EventPrinter(sys.stdout, show_progress=sys.stderr.isatty()) as printer:
+        try:
+            result = train(spec, args.dataset, args.output, on_event=printer, should_stop=stop_requested)
+        except TrainingError as exc:
+            print(json.dumps({"type": "error", "code": exc.code, "message": exc.message}), flush=True)
+            return EXIT_FAILED
+    return EXIT_STOPPED if result.stopped else 0
+
+
+def _install_stop_handlers() -> Any:
+    requested: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        requested.append(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
+    return lambda: bool(requested)
+
+
+def _make_tiny(args: argparse.Namespace) -> int:
+    from trainer.tiny import build_tiny_pipeline
+
+    print(build_tiny_pipeline(args.family, args.out, preset=args.preset))
+    return 0
+
+
+def _make_demo(args: argparse.Namespace) -> int:
+    from trainer.demo_data import make_demo_dataset
+
+    manifest = make_demo_dataset(args.out, num_pairs=args.pairs, resolution=args.resolution, seed=args.seed)
+    print(f"{args.out}: {manifest.num_pairs} pairs")
+    return 0
