@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -10,6 +11,10 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.settings import Settings
+
+log = logging.getLogger(__name__)
+_AFTER_COMMIT = "mapo_after_commit"
+_AFTER_ROLLBACK = "mapo_after_rollback"
 
 
 def make_engine(url: str) -> Engine:
@@ -43,15 +48,53 @@ class Database:
 
     @contextmanager
     def session_scope(self) -> Iterator[Session]:
-        """One transaction: commit on success, roll back on any exception (the worker's boundary)."""
+        """One transaction: commit on success, roll back on any exception (the worker's boundary).
+        Hooks registered with `after_commit` / `after_rollback` run once the outcome is known."""
         with self.sessions() as session:
             try:
                 yield session
-                session.commit()
             except BaseException:
-                session.rollback()
+                rollback(session)
                 raise
+            commit(session)
 
     def dispose(self) -> None:
         """Close pooled connections (tests, shutdown, after a fork)."""
         self.engine.dispose()
+
+
+def after_commit(session: Session, hook: Callable[[], None]) -> None:
+    """Run `hook` once the boundary has committed this session (e.g. enqueue a task for a new row)."""
+    session.info.setdefault(_AFTER_COMMIT, []).append(hook)
+
+
+def after_rollback(session: Session, hook: Callable[[], None]) -> None:
+    """Run `hook` if the boundary rolls back (e.g. delete files written for rows that never landed)."""
+    session.info.setdefault(_AFTER_ROLLBACK, []).append(hook)
+
+
+def commit(session: Session) -> None:
+    """Commit, then run the after-commit hooks; if the commit fails, roll back (running those hooks)."""
+    try:
+        session.commit()
+    except BaseException:
+        rollback(session)
+        raise
+    session.info.pop(_AFTER_ROLLBACK, None)
+    _run(session.info.pop(_AFTER_COMMIT, []))
+
+
+def rollback(session: Session) -> None:
+    """Roll back, then run the after-rollback hooks."""
+    session.rollback()
+    session.info.pop(_AFTER_COMMIT, None)
+    _run(session.info.pop(_AFTER_ROLLBACK, []))
+
+
+def _run(hooks: list[Callable[[], None]]) -> None:
+    # The transaction's outcome is final; a failing hook is logged so the others still run.
+    for hook in hooks:
+        try:
+            hook()
+        except Exception:
+            log.exception("transaction hook %r failed", hook)

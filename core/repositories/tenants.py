@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.models import ApiKey, Tenant, utcnow
 from core.security import generate_api_key, hash_api_key, hashes_match, lookup_prefix
+
+# Stamping last use on every request would turn every read into a write; once a minute is enough.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 def create_tenant(session: Session, name: str) -> Tenant:
@@ -39,14 +44,17 @@ def create_api_key(session: Session, *, tenant_id: str, pepper: str, name: str =
 
 
 def authenticate(session: Session, clear_key: str, *, pepper: str) -> Tenant | None:
-    """The tenant owning an unrevoked key equal to `clear_key`, or None; stamps `last_used_at`."""
+    """The tenant owning an unrevoked key equal to `clear_key`, or None; stamps `last_used_at`
+    (at most once per LAST_USED_RESOLUTION)."""
     digest = hash_api_key(clear_key, pepper)
     candidates = session.scalars(
         select(ApiKey).where(ApiKey.prefix == lookup_prefix(clear_key), ApiKey.revoked_at.is_(None))
     )
     for key in candidates:
         if hashes_match(key.key_hash, digest):
-            key.last_used_at = utcnow()
+            now = utcnow()
+            if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
+                key.last_used_at = now
             return session.get(Tenant, key.tenant_id)
     return None
 

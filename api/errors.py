@@ -1,0 +1,139 @@
+"""Typed domain errors, and the handlers that render every error as `{"error": {code, message, param}}`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from trainer.spec import SpecConflict
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    503: "unavailable",
+}
+
+
+class ApiError(Exception):
+    """Base of every error the API answers with on purpose; subclasses fix status and code."""
+
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "param": self.param}
+
+
+class Unauthenticated(ApiError):
+    status_code, code = 401, "unauthenticated"
+
+
+class NotFound(ApiError):
+    status_code, code = 404, "not_found"
+
+
+class Conflict(ApiError):
+    status_code, code = 409, "conflict"
+
+
+class PayloadTooLarge(ApiError):
+    status_code, code = 413, "payload_too_large"
+
+
+class InvalidRequest(ApiError):
+    status_code, code = 422, "invalid_request"
+
+
+class Unavailable(ApiError):
+    status_code, code = 503, "unavailable"
+
+
+class DatasetRejected(InvalidRequest):
+    """The upload failed its checks; `problems` lists each one with its row and field."""
+
+    code = "dataset_rejected"
+
+    def __init__(self, message: str, problems: list[dict[str, Any]]) -> None:
+        super().__init__(message, param="file")
+        self.problems = problems
+
+    def body(self) -> dict[str, Any]:
+        return {**super().body(), "problems": self.problems}
+
+
+def error_response(
+    status_code: int, body: dict[str, Any], headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": jsonable_encoder(body)}, status_code=status_code, headers=headers)
+
+
+def validation_param(error: dict[str, Any]) -> str | None:
+    """Dotted path of the offending field: a SpecConflict names it itself, otherwise the location
+    without its first part (`body`, `query`, `header`, `path`)."""
+    ctx_error = error.get("ctx", {}).get("error")
+    if isinstance(ctx_error, SpecConflict):
+        return ctx_error.field
+    parts = [str(p) for p in error.get("loc", ())[1:]]
+    return ".".join(parts) or None
+
+
+async def _api_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    return error_response(exc.status_code, exc.body(), headers)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0]
+    param = validation_param(first)
+    message = str(first.get("msg", "invalid request"))
+    message = f"{param}: {message}" if param and not message.startswith(param) else message
+    details = [{"param": validation_param(e), "message": str(e.get("msg"))} for e in exc.errors()]
+    body = {"code": "invalid_request", "message": message, "param": param, "details": details}
+    return error_response(422, body)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return error_response(
+        exc.status_code, {"code": code, "message": str(exc.detail), "param": None}, exc.headers
+    )
+
+
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(500, {"code": "internal_error", "message": "internal server error", "param": None})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every error through one JSON shape."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,55 @@
+"""The FastAPI application: `create_app(settings)` wires settings, database, storage and the task producer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.deps import AppContext
+from api.errors import install_error_handlers
+from api.routes import artifacts, datasets, health, jobs
+from core.db import Database
+from core.queue import make_producer
+from core.settings import Settings
+from core.storage import LocalStorage
+
+DESCRIPTION = """Align text-to-image diffusion models with MaPO: upload preference datasets, run LoRA
+training jobs, follow their events and metrics, and download adapters that load straight into diffusers.
+
+Authenticate with `Authorization: Bearer <api key>`. Errors are `{"error": {"code", "message", "param"}}`.
+Lists page with `?limit=&after=` and answer `{"data": [...], "has_more": bool}`."""
+
+# Multipart framing and the optional name field on top of the largest accepted upload.
+BODY_OVERHEAD_BYTES = 1 << 20
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; without `settings` they are read from the environment (MAPO_*)."""
+    settings = settings or Settings()
+    settings.ensure_dirs()
+    context = AppContext(
+        settings=settings,
+        database=Database(settings),
+        storage=LocalStorage(settings.storage_root),
+        producer=make_producer(settings),
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        context.database.dispose()
+
+    app = FastAPI(
+        title="mapo-service",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        max_body_size=settings.max_upload_bytes + BODY_OVERHEAD_BYTES,
+    )
+    app.state.context = context
+    install_error_handlers(app)
+    for module in (health, datasets, jobs, artifacts):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,78 @@
+"""Dataset routes: upload, list, inspect, delete, and the images of one pair."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, File, Form, Path, Query, UploadFile, status
+from fastapi.responses import FileResponse
+
+from api.deps import ContextDep, CurrentTenant, SessionDep
+from api.schemas import DatasetOut, ErrorResponse, ListResponse
+from api.services import datasets as service
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses={404: {"model": ErrorResponse}})
+
+Limit = Annotated[int, Query(ge=1, le=200, description="Page size.")]
+After = Annotated[str | None, Query(description="Id of the last item of the previous page.")]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses={413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+)
+def upload_dataset(
+    session: SessionDep,
+    context: ContextDep,
+    tenant: CurrentTenant,
+    file: Annotated[
+        UploadFile,
+        File(description="A .zip or .tar(.gz) with pairs.jsonl or pairs.csv and images, or a parquet."),
+    ],
+    name: Annotated[
+        str | None, Form(max_length=200, description="Display name; defaults to the file name.")
+    ] = None,
+) -> DatasetOut:
+    """Upload a preference dataset; every problem is listed with its row and field."""
+    filename = file.filename or "upload"
+    return service.upload_dataset(session, context, tenant, stream=file.file, filename=filename, name=name)
+
+
+@router.get("")
+def list_datasets(
+    session: SessionDep, tenant: CurrentTenant, limit: Limit = 20, after: After = None
+) -> ListResponse[DatasetOut]:
+    """List your datasets, newest first."""
+    return service.list_datasets(session, tenant, limit=limit, after=after)
+
+
+@router.get("/{dataset_id}")
+def get_dataset(session: SessionDep, tenant: CurrentTenant, dataset_id: str) -> DatasetOut:
+    """Inspect a dataset: pairs, bytes, sha256 and a preview."""
+    return service.get_dataset(session, tenant, dataset_id)
+
+
+@router.delete(
+    "/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT, responses={409: {"model": ErrorResponse}}
+)
+def delete_dataset(session: SessionDep, context: ContextDep, tenant: CurrentTenant, dataset_id: str) -> None:
+    """Delete a dataset and its files (409 while an unfinished job uses it)."""
+    service.delete_dataset(session, context, tenant, dataset_id)
+
+
+@router.get(
+    "/{dataset_id}/pairs/{n}/{role}",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
+)
+def pair_image(
+    session: SessionDep,
+    context: ContextDep,
+    tenant: CurrentTenant,
+    dataset_id: str,
+    n: Annotated[int, Path(ge=0, description="0-based pair index.")],
+    role: Literal["chosen", "rejected"],
+) -> FileResponse:
+    """One image of pair `n`, for the dashboard."""
+    return FileResponse(service.pair_image_path(session, context, tenant, dataset_id, n=n, role=role))

@@ -1,0 +1,23 @@
+"""Liveness and readiness probes (no authentication)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api.deps import ContextDep
+from api.schemas import ErrorResponse, HealthOut, ReadyOut
+from api.services.health import check_ready
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> HealthOut:
+    """The process is up."""
+    return HealthOut()
+
+
+@router.get("/readyz", responses={503: {"model": ErrorResponse}})
+def readyz(context: ContextDep) -> ReadyOut:
+    """The database and the broker are reachable."""
+    return check_ready(context)

@@ -1,0 +1,98 @@
+"""Job routes: create, list, inspect, cancel, and follow (events, metrics)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, status
+from fastapi.responses import StreamingResponse
+
+from api.deps import ContextDep, CurrentTenant, SessionDep
+from api.schemas import ErrorResponse, EventOut, JobCreate, JobOut, ListResponse, MetricsOut
+from api.services import events as event_service
+from api.services import jobs as service
+from api.services import outputs as output_service
+from core.models import JobStatus
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={404: {"model": ErrorResponse}})
+
+Limit = Annotated[int, Query(ge=1, le=200, description="Page size.")]
+SSE_MEDIA_TYPE = "text/event-stream"
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses={409: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+)
+def create_job(
+    session: SessionDep,
+    context: ContextDep,
+    tenant: CurrentTenant,
+    body: JobCreate,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            max_length=255, description="Repeat a create safely: the same key and body return the same job."
+        ),
+    ] = None,
+) -> JobOut:
+    """Create a training job; it is queued once this request commits."""
+    return service.create_job(session, context, tenant, body, idempotency_key=idempotency_key)
+
+
+@router.get("")
+def list_jobs(
+    session: SessionDep,
+    tenant: CurrentTenant,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
+    limit: Limit = 20,
+    after: Annotated[str | None, Query(description="Id of the last job of the previous page.")] = None,
+) -> ListResponse[JobOut]:
+    """List your jobs, newest first."""
+    return service.list_jobs(session, tenant, status=status, limit=limit, after=after)
+
+
+@router.get("/{job_id}")
+def get_job(session: SessionDep, tenant: CurrentTenant, job_id: str) -> JobOut:
+    """Inspect a job: status, progress, error, timestamps and latest metrics."""
+    return service.get_job(session, tenant, job_id)
+
+
+@router.post("/{job_id}/cancel", responses={409: {"model": ErrorResponse}})
+def cancel_job(session: SessionDep, tenant: CurrentTenant, job_id: str) -> JobOut:
+    """Request cancellation (idempotent; 409 once the job has succeeded or failed)."""
+    return service.cancel_job(session, tenant, job_id)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_model=ListResponse[EventOut],
+    responses={200: {"content": {SSE_MEDIA_TYPE: {"schema": {"type": "string"}}}}},
+)
+def job_events(
+    session: SessionDep,
+    context: ContextDep,
+    tenant: CurrentTenant,
+    job_id: str,
+    after: Annotated[
+        int | None, Query(ge=0, description="Last event id seen; events after it follow.")
+    ] = None,
+    limit: Limit = 100,
+    accept: Annotated[str, Header(include_in_schema=False)] = "",
+    last_event_id: Annotated[int | None, Header(ge=0, include_in_schema=False)] = None,
+) -> ListResponse[EventOut] | StreamingResponse:
+    """The job's event log, oldest first; with `Accept: text/event-stream`, a live SSE stream of it."""
+    if SSE_MEDIA_TYPE not in accept:
+        return event_service.list_events(session, tenant, job_id, after=after, limit=limit)
+    stream = event_service.open_event_stream(
+        session, context, tenant, job_id, after=last_event_id if last_event_id is not None else after
+    )
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream, media_type=SSE_MEDIA_TYPE, headers=headers)
+
+
+@router.get("/{job_id}/metrics")
+def job_metrics(session: SessionDep, tenant: CurrentTenant, job_id: str) -> MetricsOut:
+    """Metric series per name (steps and values) for plotting."""
+    return output_service.get_metrics(session, tenant, job_id)

@@ -1,0 +1,217 @@
+"""Request and response bodies of the v1 API (they also feed OpenAPI)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, create_model, model_validator
+
+from trainer.spec import Method, SpecConflict, TrainSpec, ValidationSpec
+
+T = TypeVar("T")
+
+# TrainSpec fields that the job body carries at the top level rather than in `hyperparameters`.
+TOP_LEVEL_SPEC_FIELDS = frozenset({"base_model", "method", "validation", "seed"})
+HYPERPARAMETER_FIELDS = frozenset(TrainSpec.model_fields) - TOP_LEVEL_SPEC_FIELDS
+
+if TYPE_CHECKING:
+
+    class Hyperparameters(BaseModel):
+        """Training fields of TrainSpec."""
+
+else:
+    # Built from TrainSpec's own fields, so the API's constraints and docs can never drift from the spec.
+    Hyperparameters = create_model(
+        "Hyperparameters",
+        __config__=ConfigDict(extra="forbid"),
+        __doc__="TrainSpec's training fields; each defaults to the MaPO reference recipe.",
+        **{
+            name: (f.annotation, f)
+            for name, f in TrainSpec.model_fields.items()
+            if name in HYPERPARAMETER_FIELDS
+        },
+    )
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(examples=["not_found"])
+    message: str = Field(examples=["job job_0123 not found"])
+    param: str | None = Field(default=None, description="Dotted path of the offending field, if one.")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class ListResponse(BaseModel, Generic[T]):
+    """A page of a list, newest first (events: oldest first); pass the last id as `after` for more."""
+
+    data: list[T]
+    has_more: bool
+
+
+class PreviewPairOut(BaseModel):
+    index: int
+    prompt: str
+    chosen_url: str
+    rejected_url: str
+
+
+class DatasetOut(BaseModel):
+    id: str = Field(examples=["ds_0643f1c2a0b1d2e3f4a5b6c7d8"])
+    name: str
+    status: str = Field(description="`ready` once the upload is validated and stored.")
+    num_pairs: int
+    bytes: int = Field(description="Size of the upload as received.")
+    sha256: str = Field(description="sha256 of the upload as received.")
+    preview: list[PreviewPairOut]
+    created_at: datetime
+
+
+WebhookEvent = Literal["job.running", "job.succeeded", "job.failed", "job.cancelled"]
+DEFAULT_WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("job.succeeded", "job.failed", "job.cancelled")
+
+
+class Webhook(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: HttpUrl
+    events: list[WebhookEvent] = Field(
+        default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS), description="Job events to deliver."
+    )
+
+
+class JobCreate(BaseModel):
+    """A training job. The whole body is checked against TrainSpec, so a bad combination is a 422 here."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "dataset_id": "ds_0643f1c2a0b1d2e3f4a5b6c7d8",
+                    "base_model": "tiny-sdxl",
+                    "method": "mapo",
+                    "hyperparameters": {"max_train_steps": 20, "learning_rate": 1e-4, "train_batch_size": 2},
+                    "validation": {"prompts": ["a watercolor fox"], "every_n_steps": 10},
+                    "metadata": {"experiment": "first-try"},
+                    "seed": 0,
+                }
+            ]
+        },
+    )
+
+    dataset_id: str = Field(description="A ready dataset of yours.")
+    base_model: str = Field(description="One of the base models this server allows.", examples=["tiny-sdxl"])
+    method: Method = Field(default="mapo", description="mapo, dpo or sft.")
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    validation: ValidationSpec = Field(default_factory=ValidationSpec)
+    webhook: Webhook | None = None
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=50, description="Your own labels.")
+    seed: int = Field(default=0, ge=0, description="Seed of data order, noise, timesteps and LoRA init.")
+
+    @model_validator(mode="after")
+    def _valid_train_spec(self) -> Self:
+        try:
+            self.to_spec()
+        except ValidationError as exc:
+            raise _as_spec_conflict(exc) from None
+        return self
+
+    def to_spec(self) -> TrainSpec:
+        """The TrainSpec of this job; `base_model` is the public name (the worker resolves it)."""
+        fields = self.hyperparameters.model_dump(exclude_unset=True)
+        return TrainSpec(
+            base_model=self.base_model,
+            method=self.method,
+            validation=self.validation,
+            seed=self.seed,
+            **fields,
+        )
+
+
+def _as_spec_conflict(exc: ValidationError) -> SpecConflict:
+    """Re-raise TrainSpec's first error as a SpecConflict named by its path in the job body."""
+    error = exc.errors()[0]
+    found = error.get("ctx", {}).get("error")
+    if isinstance(found, SpecConflict):
+        field, message = found.field, str(found)
+    else:
+        field, message = ".".join(str(p) for p in error["loc"]), error["msg"]
+    head = field.split(".")[0]
+    return SpecConflict(f"hyperparameters.{field}" if head in HYPERPARAMETER_FIELDS else field, message)
+
+
+class Progress(BaseModel):
+    step: int
+    total_steps: int
+    eta_seconds: float | None
+
+
+class JobError(BaseModel):
+    code: str = Field(examples=["non_finite_loss"])
+    message: str
+
+
+class JobOut(BaseModel):
+    id: str = Field(examples=["job_0643f1c2a0b1d2e3f4a5b6c7d8"])
+    status: Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+    dataset_id: str | None
+    base_model: str
+    method: str
+    hyperparameters: dict[str, Any]
+    validation: dict[str, Any]
+    webhook: dict[str, Any] | None
+    metadata: dict[str, Any]
+    seed: int
+    progress: Progress
+    error: JobError | None
+    latest_metrics: dict[str, float]
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class EventOut(BaseModel):
+    id: int = Field(description="Increases by one per event of the job; pass it as `after` or Last-Event-ID.")
+    created_at: datetime
+    level: str
+    type: str = Field(examples=["step"])
+    message: str
+    data: dict[str, Any]
+
+
+class MetricSeries(BaseModel):
+    steps: list[int]
+    values: list[float]
+
+
+class MetricsOut(BaseModel):
+    series: dict[str, MetricSeries] = Field(description="One series per metric name, steps ascending.")
+
+
+class CheckpointOut(BaseModel):
+    step: int
+    metrics: dict[str, float]
+    created_at: datetime
+
+
+class SampleOut(BaseModel):
+    id: int
+    step: int = Field(description="Optimizer step; 0 holds the base model's images.")
+    index: int = Field(description="Position of the prompt in validation.prompts.")
+    prompt: str
+    with_lora: bool
+    url: str = Field(description="Download URL of the image (same auth).")
+    created_at: datetime
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyOut(BaseModel):
+    status: Literal["ok"] = "ok"
+    checks: dict[str, str]

@@ -1,0 +1,149 @@
+"""Datasets: receive an upload (streamed to disk), ingest it into the canonical layout, record it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, NamedTuple
+
+from sqlalchemy.orm import Session
+
+from api.deps import AppContext
+from api.errors import Conflict, DatasetRejected, NotFound, PayloadTooLarge
+from api.schemas import DatasetOut, ListResponse, PreviewPairOut
+from api.services.ingest import IngestLimits, IngestRejected, ingest_upload
+from core.db import after_commit, after_rollback
+from core.models import Dataset, Tenant, new_id
+from core.repositories import datasets as dataset_repo
+from core.storage import CHUNK_BYTES, dataset_key
+from trainer.dataset_format import DatasetFormatError, iter_pairs
+
+
+class ReceivedUpload(NamedTuple):
+    path: Path
+    bytes: int
+    sha256: str
+
+
+@contextmanager
+def received_upload(stream: BinaryIO, *, tmp_dir: Path, max_bytes: int) -> Iterator[ReceivedUpload]:
+    """Copy the upload in chunks to a temp file (hashing it on the way); the file is removed on exit."""
+    digest, size = hashlib.sha256(), 0
+    fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="upload-")
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while chunk := stream.read(CHUNK_BYTES):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise PayloadTooLarge(f"upload exceeds {max_bytes} bytes", param="file")
+                digest.update(chunk)
+                out.write(chunk)
+        yield ReceivedUpload(path, size, digest.hexdigest())
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def upload_dataset(
+    session: Session,
+    context: AppContext,
+    tenant: Tenant,
+    *,
+    stream: BinaryIO,
+    filename: str,
+    name: str | None,
+) -> DatasetOut:
+    """Validate and store an uploaded dataset; 422 with every problem if it is refused."""
+    settings, storage = context.settings, context.storage
+    dataset_id = new_id("ds")
+    key = dataset_key(tenant.id, dataset_id)
+    limits = IngestLimits(max_pairs=settings.max_pairs, max_image_pixels=settings.max_image_pixels)
+    with received_upload(stream, tmp_dir=settings.tmp_dir, max_bytes=settings.max_upload_bytes) as upload:
+        storage.local_path(key).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            report = ingest_upload(upload.path, filename, storage.local_path(key), limits=limits)
+        except IngestRejected as exc:
+            problems = [p.model_dump() for p in exc.problems]
+            raise DatasetRejected(f"{filename}: {exc}", problems) from None
+    # If the request's transaction does not commit, the stored files must not outlive it.
+    after_rollback(session, lambda: storage.delete_tree(key))
+    dataset = dataset_repo.add_dataset(
+        session,
+        dataset_id=dataset_id,
+        tenant_id=tenant.id,
+        name=name or filename,
+        storage_key=key,
+        num_pairs=report.num_pairs,
+        size_bytes=upload.bytes,
+        sha256=upload.sha256,
+        preview=[p.model_dump() for p in report.preview],
+    )
+    return dataset_out(dataset)
+
+
+def dataset_out(dataset: Dataset) -> DatasetOut:
+    base = f"/v1/datasets/{dataset.id}/pairs"
+    preview = [
+        PreviewPairOut(
+            index=i, prompt=p["prompt"], chosen_url=f"{base}/{i}/chosen", rejected_url=f"{base}/{i}/rejected"
+        )
+        for i, p in enumerate(dataset.preview)
+    ]
+    return DatasetOut(
+        id=dataset.id,
+        name=dataset.name,
+        status=dataset.status,
+        num_pairs=dataset.num_pairs,
+        bytes=dataset.bytes,
+        sha256=dataset.sha256,
+        preview=preview,
+        created_at=dataset.created_at,
+    )
+
+
+def require_dataset(session: Session, tenant: Tenant, dataset_id: str) -> Dataset:
+    """The tenant's dataset or 404 (also for another tenant's)."""
+    dataset = dataset_repo.get_dataset(session, dataset_id, tenant_id=tenant.id)
+    if dataset is None:
+        raise NotFound(f"dataset {dataset_id} not found", param="dataset_id")
+    return dataset
+
+
+def get_dataset(session: Session, tenant: Tenant, dataset_id: str) -> DatasetOut:
+    return dataset_out(require_dataset(session, tenant, dataset_id))
+
+
+def list_datasets(
+    session: Session, tenant: Tenant, *, limit: int, after: str | None
+) -> ListResponse[DatasetOut]:
+    page = dataset_repo.list_datasets(session, tenant_id=tenant.id, limit=limit, after=after)
+    return ListResponse[DatasetOut](data=[dataset_out(d) for d in page.items], has_more=page.has_more)
+
+
+def delete_dataset(session: Session, context: AppContext, tenant: Tenant, dataset_id: str) -> None:
+    """Delete the row now and the files once that commits; 409 while an unfinished job uses it."""
+    dataset = require_dataset(session, tenant, dataset_id)
+    if dataset_repo.dataset_in_use(session, dataset.id):
+        raise Conflict(f"dataset {dataset_id} is used by a job that has not finished", code="dataset_in_use")
+    key = dataset.storage_key
+    dataset_repo.delete_dataset(session, dataset)
+    after_commit(session, lambda: context.storage.delete_tree(key))
+
+
+def pair_image_path(
+    session: Session, context: AppContext, tenant: Tenant, dataset_id: str, *, n: int, role: str
+) -> Path:
+    """The file of image `role` (chosen or rejected) of pair `n`, found reading pairs.jsonl line by line."""
+    dataset = require_dataset(session, tenant, dataset_id)
+    root = context.storage.local_path(dataset.storage_key)
+    try:
+        for index, pair in enumerate(iter_pairs(root)):
+            if index == n:
+                return root / (pair.chosen if role == "chosen" else pair.rejected)
+    except DatasetFormatError as exc:
+        raise NotFound(f"dataset {dataset.id} files are unreadable: {exc}", param="dataset_id") from None
+    raise NotFound(f"dataset {dataset.id} has no pair {n} (it has {dataset.num_pairs})", param="n")

@@ -1,0 +1,139 @@
+"""Jobs: create (validated, idempotent, enqueued after commit), read, list and cancel."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.deps import AppContext
+from api.errors import Conflict, InvalidRequest, NotFound
+from api.schemas import HYPERPARAMETER_FIELDS, JobCreate, JobError, JobOut, ListResponse, Progress
+from api.services.datasets import require_dataset
+from core.db import after_commit
+from core.models import Job, Tenant
+from core.queue import enqueue_train_job
+from core.repositories import events as event_repo
+from core.repositories import jobs as job_repo
+
+
+def create_job(
+    session: Session, context: AppContext, tenant: Tenant, body: JobCreate, *, idempotency_key: str | None
+) -> JobOut:
+    """Create a queued job and enqueue it once the transaction commits; an Idempotency-Key seen before
+    returns that job (or 409 if the body differs)."""
+    if body.base_model not in context.settings.base_models:
+        allowed = ", ".join(sorted(context.settings.base_models)) or "none configured"
+        message = f"unknown base_model {body.base_model!r} (allowed: {allowed})"
+        raise InvalidRequest(message, param="base_model", code="unknown_base_model")
+    request_hash = hashlib.sha256(
+        json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()
+    ).hexdigest()
+    if idempotency_key is not None:
+        existing = job_repo.get_job_by_idempotency_key(session, tenant_id=tenant.id, key=idempotency_key)
+        if existing is not None:
+            return _replayed(existing, request_hash)
+    dataset = require_dataset(session, tenant, body.dataset_id)
+    if dataset.status != "ready":
+        raise Conflict(f"dataset {dataset.id} is {dataset.status}, not ready", param="dataset_id")
+    job = _new_job(tenant, body, idempotency_key=idempotency_key, request_hash=request_hash)
+    try:
+        with session.begin_nested():
+            job_repo.add_job(session, job)
+    except IntegrityError:
+        # A concurrent request with the same Idempotency-Key won the insert.
+        winner = job_repo.get_job_by_idempotency_key(session, tenant_id=tenant.id, key=idempotency_key or "")
+        if winner is None:
+            raise
+        return _replayed(winner, request_hash)
+    event_repo.append_event(session, job.id, "queued", f"job queued on {body.base_model} ({body.method})")
+    producer, job_id = context.producer, job.id
+    after_commit(session, lambda: enqueue_train_job(producer, job_id))
+    return job_out(job)
+
+
+def _new_job(tenant: Tenant, body: JobCreate, *, idempotency_key: str | None, request_hash: str) -> Job:
+    spec = body.to_spec()
+    return Job(
+        tenant_id=tenant.id,
+        dataset_id=body.dataset_id,
+        base_model=body.base_model,
+        method=body.method,
+        spec=spec.model_dump(mode="json"),
+        validation=body.validation.model_dump(mode="json"),
+        webhook=body.webhook.model_dump(mode="json") if body.webhook else None,
+        metadata_=body.metadata,
+        seed=body.seed,
+        status="queued",
+        total_steps=spec.max_train_steps,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+    )
+
+
+def _replayed(job: Job, request_hash: str) -> JobOut:
+    if job.request_hash != request_hash:
+        raise Conflict(
+            "Idempotency-Key was already used with a different request body",
+            param="Idempotency-Key",
+            code="idempotency_key_reused",
+        )
+    return job_out(job)
+
+
+def job_out(job: Job) -> JobOut:
+    error = JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None
+    return JobOut.model_validate(
+        {
+            "id": job.id,
+            "status": job.status,
+            "dataset_id": job.dataset_id,
+            "base_model": job.base_model,
+            "method": job.method,
+            "hyperparameters": {k: v for k, v in job.spec.items() if k in HYPERPARAMETER_FIELDS},
+            "validation": job.validation,
+            "webhook": job.webhook,
+            "metadata": job.metadata_,
+            "seed": job.seed,
+            "progress": Progress(step=job.step, total_steps=job.total_steps, eta_seconds=job.eta_seconds),
+            "error": error,
+            "latest_metrics": job.latest_metrics,
+            "attempts": job.attempts,
+            "created_at": job.created_at,
+            "started_at": job.started_at,
+            "finished_at": job.finished_at,
+        }
+    )
+
+
+def require_job(session: Session, tenant: Tenant, job_id: str) -> Job:
+    """The tenant's job or 404 (also for another tenant's)."""
+    job = job_repo.get_job(session, job_id, tenant_id=tenant.id)
+    if job is None:
+        raise NotFound(f"job {job_id} not found", param="job_id")
+    return job
+
+
+def get_job(session: Session, tenant: Tenant, job_id: str) -> JobOut:
+    return job_out(require_job(session, tenant, job_id))
+
+
+def list_jobs(
+    session: Session, tenant: Tenant, *, status: str | None, limit: int, after: str | None
+) -> ListResponse[JobOut]:
+    page = job_repo.list_jobs(session, tenant_id=tenant.id, status=status, limit=limit, after=after)
+    return ListResponse[JobOut](data=[job_out(j) for j in page.items], has_more=page.has_more)
+
+
+def cancel_job(session: Session, tenant: Tenant, job_id: str) -> JobOut:
+    """queued → cancelled, running → cancelling; repeating is harmless; 409 once the job has finished."""
+    job = require_job(session, tenant, job_id)
+    before = job.status
+    after = job_repo.request_cancel(session, job.id)
+    if after in ("succeeded", "failed"):
+        raise Conflict(f"job {job_id} has already {after}", param="job_id", code="job_finished")
+    if after != before:
+        event_repo.append_event(session, job.id, "cancel_requested", f"cancel requested: {before} → {after}")
+    return job_out(require_job(session, tenant, job_id))

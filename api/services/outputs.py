@@ -1,0 +1,107 @@
+"""What a job produced: metric series, checkpoints, validation samples and the adapter file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple
+
+from sqlalchemy.orm import Session
+
+from api.deps import AppContext
+from api.errors import NotFound
+from api.schemas import CheckpointOut, ListResponse, MetricSeries, MetricsOut, SampleOut
+from api.services.jobs import require_job
+from core.models import Tenant
+from core.repositories import metrics as metric_repo
+from core.repositories import outputs as output_repo
+from core.storage import CHUNK_BYTES, Storage
+
+ADAPTER_FILE_NAMES = {"diffusers": "pytorch_lora_weights.safetensors", "kohya": "{job_id}_kohya.safetensors"}
+IMAGE_MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
+
+
+class FileDownload(NamedTuple):
+    """A stored file to stream back."""
+
+    chunks: Iterator[bytes]
+    size: int
+    media_type: str
+    filename: str
+    sha256: str | None
+
+
+def get_metrics(session: Session, tenant: Tenant, job_id: str) -> MetricsOut:
+    require_job(session, tenant, job_id)
+    series = metric_repo.metric_series(session, job_id)
+    return MetricsOut(
+        series={
+            name: MetricSeries(steps=[s for s, _ in points], values=[v for _, v in points])
+            for name, points in series.items()
+        }
+    )
+
+
+def list_checkpoints(session: Session, tenant: Tenant, job_id: str) -> ListResponse[CheckpointOut]:
+    require_job(session, tenant, job_id)
+    rows = output_repo.list_checkpoints(session, job_id)
+    data = [CheckpointOut(step=c.step, metrics=c.metrics, created_at=c.created_at) for c in rows]
+    return ListResponse[CheckpointOut](data=data, has_more=False)
+
+
+def list_samples(session: Session, tenant: Tenant, job_id: str) -> ListResponse[SampleOut]:
+    require_job(session, tenant, job_id)
+    data = [
+        SampleOut(
+            id=s.id,
+            step=s.step,
+            index=s.index,
+            prompt=s.prompt,
+            with_lora=s.with_lora,
+            url=f"/v1/jobs/{job_id}/samples/{s.id}/image",
+            created_at=s.created_at,
+        )
+        for s in output_repo.list_samples(session, job_id)
+    ]
+    return ListResponse[SampleOut](data=data, has_more=False)
+
+
+def sample_image(
+    session: Session, context: AppContext, tenant: Tenant, job_id: str, sample_id: int
+) -> FileDownload:
+    require_job(session, tenant, job_id)
+    sample = output_repo.get_sample(session, job_id, sample_id)
+    if sample is None or not context.storage.exists(sample.storage_key):
+        raise NotFound(f"sample {sample_id} of job {job_id} not found", param="sample_id")
+    suffix = "." + sample.storage_key.rsplit(".", 1)[-1].lower()
+    name = sample.storage_key.rsplit("/", 1)[-1]
+    return _download(
+        context.storage, sample.storage_key, IMAGE_MEDIA_TYPES.get(suffix, "image/png"), name, None
+    )
+
+
+def adapter(
+    session: Session, context: AppContext, tenant: Tenant, job_id: str, *, format: str
+) -> FileDownload:
+    """The trained LoRA in `format`; 404 until the job has produced it."""
+    job = require_job(session, tenant, job_id)
+    artifact = output_repo.get_artifact(session, job_id, format=format)
+    if artifact is None or not context.storage.exists(artifact.storage_key):
+        raise NotFound(
+            f"job {job_id} has no {format} adapter (status {job.status})",
+            param="format",
+            code="adapter_not_found",
+        )
+    filename = ADAPTER_FILE_NAMES[format].format(job_id=job_id)
+    return _download(
+        context.storage, artifact.storage_key, "application/octet-stream", filename, artifact.sha256
+    )
+
+
+def _download(storage: Storage, key: str, media_type: str, filename: str, sha256: str | None) -> FileDownload:
+    return FileDownload(_chunks(storage, key), storage.size(key), media_type, filename, sha256)
+
+
+def _chunks(storage: Storage, key: str) -> Iterator[bytes]:
+    with storage.open_read(key) as stream:
+        while chunk := stream.read(CHUNK_BYTES):
+            yield chunk

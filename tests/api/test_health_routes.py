@@ -1,0 +1,48 @@
+import pytest
+from fastapi.testclient import TestClient
+from redis import Redis
+
+from api.main import create_app
+from core.db import Database
+from core.settings import Settings
+
+
+def test_healthz_answers_ok(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_readyz_checks_database_and_embedded_broker(client: TestClient) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json()["checks"] == {"database": "ok", "broker": "ok"}
+
+
+def test_readyz_is_503_naming_the_broker_when_it_is_unreachable(
+    settings: Settings, database: Database
+) -> None:
+    unreachable = settings.model_copy(
+        update={"broker_url": "redis://127.0.0.1:1/0", "broker_timeout_seconds": 0.5}
+    )
+    with TestClient(create_app(unreachable)) as client:
+        response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["error"]["param"] == "broker"
+
+
+def test_readyz_with_the_machines_redis(settings: Settings, database: Database) -> None:
+    try:
+        Redis(host="127.0.0.1", port=6379, socket_connect_timeout=0.5).ping()
+    except Exception:
+        pytest.skip("no Redis at 127.0.0.1:6379; Redis readiness test skipped")
+    redis = settings.model_copy(update={"broker_url": "redis://127.0.0.1:6379/15"})
+    with TestClient(create_app(redis)) as client:
+        assert client.get("/readyz").status_code == 200
+
+
+def test_openapi_documents_the_job_body_from_train_spec(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    hyper = schema["components"]["schemas"]["Hyperparameters"]["properties"]
+    assert "Peak learning rate" in hyper["learning_rate"]["description"]
+    assert "base_model" not in hyper
+    assert schema["components"]["schemas"]["JobCreate"]["examples"]
+    assert schema["paths"]["/v1/jobs"]["post"]["summary"]

@@ -1,0 +1,247 @@
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from kombu import Connection
+from sqlalchemy.orm import Session
+
+from core.db import Database
+from core.models import Tenant
+from core.queue import GPU_QUEUE, TRAIN_JOB_TASK, broker_transport_options
+from core.repositories import events as event_repo
+from core.repositories import jobs as job_repo
+from core.settings import Settings
+from tests.conftest import auth_headers, create_dataset, create_job, create_tenant
+
+
+@pytest.fixture
+def tenant_id(session: Session) -> str:
+    tenant = create_tenant(session)
+    session.commit()
+    return tenant.id
+
+
+@pytest.fixture
+def headers(session: Session, tenant_id: str) -> dict[str, str]:
+    tenant = session.get_one(Tenant, tenant_id)
+    return auth_headers(session, tenant)
+
+
+@pytest.fixture
+def dataset_id(session: Session, tenant_id: str) -> str:
+    dataset = create_dataset(session, tenant_id=tenant_id)
+    session.commit()
+    return dataset.id
+
+
+def job_body(dataset_id: str, **overrides: Any) -> dict[str, Any]:
+    body = {"dataset_id": dataset_id, "base_model": "tiny-sd", "hyperparameters": {"max_train_steps": 5}}
+    return {**body, **overrides}
+
+
+def received_task_args(settings: Settings) -> list[Any]:
+    """Every train task waiting on the real embedded broker, by its args."""
+    found = []
+    with Connection(settings.broker_url, transport_options=broker_transport_options(settings)) as conn:
+        queue = conn.SimpleQueue(GPU_QUEUE)
+        while True:
+            try:
+                message = queue.get(timeout=0.2)
+            except queue.Empty:
+                return found
+            assert message.headers["task"] == TRAIN_JOB_TASK
+            found.append(json.loads(message.body)[0])
+            message.ack()
+
+
+def test_create_job_queues_it_and_enqueues_the_task_after_commit(
+    client: TestClient, headers: dict[str, str], dataset_id: str, settings: Settings
+) -> None:
+    response = client.post("/v1/jobs", json=job_body(dataset_id, seed=3), headers=headers)
+    assert response.status_code == 201, response.text
+    job = response.json()
+    assert job["status"] == "queued"
+    assert job["progress"] == {"step": 0, "total_steps": 5, "eta_seconds": None}
+    assert job["hyperparameters"]["max_train_steps"] == 5 and job["seed"] == 3
+    assert received_task_args(settings) == [[job["id"]]]
+    assert client.get(f"/v1/jobs/{job['id']}", headers=headers).json()["status"] == "queued"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "param"),
+    [
+        ({"hyperparameters": {"learning_rate": -1.0}}, "hyperparameters.learning_rate"),
+        ({"hyperparameters": {"lr_warmup_steps": 10}}, "hyperparameters.lr_warmup_steps"),
+        ({"hyperparameters": {"resolution": 100}}, "hyperparameters.resolution"),
+        ({"hyperparameters": {"no_such_knob": 1}}, "hyperparameters.no_such_knob"),
+        ({"validation": {"every_n_steps": 5}}, "validation.every_n_steps"),
+        ({"method": "ppo"}, "method"),
+        ({"seed": -1}, "seed"),
+    ],
+)
+def test_invalid_spec_is_422_naming_the_field(
+    client: TestClient, headers: dict[str, str], dataset_id: str, overrides: dict[str, Any], param: str
+) -> None:
+    response = client.post("/v1/jobs", json=job_body(dataset_id, **overrides), headers=headers)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("invalid_request", param)
+    assert error["message"]
+
+
+def test_unknown_base_model_is_422(client: TestClient, headers: dict[str, str], dataset_id: str) -> None:
+    response = client.post("/v1/jobs", json=job_body(dataset_id, base_model="sd-unknown"), headers=headers)
+    assert response.status_code == 422
+    assert response.json()["error"]["param"] == "base_model"
+    assert "tiny-sd" in response.json()["error"]["message"]
+
+
+def test_unknown_job_is_404_in_the_error_shape(client: TestClient, headers: dict[str, str]) -> None:
+    response = client.get("/v1/jobs/job_nope", headers=headers)
+    assert response.status_code == 404
+    assert response.json() == {
+        "error": {"code": "not_found", "message": "job job_nope not found", "param": "job_id"}
+    }
+
+
+def test_missing_or_wrong_key_is_401(client: TestClient) -> None:
+    assert client.get("/v1/jobs").json()["error"]["code"] == "unauthenticated"
+    response = client.get("/v1/jobs", headers={"Authorization": "Bearer mapo_wrong"})
+    assert response.status_code == 401
+
+
+def test_another_tenants_job_and_dataset_answer_404(
+    client: TestClient, session: Session, headers: dict[str, str], dataset_id: str
+) -> None:
+    job_id = client.post("/v1/jobs", json=job_body(dataset_id), headers=headers).json()["id"]
+    stranger = auth_headers(session)
+    for path in (f"/v1/jobs/{job_id}", f"/v1/jobs/{job_id}/events", f"/v1/datasets/{dataset_id}"):
+        assert client.get(path, headers=stranger).status_code == 404
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=stranger).status_code == 404
+    assert client.get("/v1/jobs", headers=stranger).json() == {"data": [], "has_more": False}
+    response = client.post("/v1/jobs", json=job_body(dataset_id), headers=stranger)
+    assert (response.status_code, response.json()["error"]["param"]) == (404, "dataset_id")
+
+
+def test_idempotency_key_replays_the_same_job_and_refuses_a_different_body(
+    client: TestClient, headers: dict[str, str], dataset_id: str, settings: Settings
+) -> None:
+    keyed = {**headers, "Idempotency-Key": "create-1"}
+    first = client.post("/v1/jobs", json=job_body(dataset_id), headers=keyed)
+    again = client.post("/v1/jobs", json=job_body(dataset_id), headers=keyed)
+    assert again.status_code == 201 and again.json()["id"] == first.json()["id"]
+    other = client.post("/v1/jobs", json=job_body(dataset_id, seed=9), headers=keyed)
+    assert other.status_code == 409
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+    assert len(client.get("/v1/jobs", headers=headers).json()["data"]) == 1
+    assert received_task_args(settings) == [[first.json()["id"]]]
+
+
+def test_cancel_queued_is_immediate_and_idempotent(
+    client: TestClient, headers: dict[str, str], dataset_id: str
+) -> None:
+    job_id = client.post("/v1/jobs", json=job_body(dataset_id), headers=headers).json()["id"]
+    for _ in range(2):
+        response = client.post(f"/v1/jobs/{job_id}/cancel", headers=headers)
+        assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    types = [e["type"] for e in client.get(f"/v1/jobs/{job_id}/events", headers=headers).json()["data"]]
+    assert types == ["queued", "cancel_requested"]
+
+
+def test_cancel_running_asks_the_worker_and_finished_is_409(
+    client: TestClient, session: Session, headers: dict[str, str], tenant_id: str
+) -> None:
+    running, done = create_job(session, tenant_id=tenant_id), create_job(session, tenant_id=tenant_id)
+    for job in (running, done):
+        job_repo.claim_job(session, job.id, worker_id="w1")
+    job_repo.finish_job(session, done.id, status="succeeded")
+    session.commit()
+    assert client.post(f"/v1/jobs/{running.id}/cancel", headers=headers).json()["status"] == "cancelling"
+    assert client.post(f"/v1/jobs/{running.id}/cancel", headers=headers).json()["status"] == "cancelling"
+    response = client.post(f"/v1/jobs/{done.id}/cancel", headers=headers)
+    assert response.status_code == 409 and response.json()["error"]["code"] == "job_finished"
+
+
+def test_list_pages_newest_first_and_filters_by_status(
+    client: TestClient, session: Session, headers: dict[str, str], tenant_id: str
+) -> None:
+    ids = [create_job(session, tenant_id=tenant_id).id for _ in range(3)]
+    job_repo.request_cancel(session, ids[1])
+    session.commit()
+    page = client.get("/v1/jobs?limit=2", headers=headers).json()
+    assert [j["id"] for j in page["data"]] == [ids[2], ids[1]] and page["has_more"]
+    rest = client.get(f"/v1/jobs?limit=2&after={ids[1]}", headers=headers).json()
+    assert [j["id"] for j in rest["data"]] == [ids[0]] and not rest["has_more"]
+    cancelled = client.get("/v1/jobs?status=cancelled", headers=headers).json()["data"]
+    assert [j["id"] for j in cancelled] == [ids[1]]
+    assert client.get("/v1/jobs?status=bogus", headers=headers).json()["error"]["param"] == "status"
+
+
+def test_get_shows_progress_metrics_and_error(
+    client: TestClient, session: Session, headers: dict[str, str], tenant_id: str
+) -> None:
+    job = create_job(session, tenant_id=tenant_id)
+    job_repo.claim_job(session, job.id, worker_id="w1")
+    job_repo.update_progress(
+        session, job.id, step=4, total_steps=10, eta_seconds=3.0, latest_metrics={"loss": 0.5}
+    )
+    job_repo.finish_job(
+        session, job.id, status="failed", error_code="non_finite_loss", error_message="loss is nan"
+    )
+    session.commit()
+    body = client.get(f"/v1/jobs/{job.id}", headers=headers).json()
+    assert body["progress"] == {"step": 4, "total_steps": 10, "eta_seconds": None}
+    assert body["latest_metrics"] == {"loss": 0.5}
+    assert body["error"] == {"code": "non_finite_loss", "message": "loss is nan"}
+    assert body["started_at"] and body["finished_at"]
+
+
+def test_events_page_oldest_first(
+    client: TestClient, session: Session, headers: dict[str, str], tenant_id: str
+) -> None:
+    job = create_job(session, tenant_id=tenant_id)
+    event_repo.append_events(session, job.id, [event_repo.NewEvent("step", f"s{i}") for i in range(5)])
+    session.commit()
+    first = client.get(f"/v1/jobs/{job.id}/events?limit=3", headers=headers).json()
+    assert [e["id"] for e in first["data"]] == [1, 2, 3] and first["has_more"]
+    rest = client.get(f"/v1/jobs/{job.id}/events?after=3", headers=headers).json()
+    assert [e["message"] for e in rest["data"]] == ["s3", "s4"] and not rest["has_more"]
+    assert set(rest["data"][0]) == {"id", "created_at", "level", "type", "message", "data"}
+
+
+def read_sse(client: TestClient, path: str, headers: dict[str, str]) -> list[dict[str, Any]]:
+    events = []
+    with client.stream("GET", path, headers={**headers, "Accept": "text/event-stream"}) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line.removeprefix("data: ")))
+    return events
+
+
+def test_sse_streams_live_events_and_closes_when_the_job_finishes(
+    client: TestClient, session: Session, database: Database, headers: dict[str, str], tenant_id: str
+) -> None:
+    job = create_job(session, tenant_id=tenant_id)
+    event_repo.append_event(session, job.id, "queued")
+    job_repo.claim_job(session, job.id, worker_id="w1")
+    session.commit()
+
+    def worker() -> None:
+        time.sleep(0.3)
+        with database.session_scope() as s:
+            event_repo.append_event(s, job.id, "step", data={"step": 1})
+        with database.session_scope() as s:
+            event_repo.append_event(s, job.id, "succeeded")
+            job_repo.finish_job(s, job.id, status="succeeded")
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    events = read_sse(client, f"/v1/jobs/{job.id}/events", headers)
+    thread.join()
+    assert [(e["id"], e["type"]) for e in events] == [(1, "queued"), (2, "step"), (3, "succeeded")]
+    replay = read_sse(client, f"/v1/jobs/{job.id}/events", {**headers, "Last-Event-ID": "2"})
+    assert [e["id"] for e in replay] == [3]
