@@ -24,7 +24,7 @@ class IngestLimits(BaseModel):
     max_pairs: int = Field(
         default=1_000_000,
         ge=1,
-        description="Most preference pairs kept (ties excluded); Pick-a-Pic v2 has about 960k.",
+        description="Most preference pairs kept (ties excluded); Pick-a-Pic v2 has about a million rows.",
     )
     max_image_bytes: int = Field(default=20 * MIB, ge=1, description="Largest encoded image file, in bytes.")
     max_image_pixels: int = Field(
@@ -46,7 +46,13 @@ class IngestLimits(BaseModel):
         ),
     )
     max_members: int = Field(
-        default=3_000_000, ge=1, description="Most entries in an archive (files and folders)."
+        default=500_000,
+        ge=1,
+        description=(
+            "Most entries in an archive (files and folders); datasets over ~250k pairs belong in parquet. "
+            "A zip's central directory is parsed before this check, so the API's upload size limit is "
+            "what bounds that read."
+        ),
     )
     max_problems: int = Field(
         default=1000,

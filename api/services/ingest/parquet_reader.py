@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +31,26 @@ _COLUMNS: dict[str, tuple[str, Callable[[Any], bool]]] = {
 
 def ingest_parquet(upload: Path, collector: PairCollector) -> None:
     """Check every row of the parquet file and hand the valid, non-tie pairs to `collector`."""
+    for row, record in enumerate(_records(upload, collector)):
+        _ingest_row(row, record, collector)
+
+
+def _records(upload: Path, collector: PairCollector) -> Iterator[dict[str, Any]]:
+    """The rows as dicts, read BATCH_ROWS at a time; parquet errors become a fatal problem.
+
+    Only reading is inside the `try`: an error while writing the dataset is the server's, not the upload's.
+    """
+    budget = ByteBudget(
+        collector.limits.max_uncompressed_bytes,
+        f"parquet file expands to more than {collector.limits.max_uncompressed_bytes} bytes",
+    )
     try:
-        parquet = pq.ParquetFile(upload)
-        _check_schema(parquet.schema_arrow, collector)
-        _check_declared_size(parquet.metadata, upload.stat().st_size, collector)
-        budget = ByteBudget(
-            collector.limits.max_uncompressed_bytes,
-            f"parquet file expands to more than {collector.limits.max_uncompressed_bytes} bytes",
-        )
-        row = 0
-        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=list(_COLUMNS)):
-            budget.spend(int(batch.nbytes))
-            for record in batch.to_pylist():
-                _ingest_row(row, record, collector)
-                row += 1
+        with pq.ParquetFile(upload) as parquet:
+            _check_schema(parquet.schema_arrow, collector)
+            _check_declared_size(parquet.metadata, upload.stat().st_size, collector)
+            for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=list(_COLUMNS)):
+                budget.spend(int(batch.nbytes))
+                yield from batch.to_pylist()
     except LimitExceeded as exc:
         collector.fatal(str(exc))
     except (pa.ArrowException, OSError) as exc:
