@@ -1,0 +1,122 @@
+import hashlib
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from sqlalchemy.orm import Session
+
+from api.main import create_app
+from core.db import Database
+from core.models import Job
+from core.settings import Settings
+from tests.conftest import auth_headers
+
+
+def png(color: tuple[int, int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (16, 16), color).save(out, format="PNG")
+    return out.getvalue()
+
+
+def pairs_zip(*, missing_rejected: bool = False) -> bytes:
+    """Two pairs; with `missing_rejected` the second pair names an image the archive lacks."""
+    rows = [
+        {"prompt": "a red square", "chosen": "img/0c.png", "rejected": "img/0r.png"},
+        {"prompt": "a blue circle", "chosen": "img/1c.png", "rejected": "img/1r.png"},
+    ]
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        archive.writestr("pairs.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        for i, color in enumerate([(200, 0, 0), (0, 0, 200)]):
+            archive.writestr(f"img/{i}c.png", png(color))
+            if not (missing_rejected and i == 1):
+                archive.writestr(f"img/{i}r.png", png((90, 90, 90)))
+    return out.getvalue()
+
+
+@pytest.fixture
+def headers(session: Session) -> dict[str, str]:
+    return auth_headers(session)
+
+
+def upload(client: TestClient, headers: dict[str, str], payload: bytes, name: str | None = "demo") -> dict:
+    data = {"name": name} if name else {}
+    response = client.post("/v1/datasets", files={"file": ("pairs.zip", payload)}, data=data, headers=headers)
+    return {"http_status": response.status_code, **response.json()}
+
+
+def test_upload_stores_a_ready_dataset_and_serves_its_images(
+    client: TestClient, headers: dict[str, str]
+) -> None:
+    payload = pairs_zip()
+    dataset = upload(client, headers, payload)
+    assert (dataset["http_status"], dataset["status"]) == (201, "ready"), dataset
+    assert (dataset["name"], dataset["num_pairs"], dataset["bytes"]) == ("demo", 2, len(payload))
+    assert dataset["sha256"] == hashlib.sha256(payload).hexdigest()
+    assert [p["prompt"] for p in dataset["preview"]] == ["a red square", "a blue circle"]
+
+    image = client.get(dataset["preview"][1]["chosen_url"], headers=headers)
+    assert image.status_code == 200
+    assert Image.open(io.BytesIO(image.content)).getpixel((0, 0)) == (0, 0, 200)
+    assert client.get(f"/v1/datasets/{dataset['id']}", headers=headers).json()["num_pairs"] == 2
+    missing = client.get(f"/v1/datasets/{dataset['id']}/pairs/2/chosen", headers=headers)
+    assert (missing.status_code, missing.json()["error"]["param"]) == (404, "n")
+
+
+def test_rejected_upload_lists_problems_and_leaves_nothing_behind(
+    client: TestClient, headers: dict[str, str], settings: Settings
+) -> None:
+    response = upload(client, headers, pairs_zip(missing_rejected=True))
+    assert response["http_status"] == 422
+    error = response["error"]
+    assert (error["code"], error["param"]) == ("dataset_rejected", "file")
+    assert any(p["row"] == 1 and p["field"] == "rejected" for p in error["problems"])
+    assert client.get("/v1/datasets", headers=headers).json()["data"] == []
+    leftovers = [p for p in settings.storage_root.rglob("*") if p.is_file()] + list(
+        settings.tmp_dir.iterdir()
+    )
+    assert leftovers == []
+
+
+def test_upload_over_the_size_limit_is_413(settings: Settings, database: Database, session: Session) -> None:
+    small = settings.model_copy(update={"max_upload_bytes": 100})
+    with TestClient(create_app(small)) as client:
+        response = upload(client, auth_headers(session), pairs_zip())
+    assert response["http_status"] == 413
+    assert response["error"]["code"] == "payload_too_large"
+    assert list(small.tmp_dir.iterdir()) == []
+
+
+def test_delete_is_refused_while_a_job_uses_the_dataset(
+    client: TestClient, session: Session, headers: dict[str, str], settings: Settings
+) -> None:
+    dataset = upload(client, headers, pairs_zip())
+    folder = next(Path(settings.storage_root).rglob(dataset["id"]))
+    body = {"dataset_id": dataset["id"], "base_model": "tiny-sd"}
+    job_id = client.post("/v1/jobs", json=body, headers=headers).json()["id"]
+
+    refused = client.delete(f"/v1/datasets/{dataset['id']}", headers=headers)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (409, "dataset_in_use")
+    client.post(f"/v1/jobs/{job_id}/cancel", headers=headers)
+    assert client.delete(f"/v1/datasets/{dataset['id']}", headers=headers).status_code == 204
+
+    assert client.get(f"/v1/datasets/{dataset['id']}", headers=headers).status_code == 404
+    assert not folder.exists()
+    assert session.get_one(Job, job_id).dataset_id is None
+
+
+def test_datasets_list_newest_first_and_are_private(
+    client: TestClient, session: Session, headers: dict[str, str]
+) -> None:
+    ids = [upload(client, headers, pairs_zip(), name=None)["id"] for _ in range(3)]
+    page = client.get("/v1/datasets?limit=2", headers=headers).json()
+    assert [d["id"] for d in page["data"]] == ids[::-1][:2] and page["has_more"]
+    assert page["data"][0]["name"] == "pairs.zip"
+    stranger = auth_headers(session)
+    assert client.get("/v1/datasets", headers=stranger).json()["data"] == []
+    assert client.delete(f"/v1/datasets/{ids[0]}", headers=stranger).status_code == 404
+    assert client.get(f"/v1/datasets/{ids[0]}/pairs/0/chosen", headers=stranger).status_code == 404
