@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api.body_limit import BodyLimitMiddleware
 from api.deps import AppContext
 from api.errors import install_error_handlers
 from api.routes import artifacts, datasets, health, jobs
@@ -46,8 +47,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        max_body_size=settings.max_upload_bytes + BODY_OVERHEAD_BYTES,
     )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes + BODY_OVERHEAD_BYTES)
     app.state.context = context
     install_error_handlers(app)
     for module in (health, datasets, jobs, artifacts):

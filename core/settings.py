@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(default=4 << 30, ge=1, description="Largest accepted dataset upload.")
     max_pairs: int = Field(default=200_000, ge=1, description="Most preference pairs in one dataset.")
+    max_image_bytes: int = Field(default=20 << 20, ge=1, description="Largest encoded image file in bytes.")
     max_image_pixels: int = Field(default=4096 * 4096, ge=1, description="Largest decoded image (w * h).")
     base_models: dict[str, str] = Field(
         default_factory=dict,

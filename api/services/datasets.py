@@ -61,7 +61,11 @@ def upload_dataset(
     settings, storage = context.settings, context.storage
     dataset_id = new_id("ds")
     key = dataset_key(tenant.id, dataset_id)
-    limits = IngestLimits(max_pairs=settings.max_pairs, max_image_pixels=settings.max_image_pixels)
+    limits = IngestLimits(
+        max_pairs=settings.max_pairs,
+        max_image_bytes=settings.max_image_bytes,
+        max_image_pixels=settings.max_image_pixels,
+    )
     with received_upload(stream, tmp_dir=settings.tmp_dir, max_bytes=settings.max_upload_bytes) as upload:
         storage.local_path(key).parent.mkdir(parents=True, exist_ok=True)
         try:
