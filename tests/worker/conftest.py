@@ -1,0 +1,65 @@
+"""Worker fixtures: a real tiny model, a real dataset in storage, and jobs that point at them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.orm import Session
+
+from core.db import Database
+from core.models import Job
+from core.settings import Settings
+from core.storage import LocalStorage
+from tests.conftest import create_dataset, create_job, create_tenant
+from tests.trainer.conftest import tiny_sd  # noqa: F401  (fixture)
+from trainer.demo_data import make_demo_dataset
+from worker.context import WorkerContext
+
+FAST_SPEC: dict[str, Any] = {
+    "base_model": "tiny-sd",
+    "method": "mapo",
+    "resolution": 32,
+    "train_batch_size": 2,
+    "gradient_accumulation_steps": 1,
+    "max_train_steps": 4,
+    "learning_rate": 1e-3,
+    "checkpoint_every_n_steps": 2,
+    "mixed_precision": "no",
+    "validation": {"prompts": ["a circle"], "num_inference_steps": 2},
+}
+
+
+@pytest.fixture
+def worker_settings(settings: Settings, tiny_sd: Path) -> Settings:  # noqa: F811
+    return settings.model_copy(update={"base_models": {"tiny-sd": str(tiny_sd)}})
+
+
+@pytest.fixture
+def ctx(worker_settings: Settings, database: Database) -> WorkerContext:
+    worker_settings.ensure_dirs()
+    return WorkerContext(worker_settings, database, LocalStorage(worker_settings.storage_root), "test-host:1")
+
+
+@pytest.fixture
+def make_job(session: Session, ctx: WorkerContext) -> Callable[..., Job]:
+    """A committed queued job on a real 6-pair demo dataset; spec overrides merge into FAST_SPEC."""
+
+    def make(**spec_overrides: Any) -> Job:
+        tenant = create_tenant(session)
+        dataset = create_dataset(session, tenant_id=tenant.id, num_pairs=6)
+        make_demo_dataset(ctx.storage.local_path(dataset.storage_key), num_pairs=6, resolution=32)
+        spec = {**FAST_SPEC, **spec_overrides}
+        job = create_job(
+            session,
+            tenant_id=tenant.id,
+            dataset_id=dataset.id,
+            spec=spec,
+            total_steps=spec["max_train_steps"],
+        )
+        session.commit()
+        return job
+
+    return make

@@ -1,0 +1,140 @@
+"""The runner on a real database and a real tiny model: what a job's owner sees in the rows."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from safetensors.torch import load_file
+from sqlalchemy.orm import Session
+
+from core.models import Job
+from core.repositories import events as event_repo
+from core.repositories import jobs as job_repo
+from core.repositories import metrics as metric_repo
+from core.repositories import outputs as output_repo
+from worker.context import WorkerContext
+from worker.recorder import Recorder
+from worker.runner import run_job
+
+
+def _reload(session: Session, job_id: str) -> Job:
+    session.expire_all()
+    job = job_repo.get_job(session, job_id)
+    assert job is not None
+    return job
+
+
+def test_job_succeeds_and_records_events_metrics_outputs(
+    ctx: WorkerContext, make_job: Callable[..., Job], session: Session
+) -> None:
+    job = make_job()
+    assert run_job(job.id, ctx) == "succeeded"
+    job = _reload(session, job.id)
+    assert (job.status, job.step, job.total_steps, job.error_code) == ("succeeded", 4, 4, None)
+    assert job.latest_metrics["loss"] > 0 and job.finished_at is not None
+    events = event_repo.list_events(session, job.id, after=None, limit=500).items
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    types = [e.type for e in events]
+    assert types[0] == "running" and types[1] == "started" and types[-1] == "succeeded"
+    assert types.count("step") == 4 and "artifact" in types
+    assert [p[0] for p in metric_repo.metric_series(session, job.id)["loss"]] == [1, 2, 3, 4]
+    assert [c.step for c in output_repo.list_checkpoints(session, job.id)] == [2, 4]
+    samples = output_repo.list_samples(session, job.id)
+    assert {(s.step, s.with_lora) for s in samples} == {(0, False), (4, True)}
+    adapter = output_repo.get_artifact(session, job.id, format="diffusers")
+    assert adapter is not None and len(adapter.sha256) == 64
+    assert load_file(str(ctx.storage.local_path(adapter.storage_key)))
+
+
+def test_second_delivery_of_the_same_job_does_nothing(
+    ctx: WorkerContext, make_job: Callable[..., Job], session: Session
+) -> None:
+    job = make_job(max_train_steps=2)
+    assert run_job(job.id, ctx) == "succeeded"
+    before = event_repo.list_events(session, job.id, after=None, limit=500).items
+    assert run_job(job.id, ctx) == "skipped"
+    after = event_repo.list_events(session, job.id, after=None, limit=500).items
+    assert len(after) == len(before)
+    assert _reload(session, job.id).attempts == 1
+
+
+def test_cancel_while_running_ends_cancelled(
+    ctx: WorkerContext, make_job: Callable[..., Job], session: Session
+) -> None:
+    job = make_job(max_train_steps=10_000, checkpoint_every_n_steps=10_000, validation={})
+
+    def cancel_when_training() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with ctx.db.session_scope() as s:
+                if (job_repo.get_job(s, job.id) or job).step > 0:
+                    job_repo.request_cancel(s, job.id)
+                    return
+            time.sleep(0.1)
+
+    canceller = threading.Thread(target=cancel_when_training)
+    canceller.start()
+    assert run_job(job.id, ctx) == "cancelled"
+    canceller.join()
+    job = _reload(session, job.id)
+    assert job.status == "cancelled" and 0 < job.step < 10_000
+
+
+def test_unknown_base_model_fails_with_a_code(
+    ctx: WorkerContext, make_job: Callable[..., Job], session: Session
+) -> None:
+    job = make_job()
+    job.base_model = "gone-model"
+    session.commit()
+    assert run_job(job.id, ctx) == "failed"
+    job = _reload(session, job.id)
+    assert job.error_code == "unknown_base_model" and "gone-model" in (job.error_message or "")
+
+
+def test_training_error_is_stored_with_its_code(
+    ctx: WorkerContext, make_job: Callable[..., Job], session: Session
+) -> None:
+    job = make_job()
+    dataset_dir = ctx.storage.local_path(f"tenants/{job.tenant_id}/datasets/{job.dataset_id}")
+    (dataset_dir / "manifest.json").unlink()
+    assert run_job(job.id, ctx) == "failed"
+    job = _reload(session, job.id)
+    assert job.error_code == "invalid_dataset"
+    last = event_repo.list_events(session, job.id, after=None, limit=500).items[-1]
+    assert last.type == "failed" and last.level == "error"
+
+
+def test_recorder_retries_a_failed_write_without_losing_events(
+    ctx: WorkerContext, make_job: Callable[..., Job], session: Session
+) -> None:
+    from trainer.events import Step
+
+    job = make_job()
+    with ctx.db.session_scope() as s:
+        job_repo.claim_job(s, job.id, worker_id=ctx.worker_id)
+    recorder = Recorder(ctx.db, job.id, worker_id=ctx.worker_id, storage=ctx.storage, flush_seconds=3600)
+    recorder(Step(step=1, total_steps=4, metrics={"loss": 1.0}))
+    real_scope = ctx.db.session_scope
+    ctx.db.session_scope = _failing_scope  # type: ignore[method-assign]
+    try:
+        recorder._drain()
+        try:
+            recorder._flush()
+        except RuntimeError:
+            pass
+    finally:
+        ctx.db.session_scope = real_scope  # type: ignore[method-assign]
+    recorder(Step(step=2, total_steps=4, metrics={"loss": 0.5}))
+    recorder.start().close()
+    steps = [
+        e.data["step"]
+        for e in event_repo.list_events(session, job.id, after=None, limit=50).items
+        if e.type == "step"
+    ]
+    assert steps == [1, 2]
+
+
+def _failing_scope():  # type: ignore[no-untyped-def]
+    raise RuntimeError("database unavailable")

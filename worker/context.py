@@ -1,0 +1,33 @@
+"""Per-process resources of a worker: settings, database, storage and this worker's id."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from functools import cache
+
+from core.db import Database
+from core.settings import Settings
+from core.storage import LocalStorage, Storage
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    settings: Settings
+    db: Database
+    storage: Storage
+    worker_id: str
+
+
+@cache
+def get_context() -> WorkerContext:
+    """Built lazily in the process that runs tasks (after Celery's fork), once."""
+    settings = Settings()
+    settings.ensure_dirs()
+    return WorkerContext(
+        settings=settings,
+        db=Database(settings),
+        storage=LocalStorage(settings.storage_root),
+        worker_id=f"{socket.gethostname()}:{os.getpid()}",
+    )

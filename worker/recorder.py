@@ -1,0 +1,162 @@
+"""Records a running job: trainer events become rows, written in batches by a background thread.
+
+`__call__` (the trainer's `on_event`) only appends to a queue, so a slow database never stalls a training
+step. Every `flush_seconds` the flusher writes what has queued up in one transaction, stamps the job's
+heartbeat and reads its status back: `cancelling` (or losing the job to another worker) sets
+`stop_requested`, which the trainer polls through `should_stop`. A failed write is retried at the next
+tick with the same rows, and event ids come from the job row, so nothing is lost or written twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from core.db import Database
+from core.repositories import events as event_repo
+from core.repositories import jobs as job_repo
+from core.repositories import metrics as metric_repo
+from core.repositories import outputs as output_repo
+from core.storage import Storage
+from trainer.events import Event
+from worker.translate import Writes, translate
+
+log = logging.getLogger(__name__)
+
+
+class Recorder:
+    def __init__(
+        self,
+        db: Database,
+        job_id: str,
+        *,
+        worker_id: str,
+        storage: Storage,
+        flush_seconds: float = 1.0,
+    ) -> None:
+        self.db, self.job_id, self.worker_id, self.storage = db, job_id, worker_id, storage
+        self.flush_seconds = flush_seconds
+        self.stop_requested = threading.Event()
+        self.lost_ownership = False
+        self._queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._pending: list[Event] = []
+        self._closing = threading.Event()
+        self._eta = EtaEstimator()
+        self._thread = threading.Thread(target=self._run, name=f"recorder-{job_id}", daemon=True)
+
+    def __call__(self, event: Event) -> None:
+        self._queue.put(event)
+
+    def start(self) -> Recorder:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the flusher after a last flush; raises if the last rows could not be written."""
+        self._closing.set()
+        self._thread.join()
+        if self._pending or not self._queue.empty():
+            self._drain()
+            self._flush()
+
+    def _run(self) -> None:
+        while not self._closing.wait(self.flush_seconds):
+            self._drain()
+            try:
+                self._flush()
+            except Exception:
+                log.exception("job %s: writing events failed; retrying at the next tick", self.job_id)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self._pending.append(self._queue.get_nowait())
+            except queue.Empty:
+                return
+
+    def _flush(self) -> None:
+        """Write the pending events (if any) and the heartbeat in one transaction."""
+        writes = translate(self._pending, self.storage.key_of)
+        with self.db.session_scope() as session:
+            _apply(session, self.job_id, writes, self._eta.observe(writes))
+            if writes.checkpoints:
+                _forget_pruned_checkpoints(session, self.job_id, self.storage)
+            status = job_repo.heartbeat(session, self.job_id, worker_id=self.worker_id)
+        self._pending = []
+        if status is None:
+            self.lost_ownership = True
+        if status != "running":
+            self.stop_requested.set()
+
+
+class EtaEstimator:
+    """Seconds left, from the wall time of the steps seen in this run (so start-up is not counted)."""
+
+    def __init__(self) -> None:
+        self._first: tuple[float, int] | None = None
+        self.eta: float | None = None
+
+    def observe(self, writes: Writes) -> float | None:
+        step = writes.last_step
+        if step is None:
+            return self.eta
+        now = time.monotonic()
+        if self._first is None:
+            self._first = (now, step.step)
+            return self.eta
+        seconds, steps = now - self._first[0], step.step - self._first[1]
+        if steps > 0:
+            self.eta = seconds / steps * (step.total_steps - step.step)
+        return self.eta
+
+
+def _apply(session: Session, job_id: str, writes: Writes, eta: float | None) -> None:
+    event_repo.append_events(session, job_id, writes.events)
+    metric_repo.add_metrics(session, job_id, writes.metrics)
+    if writes.last_step is not None:
+        step = writes.last_step
+        job_repo.update_progress(
+            session, job_id, step=step.step, total_steps=step.total_steps, eta_seconds=eta,
+            latest_metrics=step.metrics,
+        )  # fmt: skip
+    for checkpoint in writes.checkpoints:
+        output_repo.add_checkpoint(
+            session,
+            job_id,
+            step=checkpoint.step,
+            storage_key=checkpoint.storage_key,
+            metrics=checkpoint.metrics,
+        )
+    for sample in writes.samples:
+        output_repo.add_sample(
+            session, job_id, step=sample.step, index=sample.index, prompt=sample.prompt,
+            with_lora=sample.with_lora, storage_key=sample.storage_key,
+        )  # fmt: skip
+    for artifact in writes.artifacts:
+        size, digest = _size_and_sha256(artifact.path)
+        output_repo.add_artifact(
+            session, job_id, format=artifact.format, storage_key=artifact.storage_key, size_bytes=size,
+            sha256=digest,
+        )  # fmt: skip
+
+
+def _size_and_sha256(path: Path) -> tuple[int, str]:
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def _forget_pruned_checkpoints(session: Session, job_id: str, storage: Storage) -> None:
+    """The trainer keeps only the newest few checkpoints on disk; drop the rows of those it deleted."""
+    for checkpoint in output_repo.list_checkpoints(session, job_id):
+        if not storage.exists(checkpoint.storage_key):
+            output_repo.delete_checkpoint(session, job_id, step=checkpoint.step)

@@ -1,0 +1,119 @@
+"""Run one job: claim the row, train, record, finish. Safe to call twice for the same job id.
+
+A second delivery finds the row no longer `queued` and does nothing, so a job never trains twice; a job
+that was claimed resumes from the newest checkpoint in its output folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import ValidationError
+
+from core.models import Job
+from core.repositories import events as event_repo
+from core.repositories import jobs as job_repo
+from core.storage import dataset_key, job_key
+from trainer.errors import TrainingError
+from trainer.spec import TrainSpec
+from worker.context import WorkerContext
+from worker.recorder import Recorder
+
+log = logging.getLogger(__name__)
+Outcome = Literal["skipped", "succeeded", "failed", "cancelled", "abandoned"]
+
+
+class JobSetupError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec: TrainSpec
+    dataset_dir: Path
+    output_dir: Path
+
+
+def run_job(job_id: str, ctx: WorkerContext) -> Outcome:
+    """Claim and run `job_id`; returns how it ended ("skipped" if another delivery owns it)."""
+    with ctx.db.session_scope() as session:
+        if not job_repo.claim_job(session, job_id, worker_id=ctx.worker_id):
+            log.info("job %s is not queued any more; this delivery does nothing", job_id)
+            return "skipped"
+        job = job_repo.get_job(session, job_id)
+        assert job is not None
+        event_repo.append_event(
+            session, job_id, "running", f"picked up by {ctx.worker_id} (attempt {job.attempts})"
+        )
+        try:
+            plan = plan_job(job, ctx)
+        except JobSetupError as exc:
+            plan = None
+            setup_error = exc
+    if plan is None:
+        return _finish(ctx, job_id, "failed", setup_error.code, setup_error.message)
+    return _train(ctx, job_id, plan)
+
+
+def plan_job(job: Job, ctx: WorkerContext) -> Plan:
+    """Resolve the job's public names into the trainer's inputs: a base-model location and folders."""
+    if job.base_model not in ctx.settings.base_models:
+        raise JobSetupError("unknown_base_model", f"base model {job.base_model!r} is no longer configured")
+    if job.dataset_id is None:
+        raise JobSetupError("dataset_missing", "the job's dataset was deleted")
+    try:
+        spec = TrainSpec.model_validate(
+            {**job.spec, "base_model": ctx.settings.base_model_location(job.base_model)}
+        )
+    except ValidationError as exc:
+        raise JobSetupError("invalid_spec", str(exc)) from exc
+    return Plan(
+        spec=spec,
+        dataset_dir=ctx.storage.local_path(dataset_key(job.tenant_id, job.dataset_id)),
+        output_dir=ctx.storage.local_path(job_key(job.tenant_id, job.id)),
+    )
+
+
+def _train(ctx: WorkerContext, job_id: str, plan: Plan) -> Outcome:
+    from trainer.loop import train  # torch loads here, in the worker process only
+
+    recorder = Recorder(ctx.db, job_id, worker_id=ctx.worker_id, storage=ctx.storage).start()
+    code = message = None
+    try:
+        result = train(
+            plan.spec,
+            plan.dataset_dir,
+            plan.output_dir,
+            on_event=recorder,
+            should_stop=recorder.stop_requested.is_set,
+        )
+        status: Outcome = "cancelled" if result.stopped else "succeeded"
+    except TrainingError as exc:
+        status, code, message = "failed", exc.code, exc.message
+    except Exception as exc:
+        log.exception("job %s crashed", job_id)
+        status, code, message = "failed", "internal_error", f"{type(exc).__name__}: {exc}"
+    finally:
+        recorder.close()
+    if recorder.lost_ownership:
+        log.warning("job %s was taken over by another worker; leaving its state alone", job_id)
+        return "abandoned"
+    return _finish(ctx, job_id, status, code, message)
+
+
+def _finish(
+    ctx: WorkerContext, job_id: str, status: Outcome, code: str | None, message: str | None
+) -> Outcome:
+    with ctx.db.session_scope() as session:
+        job_repo.finish_job(
+            session, job_id, status=status, worker_id=ctx.worker_id, error_code=code, error_message=message
+        )
+        level = "error" if status == "failed" else "info"
+        text = f"job {status}" + (f": {code}: {message}" if code else "")
+        event_repo.append_event(session, job_id, status, text, level=level, data={"error_code": code})
+    return status

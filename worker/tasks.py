@@ -1,0 +1,14 @@
+"""Celery tasks: thin adapters from a message (a job id) to the runner."""
+
+from __future__ import annotations
+
+from core.queue import TRAIN_JOB_TASK
+from worker.celery_app import app
+from worker.context import get_context
+from worker.runner import run_job
+
+
+@app.task(name=TRAIN_JOB_TASK, acks_late=True, ignore_result=True)
+def train_job(job_id: str) -> str:
+    """Train the job `job_id` (re-read from the database); a repeat delivery is a no-op."""
+    return run_job(job_id, get_context())
