@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import pytest
 from safetensors.torch import load_file
 from sqlalchemy.orm import Session
 
@@ -120,10 +121,8 @@ def test_recorder_retries_a_failed_write_without_losing_events(
     ctx.db.session_scope = _failing_scope  # type: ignore[method-assign]
     try:
         recorder._drain()
-        try:
+        with pytest.raises(RuntimeError):
             recorder._flush()
-        except RuntimeError:
-            pass
     finally:
         ctx.db.session_scope = real_scope  # type: ignore[method-assign]
     recorder(Step(step=2, total_steps=4, metrics={"loss": 0.5}))
