@@ -109,6 +109,20 @@ def client(settings: Settings, database: Database) -> Iterator[TestClient]:
         yield test_client
 
 
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from trainer.tiny import build_tiny_pipeline  # torch loads only for tests that need a model
+
+    return build_tiny_pipeline("sd", tmp_path_factory.mktemp("tiny-sd"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from trainer.tiny import build_tiny_pipeline  # torch loads only for tests that need a model
+
+    return build_tiny_pipeline("sdxl", tmp_path_factory.mktemp("tiny-sdxl"))
+
+
 def create_tenant(session: Session, **overrides: Any) -> Tenant:
     return tenant_repo.create_tenant(session, overrides.pop("name", f"tenant-{uuid.uuid4().hex[:8]}"))
 

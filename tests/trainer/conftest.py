@@ -11,20 +11,6 @@ from PIL import Image
 from trainer.dataset_format import DatasetWriter, EncodedImage
 
 
-@pytest.fixture(scope="session")
-def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from trainer.tiny import build_tiny_pipeline
-
-    return build_tiny_pipeline("sd", tmp_path_factory.mktemp("tiny-sd"))
-
-
-@pytest.fixture(scope="session")
-def tiny_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from trainer.tiny import build_tiny_pipeline
-
-    return build_tiny_pipeline("sdxl", tmp_path_factory.mktemp("tiny-sdxl"))
-
-
 def _png(color: tuple[int, int, int], size: tuple[int, int]) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, "PNG")

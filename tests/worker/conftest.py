@@ -14,7 +14,6 @@ from core.models import Job
 from core.settings import Settings
 from core.storage import LocalStorage
 from tests.conftest import create_dataset, create_job, create_tenant
-from tests.trainer.conftest import tiny_sd  # noqa: F401  (fixture)
 from trainer.demo_data import make_demo_dataset
 from worker.context import WorkerContext
 
@@ -33,7 +32,7 @@ FAST_SPEC: dict[str, Any] = {
 
 
 @pytest.fixture
-def worker_settings(settings: Settings, tiny_sd: Path) -> Settings:  # noqa: F811
+def worker_settings(settings: Settings, tiny_sd: Path) -> Settings:
     return settings.model_copy(update={"base_models": {"tiny-sd": str(tiny_sd)}})
 
 

@@ -1,0 +1,108 @@
+"""A real `celery worker` process takes jobs from a real broker: Redis, and the embedded filesystem one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session
+
+from core.models import Job
+from core.queue import enqueue_train_job, make_producer
+from core.repositories import jobs as job_repo
+from core.settings import Settings
+from tests.conftest import TEST_PEPPER
+
+REDIS_ENV = "MAPO_TEST_REDIS_URL"
+
+
+def _redis_url() -> str:
+    url = os.environ.get(REDIS_ENV)
+    if not url:
+        pytest.skip(f"{REDIS_ENV} is not set; Redis broker tests skipped")
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url)
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"Redis at {REDIS_ENV} is unreachable ({exc}); tests skipped")
+    client.delete("mapo.gpu")  # messages a crashed earlier run may have left
+    return url
+
+
+@pytest.fixture(params=["filesystem", pytest.param("redis", marks=pytest.mark.redis)])
+def broker_settings(request: pytest.FixtureRequest, worker_settings: Settings) -> Settings:
+    broker = "filesystem://" if request.param == "filesystem" else _redis_url()
+    return worker_settings.model_copy(update={"broker_url": broker})
+
+
+@pytest.fixture
+def celery_worker(broker_settings: Settings, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    env = {
+        **os.environ,
+        "MAPO_ENVIRONMENT": "test",
+        "MAPO_DATA_DIR": str(broker_settings.data_dir),
+        "MAPO_DATABASE_URL": broker_settings.sqlalchemy_url,
+        "MAPO_BROKER_URL": broker_settings.broker_url,
+        "MAPO_BASE_MODELS": json.dumps(broker_settings.base_models),
+        "MAPO_API_KEY_PEPPER": TEST_PEPPER,
+    }
+    log = (tmp_path / "worker.log").open("wb")
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "-Q",
+        "mapo.gpu",
+        "--loglevel=INFO",
+        "--hostname",
+        f"test-{os.getpid()}@%h",
+    ]
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    yield process
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+
+
+def _wait_finished(session: Session, job_id: str, timeout: float = 180) -> Job:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        session.expire_all()
+        job = job_repo.get_job(session, job_id)
+        if job is not None and job.is_finished:
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} did not finish within {timeout}s")
+
+
+def test_worker_process_trains_an_enqueued_job_once(
+    broker_settings: Settings,
+    celery_worker: subprocess.Popen[bytes],
+    make_job: Callable[..., Job],
+    session: Session,
+    tmp_path: Path,
+) -> None:
+    job = make_job(max_train_steps=2, validation={})
+    producer = make_producer(broker_settings)
+    enqueue_train_job(producer, job.id)
+    enqueue_train_job(producer, job.id)  # a duplicate delivery must not train twice
+    finished = _wait_finished(session, job.id)
+    log = (tmp_path / "worker.log").read_text(errors="replace")
+    assert finished.status == "succeeded", log
+    assert finished.step == 2 and finished.attempts == 1
+    assert finished.worker_id is not None and str(celery_worker.pid) != finished.worker_id.split(":")[-1]
