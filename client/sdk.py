@@ -1,0 +1,347 @@
+"""Python SDK of the mapo-service v1 REST API: datasets, jobs, events, outputs. httpx only, no torch.
+
+    with MapoClient("http://127.0.0.1:8000", api_key) as mapo:
+        dataset = mapo.upload_dataset("pairs.zip")
+        job = mapo.create_job(dataset_id=dataset["id"], base_model="tiny-sdxl")
+        mapo.wait(job["id"], timeout=600, on_event=print)
+        mapo.download_adapter(job["id"], "adapter/")
+
+Responses are the API's JSON objects as dicts (see the OpenAPI schema at /docs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, cast
+
+import httpx
+
+from client.sse import parse_sse
+
+JSON = dict[str, Any]
+FINISHED_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+DEFAULT_TIMEOUT_S = 30.0
+CHUNK_BYTES = 1 << 20
+# Waits before each consecutive reconnect of an event stream; past the last one the error is raised.
+RECONNECT_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+# A stream that ends while its job is still running (e.g. a proxy cut it) is reopened after this pause.
+REOPEN_PAUSE_S = 0.5
+_FILENAME = re.compile(r'filename="?([^";]+)"?')
+
+
+class MapoError(Exception):
+    """Base of every error the SDK raises on purpose."""
+
+
+class MapoAPIError(MapoError):
+    """The API answered with an error: `{"error": {"code", "message", "param", ...}}` and a 4xx/5xx."""
+
+    def __init__(
+        self, status: int, code: str, message: str, param: str | None = None, *, body: JSON | None = None
+    ) -> None:
+        suffix = f" (param: {param})" if param else ""
+        super().__init__(f"{status} {code}: {message}{suffix}")
+        self.status, self.code, self.message, self.param = status, code, message, param
+        self.body: JSON = body or {}
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> MapoAPIError:
+        """Parse the error shape; a body that is not in it (e.g. from a proxy) still gives an error."""
+        try:
+            body = response.json()["error"]
+            return cls(response.status_code, body["code"], body["message"], body.get("param"), body=body)
+        except (ValueError, KeyError, TypeError):
+            text = response.text[:200] or response.reason_phrase
+            return cls(response.status_code, "http_error", text)
+
+
+class ChecksumMismatch(MapoError):
+    """A downloaded file's sha256 differs from the one the API reported (the file is not kept)."""
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a list; pass the last item's id as `after` for the next page when `has_more`."""
+
+    data: list[JSON]
+    has_more: bool
+
+
+class MapoClient:
+    """A client of one mapo-service; pass `http` to reuse a client (e.g. FastAPI's TestClient)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        http: httpx.Client | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._owns_http = http is None
+        self._http = http if http is not None else httpx.Client(timeout=timeout)
+        self._headers = {"Authorization": f"Bearer {api_key}"}
+
+    def close(self) -> None:
+        """Close the HTTP client if this object created it."""
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # Datasets
+
+    def upload_dataset(
+        self, path: str | os.PathLike[str], *, name: str | None = None, idempotency_key: str | None = None
+    ) -> JSON:
+        """Upload a .zip, .tar(.gz) or .parquet preference dataset (streamed from disk); returns it ready."""
+        path = Path(path)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        data = {"name": name} if name is not None else {}
+        with path.open("rb") as stream:
+            files = {"file": (path.name, stream, "application/octet-stream")}
+            return self._json("POST", "/v1/datasets", files=files, data=data, headers=headers)
+
+    def get_dataset(self, dataset_id: str) -> JSON:
+        """One dataset: pairs, bytes, sha256 and a preview."""
+        return self._json("GET", f"/v1/datasets/{dataset_id}")
+
+    def list_datasets(self, *, limit: int = 20, after: str | None = None) -> Page:
+        """A page of your datasets, newest first."""
+        return self._page("/v1/datasets", {"limit": limit, "after": after})
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Delete a dataset and its files (409 while an unfinished job uses it)."""
+        self._request("DELETE", f"/v1/datasets/{dataset_id}")
+
+    # Jobs
+
+    def create_job(
+        self,
+        *,
+        dataset_id: str,
+        base_model: str,
+        method: str = "mapo",
+        hyperparameters: Mapping[str, Any] | None = None,
+        validation: Mapping[str, Any] | None = None,
+        webhook: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        seed: int = 0,
+        idempotency_key: str | None = None,
+    ) -> JSON:
+        """Create a training job; a repeated `idempotency_key` with the same body returns the same job."""
+        body: JSON = {
+            "dataset_id": dataset_id,
+            "base_model": base_model,
+            "method": method,
+            "hyperparameters": dict(hyperparameters or {}),
+            "validation": dict(validation or {}),
+            "metadata": dict(metadata or {}),
+            "seed": seed,
+        }
+        if webhook is not None:
+            body["webhook"] = dict(webhook)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._json("POST", "/v1/jobs", json=body, headers=headers)
+
+    def get_job(self, job_id: str) -> JSON:
+        """One job: status, progress {step, total_steps, eta_seconds}, error, latest metrics."""
+        return self._json("GET", f"/v1/jobs/{job_id}")
+
+    def list_jobs(self, *, status: str | None = None, limit: int = 20, after: str | None = None) -> Page:
+        """A page of your jobs, newest first, optionally only those in `status`."""
+        return self._page("/v1/jobs", {"status": status, "limit": limit, "after": after})
+
+    def cancel_job(self, job_id: str) -> JSON:
+        """Request cancellation (idempotent); MapoAPIError 409 once the job has succeeded or failed."""
+        return self._json("POST", f"/v1/jobs/{job_id}/cancel")
+
+    # Events
+
+    def events(self, job_id: str, *, after: int | None = None, limit: int = 100) -> Page:
+        """One page of the job's event log, oldest first, after event id `after`."""
+        return self._page(f"/v1/jobs/{job_id}/events", {"after": after, "limit": limit})
+
+    def iter_events(self, job_id: str, *, after: int | None = None, follow: bool = True) -> Iterator[JSON]:
+        """Every event after `after`; with `follow`, live until the job has finished (reconnecting)."""
+        if not follow:
+            yield from self._paged_events(job_id, after)
+            return
+        for event in self._follow(job_id, after):
+            if event is not None:
+                yield event
+
+    def wait(self, job_id: str, *, timeout: float, on_event: Callable[[JSON], None] | None = None) -> JSON:
+        """Follow the job until it finishes and return it; TimeoutError after `timeout` seconds (checked
+        at each event or keepalive, at least every 15 s). `on_event` sees every event from the first."""
+        deadline = time.monotonic() + timeout
+        with contextlib.closing(self._follow(job_id, None)) as events:
+            for event in events:
+                if event is not None and on_event is not None:
+                    on_event(event)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"job {job_id} did not finish within {timeout:g}s")
+        return self.get_job(job_id)
+
+    def _paged_events(self, job_id: str, after: int | None) -> Iterator[JSON]:
+        while True:
+            page = self.events(job_id, after=after, limit=200)
+            yield from page.data
+            if not page.has_more or not page.data:
+                return
+            after = page.data[-1]["id"]
+
+    def _follow(self, job_id: str, after: int | None) -> Generator[JSON | None, None, None]:
+        """Events from the SSE stream, None at each keepalive or reconnect (so callers can check clocks)."""
+        failures = 0
+        while True:
+            try:
+                for event in self._stream_events(job_id, after):
+                    if event is not None:
+                        after, failures = event["id"], 0
+                    yield event
+            except httpx.TransportError:
+                if failures == len(RECONNECT_DELAYS_S):
+                    raise
+                time.sleep(RECONNECT_DELAYS_S[failures])
+                failures += 1
+                yield None
+                continue
+            if self.get_job(job_id)["status"] in FINISHED_STATUSES:
+                # The server ends the stream only after a finished job's last event; read a page anyway
+                # in case an event landed between its final poll and our status check.
+                yield from self._paged_events(job_id, after)
+                return
+            time.sleep(REOPEN_PAUSE_S)
+            yield None
+
+    def _stream_events(self, job_id: str, after: int | None) -> Iterator[JSON | None]:
+        headers = {**self._headers, "Accept": "text/event-stream"}
+        if after is not None:
+            headers["Last-Event-ID"] = str(after)
+        url = self._url(f"/v1/jobs/{job_id}/events")
+        with self._http.stream("GET", url, headers=headers) as response:
+            _raise_for_error(response)
+            for message in parse_sse(response.iter_lines()):
+                yield None if message.comment else cast(JSON, json.loads(message.data))
+
+    # Outputs
+
+    def metrics(self, job_id: str) -> dict[str, JSON]:
+        """Metric series per name: `{"loss": {"steps": [...], "values": [...]}, ...}`."""
+        return cast(dict[str, JSON], self._json("GET", f"/v1/jobs/{job_id}/metrics")["series"])
+
+    def checkpoints(self, job_id: str) -> list[JSON]:
+        """Checkpoints kept on disk, with step and metrics."""
+        return self._page(f"/v1/jobs/{job_id}/checkpoints", {}).data
+
+    def samples(self, job_id: str) -> list[JSON]:
+        """Validation images (step, prompt index, prompt, with_lora, url)."""
+        return self._page(f"/v1/jobs/{job_id}/samples", {}).data
+
+    def download_sample(self, job_id: str, sample_id: int, dest: str | os.PathLike[str]) -> Path:
+        """Save one validation image to `dest` (a directory: existing or ending in '/'; else a file)."""
+        path = f"/v1/jobs/{job_id}/samples/{sample_id}/image"
+        return self._download(path, dest, params={}, default_name=f"sample-{sample_id}.png", verify=False)
+
+    def download_adapter(
+        self, job_id: str, dest: str | os.PathLike[str], *, format: str = "diffusers"
+    ) -> Path:
+        """Stream the LoRA to `dest` (a directory: existing or ending in '/'; else a file) and return its
+        path; ChecksumMismatch (and nothing kept) if its sha256 is not the one the API reports."""
+        return self._download(
+            f"/v1/jobs/{job_id}/adapter",
+            dest,
+            params={"format": format},
+            default_name=f"{job_id}_{format}.safetensors",
+            verify=True,
+        )
+
+    # Plumbing
+
+    def _url(self, path: str) -> str:
+        return self.base_url + path
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {**self._headers, **kwargs.pop("headers", {})}
+        response = self._http.request(method, self._url(path), headers=headers, **kwargs)
+        _raise_for_error(response)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> JSON:
+        return cast(JSON, self._request(method, path, **kwargs).json())
+
+    def _page(self, path: str, params: Mapping[str, Any]) -> Page:
+        query = {key: value for key, value in params.items() if value is not None}
+        body = self._json("GET", path, params=query)
+        return Page(data=body["data"], has_more=body["has_more"])
+
+    def _download(
+        self,
+        path: str,
+        dest: str | os.PathLike[str],
+        *,
+        params: Mapping[str, str],
+        default_name: str,
+        verify: bool,
+    ) -> Path:
+        with self._http.stream("GET", self._url(path), headers=self._headers, params=params) as response:
+            _raise_for_error(response)
+            target = _target_path(dest, _filename(response) or default_name)
+            partial = target.with_name(target.name + ".partial")
+            try:
+                digest = _save(response, partial)
+                expected = response.headers.get("x-checksum-sha256")
+                if verify and digest != expected:
+                    raise ChecksumMismatch(f"{path}: sha256 {digest} does not match the reported {expected}")
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
+        return partial.replace(target)
+
+
+def _raise_for_error(response: httpx.Response) -> None:
+    if response.is_error:
+        response.read()
+        raise MapoAPIError.from_response(response)
+
+
+def _filename(response: httpx.Response) -> str | None:
+    match = _FILENAME.search(response.headers.get("content-disposition", ""))
+    # Only the last path component: a server must never make us write outside `dest`.
+    return Path(match.group(1)).name if match else None
+
+
+def _target_path(dest: str | os.PathLike[str], filename: str) -> Path:
+    path = Path(dest)
+    if path.is_dir() or str(dest).endswith(("/", os.sep)):
+        path.mkdir(parents=True, exist_ok=True)
+        return path / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _save(response: httpx.Response, path: Path) -> str:
+    """Write the body to `path` chunk by chunk and return its sha256."""
+    digest = hashlib.sha256()
+    with path.open("wb") as out:
+        for chunk in response.iter_bytes(CHUNK_BYTES):
+            digest.update(chunk)
+            out.write(chunk)
+    return digest.hexdigest()
