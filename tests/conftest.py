@@ -7,7 +7,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from fastapi.testclient import TestClient
@@ -24,17 +24,44 @@ from core.storage import dataset_key
 
 TEST_PEPPER = "test-pepper"
 POSTGRES_ENV = "MAPO_TEST_POSTGRES_URL"
+REDIS_ENV = "MAPO_TEST_REDIS_URL"
+# Set by .ci/run: there, a server that cannot be reached is a failure, not a reason to skip.
+REQUIRE_SERVICES_ENV = "MAPO_TEST_REQUIRE_SERVICES"
+
+
+def unavailable(message: str) -> NoReturn:
+    """Skip the test saying why, or fail it where the services are required (CI)."""
+    if os.environ.get(REQUIRE_SERVICES_ENV):
+        pytest.fail(f"{message} (and {REQUIRE_SERVICES_ENV} is set)")
+    pytest.skip(message)
 
 
 def _postgres_server_url() -> str:
     url = os.environ.get(POSTGRES_ENV)
     if not url:
-        pytest.skip(f"{POSTGRES_ENV} is not set; PostgreSQL tests skipped")
+        unavailable(f"{POSTGRES_ENV} is not set; PostgreSQL tests skipped")
     try:
         with create_engine(url).connect():
             pass
     except Exception as exc:
-        pytest.skip(f"PostgreSQL at {POSTGRES_ENV} is unreachable ({type(exc).__name__}); tests skipped")
+        unavailable(f"PostgreSQL at {POSTGRES_ENV} is unreachable ({type(exc).__name__}); tests skipped")
+    return url
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The test Redis (a database of its own, e.g. redis://127.0.0.1:6379/15), emptied of our queue."""
+    import redis
+
+    url = os.environ.get(REDIS_ENV)
+    if not url:
+        unavailable(f"{REDIS_ENV} is not set; Redis tests skipped")
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=2)
+        client.ping()
+    except redis.RedisError as exc:
+        unavailable(f"Redis at {REDIS_ENV} is unreachable ({exc}); tests skipped")
+    client.delete("mapo.gpu")  # messages a crashed earlier run may have left
     return url
 
 

@@ -57,15 +57,16 @@ def load_spec(path: Path) -> TrainSpec:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from trainer.errors import TrainingError
-    from trainer.loop import train
-    from trainer.progress import EventPrinter
-
     try:
         spec = load_spec(args.spec)
     except (OSError, yaml.YAMLError, ValidationError) as exc:
         print(f"invalid spec {args.spec}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    # torch loads here, after the spec is known to be good, so a typo is reported at once.
+    from trainer.errors import TrainingError
+    from trainer.loop import train
+    from trainer.progress import EventPrinter
+
     stop_requested = _install_stop_handlers()
     with EventPrinter(sys.stdout, show_progress=sys.stderr.isatty()) as printer:
         try:

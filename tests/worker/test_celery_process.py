@@ -20,27 +20,10 @@ from core.repositories import jobs as job_repo
 from core.settings import Settings
 from tests.conftest import TEST_PEPPER
 
-REDIS_ENV = "MAPO_TEST_REDIS_URL"
-
-
-def _redis_url() -> str:
-    url = os.environ.get(REDIS_ENV)
-    if not url:
-        pytest.skip(f"{REDIS_ENV} is not set; Redis broker tests skipped")
-    import redis
-
-    try:
-        client = redis.Redis.from_url(url)
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"Redis at {REDIS_ENV} is unreachable ({exc}); tests skipped")
-    client.delete("mapo.gpu")  # messages a crashed earlier run may have left
-    return url
-
 
 @pytest.fixture(params=["filesystem", pytest.param("redis", marks=pytest.mark.redis)])
 def broker_settings(request: pytest.FixtureRequest, worker_settings: Settings) -> Settings:
-    broker = "filesystem://" if request.param == "filesystem" else _redis_url()
+    broker = "filesystem://" if request.param == "filesystem" else request.getfixturevalue("redis_url")
     return worker_settings.model_copy(update={"broker_url": broker})
 
 

@@ -1,0 +1,26 @@
+# The two commands a newcomer needs (see README.md), plus the checks we run before every commit.
+.PHONY: setup run test lint typecheck check bench
+
+setup:
+	./scripts/setup.sh
+
+# The embedded service: SQLite, local storage and the filesystem broker under ./mapo-data.
+run: setup
+	.venv/bin/mapo serve
+
+# The whole suite. PostgreSQL/Redis tests run when MAPO_TEST_POSTGRES_URL / MAPO_TEST_REDIS_URL point at
+# servers and skip (saying so) otherwise; .ci/run sets both.
+test: setup
+	.venv/bin/python -m pytest
+
+lint:
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+typecheck:
+	.venv/bin/mypy
+
+check: lint typecheck test
+
+bench:
+	.venv/bin/python -m bench.trainer_step
