@@ -1,0 +1,168 @@
+"""Trainer step benchmark: wall time per optimizer step and peak memory of mapo, dpo and sft, side by side.
+
+    python -m bench.trainer_step                    # tiny and small SDXL, 64 and 128 px, cached or not
+    python -m bench.trainer_step --presets small --resolutions 128 --steps 30
+
+Every configuration runs in a fresh child process (so peak memory is its own) through the real
+`trainer.train()` on the synthetic demo pairs, with 2 pairs per batch and LoRA rank 4 (the setting the
+reference scripts were measured in). The first `--warmup` steps are dropped; the table shows the median
+of the rest. "floor" is one bare forward + backward of the LoRA UNet on the same 2B latents: no data
+loading, no VAE, no text encoders, no optimizer — what a step cannot go below.
+Methods run interleaved per configuration, so machine noise hits all of them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+WORK = Path(tempfile.gettempdir()) / "mapo-bench"
+METHODS = ("mapo", "dpo", "sft")
+
+
+def main() -> None:
+    args = _parse()
+    rows = []
+    for preset in args.presets:
+        model = _model(preset)
+        for resolution in args.resolutions:
+            data = _dataset(resolution)
+            for cache in (False, True):
+                for method in METHODS:
+                    rows.append(_child({"kind": "train", "model": str(model), "data": str(data), "method": method,
+                                        "resolution": resolution, "cache": cache, "steps": args.steps,
+                                        "warmup": args.warmup, "preset": preset}))  # fmt: skip
+            rows.append(_child({"kind": "floor", "model": str(model), "resolution": resolution,
+                                "steps": args.steps, "warmup": args.warmup, "preset": preset}))  # fmt: skip
+    _print_table(rows)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["tiny", "small"], choices=["tiny", "small"])
+    parser.add_argument("--resolutions", nargs="+", type=int, default=[64, 128])
+    parser.add_argument("--steps", type=int, default=20, help="measured steps per configuration")
+    parser.add_argument("--warmup", type=int, default=3, help="steps dropped before measuring")
+    parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def _model(preset: str) -> Path:
+    path = WORK / f"{preset}-sdxl"
+    if not (path / "model_index.json").is_file():
+        subprocess.run([sys.executable, "-m", "trainer", "make-tiny-model", "--family", "sdxl",
+                        "--preset", preset, "--out", str(path)], check=True, capture_output=True)  # fmt: skip
+    return path
+
+
+def _dataset(resolution: int) -> Path:
+    path = WORK / f"demo-{resolution}"
+    if not (path / "manifest.json").is_file():
+        from trainer.demo_data import make_demo_dataset
+
+        make_demo_dataset(path, num_pairs=16, resolution=resolution)
+    return path
+
+
+def _child(config: dict[str, Any]) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-m", "bench.trainer_step", "--one", json.dumps(config)],
+                         check=True, capture_output=True, text=True)  # fmt: skip
+    row: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"  {row['preset']:5} {row['resolution']:4}px {row['label']:14} {row['step_ms']:8.1f} ms", file=sys.stderr)
+    return row
+
+
+def _run_one(config: dict[str, Any]) -> dict[str, Any]:
+    if config["kind"] == "floor":
+        times = _floor_times(config)
+        label = "floor"
+    else:
+        times = _train_times(config)
+        label = f"{config['method']}{' cached' if config['cache'] else ''}"
+    measured = times[config["warmup"] :]
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"preset": config["preset"], "resolution": config["resolution"], "label": label,
+            "step_ms": 1000 * statistics.median(measured), "peak_rss_mb": peak_mb, **_cuda_peak()}  # fmt: skip
+
+
+def _train_times(config: dict[str, Any]) -> list[float]:
+    from trainer.events import Step
+    from trainer.loop import train
+    from trainer.spec import TrainSpec
+
+    spec = TrainSpec(
+        base_model=config["model"], method=config["method"], resolution=config["resolution"],
+        train_batch_size=2, gradient_accumulation_steps=1, max_train_steps=config["steps"] + config["warmup"],
+        learning_rate=1e-4, lora_rank=4, mixed_precision="bf16", checkpoint_every_n_steps=10_000,
+        cache_latents=config["cache"], hflip=True,
+    )  # fmt: skip
+    times: list[float] = []
+    with tempfile.TemporaryDirectory() as out:
+        train(spec, Path(config["data"]), Path(out),
+              on_event=lambda e: times.append(e.metrics["step_time_s"]) if isinstance(e, Step) else None)  # fmt: skip
+    return times
+
+
+def _floor_times(config: dict[str, Any]) -> list[float]:
+    import torch
+
+    from trainer.models import attach_lora, encode_prompts, load_model, sdxl_time_ids
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = load_model(config["model"], device=device, weight_dtype=dtype)
+    attach_lora(model.unet, rank=4, alpha=4, dropout=0.0, targets=["to_q", "to_k", "to_v", "to_out.0"])
+    side = config["resolution"] // model.vae_scale_factor
+    latents = torch.randn(4, 4, side, side, device=device, dtype=dtype)
+    cond = encode_prompts(model, ["a red circle", "a blue square"]).repeat_for_pairs().to(device, dtype)
+    ids = sdxl_time_ids(torch.tensor([[64, 64]] * 4), torch.zeros(4, 2, dtype=torch.long), config["resolution"])
+    added = {"text_embeds": cond.pooled, "time_ids": ids.to(device, dtype)}
+    timesteps = torch.randint(0, 1000, (4,), device=device)
+    times = []
+    for _ in range(config["steps"] + config["warmup"]):
+        started = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            pred = model.unet(latents, timesteps, cond.prompt_embeds, added_cond_kwargs=added).sample
+        pred.float().pow(2).mean().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def _cuda_peak() -> dict[str, float]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    return {"cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20}
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    print(f"\n{'model':6} {'px':>4} {'method':14} {'ms/step':>9} {'÷ floor':>8} {'÷ dpo':>7} {'peak RSS MB':>12}")
+    for row in rows:
+        same = [r for r in rows if (r["preset"], r["resolution"]) == (row["preset"], row["resolution"])]
+        floor = next(r["step_ms"] for r in same if r["label"] == "floor")
+        cached = row["label"].endswith("cached")
+        dpo = next((r["step_ms"] for r in same if r["label"] == "dpo" + (" cached" if cached else "")), None)
+        ratio = f"{row['step_ms'] / dpo:7.2f}" if dpo and row["label"] != "floor" else f"{'':7}"
+        print(f"{row['preset']:6} {row['resolution']:4} {row['label']:14} {row['step_ms']:9.1f} "
+              f"{row['step_ms'] / floor:8.2f} {ratio} {row['peak_rss_mb']:12.0f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    if "--one" in sys.argv:
+        print(json.dumps(_run_one(json.loads(_parse().one))))
+    else:
+        main()
