@@ -12,7 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.errors import Unauthenticated
-from core.db import Database, commit, rollback
+from core.db import Database
 from core.models import Tenant
 from core.repositories import tenants as tenant_repo
 from core.settings import Settings
@@ -41,13 +41,8 @@ ContextDep = Annotated[AppContext, Depends(get_context)]
 def get_session(context: ContextDep) -> Iterator[Session]:
     """The request's transaction: committed when the route returns (before the response is sent), rolled
     back on any error; after-commit hooks (enqueueing) run only once the commit succeeded."""
-    with context.database.sessions() as session:
-        try:
-            yield session
-        except BaseException:
-            rollback(session)
-            raise
-        commit(session)
+    with context.database.session_scope() as session:
+        yield session
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
