@@ -52,14 +52,16 @@ def render(
         images = []
         for index, prompt in enumerate(validation.prompts):
             generator = torch.Generator("cpu").manual_seed(validation.seed + index)
-            image = pipeline(
+            latents = pipeline(
                 prompt,
                 num_inference_steps=validation.num_inference_steps,
                 guidance_scale=validation.guidance_scale,
                 height=resolution,
                 width=resolution,
                 generator=generator,
-            ).images[0]
+                output_type="latent",
+            ).images
+            image = _decode(pipeline, latents)
             path = out_dir / f"{index:02d}.png"
             image.save(path)
             images.append(SampleImage(prompt=prompt, path=str(path), with_lora=with_lora))
@@ -67,3 +69,11 @@ def render(
     finally:
         if not with_lora:
             unet.enable_adapters()
+
+
+def _decode(pipeline: Any, latents: torch.Tensor) -> Any:
+    """Decode in float32 whatever the UNet's dtype: the VAE is kept in float32 (SDXL's overflows in fp16),
+    and the pipeline would otherwise hand it half-precision latents."""
+    vae = pipeline.vae
+    pixels = vae.decode(latents.to(vae.device, torch.float32) / vae.config.scaling_factor).sample
+    return pipeline.image_processor.postprocess(pixels, output_type="pil")[0]

@@ -155,3 +155,22 @@ def test_v_prediction_models_train(tiny_sd: Path, color_pairs: Path, tmp_path: P
     )
     result, _ = _run(tiny_spec(base, max_train_steps=1), color_pairs, tmp_path / "out")
     assert result.final_step == 1  # type: ignore[attr-defined]
+
+
+def test_validation_images_are_rendered_for_the_base_and_the_lora(
+    tiny_sdxl: Path, color_pairs: Path, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    from trainer.events import Sample
+
+    validation = {"prompts": ["a red circle", "a blue square"], "every_n_steps": 2, "num_inference_steps": 2}
+    _, events = _run(tiny_spec(tiny_sdxl, validation=validation), color_pairs, tmp_path)
+    samples = [e for e in events if isinstance(e, Sample)]
+    assert [(s.step, [i.with_lora for i in s.images]) for s in samples] == [
+        (0, [False, False]), (2, [True, True]), (4, [True, True])]  # fmt: skip
+    for image in samples[-1].images:
+        with Image.open(image.path) as png:
+            assert png.size == (32, 32)
+    base, final = (Image.open(s.images[0].path).tobytes() for s in (samples[0], samples[-1]))
+    assert base != final, "the trained LoRA changes what the model draws from the same seed"
