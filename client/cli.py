@@ -1,0 +1,331 @@
+"""`mapo`: run the embedded service, and use any mapo-service from the command line.
+
+The API is found at MAPO_API_URL (default http://127.0.0.1:8000) with the key MAPO_API_KEY; --url and
+--key override them. `serve`, `migrate` and `keys` work on the local service's settings (MAPO_*) instead.
+Exit codes: 0 done, 1 error (or a watched job failed), 2 bad arguments, 3 a watched job was cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal, TypeAlias
+
+import httpx
+from rich.console import Console
+
+from client.jobspec import JobSpecError, build_job_body, read_spec_file
+from client.sdk import MapoAPIError, MapoClient, MapoError
+
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 3
+JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
+JOB_EXIT_CODES = {"succeeded": EXIT_OK, "failed": EXIT_ERROR, "cancelled": EXIT_CANCELLED}
+Handler = Callable[[argparse.Namespace], int]
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+class UsageError(Exception):
+    """Arguments that parse but cannot be used (e.g. no API key anywhere)."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `mapo` console script and of `python -m client`."""
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except (UsageError, JobSpecError) as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except MapoAPIError as exc:
+        _error(str(exc))
+        for problem in exc.body.get("problems", [])[:20]:
+            _error(f"  {problem}")
+        return EXIT_ERROR
+    except MapoError as exc:
+        _error(str(exc))
+        return EXIT_ERROR
+    except httpx.TransportError as exc:
+        _error(f"cannot reach {api_url(args)}: {exc} (is `mapo serve` running?)")
+        return EXIT_ERROR
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command tree."""
+    # --url/--key work before or after the command; SUPPRESS keeps a later default from hiding an earlier one.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=argparse.SUPPRESS, help="API base URL (env MAPO_API_URL)")
+    common.add_argument("--key", default=argparse.SUPPRESS, help="API key (env MAPO_API_KEY)")
+    parser = argparse.ArgumentParser(prog="mapo", description=__doc__, parents=[common])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    _add_service_commands(commands)
+    _add_dataset_commands(commands, common)
+    _add_job_commands(commands, common)
+    _add_output_commands(commands, common)
+    return parser
+
+
+def _add_service_commands(commands: Subparsers) -> None:
+    serve = commands.add_parser("serve", help="run the embedded service (API + worker) in the foreground")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(handler=cmd_serve)
+    migrate = commands.add_parser("migrate", help="upgrade the database schema to the newest version")
+    migrate.set_defaults(handler=cmd_migrate)
+    keys = commands.add_parser("keys", help="API keys").add_subparsers(required=True, metavar="COMMAND")
+    create = keys.add_parser("create", help="create an API key (printed as the last word)")
+    create.add_argument("--tenant", required=True, help="tenant name (created if new)")
+    create.add_argument("--label", default="", help="a note stored with the key")
+    create.set_defaults(handler=cmd_keys_create)
+    demo = commands.add_parser(
+        "demo-data", help="write a synthetic demo dataset to upload (.zip/.tar/.parquet)"
+    )
+    demo.add_argument("file", type=Path)
+    demo.add_argument("--pairs", type=int, default=48)
+    demo.add_argument("--resolution", type=int, default=64)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(handler=cmd_demo_data)
+
+
+def _add_dataset_commands(commands: Subparsers, common: argparse.ArgumentParser) -> None:
+    datasets = commands.add_parser("datasets", help="preference datasets")
+    sub = datasets.add_subparsers(required=True, metavar="COMMAND")
+    upload = sub.add_parser("upload", parents=[common], help="upload a .zip, .tar(.gz) or .parquet")
+    upload.add_argument("file", type=Path)
+    upload.add_argument("--name", help="display name (default: the file name)")
+    upload.set_defaults(handler=cmd_datasets_upload)
+    listing = sub.add_parser("list", parents=[common], help="your datasets, newest first")
+    listing.add_argument("--limit", type=int, default=20)
+    listing.set_defaults(handler=cmd_datasets_list)
+
+
+def _add_job_commands(commands: Subparsers, common: argparse.ArgumentParser) -> None:
+    sub = commands.add_parser("jobs", help="training jobs").add_subparsers(required=True, metavar="COMMAND")
+    create = sub.add_parser("create", parents=[common], help="create a training job")
+    create.add_argument("--dataset", help="dataset id")
+    create.add_argument("--base-model", help="an allowed base model, e.g. tiny-sdxl")
+    create.add_argument("--method", choices=["mapo", "dpo", "sft"])
+    create.add_argument("--spec", type=Path, help="YAML/JSON: a job body or a flat TrainSpec")
+    create.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="e.g. learning_rate=1e-4"
+    )
+    create.add_argument("--steps", type=int, help="max_train_steps")
+    create.add_argument("--idempotency-key", help="repeat the create safely")
+    create.set_defaults(handler=cmd_jobs_create)
+    listing = sub.add_parser("list", parents=[common], help="your jobs, newest first")
+    listing.add_argument("--status", choices=JOB_STATUSES)
+    listing.add_argument("--limit", type=int, default=20)
+    listing.set_defaults(handler=cmd_jobs_list)
+    for name, handler, text in (
+        ("get", cmd_jobs_get, "a job as JSON"),
+        ("watch", cmd_jobs_watch, "follow a job with a live progress bar until it ends"),
+        ("cancel", cmd_jobs_cancel, "request cancellation"),
+    ):
+        command = sub.add_parser(name, parents=[common], help=text)
+        command.add_argument("job")
+        command.set_defaults(handler=handler)
+
+
+def _add_output_commands(commands: Subparsers, common: argparse.ArgumentParser) -> None:
+    adapter = commands.add_parser("adapter", parents=[common], help="download a job's LoRA (sha256-checked)")
+    adapter.add_argument("job")
+    adapter.add_argument("--format", choices=["diffusers", "kohya"], default="diffusers")
+    # A str, not a Path: Path drops the trailing "/" that marks a directory still to be created.
+    adapter.add_argument("-o", "--output", default=".", help="directory (existing or ending in /) or file")
+    adapter.set_defaults(handler=cmd_adapter)
+    samples = commands.add_parser("samples", parents=[common], help="save a job's validation images")
+    samples.add_argument("job")
+    samples.add_argument("-o", "--output", type=Path, help="directory (default ./JOB-samples)")
+    samples.set_defaults(handler=cmd_samples)
+
+
+# Configuration
+
+
+def api_url(args: argparse.Namespace) -> str:
+    """--url, else MAPO_API_URL, else the local default."""
+    url: str = getattr(args, "url", None) or os.environ.get("MAPO_API_URL") or DEFAULT_API_URL
+    return url
+
+
+def client_from(args: argparse.Namespace) -> MapoClient:
+    """An SDK client for --url/--key or the environment."""
+    key = getattr(args, "key", None) or os.environ.get("MAPO_API_KEY")
+    if not key:
+        raise UsageError("no API key: set MAPO_API_KEY or pass --key (make one with `mapo keys create`)")
+    return MapoClient(api_url(args), key)
+
+
+def _console() -> Console:
+    return Console(highlight=False)
+
+
+def _error(message: str) -> None:
+    print(f"mapo: {message}", file=sys.stderr)
+
+
+# Service commands
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the embedded service until SIGTERM/SIGINT."""
+    from client.serve import serve
+
+    return serve(host=args.host, port=args.port)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Upgrade the schema of the configured database."""
+    from sqlalchemy.engine import make_url
+
+    from client.admin import migrate
+    from core.settings import Settings
+
+    settings = Settings()
+    migrate(settings)
+    print(f"{make_url(settings.sqlalchemy_url).render_as_string(hide_password=True)} is up to date")
+    return EXIT_OK
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    """Create a key; it is the last word printed, so scripts can take it with `| awk '{print $NF}'`."""
+    from client.admin import create_key, migrate
+    from core.settings import Settings
+
+    settings = Settings()
+    migrate(settings)  # so that this works on a fresh data dir, before the first `mapo serve`
+    key = create_key(settings, args.tenant, label=args.label)
+    print(f"API key for tenant {args.tenant!r} (shown only once, keep it safe): {key}")
+    return EXIT_OK
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    """Write the synthetic warm-vs-cool demo dataset in the upload format its suffix names."""
+    from trainer.demo_data import write_demo_upload
+
+    name = args.file.name.lower()
+    kind: Literal["zip", "tar", "parquet"]
+    if name.endswith(".zip"):
+        kind = "zip"
+    elif name.endswith((".tar", ".tar.gz", ".tgz")):
+        kind = "tar"
+    elif name.endswith(".parquet"):
+        kind = "parquet"
+    else:
+        raise UsageError(f"{args.file}: use a .zip, .tar, .tar.gz, .tgz or .parquet name")
+    args.file.parent.mkdir(parents=True, exist_ok=True)
+    write_demo_upload(args.file, kind=kind, num_pairs=args.pairs, resolution=args.resolution, seed=args.seed)
+    print(f"{args.file}: {args.pairs} demo pairs at {args.resolution}px")
+    return EXIT_OK
+
+
+# API commands
+
+
+def cmd_datasets_upload(args: argparse.Namespace) -> int:
+    """Upload a dataset; prints its id first."""
+    with client_from(args) as mapo:
+        dataset = mapo.upload_dataset(args.file, name=args.name)
+    print(f"{dataset['id']} {dataset['status']}: {dataset['num_pairs']} pairs, {dataset['name']!r}")
+    return EXIT_OK
+
+
+def cmd_datasets_list(args: argparse.Namespace) -> int:
+    """A table of datasets."""
+    from client.output import datasets_table
+
+    with client_from(args) as mapo:
+        page = mapo.list_datasets(limit=args.limit)
+    _console().print(datasets_table(page.data))
+    return EXIT_OK
+
+
+def cmd_jobs_create(args: argparse.Namespace) -> int:
+    """Create a job from flags, --set items and an optional spec file; prints its id first."""
+    body = build_job_body(read_spec_file(args.spec) if args.spec else None, args.sets)
+    for field, value in (
+        ("dataset_id", args.dataset),
+        ("base_model", args.base_model),
+        ("method", args.method),
+    ):
+        if value is not None:
+            body[field] = value
+    if args.steps is not None:
+        body["hyperparameters"]["max_train_steps"] = args.steps
+    missing = [
+        flag
+        for flag, field in (("--dataset", "dataset_id"), ("--base-model", "base_model"))
+        if field not in body
+    ]
+    if missing:
+        raise UsageError(f"jobs create needs {' and '.join(missing)} (or the field in --spec)")
+    with client_from(args) as mapo:
+        job = mapo.create_job(**body, idempotency_key=args.idempotency_key)
+    steps = job["progress"]["total_steps"]
+    print(f"{job['id']} {job['status']}: {job['method']} on {job['base_model']}, {steps} steps")
+    return EXIT_OK
+
+
+def cmd_jobs_list(args: argparse.Namespace) -> int:
+    """A table of jobs: id, status, progress, eta, created."""
+    from client.output import jobs_table
+
+    with client_from(args) as mapo:
+        page = mapo.list_jobs(status=args.status, limit=args.limit)
+    _console().print(jobs_table(page.data))
+    return EXIT_OK
+
+
+def cmd_jobs_get(args: argparse.Namespace) -> int:
+    """The job as indented JSON."""
+    with client_from(args) as mapo:
+        print(json.dumps(mapo.get_job(args.job), indent=2))
+    return EXIT_OK
+
+
+def cmd_jobs_watch(args: argparse.Namespace) -> int:
+    """Follow a job to its end; the exit code says how it ended."""
+    from client.output import watch_job
+
+    console = _console()
+    with client_from(args) as mapo:
+        job = watch_job(mapo, args.job, console)
+    error = job["error"]
+    console.print(
+        f"{job['id']} {job['status']}" + (f": {error['code']}: {error['message']}" if error else "")
+    )
+    return JOB_EXIT_CODES.get(job["status"], EXIT_ERROR)
+
+
+def cmd_jobs_cancel(args: argparse.Namespace) -> int:
+    """Request cancellation."""
+    with client_from(args) as mapo:
+        job = mapo.cancel_job(args.job)
+    print(f"{job['id']} {job['status']}")
+    return EXIT_OK
+
+
+def cmd_adapter(args: argparse.Namespace) -> int:
+    """Download the adapter; the SDK checks its sha256 before keeping it."""
+    with client_from(args) as mapo:
+        path = mapo.download_adapter(args.job, args.output, format=args.format)
+    print(f"{path} ({path.stat().st_size} bytes, sha256 verified)")
+    return EXIT_OK
+
+
+def cmd_samples(args: argparse.Namespace) -> int:
+    """Save every validation image as step-NNNNNN_pI_{base,lora}.png."""
+    out_dir: Path = args.output or Path(f"{args.job}-samples")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with client_from(args) as mapo:
+        samples = mapo.samples(args.job)
+        for s in samples:
+            name = f"step-{s['step']:06d}_p{s['index']}_{'lora' if s['with_lora'] else 'base'}.png"
+            mapo.download_sample(args.job, s["id"], out_dir / name)
+    print(f"{len(samples)} images in {out_dir}")
+    return EXIT_OK

@@ -1,0 +1,100 @@
+"""What the `mapo` command shows: tables of datasets and jobs, and the live progress of one job (rich)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from client.sdk import JSON, MapoClient
+
+
+def datasets_table(datasets: list[JSON]) -> Table:
+    """id, name, status, pairs and creation time of each dataset."""
+    table = Table("id", "name", "status", "pairs", "created")
+    for d in datasets:
+        table.add_row(d["id"], d["name"], d["status"], str(d["num_pairs"]), _local_time(d["created_at"]))
+    return table
+
+
+def jobs_table(jobs: list[JSON]) -> Table:
+    """id, status, progress, eta and creation time of each job."""
+    table = Table("id", "status", "progress", "eta", "created")
+    for job in jobs:
+        progress = job["progress"]
+        table.add_row(
+            job["id"],
+            job["status"],
+            f"{progress['step']}/{progress['total_steps']}",
+            format_seconds(progress["eta_seconds"]) if job["status"] == "running" else "-",
+            _local_time(job["created_at"]),
+        )
+    return table
+
+
+def format_seconds(seconds: float | None) -> str:
+    """`1h02m`, `3m07s`, `12s`, or `-` when unknown."""
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def event_line(event: JSON) -> str:
+    """One log line: time, level (unless info), type and message."""
+    level = "" if event["level"] == "info" else f"{event['level'].upper()} "
+    return f"{_local_time(event['created_at'], seconds=True)} {level}{event['type']}: {event['message']}"
+
+
+def watch_job(mapo: MapoClient, job_id: str, console: Console) -> JSON:
+    """Show the job's log so far, then a live bar (step/total, loss, ETA) until it ends; returns the job."""
+    job = mapo.get_job(job_id)
+    last_id = None
+    for event in mapo.iter_events(job_id, follow=False):
+        last_id = event["id"]
+        if event["type"] != "step":
+            console.print(event_line(event), highlight=False)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        # The bar starts at the current step so the ETA is measured on live steps, not on the replay.
+        task = progress.add_task(
+            job_id,
+            total=job["progress"]["total_steps"] or None,
+            completed=job["progress"]["step"],
+            loss=_loss(job["latest_metrics"]),
+        )
+        for event in mapo.iter_events(job_id, after=last_id):
+            _show(progress, task, event)
+    return mapo.get_job(job_id)
+
+
+def _show(progress: Progress, task: TaskID, event: JSON) -> None:
+    if event["type"] == "step":
+        data = event["data"]
+        progress.update(task, completed=data["step"], total=data["total_steps"], loss=_loss(data["metrics"]))
+    else:
+        progress.console.print(event_line(event), highlight=False)
+
+
+def _loss(metrics: dict[str, Any]) -> str:
+    loss = metrics.get("loss")
+    return "-" if loss is None else f"{loss:.4f}"
+
+
+def _local_time(iso: str, *, seconds: bool = False) -> str:
+    moment = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    # The API's times are UTC; an offset-less one (SQLite drops it) must not be read as local time.
+    moment = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone()
+    return moment.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")

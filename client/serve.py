@@ -1,0 +1,252 @@
+"""`mapo serve`: the embedded single-machine service in the foreground.
+
+SQLite, local storage and kombu's filesystem broker, all under MAPO_DATA_DIR (default ./mapo-data). It
+migrates the database, builds the offline tiny models on first start (allowed as `tiny-sd` and
+`tiny-sdxl` beside the operator's MAPO_BASE_MODELS), prints a first API key, then supervises two child
+processes: the API (uvicorn) and one Celery worker. A worker that dies is restarted; if the API dies
+everything stops with exit code 1. SIGTERM/SIGINT stop both children and exit 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from client import admin
+from core.queue import GPU_QUEUE
+from core.settings import Settings
+
+TINY_MODELS = {"tiny-sd": "sd", "tiny-sdxl": "sdxl"}
+BUILT_MARKER = ".mapo-built"
+FIRST_TENANT = "default"
+POLL_S = 0.5
+STOP_GRACE_S = 30.0
+# uvicorn otherwise waits for open event streams, which last as long as their job.
+API_GRACEFUL_SHUTDOWN_S = 5
+# A worker that ran this long before dying was healthy: restart it at once, not after a back-off.
+HEALTHY_RUN_S = 60.0
+MAX_RESTART_DELAY_S = 30.0
+
+
+class ServeError(Exception):
+    """The service cannot start; the message says why."""
+
+
+def serve(*, host: str, port: int) -> int:
+    """Run until a signal (exit 0) or until the API process dies (exit 1)."""
+    try:
+        settings = embedded_settings()
+        log(f"data in {settings.data_dir}")
+        admin.migrate(settings)
+        base_models = {**build_tiny_models(settings.data_dir / "models"), **settings.base_models}
+        log(f"base models: {', '.join(sorted(base_models))}")
+        announce_first_key(settings)
+    except ServeError as exc:
+        log(f"cannot start: {exc}")
+        return 1
+    supervisor = Supervisor(
+        api=Child("api", api_command(host, port)),
+        worker=Child("worker", worker_command()),
+        env=child_env(settings, base_models),
+        ready_url=f"{local_url(host, port)}/readyz",
+    )
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, supervisor.request_stop)
+    return supervisor.run()
+
+
+def log(message: str) -> None:
+    """One line of the supervisor's own output (children write their logs themselves)."""
+    print(f"[mapo serve] {message}", flush=True)
+
+
+def embedded_settings() -> Settings:
+    """Settings from the environment with every folder made absolute, so that both children (and any
+    working directory) see the same database, storage and broker."""
+    settings = Settings()
+    update: dict[str, object] = {"data_dir": settings.data_dir.resolve()}
+    if settings.storage_dir is not None:
+        update["storage_dir"] = settings.storage_dir.resolve()
+    return settings.model_copy(update=update)
+
+
+def child_env(settings: Settings, base_models: dict[str, str]) -> dict[str, str]:
+    """The environment of the API and the worker: ours plus the resolved folders and base models."""
+    env = {
+        **os.environ,
+        "MAPO_DATA_DIR": str(settings.data_dir),
+        "MAPO_BASE_MODELS": json.dumps(base_models),
+        "PYTHONUNBUFFERED": "1",
+    }
+    if settings.storage_dir is not None:
+        env["MAPO_STORAGE_DIR"] = str(settings.storage_dir)
+    return env
+
+
+def build_tiny_models(models_dir: Path) -> dict[str, str]:
+    """Build the missing tiny models (in parallel, in subprocesses: torch stays out of this process);
+    a folder without the marker of a finished build is rebuilt from scratch."""
+    building: dict[str, subprocess.Popen[bytes]] = {}
+    for name, family in TINY_MODELS.items():
+        out = models_dir / name
+        if (out / BUILT_MARKER).exists():
+            continue
+        shutil.rmtree(out, ignore_errors=True)
+        log(f"first start: building the offline tiny model {name} in {out}")
+        command = [sys.executable, "-m", "trainer", "make-tiny-model", "--family", family, "--out", str(out)]
+        building[name] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    failures = []
+    for name, process in building.items():
+        output, _ = process.communicate()
+        if process.returncode != 0:
+            failures.append(f"{name} (exit {process.returncode}):\n{output.decode(errors='replace')[-2000:]}")
+        else:
+            (models_dir / name / BUILT_MARKER).write_text("built by mapo serve\n", encoding="utf-8")
+    if failures:
+        raise ServeError("building the tiny models failed: " + "\n".join(failures))
+    return {name: str(models_dir / name) for name in TINY_MODELS}
+
+
+def announce_first_key(settings: Settings) -> None:
+    """On a database without any API key, create tenant "default" with one and print it (only now)."""
+    if admin.has_api_key(settings):
+        return
+    key = admin.create_key(settings, FIRST_TENANT, label="first start")
+    log(f'created tenant "{FIRST_TENANT}" and its API key; it is shown only this once:')
+    log(f"    export MAPO_API_KEY={key}")
+    log("more keys: mapo keys create --tenant NAME")
+
+
+def api_command(host: str, port: int) -> list[str]:
+    """uvicorn serving the app factory."""
+    return [
+        *(sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory"),
+        *("--host", host, "--port", str(port)),
+        *("--timeout-graceful-shutdown", str(API_GRACEFUL_SHUTDOWN_S)),
+    ]
+
+
+def worker_command() -> list[str]:
+    """One Celery worker on the GPU queue, one training at a time."""
+    return [
+        *(sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", GPU_QUEUE),
+        *("--concurrency", "1", "--loglevel", "INFO"),
+        # Unique per service, so two services on one machine do not share a node name.
+        *("--hostname", f"mapo-{os.getpid()}@%h"),
+    ]
+
+
+def local_url(host: str, port: int) -> str:
+    """The URL to reach a server bound to `host` from this machine."""
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+@dataclass
+class Child:
+    """A supervised process; each runs in a session of its own so its whole tree can be signalled."""
+
+    name: str
+    command: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    restart_at: float | None = None
+
+
+@dataclass
+class Supervisor:
+    """Starts the API and the worker, restarts the worker, and stops both on request."""
+
+    api: Child
+    worker: Child
+    env: dict[str, str]
+    ready_url: str
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def request_stop(self, signum: int = signal.SIGTERM, _frame: object = None) -> None:
+        """Signal handler: stop at the next poll."""
+        self._stop.set()
+
+    def run(self) -> int:
+        """Supervise until asked to stop (0) or the API exits (1); the children are stopped either way."""
+        self._start(self.api)
+        self._start(self.worker)
+        announced = False
+        try:
+            while not self._stop.wait(POLL_S):
+                code = _running(self.api)
+                if code is not None:
+                    log(f"the API exited with code {code}; stopping the service")
+                    return 1
+                self._revive_worker()
+                if not announced and _is_ready(self.ready_url):
+                    base = self.ready_url.removesuffix("/readyz")
+                    log(f"ready at {base} (OpenAPI UI at {base}/docs)")
+                    announced = True
+            log("stopping")
+            return 0
+        finally:
+            self._stop_children()
+
+    def _start(self, child: Child) -> None:
+        child.process = subprocess.Popen(child.command, env=self.env, start_new_session=True)
+        child.started_at, child.restart_at = time.monotonic(), None
+        log(f"started the {child.name} (pid {child.process.pid})")
+
+    def _revive_worker(self) -> None:
+        worker, now = self.worker, time.monotonic()
+        code = _running(worker)
+        if code is None:
+            return
+        if worker.restart_at is None:
+            worker.restarts = 0 if now - worker.started_at > HEALTHY_RUN_S else worker.restarts + 1
+            delay = min(2.0**worker.restarts - 1, MAX_RESTART_DELAY_S)
+            log(f"the worker exited with code {code}; restarting it in {delay:g}s")
+            worker.restart_at = now + delay
+        if now >= worker.restart_at:
+            self._start(worker)
+
+    def _stop_children(self) -> None:
+        children = [c.process for c in (self.api, self.worker) if c.process is not None]
+        for process in children:
+            if process.poll() is None:
+                process.terminate()
+        deadline = time.monotonic() + STOP_GRACE_S
+        for process in children:
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log(f"pid {process.pid} did not stop within {STOP_GRACE_S:g}s; killing it")
+            # Also whatever it started (a Celery pool child mid-training, say) and left behind.
+            _kill_group(process.pid)
+            process.wait()
+
+
+def _running(child: Child) -> int | None:
+    """None while the child runs, else its exit code."""
+    return None if child.process is None else child.process.poll()
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _is_ready(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
