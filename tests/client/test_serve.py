@@ -1,0 +1,119 @@
+"""`mapo serve` as a process: supervision of its children, first-start duties, and the tiny-model build."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from client.serve import BUILT_MARKER, TINY_MODELS, build_tiny_models
+from tests.client.conftest import REPO_ROOT, free_port, service_env
+
+CHILD = re.compile(r"started the (api|worker) \(pid (\d+)\)")
+
+
+class Serve:
+    """A running `python -m client serve` with its output in a file."""
+
+    def __init__(self, data_dir: Path, log: Path) -> None:
+        self.log = log
+        command = [sys.executable, "-m", "client", "serve", "--port", str(free_port())]
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                command, cwd=REPO_ROOT, env=service_env(data_dir), stdout=out, stderr=subprocess.STDOUT
+            )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, pattern: str, *, count: int = 1, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while len(re.findall(pattern, self.output())) < count:
+            assert time.monotonic() < deadline, f"no {pattern!r} x{count} within {timeout}s:\n{self.output()}"
+            time.sleep(0.2)
+
+    def pids(self, name: str) -> list[int]:
+        return [int(pid) for child, pid in CHILD.findall(self.output()) if child == name]
+
+    def kill_all(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        for _, pid in CHILD.findall(self.output()):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(pid), signal.SIGKILL)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """A data dir whose tiny models count as built, so that starting does not spend time building them."""
+    for name in TINY_MODELS:
+        (tmp_path / "data" / "models" / name).mkdir(parents=True)
+        (tmp_path / "data" / "models" / name / BUILT_MARKER).touch()
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def started(data_dir: Path, tmp_path: Path) -> Iterator[Serve]:
+    serve = Serve(data_dir, tmp_path / "first.log")
+    yield serve
+    serve.kill_all()
+
+
+@pytest.mark.slow
+def test_a_dead_worker_is_restarted_and_a_dead_api_stops_everything(started: Serve) -> None:
+    started.wait_for("ready at")
+    assert "export MAPO_API_KEY=mapo_" in started.output()
+    [worker] = started.pids("worker")
+    os.killpg(worker, signal.SIGKILL)
+    started.wait_for(r"started the worker", count=2)
+    assert "the worker exited with code -9; restarting it" in started.output()
+
+    [api] = started.pids("api")
+    os.kill(api, signal.SIGKILL)
+    assert started.process.wait(timeout=60) == 1
+    assert "the API exited with code -9" in started.output()
+    assert not any(alive(pid) for pid in started.pids("api") + started.pids("worker"))
+
+
+@pytest.mark.slow
+def test_a_second_start_prints_no_key_and_sigterm_exits_0(data_dir: Path, tmp_path: Path) -> None:
+    for run, expect_key in (("first", True), ("second", False)):
+        serve = Serve(data_dir, tmp_path / f"{run}.log")
+        try:
+            serve.wait_for("ready at")
+            assert ("MAPO_API_KEY=" in serve.output()) is expect_key
+            serve.process.send_signal(signal.SIGTERM)
+            assert serve.process.wait(timeout=60) == 0
+            assert not any(alive(pid) for pid in serve.pids("api") + serve.pids("worker"))
+        finally:
+            serve.kill_all()
+
+
+@pytest.mark.slow
+def test_a_half_built_model_is_rebuilt_and_a_built_one_kept(tmp_path: Path) -> None:
+    (tmp_path / "tiny-sd").mkdir()
+    (tmp_path / "tiny-sd" / BUILT_MARKER).touch()
+    (tmp_path / "tiny-sdxl").mkdir()
+    (tmp_path / "tiny-sdxl" / "leftover").touch()
+
+    assert build_tiny_models(tmp_path) == {name: str(tmp_path / name) for name in TINY_MODELS}
+    assert sorted(p.name for p in (tmp_path / "tiny-sd").iterdir()) == [BUILT_MARKER]
+    rebuilt = {p.name for p in (tmp_path / "tiny-sdxl").iterdir()}
+    assert "leftover" not in rebuilt and {BUILT_MARKER, "model_index.json", "unet"} <= rebuilt
