@@ -110,7 +110,8 @@ class MapoClient:
     def upload_dataset(
         self, path: str | os.PathLike[str], *, name: str | None = None, idempotency_key: str | None = None
     ) -> JSON:
-        """Upload a .zip, .tar(.gz) or .parquet preference dataset (streamed from disk); returns it ready."""
+        """Upload a .zip, .tar(.gz) or .parquet preference dataset (streamed from disk); returns it ready.
+        `idempotency_key` is sent as the Idempotency-Key header, which the dataset route ignores so far."""
         path = Path(path)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         data = {"name": name} if name is not None else {}
