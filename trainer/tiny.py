@@ -196,7 +196,7 @@ def _unet(family: Family, shape: PresetShape) -> UNet2DConditionModel:
 
 def _vae(shape: PresetShape) -> AutoencoderKL:
     n = len(shape.vae_channels)
-    return AutoencoderKL(
+    vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * n,
@@ -207,6 +207,31 @@ def _vae(shape: PresetShape) -> AutoencoderKL:
         norm_num_groups=8,
         sample_size=shape.sample_size * 2 ** (n - 1),
     )
+    _make_latents_realistic(vae)
+    return vae
+
+
+LATENT_LOGVAR = -12.0  # posterior std exp(-6) ~ 0.0025, as narrow as a trained VAE's
+
+
+@torch.no_grad()
+def _make_latents_realistic(vae: AutoencoderKL) -> None:
+    """Give the random VAE the two properties of a trained one that training depends on.
+
+    A random encoder's posterior has log-variance ~0, so a latent sample is mostly the VAE's own noise and
+    says little about the image; a trained one is nearly deterministic. And a trained VAE's
+    `scaling_factor` makes latents unit-variance, which the noise schedule assumes; the SD default 0.18215
+    would shrink this encoder's latents far below the noise. Calibrated on blocky random-colour images.
+    """
+    channels = vae.config.latent_channels
+    vae.quant_conv.weight[channels:] = 0.0
+    vae.quant_conv.bias[channels:] = LATENT_LOGVAR
+    size = vae.config.sample_size
+    generator = torch.Generator().manual_seed(0)
+    blocks = torch.rand(16, 3, 8, 8, generator=generator) * 2 - 1
+    images = torch.nn.functional.interpolate(blocks, size=(size, size), mode="nearest")
+    std = float(vae.encode(images).latent_dist.mean.std())
+    vae.register_to_config(scaling_factor=1.0 / std)
 
 
 def _scheduler() -> EulerDiscreteScheduler:
