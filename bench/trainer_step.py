@@ -37,11 +37,33 @@ def main() -> None:
             data = _dataset(resolution)
             for cache in (False, True):
                 for method in METHODS:
-                    rows.append(_child({"kind": "train", "model": str(model), "data": str(data), "method": method,
-                                        "resolution": resolution, "cache": cache, "steps": args.steps,
-                                        "warmup": args.warmup, "preset": preset}))  # fmt: skip
-            rows.append(_child({"kind": "floor", "model": str(model), "resolution": resolution,
-                                "steps": args.steps, "warmup": args.warmup, "preset": preset}))  # fmt: skip
+                    rows.append(
+                        _child(
+                            {
+                                "kind": "train",
+                                "model": str(model),
+                                "data": str(data),
+                                "method": method,
+                                "resolution": resolution,
+                                "cache": cache,
+                                "steps": args.steps,
+                                "warmup": args.warmup,
+                                "preset": preset,
+                            }
+                        )
+                    )
+            rows.append(
+                _child(
+                    {
+                        "kind": "floor",
+                        "model": str(model),
+                        "resolution": resolution,
+                        "steps": args.steps,
+                        "warmup": args.warmup,
+                        "preset": preset,
+                    }
+                )
+            )
     _print_table(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
@@ -61,8 +83,22 @@ def _parse() -> argparse.Namespace:
 def _model(preset: str) -> Path:
     path = WORK / f"{preset}-sdxl"
     if not (path / "model_index.json").is_file():
-        subprocess.run([sys.executable, "-m", "trainer", "make-tiny-model", "--family", "sdxl",
-                        "--preset", preset, "--out", str(path)], check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "trainer",
+                "make-tiny-model",
+                "--family",
+                "sdxl",
+                "--preset",
+                preset,
+                "--out",
+                str(path),
+            ],
+            check=True,
+            capture_output=True,
+        )
     return path
 
 
@@ -76,10 +112,17 @@ def _dataset(resolution: int) -> Path:
 
 
 def _child(config: dict[str, Any]) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-m", "bench.trainer_step", "--one", json.dumps(config)],
-                         check=True, capture_output=True, text=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.trainer_step", "--one", json.dumps(config)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     row: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"  {row['preset']:5} {row['resolution']:4}px {row['label']:14} {row['step_ms']:8.1f} ms", file=sys.stderr)
+    print(
+        f"  {row['preset']:5} {row['resolution']:4}px {row['label']:14} {row['step_ms']:8.1f} ms",
+        file=sys.stderr,
+    )
     return row
 
 
@@ -92,8 +135,14 @@ def _run_one(config: dict[str, Any]) -> dict[str, Any]:
         label = f"{config['method']}{' cached' if config['cache'] else ''}"
     measured = times[config["warmup"] :]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"preset": config["preset"], "resolution": config["resolution"], "label": label,
-            "step_ms": 1000 * statistics.median(measured), "peak_rss_mb": peak_mb, **_cuda_peak()}  # fmt: skip
+    return {
+        "preset": config["preset"],
+        "resolution": config["resolution"],
+        "label": label,
+        "step_ms": 1000 * statistics.median(measured),
+        "peak_rss_mb": peak_mb,
+        **_cuda_peak(),
+    }
 
 
 def _train_times(config: dict[str, Any]) -> list[float]:
@@ -102,15 +151,27 @@ def _train_times(config: dict[str, Any]) -> list[float]:
     from trainer.spec import TrainSpec
 
     spec = TrainSpec(
-        base_model=config["model"], method=config["method"], resolution=config["resolution"],
-        train_batch_size=2, gradient_accumulation_steps=1, max_train_steps=config["steps"] + config["warmup"],
-        learning_rate=1e-4, lora_rank=4, mixed_precision="bf16", checkpoint_every_n_steps=10_000,
-        cache_latents=config["cache"], hflip=True,
-    )  # fmt: skip
+        base_model=config["model"],
+        method=config["method"],
+        resolution=config["resolution"],
+        train_batch_size=2,
+        gradient_accumulation_steps=1,
+        max_train_steps=config["steps"] + config["warmup"],
+        learning_rate=1e-4,
+        lora_rank=4,
+        mixed_precision="bf16",
+        checkpoint_every_n_steps=10_000,
+        cache_latents=config["cache"],
+        hflip=True,
+    )
     times: list[float] = []
     with tempfile.TemporaryDirectory() as out:
-        train(spec, Path(config["data"]), Path(out),
-              on_event=lambda e: times.append(e.metrics["step_time_s"]) if isinstance(e, Step) else None)  # fmt: skip
+        train(
+            spec,
+            Path(config["data"]),
+            Path(out),
+            on_event=lambda e: times.append(e.metrics["step_time_s"]) if isinstance(e, Step) else None,
+        )
     return times
 
 
@@ -126,7 +187,9 @@ def _floor_times(config: dict[str, Any]) -> list[float]:
     side = config["resolution"] // model.vae_scale_factor
     latents = torch.randn(4, 4, side, side, device=device, dtype=dtype)
     cond = encode_prompts(model, ["a red circle", "a blue square"]).repeat_for_pairs().to(device, dtype)
-    ids = sdxl_time_ids(torch.tensor([[64, 64]] * 4), torch.zeros(4, 2, dtype=torch.long), config["resolution"])
+    ids = sdxl_time_ids(
+        torch.tensor([[64, 64]] * 4), torch.zeros(4, 2, dtype=torch.long), config["resolution"]
+    )
     added = {"text_embeds": cond.pooled, "time_ids": ids.to(device, dtype)}
     timesteps = torch.randint(0, 1000, (4,), device=device)
     times = []
@@ -150,15 +213,18 @@ def _cuda_peak() -> dict[str, float]:
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
-    print(f"\n{'model':6} {'px':>4} {'method':14} {'ms/step':>9} {'÷ floor':>8} {'÷ dpo':>7} {'peak RSS MB':>12}")
+    header = f"{'model':6} {'px':>4} {'method':14} {'ms/step':>9} {'÷ floor':>8} {'÷ dpo':>7}"
+    print(f"\n{header} {'peak RSS MB':>12}")
     for row in rows:
         same = [r for r in rows if (r["preset"], r["resolution"]) == (row["preset"], row["resolution"])]
         floor = next(r["step_ms"] for r in same if r["label"] == "floor")
         cached = row["label"].endswith("cached")
         dpo = next((r["step_ms"] for r in same if r["label"] == "dpo" + (" cached" if cached else "")), None)
         ratio = f"{row['step_ms'] / dpo:7.2f}" if dpo and row["label"] != "floor" else f"{'':7}"
-        print(f"{row['preset']:6} {row['resolution']:4} {row['label']:14} {row['step_ms']:9.1f} "
-              f"{row['step_ms'] / floor:8.2f} {ratio} {row['peak_rss_mb']:12.0f}")  # fmt: skip
+        print(
+            f"{row['preset']:6} {row['resolution']:4} {row['label']:14} {row['step_ms']:9.1f} "
+            f"{row['step_ms'] / floor:8.2f} {ratio} {row['peak_rss_mb']:12.0f}"
+        )
 
 
 if __name__ == "__main__":

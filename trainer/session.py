@@ -139,11 +139,23 @@ def open_session(spec: TrainSpec, dataset_dir: Path, output_dir: Path) -> Traini
             model, dataset_dir, data.eval_pairs, resolution=resolution, seed=spec.seed
         )
     return TrainingSession(
-        spec=spec, accelerator=accelerator, model=model, unet=unet, lora_config=lora_config,
-        trainable=trainable, optimizer=optimizer, lr_scheduler=lr_scheduler, loader=loader,
-        sampler=data.sampler, output_dir=output_dir, resolution=resolution, mixed_precision=mixed,
-        num_train_pairs=data.num_train_pairs, num_eval_pairs=len(data.eval_pairs), evaluator=evaluator,
-    )  # fmt: skip
+        spec=spec,
+        accelerator=accelerator,
+        model=model,
+        unet=unet,
+        lora_config=lora_config,
+        trainable=trainable,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        loader=loader,
+        sampler=data.sampler,
+        output_dir=output_dir,
+        resolution=resolution,
+        mixed_precision=mixed,
+        num_train_pairs=data.num_train_pairs,
+        num_eval_pairs=len(data.eval_pairs),
+        evaluator=evaluator,
+    )
 
 
 @dataclass

@@ -122,9 +122,13 @@ def _apply(session: Session, job_id: str, writes: Writes, eta: float | None) -> 
     if writes.last_step is not None:
         step = writes.last_step
         job_repo.update_progress(
-            session, job_id, step=step.step, total_steps=step.total_steps, eta_seconds=eta,
+            session,
+            job_id,
+            step=step.step,
+            total_steps=step.total_steps,
+            eta_seconds=eta,
             latest_metrics=step.metrics,
-        )  # fmt: skip
+        )
     for checkpoint in writes.checkpoints:
         output_repo.add_checkpoint(
             session,
@@ -135,15 +139,24 @@ def _apply(session: Session, job_id: str, writes: Writes, eta: float | None) -> 
         )
     for sample in writes.samples:
         output_repo.add_sample(
-            session, job_id, step=sample.step, index=sample.index, prompt=sample.prompt,
-            with_lora=sample.with_lora, storage_key=sample.storage_key,
-        )  # fmt: skip
+            session,
+            job_id,
+            step=sample.step,
+            index=sample.index,
+            prompt=sample.prompt,
+            with_lora=sample.with_lora,
+            storage_key=sample.storage_key,
+        )
     for artifact in writes.artifacts:
         size, digest = _size_and_sha256(artifact.path)
         output_repo.add_artifact(
-            session, job_id, format=artifact.format, storage_key=artifact.storage_key, size_bytes=size,
+            session,
+            job_id,
+            format=artifact.format,
+            storage_key=artifact.storage_key,
+            size_bytes=size,
             sha256=digest,
-        )  # fmt: skip
+        )
 
 
 def _size_and_sha256(path: Path) -> tuple[int, str]:

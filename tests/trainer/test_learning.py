@@ -18,8 +18,17 @@ def test_mapo_widens_the_held_out_error_gap_on_the_demo_preference(tmp_path: Pat
     # The "small" SDXL-shaped model: the tiny one has too little attention capacity to learn this at all.
     base = build_tiny_pipeline("sdxl", tmp_path / "small-sdxl", preset="small")
     make_demo_dataset(tmp_path / "demo", num_pairs=48, resolution=64)
-    spec = tiny_spec(base, resolution=64, train_batch_size=4, max_train_steps=150, checkpoint_every_n_steps=1000,
-                     lora_rank=8, cache_latents=True, eval_fraction=0.25, eval_every_n_steps=75)  # fmt: skip
+    spec = tiny_spec(
+        base,
+        resolution=64,
+        train_batch_size=4,
+        max_train_steps=150,
+        checkpoint_every_n_steps=1000,
+        lora_rank=8,
+        cache_latents=True,
+        eval_fraction=0.25,
+        eval_every_n_steps=75,
+    )
     events: list[Event] = []
     train(spec, tmp_path / "demo", tmp_path / "out", on_event=events.append)
     evaluations = [e.metrics for e in events if isinstance(e, Evaluation)]

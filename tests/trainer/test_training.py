@@ -168,7 +168,10 @@ def test_validation_images_are_rendered_for_the_base_and_the_lora(
     _, events = _run(tiny_spec(tiny_sdxl, validation=validation), color_pairs, tmp_path)
     samples = [e for e in events if isinstance(e, Sample)]
     assert [(s.step, [i.with_lora for i in s.images]) for s in samples] == [
-        (0, [False, False]), (2, [True, True]), (4, [True, True])]  # fmt: skip
+        (0, [False, False]),
+        (2, [True, True]),
+        (4, [True, True]),
+    ]
     for image in samples[-1].images:
         with Image.open(image.path) as png:
             assert png.size == (32, 32)
