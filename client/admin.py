@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
-
 import migrations
 from core.db import Database
-from core.models import ApiKey
 from core.repositories import tenants as tenant_repo
 from core.settings import Settings
 
@@ -35,8 +32,6 @@ def has_api_key(settings: Settings) -> bool:
     database = Database(settings)
     try:
         with database.sessions() as session:
-            # core.repositories.tenants has no "any key" query yet; this read is the only one here.
-            found = session.scalar(select(ApiKey.id).where(ApiKey.revoked_at.is_(None)).limit(1))
+            return tenant_repo.any_active_api_key(session)
     finally:
         database.dispose()
-    return found is not None

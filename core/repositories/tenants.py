@@ -66,3 +66,8 @@ def revoke_api_key(session: Session, key_id: str) -> bool:
         return False
     key.revoked_at = key.revoked_at or utcnow()
     return True
+
+
+def any_active_api_key(session: Session) -> bool:
+    """Whether any unrevoked API key exists at all (the embedded service's first-start check)."""
+    return session.scalar(select(ApiKey.id).where(ApiKey.revoked_at.is_(None)).limit(1)) is not None

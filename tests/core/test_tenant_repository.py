@@ -30,3 +30,11 @@ def test_authenticate_finds_the_tenant_only_with_the_right_key_and_pepper(sessio
 def test_get_or_create_tenant_is_stable(session: Session) -> None:
     first = tenant_repo.get_or_create_tenant(session, "acme")
     assert tenant_repo.get_or_create_tenant(session, "acme").id == first.id
+
+
+def test_any_active_api_key_ignores_revoked_keys(session: Session) -> None:
+    assert not tenant_repo.any_active_api_key(session)
+    key, _ = tenant_repo.create_api_key(session, tenant_id=create_tenant(session).id, pepper="p")
+    assert tenant_repo.any_active_api_key(session)
+    tenant_repo.revoke_api_key(session, key.id)
+    assert not tenant_repo.any_active_api_key(session)
