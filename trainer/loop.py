@@ -6,6 +6,7 @@ adapters. Calling it again with the same output_dir resumes from the newest comp
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -116,8 +117,11 @@ def _micro_step(session: TrainingSession, batch: dict[str, Any], step: int) -> d
             )
         accelerator.backward(loss)
         if accelerator.sync_gradients:
-            norm = accelerator.clip_grad_norm_(session.trainable, session.spec.max_grad_norm)
-            metrics["grad_norm"] = float(norm)
+            norm = float(accelerator.clip_grad_norm_(session.trainable, session.spec.max_grad_norm))
+            # fp16's loss scaler starts high and overflows in the first updates, which it then skips; an
+            # inf/NaN norm says nothing about the model and is not valid JSON in the event log.
+            if math.isfinite(norm):
+                metrics["grad_norm"] = norm
         session.optimizer.step()
         session.lr_scheduler.step()
         session.optimizer.zero_grad(set_to_none=True)
