@@ -89,7 +89,7 @@ def _run_steps(
         micro = 0
         started = time.perf_counter()
         for batch in loader:
-            if should_stop():
+            if _stop_agreed(session, should_stop):
                 return step, True, metrics
             sums = _add(sums, _micro_step(session, batch, step))
             micro += 1
@@ -103,6 +103,17 @@ def _run_steps(
             if step >= spec.max_train_steps:
                 break
     return step, False, metrics
+
+
+def _stop_agreed(session: TrainingSession, should_stop: Callable[[], bool]) -> bool:
+    """Any process's stop request stops them all at the same micro-step: a process that left alone would
+    leave the others waiting forever in the next gradient all-reduce."""
+    requested = should_stop()
+    accelerator = session.accelerator
+    if accelerator.num_processes == 1:
+        return requested
+    votes = accelerator.reduce(torch.tensor(float(requested), device=accelerator.device), reduction="sum")
+    return bool(votes > 0)
 
 
 def _micro_step(session: TrainingSession, batch: dict[str, Any], step: int) -> dict[str, float]:
