@@ -14,7 +14,7 @@ from diffusers import UNet2DConditionModel
 from trainer.data import Augment
 from trainer.dataset_format import PairRecord
 from trainer.encoding import build_cache
-from trainer.models import Conditioning, DiffusionModel, sdxl_time_ids
+from trainer.models import Conditioning, DiffusionModel, inference_mode, sdxl_time_ids
 from trainer.objective import PairInputs, denoising_errors
 
 EVAL_TIMESTEPS = (100, 300, 500, 700, 900)
@@ -39,18 +39,19 @@ class HeldOutEvaluator:
     def evaluate(self, unet: UNet2DConditionModel) -> dict[str, float]:
         """heldout_accuracy (fraction of (pair, t) with m_w < m_l), mean errors and their gap m_l - m_w."""
         device = next(unet.parameters()).device
+        inputs = PairInputs(
+            latents=torch.cat([self.latents[:, 0], self.latents[:, 1]]).to(device),
+            conditioning=self.conditioning,
+            time_ids=self.time_ids if self.model.family == "sdxl" else None,
+        )
         chosen, rejected = [], []
-        for t_index, t in enumerate(EVAL_TIMESTEPS):
-            inputs = PairInputs(
-                latents=torch.cat([self.latents[:, 0], self.latents[:, 1]]).to(device),
-                conditioning=self.conditioning.to(device, torch.float32),
-                time_ids=self.time_ids.to(device) if self.model.family == "sdxl" else None,
-            )
-            noise = self.noise[t_index].to(device)
-            timesteps = torch.full((len(self.latents),), t, device=device, dtype=torch.long)
-            errors = denoising_errors(unet, self.model, inputs, noise=noise, timesteps=timesteps)
-            chosen.append(errors.chunk(2)[0].cpu())
-            rejected.append(errors.chunk(2)[1].cpu())
+        with inference_mode(unet):
+            for t_index, t in enumerate(EVAL_TIMESTEPS):
+                noise = self.noise[t_index].to(device)
+                timesteps = torch.full((len(self.latents),), t, device=device, dtype=torch.long)
+                errors = denoising_errors(unet, self.model, inputs, noise=noise, timesteps=timesteps)
+                chosen.append(errors.chunk(2)[0].cpu())
+                rejected.append(errors.chunk(2)[1].cpu())
         m_w, m_l = torch.cat(chosen), torch.cat(rejected)
         return {
             "heldout_accuracy": float((m_w < m_l).float().mean()),

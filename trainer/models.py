@@ -6,6 +6,8 @@ text embeddings and six time ids). The VAE always stays in float32 (SDXL's VAE o
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -159,6 +161,21 @@ def attach_lora(
         if param.requires_grad:
             param.data = param.data.float()
     return config
+
+
+@contextmanager
+def inference_mode(module: torch.nn.Module) -> Iterator[None]:
+    """Every submodule in eval mode for the block, then each back in the mode it had.
+
+    The base UNet is loaded in eval mode, but the LoRA layers peft adds afterwards start in train mode, so
+    their dropout would otherwise also act on held-out scoring and validation images."""
+    modes = [(sub, sub.training) for sub in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for sub, training in modes:
+            sub.train(training)
 
 
 def trainable_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:

@@ -13,7 +13,7 @@ import torch
 from diffusers import DiffusionPipeline, UNet2DConditionModel
 
 from trainer.events import SampleImage
-from trainer.models import DiffusionModel
+from trainer.models import DiffusionModel, inference_mode
 from trainer.spec import ValidationSpec
 
 
@@ -49,26 +49,36 @@ def render(
     if not with_lora:
         unet.disable_adapters()
     try:
-        images = []
-        for index, prompt in enumerate(validation.prompts):
-            generator = torch.Generator("cpu").manual_seed(validation.seed + index)
-            latents = pipeline(
-                prompt,
-                num_inference_steps=validation.num_inference_steps,
-                guidance_scale=validation.guidance_scale,
-                height=resolution,
-                width=resolution,
-                generator=generator,
-                output_type="latent",
-            ).images
-            image = _decode(pipeline, latents)
-            path = out_dir / f"{index:02d}.png"
-            image.save(path)
-            images.append(SampleImage(prompt=prompt, path=str(path), with_lora=with_lora))
-        return images
+        with inference_mode(unet):
+            return [
+                _render_one(
+                    pipeline, validation, index, resolution=resolution, out_dir=out_dir, with_lora=with_lora
+                )
+                for index in range(len(validation.prompts))
+            ]
     finally:
         if not with_lora:
             unet.enable_adapters()
+
+
+def _render_one(
+    pipeline: Any, validation: ValidationSpec, index: int, *, resolution: int, out_dir: Path, with_lora: bool
+) -> SampleImage:
+    """Prompt `index` from its own generator, seeded `validation.seed + index`, saved as out_dir/NN.png."""
+    prompt = validation.prompts[index]
+    generator = torch.Generator("cpu").manual_seed(validation.seed + index)
+    latents = pipeline(
+        prompt,
+        num_inference_steps=validation.num_inference_steps,
+        guidance_scale=validation.guidance_scale,
+        height=resolution,
+        width=resolution,
+        generator=generator,
+        output_type="latent",
+    ).images
+    path = out_dir / f"{index:02d}.png"
+    _decode(pipeline, latents).save(path)
+    return SampleImage(prompt=prompt, path=str(path), with_lora=with_lora)
 
 
 def _decode(pipeline: Any, latents: torch.Tensor) -> Any:

@@ -1,0 +1,27 @@
+"""The held-out evaluator scores the model as it is, without the randomness used to train it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from trainer.data import load_pairs
+from trainer.evaluation import HeldOutEvaluator
+from trainer.models import attach_lora, load_model, trainable_parameters
+from trainer.spec import DEFAULT_LORA_TARGETS
+
+
+def test_held_out_scores_are_repeatable_with_lora_dropout(tiny_sd: Path, color_pairs: Path) -> None:
+    model = load_model(str(tiny_sd), device=torch.device("cpu"), weight_dtype=torch.float32)
+    attach_lora(model.unet, rank=4, alpha=4.0, dropout=0.5, targets=list(DEFAULT_LORA_TARGETS))
+    with torch.no_grad():
+        for param in trainable_parameters(model.unet):  # B starts at 0, which would hide the dropout
+            param.normal_(std=0.5)
+    evaluator = HeldOutEvaluator(
+        model, color_pairs, load_pairs(color_pairs)[:2], resolution=model.native_resolution, seed=0
+    )
+
+    assert evaluator.evaluate(model.unet) == evaluator.evaluate(model.unet)
+    dropouts = [m for name, m in model.unet.named_modules() if name.endswith("lora_dropout.default")]
+    assert dropouts and all(m.training for m in dropouts)  # training mode is restored afterwards
