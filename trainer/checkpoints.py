@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,17 +52,23 @@ def remove_incomplete(output_dir: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def save_checkpoint(
-    output_dir: Path, step: int, *, write: Callable[[Path], None], state: dict[str, Any], keep: int
-) -> Path:
-    """Call `write(tmp_dir)` to fill a temp folder, then publish it as step-N and drop old ones."""
-    root = checkpoints_root(output_dir)
-    final = root / f"{PREFIX}{step:06d}"
-    tmp = root / f".tmp-{PREFIX}{step:06d}"
+def begin_checkpoint(output_dir: Path, step: int) -> Path:
+    """An empty temporary folder for the checkpoint of `step` (main process only)."""
+    tmp = temporary_folder(output_dir, step)
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        write(tmp)
+    except OSError as exc:
+        raise CheckpointError(f"creating the checkpoint folder of step {step} failed: {exc}") from exc
+    return tmp
+
+
+def publish_checkpoint(output_dir: Path, step: int, *, state: dict[str, Any], keep: int) -> Path:
+    """Seal the filled temporary folder (state.json last, fsync), rename it to step-N, drop old ones."""
+    root = checkpoints_root(output_dir)
+    final = root / f"{PREFIX}{step:06d}"
+    tmp = temporary_folder(output_dir, step)
+    try:
         (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}), encoding="utf-8")
         _fsync_tree(tmp)
         if final.exists():
@@ -75,6 +80,11 @@ def save_checkpoint(
         raise CheckpointError(f"saving the checkpoint of step {step} failed: {exc}") from exc
     _rotate(output_dir, keep)
     return final
+
+
+def temporary_folder(output_dir: Path, step: int) -> Path:
+    """Where the checkpoint of `step` is assembled before `publish_checkpoint` renames it."""
+    return checkpoints_root(output_dir) / f".tmp-{PREFIX}{step:06d}"
 
 
 def _rotate(output_dir: Path, keep: int) -> None:

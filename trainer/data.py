@@ -75,19 +75,21 @@ def prepare_image(
 class PairDataset(Dataset[dict[str, Any]]):
     """Yields `{"pixels": (2, 3, R, R) [chosen, rejected], "prompt", "original_size", "crop_top_left"}`.
 
-    Randomness (flip, crop) comes from torch's global generator, which checkpoints save and restore.
+    Indexed by draw (see `EpochSampler`); the flip and crop of a draw come from its own generator.
     """
 
-    def __init__(self, root: Path, pairs: list[PairRecord], augment: Augment) -> None:
-        self.root, self.pairs, self.augment = root, pairs, augment
+    def __init__(self, root: Path, pairs: list[PairRecord], augment: Augment, *, seed: int) -> None:
+        self.root, self.pairs, self.augment, self.seed = root, pairs, augment, seed
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, draw: int) -> dict[str, Any]:
+        index = draw % len(self.pairs)
         pair = self.pairs[index]
-        flip = self.augment.hflip and bool(torch.rand(()) < 0.5)
-        crop = tuple(torch.rand(2).tolist()) if self.augment.random_crop else (0.5, 0.5)
+        rng = augmentation_rng(self.seed, draw)
+        flip = self.augment.hflip and bool(torch.rand((), generator=rng) < 0.5)
+        crop = tuple(torch.rand(2, generator=rng).tolist()) if self.augment.random_crop else (0.5, 0.5)
         images = [
             prepare_image(self.root / rel, resolution=self.augment.resolution, flip=flip, crop_fraction=crop)
             for rel in (pair.chosen, pair.rejected)
@@ -113,8 +115,15 @@ def collate_pairs(items: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def augmentation_rng(seed: int, draw: int) -> torch.Generator:
+    """A generator per draw, so a pair's augmentation never depends on what else consumed randomness
+    before it (a loader that fetches ahead, a resume that skips batches)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + draw)
+
+
 class EpochSampler(torch.utils.data.Sampler[int]):
-    """A permutation per epoch derived from (seed, epoch) alone, so a resumed run sees the same order."""
+    """Draw ids `epoch * length + pair index`, in a permutation per epoch derived from (seed, epoch)
+    alone: a resumed run sees the same order, and datasets derive augmentations from the draw id."""
 
     def __init__(self, length: int, seed: int) -> None:
         self.length, self.seed, self.epoch = length, seed, 0
@@ -127,4 +136,5 @@ class EpochSampler(torch.utils.data.Sampler[int]):
 
     def __iter__(self) -> Any:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.length, generator=generator).tolist())
+        offset = self.epoch * self.length
+        return iter(offset + i for i in torch.randperm(self.length, generator=generator).tolist())

@@ -15,7 +15,7 @@ import torch
 from diffusers import AutoencoderKL
 from torch.utils.data import Dataset
 
-from trainer.data import Augment, prepare_image
+from trainer.data import Augment, augmentation_rng, prepare_image
 from trainer.dataset_format import PairRecord
 from trainer.models import DiffusionModel, encode_prompts
 
@@ -86,14 +86,15 @@ def _encode_all_prompts(
 class CachedPairDataset(Dataset[dict[str, Any]]):
     """Cached counterpart of `PairDataset`: latent mean/std and text embeddings instead of pixels."""
 
-    def __init__(self, cache: LatentCache, hflip: bool) -> None:
-        self.cache, self.hflip = cache, hflip
+    def __init__(self, cache: LatentCache, *, hflip: bool, seed: int) -> None:
+        self.cache, self.hflip, self.seed = cache, hflip, seed
 
     def __len__(self) -> int:
         return len(self.cache.means)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        flip = int(self.hflip and bool(torch.rand(()) < 0.5))
+    def __getitem__(self, draw: int) -> dict[str, Any]:
+        index = draw % len(self)
+        flip = int(self.hflip and bool(torch.rand((), generator=augmentation_rng(self.seed, draw)) < 0.5))
         item: dict[str, Any] = {
             "latent_mean": self.cache.means[index][flip],
             "latent_std": self.cache.stds[index][flip],

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from trainer import checkpoints
-from trainer.errors import NonFiniteLossError
+from trainer.errors import CheckpointError, NonFiniteLossError
 from trainer.events import Artifact, Checkpoint, Event, Finished, Started, Step
 from trainer.export import save_diffusers_lora, save_kohya_lora
 from trainer.objective import prepare_inputs, training_loss
@@ -169,16 +169,22 @@ def _checkpoint(
     metrics: dict[str, float],
     emit: Callable[[Event], None],
 ) -> None:
+    """Every process writes its own RNG state into the shared folder; the main process writes the rest
+    (optimizer, scheduler, LoRA weights, the diffusers adapter of this step) and publishes it."""
     accelerator = session.accelerator
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-
-        def write(tmp: Path) -> None:
-            accelerator.save_state(str(tmp / "state"))
+    tmp = checkpoints.begin_checkpoint(output_dir, step) if accelerator.is_main_process else None
+    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(checkpoints.temporary_folder(output_dir, step) / "state"))
+        accelerator.wait_for_everyone()
+        if tmp is not None:
             save_diffusers_lora(session.lora_unet, session.lora_config, session.model.family, tmp / "lora")
-
-        path = checkpoints.save_checkpoint(
-            output_dir, step, write=write, state={"metrics": metrics}, keep=session.spec.keep_checkpoints
+    except OSError as exc:
+        raise CheckpointError(f"saving the checkpoint of step {step} failed: {exc}") from exc
+    if tmp is not None:
+        path = checkpoints.publish_checkpoint(
+            output_dir, step, state={"metrics": metrics}, keep=session.spec.keep_checkpoints
         )
         emit(Checkpoint(step=step, path=str(path), metrics=dict(metrics)))
     session.last_checkpoint_step = step

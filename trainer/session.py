@@ -1,4 +1,4 @@
-"""Everything one training run holds: accelerator, model with LoRA, data, optimizer, evaluator, sampler.
+"""Everything one training run holds: accelerator, model with LoRA, data, optimizer, evaluator.
 
 `open_session` does the set-up the loop should not care about; the session's methods run the periodic
 side jobs (validation images, held-out evaluation) and hand out each epoch's data loader.
@@ -18,11 +18,14 @@ from accelerate.utils import set_seed
 from diffusers import UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 
 from trainer.data import Augment, EpochSampler, PairDataset, collate_pairs, load_pairs, split_pairs
 from trainer.dataset_format import PairRecord
 from trainer.encoding import CachedPairDataset, build_cache, collate_cached
+from trainer.errors import CheckpointError
 from trainer.evaluation import HeldOutEvaluator
 from trainer.events import Evaluation, Event, Sample
 from trainer.models import DiffusionModel, attach_lora, load_model, trainable_parameters
@@ -43,7 +46,6 @@ class TrainingSession:
     optimizer: Any
     lr_scheduler: Any
     loader: Any
-    sampler: EpochSampler
     output_dir: Path
     resolution: int
     mixed_precision: str
@@ -64,14 +66,17 @@ class TrainingSession:
 
     def epoch_loader(self, epoch: int, *, skip_updates: int) -> Any:
         """The loader for `epoch`, skipping the micro-batches of updates already done (on resume)."""
-        self.sampler.set_epoch(epoch)
         # Epochs start on update boundaries, so accumulation restarts its micro-step count here.
         self.accelerator.step = 0
+        loader = self.loader
         if skip_updates:
-            return self.accelerator.skip_first_batches(
-                self.loader, skip_updates * self.spec.gradient_accumulation_steps
+            loader = self.accelerator.skip_first_batches(
+                loader, skip_updates * self.spec.gradient_accumulation_steps
             )
-        return self.loader
+        # accelerate's loaders re-set their sampler's epoch from their own iteration counter when iterated,
+        # and a fresh skipping loader counts from 0: tell the loader itself which epoch this is.
+        loader.set_epoch(epoch)
+        return loader
 
     def run_validation(self, *, step: int, emit: Callable[[Event], None], initial: bool = False) -> None:
         """Render the validation prompts: the base model's at the first call, the LoRA's at later ones."""
@@ -130,6 +135,7 @@ def open_session(spec: TrainSpec, dataset_dir: Path, output_dir: Path) -> Traini
     data = _build_data(spec, model, dataset_dir, resolution)
     trainable = trainable_parameters(model.unet)
     optimizer, lr_scheduler = _build_optimizer(spec, trainable, accelerator.num_processes)
+    _checkpoint_only_lora_weights(accelerator)
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(
         model.unet, optimizer, data.loader, lr_scheduler
     )
@@ -148,7 +154,6 @@ def open_session(spec: TrainSpec, dataset_dir: Path, output_dir: Path) -> Traini
         optimizer=optimizer,
         lr_scheduler=lr_scheduler,
         loader=loader,
-        sampler=data.sampler,
         output_dir=output_dir,
         resolution=resolution,
         mixed_precision=mixed,
@@ -158,10 +163,36 @@ def open_session(spec: TrainSpec, dataset_dir: Path, output_dir: Path) -> Traini
     )
 
 
+LORA_STATE_FILE = "lora_state.safetensors"
+
+
+def _checkpoint_only_lora_weights(accelerator: Accelerator) -> None:
+    """accelerate would save and load the whole UNet with every checkpoint (~5 GB for SDXL in fp16),
+    though only the LoRA weights ever change; these hooks store and restore just those, in peft's
+    naming and full float32 precision, beside the optimizer and RNG states."""
+
+    def save(models: list[Any], weights: list[Any], output_dir: str) -> None:
+        if accelerator.is_main_process:
+            lora = get_peft_model_state_dict(accelerator.unwrap_model(models[0]))
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in lora.items()},
+                str(Path(output_dir) / LORA_STATE_FILE),
+            )
+        weights.clear()
+
+    def load(models: list[Any], input_dir: str) -> None:
+        model = accelerator.unwrap_model(models.pop())
+        result = set_peft_model_state_dict(model, load_file(str(Path(input_dir) / LORA_STATE_FILE)))
+        if result.unexpected_keys:
+            raise CheckpointError(f"checkpoint LoRA has keys this model lacks: {result.unexpected_keys[:3]}")
+
+    accelerator.register_save_state_pre_hook(save)
+    accelerator.register_load_state_pre_hook(load)
+
+
 @dataclass
 class _Data:
     loader: DataLoader[Any]
-    sampler: EpochSampler
     num_train_pairs: int
     eval_pairs: list[PairRecord]
 
@@ -175,13 +206,20 @@ def _build_data(spec: TrainSpec, model: DiffusionModel, dataset_dir: Path, resol
     dataset: Dataset[dict[str, Any]]
     collate: Callable[[list[dict[str, Any]]], dict[str, Any]]
     if spec.cache_latents:
-        dataset = CachedPairDataset(build_cache(model, dataset_dir, train_pairs, augment), spec.hflip)
+        dataset = CachedPairDataset(
+            build_cache(model, dataset_dir, train_pairs, augment), hflip=spec.hflip, seed=spec.seed
+        )
         collate = collate_cached
     else:
-        dataset, collate = PairDataset(dataset_dir, train_pairs, augment), collate_pairs
+        dataset, collate = PairDataset(dataset_dir, train_pairs, augment, seed=spec.seed), collate_pairs
     sampler = EpochSampler(len(train_pairs), spec.seed)
-    loader = DataLoader(dataset, batch_size=spec.train_batch_size, sampler=sampler, collate_fn=collate)
-    return _Data(loader, sampler, len(train_pairs), [pairs[i] for i in eval_idx])
+    # A generator of its own: each new iterator draws a base seed from it, which would otherwise come from
+    # the global RNG and shift the noise stream of a resumed run away from the uninterrupted one.
+    generator = torch.Generator().manual_seed(spec.seed)
+    loader = DataLoader(
+        dataset, batch_size=spec.train_batch_size, sampler=sampler, collate_fn=collate, generator=generator
+    )
+    return _Data(loader, len(train_pairs), [pairs[i] for i in eval_idx])
 
 
 def _build_optimizer(

@@ -70,16 +70,48 @@ def test_dpo_starts_at_ln2_because_lora_starts_as_the_reference(
 
 
 def test_only_lora_parameters_change(tiny_sdxl: Path, color_pairs: Path, tmp_path: Path) -> None:
+    from trainer.loop import _run_steps
+    from trainer.session import open_session
+
+    session = open_session(tiny_spec(tiny_sdxl, max_train_steps=2), color_pairs, tmp_path)
+    before = {k: v.clone() for k, v in session.lora_unet.state_dict().items()}
+    _run_steps(session, 0, lambda event: None, lambda: False)
+    after = session.lora_unet.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed, "training moved nothing"
+    assert all(".lora_A." in k or ".lora_B." in k for k in changed), sorted(changed - {"lora"})[:3]
+    assert any(".lora_B." in k for k in changed), "LoRA B starts at zero and must have moved"
+
+
+def test_checkpoints_hold_the_lora_not_the_whole_unet(
+    tiny_sdxl: Path, color_pairs: Path, tmp_path: Path
+) -> None:
     _run(tiny_spec(tiny_sdxl, max_train_steps=2), color_pairs, tmp_path)
-    base = load_file(str(tiny_sdxl / "unet" / "diffusion_pytorch_model.safetensors"))
-    ((_, checkpoint),) = [c for c in complete_checkpoints(tmp_path) if c[0] == 2]
-    trained = load_file(str(checkpoint / "state" / "model.safetensors"))
-    lora = {k: v for k, v in trained.items() if "lora" in k}
-    frozen = {k.replace(".base_layer", ""): v for k, v in trained.items() if "lora" not in k}
-    assert frozen.keys() == base.keys()
-    assert all(torch.equal(frozen[k], base[k]) for k in base)
-    ups = [v for k, v in lora.items() if "lora_B" in k]
-    assert ups and all(v.abs().sum() > 0 for v in ups), "LoRA B starts at zero and must have moved"
+    ((_, checkpoint),) = complete_checkpoints(tmp_path)[-1:]
+    state_files = {p.name for p in (checkpoint / "state").iterdir()}
+    assert "lora_state.safetensors" in state_files and "model.safetensors" not in state_files
+    saved = load_file(str(checkpoint / "state" / "lora_state.safetensors"))
+    assert saved and all("lora_" in k for k in saved)
+
+
+def test_resume_reproduces_the_uninterrupted_run_exactly(
+    tiny_sd: Path, color_pairs: Path, tmp_path: Path
+) -> None:
+    spec = tiny_spec(tiny_sd, max_train_steps=6, gradient_accumulation_steps=2, checkpoint_every_n_steps=3)
+    straight, _ = _run(spec, color_pairs, tmp_path / "straight")
+    seen: list[Event] = []
+    train(
+        spec,
+        color_pairs,
+        tmp_path / "resumed",
+        on_event=seen.append,
+        should_stop=lambda: sum(isinstance(e, Step) for e in seen) >= 3,
+    )
+    resumed, _ = _run(spec, color_pairs, tmp_path / "resumed")
+    a = load_file(str(straight.adapter_path))  # type: ignore[attr-defined]
+    b = load_file(str(resumed.adapter_path))  # type: ignore[attr-defined]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resumed_run_ends_with_the_full_step_count(
