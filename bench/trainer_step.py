@@ -14,6 +14,7 @@ Methods run interleaved per configuration, so machine noise hits all of them ali
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import resource
 import statistics
@@ -24,7 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-WORK = Path(tempfile.gettempdir()) / "mapo-bench"
+# Keyed by the tiny-model builder's source, so a change to it never benchmarks a stale model.
+_BUILDER = Path(__file__).resolve().parents[1] / "trainer" / "tiny.py"
+WORK = Path(tempfile.gettempdir()) / f"mapo-bench-{hashlib.sha256(_BUILDER.read_bytes()).hexdigest()[:10]}"
 METHODS = ("mapo", "dpo", "sft")
 
 
