@@ -57,13 +57,21 @@ class Recorder:
         self._thread.start()
         return self
 
-    def close(self) -> None:
-        """Stop the flusher after a last flush; raises if the last rows could not be written."""
+    def close(self, *, attempts: int = 5, backoff_seconds: float = 1.0) -> None:
+        """Stop the flusher after a last flush, retried with backoff (the database may be restarting);
+        raises the last error if the rows still could not be written."""
         self._closing.set()
         self._thread.join()
-        if self._pending or not self._queue.empty():
-            self._drain()
-            self._flush()
+        self._drain()
+        for attempt in range(attempts):
+            try:
+                self._flush()
+                return
+            except Exception:
+                if attempt == attempts - 1:
+                    raise
+                log.warning("job %s: final write failed (attempt %d); retrying", self.job_id, attempt + 1)
+                time.sleep(backoff_seconds * 2**attempt)
 
     def _run(self) -> None:
         while not self._closing.wait(self.flush_seconds):

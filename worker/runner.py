@@ -99,7 +99,11 @@ def _train(ctx: WorkerContext, job_id: str, plan: Plan) -> Outcome:
         log.exception("job %s crashed", job_id)
         status, code, message = "failed", "internal_error", f"{type(exc).__name__}: {exc}"
     finally:
-        recorder.close()
+        try:
+            recorder.close()
+        except Exception:
+            # The job must still end (below) rather than stay `running` with no worker behind it.
+            log.exception("job %s: could not write its last events", job_id)
     if recorder.lost_ownership:
         log.warning("job %s was taken over by another worker; leaving its state alone", job_id)
         return "abandoned"
