@@ -46,6 +46,12 @@ class Settings(BaseSettings):
         default=SecretStr(DEV_PEPPER), description="Secret mixed into every stored API-key hash."
     )
     sse_poll_seconds: float = Field(default=0.5, gt=0, description="How often an event stream polls the DB.")
+    heartbeat_timeout_seconds: float = Field(
+        default=120.0, gt=0, description="A running job whose heartbeat is older than this is requeued."
+    )
+    reconcile_interval_seconds: float = Field(
+        default=30.0, gt=0, description="How often each worker looks for jobs whose worker died."
+    )
     broker_timeout_seconds: float = Field(default=2.0, gt=0, description="Readiness probe broker timeout.")
 
     @model_validator(mode="after")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from core.queue import GPU_QUEUE, celery_config
 from core.settings import Settings
@@ -43,9 +43,39 @@ def create_app(settings: Settings | None = None) -> Celery:
     return celery
 
 
+_reconciler: dict[str, Any] = {}
+
+
+@worker_ready.connect
+def _start_reconciler(**_: Any) -> None:
+    """In the worker's main process: requeue jobs whose worker died, now and periodically."""
+    from core.db import Database
+    from core.queue import make_producer
+    from worker.reconciler import start_reconciler
+
+    settings = Settings()
+    db = Database(settings)
+    _reconciler["db"] = db
+    _reconciler["stop"] = start_reconciler(
+        db,
+        make_producer(settings),
+        heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
+        interval_seconds=settings.reconcile_interval_seconds,
+    )
+
+
+@worker_shutdown.connect
+def _stop_reconciler(**_: Any) -> None:
+    if "stop" in _reconciler:
+        _reconciler["stop"].set()
+
+
 @worker_process_init.connect
 def _fresh_connections_after_fork(**_: Any) -> None:
-    # A forked child must not reuse the parent's pooled database connections.
+    # A forked child must not use, or close, the connections it inherited from the main process.
+    if "db" in _reconciler:
+        _reconciler.pop("db").engine.dispose(close=False)
+    _reconciler.pop("stop", None)
     from worker.context import get_context
 
     get_context.cache_clear()

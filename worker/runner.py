@@ -80,11 +80,12 @@ def plan_job(job: Job, ctx: WorkerContext) -> Plan:
 
 
 def _train(ctx: WorkerContext, job_id: str, plan: Plan) -> Outcome:
-    from trainer.loop import train  # torch loads here, in the worker process only
-
+    # Heartbeats start before torch is imported: that import alone can take longer than a timeout.
     recorder = Recorder(ctx.db, job_id, worker_id=ctx.worker_id, storage=ctx.storage).start()
     code = message = None
     try:
+        from trainer.loop import train  # torch loads here, in the worker process only
+
         result = train(
             plan.spec,
             plan.dataset_dir,

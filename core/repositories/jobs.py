@@ -141,14 +141,24 @@ def finish_job(
     return _changed(session, stmt.values(status=status, finished_at=utcnow(), **values))
 
 
-def requeue_job(session: Session, job_id: str, *, worker_id: str | None = None) -> bool:
-    """running → queued (the worker is shutting down and the broker will redeliver); a job being
-    cancelled is cancelled instead. False if the job was in neither state."""
+def requeue_job(
+    session: Session, job_id: str, *, worker_id: str | None = None, stale_before: datetime | None = None
+) -> bool:
+    """running → queued (its worker is shutting down, or, with `stale_before`, stopped heartbeating
+    before then); a job being cancelled is cancelled instead. False if the job was in neither state."""
     stmt = update(Job).where(Job.id == job_id)
     if worker_id is not None:
         stmt = stmt.where(Job.worker_id == worker_id)
+    if stale_before is not None:
+        stmt = stmt.where(Job.heartbeat_at < stale_before)
     running = stmt.where(Job.status == "running").values(status="queued", worker_id=None, heartbeat_at=None)
     if _changed(session, running):
         return True
     cancelling = stmt.where(Job.status == "cancelling").values(status="cancelled", finished_at=utcnow())
     return _changed(session, cancelling)
+
+
+def stale_job_ids(session: Session, *, stale_before: datetime) -> list[str]:
+    """Jobs a worker holds (running or cancelling) whose heartbeat is older than `stale_before`."""
+    stmt = select(Job.id).where(Job.status.in_(("running", "cancelling")), Job.heartbeat_at < stale_before)
+    return list(session.scalars(stmt.order_by(Job.id)))

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +20,7 @@ from core.db import Database
 from core.models import Job
 from core.settings import Settings
 from core.storage import LocalStorage
-from tests.conftest import create_dataset, create_job, create_tenant
+from tests.conftest import TEST_PEPPER, create_dataset, create_job, create_tenant
 from trainer.demo_data import make_demo_dataset
 from worker.context import WorkerContext
 
@@ -62,3 +69,46 @@ def make_job(session: Session, ctx: WorkerContext) -> Callable[..., Job]:
         return job
 
     return make
+
+
+@contextmanager
+def running_worker(settings: Settings, log_path: Path, **extra_env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A real `celery worker` process (in a session of its own, so a test can kill it and its pool child
+    together) configured like `settings`; stopped with SIGTERM on exit if still alive."""
+    env = {
+        **os.environ,
+        "MAPO_ENVIRONMENT": "test",
+        "MAPO_DATA_DIR": str(settings.data_dir),
+        "MAPO_DATABASE_URL": settings.sqlalchemy_url,
+        "MAPO_BROKER_URL": settings.broker_url,
+        "MAPO_BASE_MODELS": json.dumps(settings.base_models),
+        "MAPO_API_KEY_PEPPER": TEST_PEPPER,
+        **extra_env,
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "-Q",
+        "mapo.gpu",
+        "--loglevel=INFO",
+        "--hostname",
+        f"test-{uuid.uuid4().hex[:8]}@%h",
+    ]
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +14,7 @@ from core.models import Job
 from core.queue import enqueue_train_job, make_producer
 from core.repositories import jobs as job_repo
 from core.settings import Settings
-from tests.conftest import TEST_PEPPER
+from tests.worker.conftest import running_worker
 
 
 @pytest.fixture(params=["filesystem", pytest.param("redis", marks=pytest.mark.redis)])
@@ -29,40 +25,11 @@ def broker_settings(request: pytest.FixtureRequest, worker_settings: Settings) -
 
 @pytest.fixture
 def celery_worker(broker_settings: Settings, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    env = {
-        **os.environ,
-        "MAPO_ENVIRONMENT": "test",
-        "MAPO_DATA_DIR": str(broker_settings.data_dir),
-        "MAPO_DATABASE_URL": broker_settings.sqlalchemy_url,
-        "MAPO_BROKER_URL": broker_settings.broker_url,
-        "MAPO_BASE_MODELS": json.dumps(broker_settings.base_models),
-        "MAPO_API_KEY_PEPPER": TEST_PEPPER,
-    }
-    log = (tmp_path / "worker.log").open("wb")
-    command = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker.celery_app",
-        "worker",
-        "-Q",
-        "mapo.gpu",
-        "--loglevel=INFO",
-        "--hostname",
-        f"test-{os.getpid()}@%h",
-    ]
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    yield process
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+    with running_worker(broker_settings, tmp_path / "worker.log") as process:
+        yield process
 
 
-def _wait_finished(session: Session, job_id: str, timeout: float = 180) -> Job:
+def wait_finished(session: Session, job_id: str, timeout: float = 180) -> Job:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         session.expire_all()
@@ -84,7 +51,7 @@ def test_worker_process_trains_an_enqueued_job_once(
     producer = make_producer(broker_settings)
     enqueue_train_job(producer, job.id)
     enqueue_train_job(producer, job.id)  # a duplicate delivery must not train twice
-    finished = _wait_finished(session, job.id)
+    finished = wait_finished(session, job.id)
     log = (tmp_path / "worker.log").read_text(errors="replace")
     assert finished.status == "succeeded", log
     assert finished.step == 2 and finished.attempts == 1

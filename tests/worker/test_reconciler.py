@@ -1,0 +1,101 @@
+"""Jobs whose worker died go back to the queue and finish: the database is the source of truth."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from core.models import Job, utcnow
+from core.queue import make_producer
+from core.repositories import events as event_repo
+from core.repositories import jobs as job_repo
+from core.repositories import outputs as output_repo
+from core.settings import Settings
+from tests.worker.conftest import running_worker
+from tests.worker.test_celery_process import wait_finished
+from worker.context import WorkerContext
+from worker.reconciler import reconcile
+
+
+def _hold(session: Session, job: Job, *, status: str, heartbeat_age_s: float) -> None:
+    session.execute(
+        update(Job)
+        .where(Job.id == job.id)
+        .values(status=status, worker_id="gone:1", heartbeat_at=utcnow() - timedelta(seconds=heartbeat_age_s))
+    )
+    session.commit()
+
+
+def _status(session: Session, job_id: str) -> str | None:
+    session.expire_all()
+    return job_repo.get_status(session, job_id)
+
+
+def test_stale_running_job_is_requeued_and_trains(
+    ctx: WorkerContext, make_job: Callable[..., Job], session: Session
+) -> None:
+    from worker.runner import run_job
+
+    job, fresh = make_job(max_train_steps=2), make_job(max_train_steps=2)
+    _hold(session, job, status="running", heartbeat_age_s=600)
+    _hold(session, fresh, status="running", heartbeat_age_s=1)
+    producer = make_producer(ctx.settings)
+    assert reconcile(ctx.db, producer, heartbeat_timeout_seconds=120) == [job.id]
+    assert _status(session, job.id) == "queued" and _status(session, fresh.id) == "running"
+    last = event_repo.list_events(session, job.id, after=None, limit=50).items[-1]
+    assert last.type == "requeued" and last.level == "warning"
+    assert run_job(job.id, ctx) == "succeeded"
+
+
+def test_stale_cancelling_job_ends_cancelled(
+    ctx: WorkerContext, make_job: Callable[..., Job], session: Session
+) -> None:
+    job = make_job()
+    _hold(session, job, status="cancelling", heartbeat_age_s=600)
+    assert reconcile(ctx.db, make_producer(ctx.settings), heartbeat_timeout_seconds=120) == [job.id]
+    assert _status(session, job.id) == "cancelled"
+
+
+def test_worker_killed_mid_training_job_resumes_on_the_next_worker(
+    worker_settings: Settings, make_job: Callable[..., Job], session: Session, tmp_path: Path
+) -> None:
+    job = make_job(max_train_steps=300, checkpoint_every_n_steps=5, validation={})
+    fast_reaper = {"MAPO_HEARTBEAT_TIMEOUT_SECONDS": "10", "MAPO_RECONCILE_INTERVAL_SECONDS": "1"}
+    log = tmp_path / "workers.log"
+    with running_worker(worker_settings, log, **fast_reaper) as first:
+        from core.queue import enqueue_train_job
+
+        enqueue_train_job(make_producer(worker_settings), job.id)
+        _wait_for(lambda: [c.step for c in output_repo.list_checkpoints(session, job.id)], timeout=180)
+        os.killpg(first.pid, signal.SIGKILL)  # the main process and the child training in it
+        first.wait()
+    log_so_far = [
+        (e.type, e.message) for e in event_repo.list_events(session, job.id, after=None, limit=500).items
+    ]
+    assert _status(session, job.id) == "running", [x for x in log_so_far if x[0] != "step"]
+    with running_worker(worker_settings, log, **fast_reaper):
+        finished = wait_finished(session, job.id, timeout=240)
+    assert finished.status == "succeeded", log.read_text(errors="replace")[-3000:]
+    assert finished.step == 300
+    events = event_repo.list_events(session, job.id, after=None, limit=1000).items
+    assert "requeued" in [e.type for e in events]
+    resumed = [e.data["resumed_from_step"] for e in events if e.type == "started"]
+    assert resumed[0] == 0 and resumed[-1] > 0, resumed
+    assert len(output_repo.list_artifacts(session, job.id)) == 2, "one diffusers and one kohya adapter"
+
+
+def _wait_for(probe: Callable[[], object], *, timeout: float) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        session_value = probe()
+        if session_value:
+            return session_value
+        time.sleep(0.2)
+    raise AssertionError(f"condition not met within {timeout}s")

@@ -1,0 +1,67 @@
+"""The database, not the broker, is the source of truth: find jobs whose worker died and requeue them.
+
+A worker that is killed (SIGKILL, OOM, a lost host) stops heartbeating and leaves its job `running`; no
+broker will redeliver it soon (the embedded one never does, Redis only after its visibility timeout).
+Every worker runs this check at start and then periodically: such jobs go back to `queued` with a fresh
+message, and the next run resumes from their newest checkpoint. A job that was being cancelled is
+cancelled instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timedelta
+
+from celery import Celery
+
+from core.db import Database, after_commit
+from core.models import utcnow
+from core.queue import enqueue_train_job
+from core.repositories import events as event_repo
+from core.repositories import jobs as job_repo
+
+log = logging.getLogger(__name__)
+
+
+def reconcile(db: Database, producer: Celery, *, heartbeat_timeout_seconds: float) -> list[str]:
+    """Requeue (or finish cancelling) every job whose heartbeat is stale; returns their ids."""
+    stale_before = utcnow() - timedelta(seconds=heartbeat_timeout_seconds)
+    with db.session_scope() as session:
+        candidates = job_repo.stale_job_ids(session, stale_before=stale_before)
+    why = f"its worker stopped heartbeating for over {heartbeat_timeout_seconds:.0f} s"
+    return [job_id for job_id in candidates if _take_back(db, producer, job_id, stale_before, why)]
+
+
+def _take_back(db: Database, producer: Celery, job_id: str, stale_before: datetime, why: str) -> bool:
+    with db.session_scope() as session:
+        # Conditional on the heartbeat still being stale: a worker that just came back keeps its job.
+        if not job_repo.requeue_job(session, job_id, stale_before=stale_before):
+            return False
+        status = job_repo.get_status(session, job_id)
+        if status == "queued":
+            event_repo.append_event(session, job_id, "requeued", f"requeued: {why}", level="warning")
+            after_commit(session, lambda: enqueue_train_job(producer, job_id))
+        else:
+            event_repo.append_event(session, job_id, "cancelled", f"cancelled: {why}", level="warning")
+    log.warning("job %s: its worker was lost; now %s", job_id, status)
+    return True
+
+
+def start_reconciler(
+    db: Database, producer: Celery, *, heartbeat_timeout_seconds: float, interval_seconds: float
+) -> threading.Event:
+    """Run `reconcile` now and every `interval_seconds` in a daemon thread; set the returned event to stop."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while True:
+            try:
+                reconcile(db, producer, heartbeat_timeout_seconds=heartbeat_timeout_seconds)
+            except Exception:
+                log.exception("reconciling stale jobs failed; trying again in %.0f s", interval_seconds)
+            if stop.wait(interval_seconds):
+                return
+
+    threading.Thread(target=loop, name="mapo-reconciler", daemon=True).start()
+    return stop
