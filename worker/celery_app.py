@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
 from core.queue import GPU_QUEUE, celery_config
 from core.settings import Settings
@@ -62,6 +62,13 @@ def _start_reconciler(**_: Any) -> None:
         heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
         interval_seconds=settings.reconcile_interval_seconds,
     )
+
+
+@worker_shutting_down.connect
+def _ask_running_jobs_to_checkpoint(**_: Any) -> None:
+    from worker.shutdown import forward_to_children
+
+    forward_to_children()
 
 
 @worker_shutdown.connect

@@ -13,17 +13,20 @@ from typing import Literal
 
 from pydantic import ValidationError
 
+from core.db import after_commit
 from core.models import Job
+from core.queue import enqueue_train_job, make_producer
 from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
 from core.storage import dataset_key, job_key
 from trainer.errors import TrainingError
 from trainer.spec import TrainSpec
+from worker import shutdown
 from worker.context import WorkerContext
 from worker.recorder import Recorder
 
 log = logging.getLogger(__name__)
-Outcome = Literal["skipped", "succeeded", "failed", "cancelled", "abandoned"]
+Outcome = Literal["skipped", "succeeded", "failed", "cancelled", "abandoned", "requeued"]
 
 
 class JobSetupError(Exception):
@@ -91,9 +94,11 @@ def _train(ctx: WorkerContext, job_id: str, plan: Plan) -> Outcome:
             plan.dataset_dir,
             plan.output_dir,
             on_event=recorder,
-            should_stop=recorder.stop_requested.is_set,
+            should_stop=lambda: recorder.stop_requested.is_set() or shutdown.requested(),
         )
-        status: Outcome = "cancelled" if result.stopped else "succeeded"
+        status: Outcome = "succeeded"
+        if result.stopped:
+            status = "requeued" if shutdown.requested() else "cancelled"
     except TrainingError as exc:
         status, code, message = "failed", exc.code, exc.message
     except Exception as exc:
@@ -108,7 +113,24 @@ def _train(ctx: WorkerContext, job_id: str, plan: Plan) -> Outcome:
     if recorder.lost_ownership:
         log.warning("job %s was taken over by another worker; leaving its state alone", job_id)
         return "abandoned"
+    if status == "requeued":
+        return _hand_back(ctx, job_id)
     return _finish(ctx, job_id, status, code, message)
+
+
+def _hand_back(ctx: WorkerContext, job_id: str) -> Outcome:
+    """This worker is shutting down: the job (checkpointed at the step it reached) goes back to the
+    queue with a fresh message, unless a cancel arrived meanwhile."""
+    producer = make_producer(ctx.settings)
+    with ctx.db.session_scope() as session:
+        job_repo.requeue_job(session, job_id, worker_id=ctx.worker_id)
+        if job_repo.get_status(session, job_id) != "queued":
+            event_repo.append_event(session, job_id, "cancelled", "job cancelled")
+            return "cancelled"
+        message = "requeued: its worker is shutting down; the next one resumes from the checkpoint"
+        event_repo.append_event(session, job_id, "requeued", message, level="warning")
+        after_commit(session, lambda: enqueue_train_job(producer, job_id))
+    return "requeued"
 
 
 def _finish(

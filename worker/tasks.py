@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from celery.exceptions import Reject
+
 from core.queue import TRAIN_JOB_TASK
+from worker import shutdown
 from worker.celery_app import app
 from worker.context import get_context
 from worker.runner import run_job
@@ -11,4 +14,9 @@ from worker.runner import run_job
 @app.task(name=TRAIN_JOB_TASK, acks_late=True, ignore_result=True)
 def train_job(job_id: str) -> str:
     """Train the job `job_id` (re-read from the database); a repeat delivery is a no-op."""
+    # Here, not at fork: billiard points the child's termination signals at its own handler after
+    # the process-init hooks have run.
+    shutdown.install_child_handler()
+    if shutdown.requested():
+        raise Reject(f"worker is shutting down; job {job_id} goes back to the queue", requeue=True)
     return run_job(job_id, get_context())

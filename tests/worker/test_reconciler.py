@@ -99,3 +99,29 @@ def _wait_for(probe: Callable[[], object], *, timeout: float) -> object:
             return session_value
         time.sleep(0.2)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+def test_sigterm_checkpoints_and_hands_the_job_to_the_next_worker(
+    worker_settings: Settings, make_job: Callable[..., Job], session: Session, tmp_path: Path
+) -> None:
+    from core.queue import enqueue_train_job
+
+    job = make_job(max_train_steps=300, checkpoint_every_n_steps=1000, validation={})
+    log = tmp_path / "workers.log"
+    with running_worker(worker_settings, log) as first:
+        enqueue_train_job(make_producer(worker_settings), job.id)
+        _wait_for(
+            lambda: (job_repo.get_job(session, job.id) or job).step >= 5 or session.expire_all(), timeout=180
+        )
+        first.send_signal(signal.SIGTERM)  # what `docker stop` and `mapo serve` send
+        assert first.wait(timeout=90) == 0
+    assert _status(session, job.id) == "queued", log.read_text(errors="replace")[-3000:]
+    session.expire_all()
+    stopped_at = (job_repo.get_job(session, job.id) or job).step
+    assert [c.step for c in output_repo.list_checkpoints(session, job.id)] == [stopped_at], "no step lost"
+    with running_worker(worker_settings, log):
+        finished = wait_finished(session, job.id, timeout=240)
+    assert finished.status == "succeeded" and finished.step == 300
+    events = event_repo.list_events(session, job.id, after=None, limit=1000).items
+    resumed = [e.data["resumed_from_step"] for e in events if e.type == "started"]
+    assert resumed == [0, stopped_at]
