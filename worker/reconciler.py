@@ -5,6 +5,10 @@ broker will redeliver it soon (the embedded one never does, Redis only after its
 Every worker runs this check at start and then periodically: such jobs go back to `queued` with a fresh
 message, and the next run resumes from their newest checkpoint. A job that was being cancelled is
 cancelled instead.
+
+At start a worker also re-sends every job that has waited in `queued` longer than the heartbeat timeout:
+its message may be gone (a Redis without persistence restarted, an enqueue failed after the commit). A
+duplicate is harmless: the first delivery claims the row, the others find it claimed and do nothing.
 """
 
 from __future__ import annotations
@@ -48,13 +52,31 @@ def _take_back(db: Database, producer: Celery, job_id: str, stale_before: dateti
     return True
 
 
+def resend_waiting_jobs(db: Database, producer: Celery, *, waited_seconds: float) -> list[str]:
+    """Send a fresh message for every job queued more than `waited_seconds` ago; returns their ids."""
+    with db.session_scope() as session:
+        waiting = job_repo.queued_job_ids(
+            session, created_before=utcnow() - timedelta(seconds=waited_seconds)
+        )
+    for job_id in waiting:
+        enqueue_train_job(producer, job_id)
+    if waiting:
+        log.warning("re-sent %d job(s) that had waited in the queue: %s", len(waiting), ", ".join(waiting))
+    return waiting
+
+
 def start_reconciler(
     db: Database, producer: Celery, *, heartbeat_timeout_seconds: float, interval_seconds: float
 ) -> threading.Event:
-    """Run `reconcile` now and every `interval_seconds` in a daemon thread; set the returned event to stop."""
+    """In a daemon thread: re-send long-waiting jobs once, then run `reconcile` now and every
+    `interval_seconds`; set the returned event to stop it."""
     stop = threading.Event()
 
     def loop() -> None:
+        try:
+            resend_waiting_jobs(db, producer, waited_seconds=heartbeat_timeout_seconds)
+        except Exception:
+            log.exception("re-sending waiting jobs failed")
         while True:
             try:
                 reconcile(db, producer, heartbeat_timeout_seconds=heartbeat_timeout_seconds)

@@ -162,3 +162,9 @@ def stale_job_ids(session: Session, *, stale_before: datetime) -> list[str]:
     """Jobs a worker holds (running or cancelling) whose heartbeat is older than `stale_before`."""
     stmt = select(Job.id).where(Job.status.in_(("running", "cancelling")), Job.heartbeat_at < stale_before)
     return list(session.scalars(stmt.order_by(Job.id)))
+
+
+def queued_job_ids(session: Session, *, created_before: datetime) -> list[str]:
+    """Jobs still waiting for a worker that were created before `created_before`, oldest first."""
+    stmt = select(Job.id).where(Job.status == "queued", Job.created_at < created_before)
+    return list(session.scalars(stmt.order_by(Job.created_at)))

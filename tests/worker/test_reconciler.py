@@ -125,3 +125,14 @@ def test_sigterm_checkpoints_and_hands_the_job_to_the_next_worker(
     events = event_repo.list_events(session, job.id, after=None, limit=1000).items
     resumed = [e.data["resumed_from_step"] for e in events if e.type == "started"]
     assert resumed == [0, stopped_at]
+
+
+def test_a_queued_job_whose_message_was_lost_is_resent_when_a_worker_starts(
+    worker_settings: Settings, make_job: Callable[..., Job], session: Session, tmp_path: Path
+) -> None:
+    job = make_job(max_train_steps=2, validation={})  # committed, but no message was ever sent
+    session.execute(update(Job).where(Job.id == job.id).values(created_at=utcnow() - timedelta(minutes=10)))
+    session.commit()
+    with running_worker(worker_settings, tmp_path / "worker.log", MAPO_HEARTBEAT_TIMEOUT_SECONDS="60"):
+        finished = wait_finished(session, job.id, timeout=180)
+    assert finished.status == "succeeded" and finished.attempts == 1
