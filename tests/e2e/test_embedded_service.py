@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from client.sdk import JSON, MapoClient
+from tests.trainer.specs import FAST_TRAINING
 from trainer.demo_data import write_demo_upload
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -35,15 +36,7 @@ CHILD_LINE = re.compile(r"started the (?:api|worker) \(pid (\d+)\)")
 JOB_SPEC: dict[str, Any] = {
     "base_model": "tiny-sdxl",
     "method": "mapo",
-    "hyperparameters": {
-        "resolution": 32,
-        "train_batch_size": 2,
-        "gradient_accumulation_steps": 1,
-        "max_train_steps": 4,
-        "learning_rate": 1e-3,
-        "checkpoint_every_n_steps": 2,
-        "mixed_precision": "no",
-    },
+    "hyperparameters": FAST_TRAINING,
     "validation": {"prompts": ["a large circle at the centre, flat illustration"], "num_inference_steps": 2},
 }
 

@@ -21,19 +21,14 @@ from core.models import Job
 from core.settings import Settings
 from core.storage import LocalStorage
 from tests.conftest import TEST_PEPPER, create_dataset, create_job, create_tenant
+from tests.trainer.specs import FAST_TRAINING
 from trainer.demo_data import make_demo_dataset
 from worker.context import WorkerContext
 
 FAST_SPEC: dict[str, Any] = {
     "base_model": "tiny-sd",
     "method": "mapo",
-    "resolution": 32,
-    "train_batch_size": 2,
-    "gradient_accumulation_steps": 1,
-    "max_train_steps": 4,
-    "learning_rate": 1e-3,
-    "checkpoint_every_n_steps": 2,
-    "mixed_precision": "no",
+    **FAST_TRAINING,
     "validation": {"prompts": ["a circle"], "num_inference_steps": 2},
 }
 
