@@ -9,12 +9,10 @@ tick with the same rows, and event ids come from the job row, so nothing is lost
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import queue
 import threading
 import time
-from pathlib import Path
 
 from sqlalchemy.orm import Session
 
@@ -23,7 +21,7 @@ from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
 from core.repositories import metrics as metric_repo
 from core.repositories import outputs as output_repo
-from core.storage import Storage
+from core.storage import Storage, file_sha256
 from trainer.events import Event
 from worker.translate import Writes, translate
 
@@ -156,24 +154,16 @@ def _apply(session: Session, job_id: str, writes: Writes, eta: float | None) -> 
             storage_key=sample.storage_key,
         )
     for artifact in writes.artifacts:
-        size, digest = _size_and_sha256(artifact.path)
+        with artifact.path.open("rb") as stream:
+            stored = file_sha256(stream)
         output_repo.add_artifact(
             session,
             job_id,
             format=artifact.format,
             storage_key=artifact.storage_key,
-            size_bytes=size,
-            sha256=digest,
+            size_bytes=stored.bytes,
+            sha256=stored.sha256,
         )
-
-
-def _size_and_sha256(path: Path) -> tuple[int, str]:
-    digest, size = hashlib.sha256(), 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
 
 
 def _forget_pruned_checkpoints(session: Session, job_id: str, storage: Storage) -> None:
