@@ -1,4 +1,4 @@
-"""Dataset routes: upload, list, inspect, delete, and the images of one pair."""
+"""Dataset routes: upload, list, inspect, delete, page through the pairs, and the images of one pair."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from fastapi import APIRouter, File, Form, Path, Query, UploadFile, status
 from fastapi.responses import FileResponse
 
 from api.deps import ContextDep, CurrentTenant, SessionDep
-from api.schemas import DatasetOut, ErrorResponse, ListResponse
+from api.schemas import DatasetOut, ErrorResponse, ListResponse, PreviewPairOut
 from api.services import datasets as service
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses={404: {"model": ErrorResponse}})
@@ -59,6 +59,21 @@ def get_dataset(session: SessionDep, tenant: CurrentTenant, dataset_id: str) -> 
 def delete_dataset(session: SessionDep, context: ContextDep, tenant: CurrentTenant, dataset_id: str) -> None:
     """Delete a dataset and its files (409 while an unfinished job uses it)."""
     service.delete_dataset(session, context, tenant, dataset_id)
+
+
+@router.get("/{dataset_id}/pairs")
+def list_pairs(
+    session: SessionDep,
+    context: ContextDep,
+    tenant: CurrentTenant,
+    dataset_id: str,
+    limit: Limit = 20,
+    after: Annotated[
+        int | None, Query(ge=0, description="Index of the last pair of the previous page.")
+    ] = None,
+) -> ListResponse[PreviewPairOut]:
+    """Page through a dataset's pairs in file order: prompt and the URLs of its two images."""
+    return service.list_pairs(session, context, tenant, dataset_id, limit=limit, after=after)
 
 
 @router.get(

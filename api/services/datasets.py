@@ -89,14 +89,15 @@ def upload_dataset(
     return dataset_out(dataset)
 
 
+def pair_out(dataset_id: str, index: int, prompt: str) -> PreviewPairOut:
+    base = f"/v1/datasets/{dataset_id}/pairs/{index}"
+    return PreviewPairOut(
+        index=index, prompt=prompt, chosen_url=f"{base}/chosen", rejected_url=f"{base}/rejected"
+    )
+
+
 def dataset_out(dataset: Dataset) -> DatasetOut:
-    base = f"/v1/datasets/{dataset.id}/pairs"
-    preview = [
-        PreviewPairOut(
-            index=i, prompt=p["prompt"], chosen_url=f"{base}/{i}/chosen", rejected_url=f"{base}/{i}/rejected"
-        )
-        for i, p in enumerate(dataset.preview)
-    ]
+    preview = [pair_out(dataset.id, i, p["prompt"]) for i, p in enumerate(dataset.preview)]
     return DatasetOut(
         id=dataset.id,
         name=dataset.name,
@@ -151,3 +152,22 @@ def pair_image_path(
     except DatasetFormatError as exc:
         raise NotFound(f"dataset {dataset.id} files are unreadable: {exc}", param="dataset_id") from None
     raise NotFound(f"dataset {dataset.id} has no pair {n} (it has {dataset.num_pairs})", param="n")
+
+
+def list_pairs(
+    session: Session, context: AppContext, tenant: Tenant, dataset_id: str, *, limit: int, after: int | None
+) -> ListResponse[PreviewPairOut]:
+    """A page of pairs in file order after pair index `after`, read line by line from pairs.jsonl."""
+    dataset = require_dataset(session, tenant, dataset_id)
+    start = 0 if after is None else after + 1
+    data: list[PreviewPairOut] = []
+    try:
+        for index, pair in enumerate(iter_pairs(context.storage.local_path(dataset.storage_key))):
+            if index < start:
+                continue
+            if len(data) == limit:
+                return ListResponse[PreviewPairOut](data=data, has_more=True)
+            data.append(pair_out(dataset.id, index, pair.prompt))
+    except DatasetFormatError as exc:
+        raise NotFound(f"dataset {dataset.id} files are unreadable: {exc}", param="dataset_id") from None
+    return ListResponse[PreviewPairOut](data=data, has_more=False)

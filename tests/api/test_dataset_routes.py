@@ -124,3 +124,38 @@ def test_datasets_list_newest_first_and_are_private(
     assert client.get("/v1/datasets", headers=stranger).json()["data"] == []
     assert client.delete(f"/v1/datasets/{ids[0]}", headers=stranger).status_code == 404
     assert client.get(f"/v1/datasets/{ids[0]}/pairs/0/chosen", headers=stranger).status_code == 404
+
+
+def numbered_pairs_zip(count: int) -> bytes:
+    """`count` pairs whose prompts are `prompt 0`, `prompt 1`, ..."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        rows = [
+            {"prompt": f"prompt {i}", "chosen": f"{i}c.png", "rejected": f"{i}r.png"} for i in range(count)
+        ]
+        archive.writestr("pairs.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        for i in range(count):
+            archive.writestr(f"{i}c.png", png((200, i, 0)))
+            archive.writestr(f"{i}r.png", png((0, i, 200)))
+    return out.getvalue()
+
+
+def test_pairs_page_through_every_prompt_with_their_image_urls(
+    client: TestClient, session: Session, headers: dict[str, str]
+) -> None:
+    dataset_id = upload(client, headers, numbered_pairs_zip(5))["id"]
+    first = client.get(f"/v1/datasets/{dataset_id}/pairs?limit=2", headers=headers).json()
+    assert [(p["index"], p["prompt"]) for p in first["data"]] == [(0, "prompt 0"), (1, "prompt 1")]
+    assert first["has_more"]
+    rest = client.get(f"/v1/datasets/{dataset_id}/pairs?after=1&limit=10", headers=headers).json()
+    assert [p["index"] for p in rest["data"]] == [2, 3, 4] and not rest["has_more"]
+    rejected = client.get(rest["data"][0]["rejected_url"], headers=headers)
+    assert Image.open(io.BytesIO(rejected.content)).getpixel((0, 0)) == (0, 2, 200)
+    assert client.get(f"/v1/datasets/{dataset_id}/pairs?after=4", headers=headers).json() == {
+        "data": [],
+        "has_more": False,
+    }
+    bad = client.get(f"/v1/datasets/{dataset_id}/pairs?after=-1", headers=headers)
+    assert (bad.status_code, bad.json()["error"]["param"]) == (422, "after")
+    stranger = auth_headers(session)
+    assert client.get(f"/v1/datasets/{dataset_id}/pairs", headers=stranger).status_code == 404
