@@ -82,6 +82,13 @@ def _add_service_commands(commands: Subparsers) -> None:
     create.add_argument("--tenant", required=True, help="tenant name (created if new)")
     create.add_argument("--label", default="", help="a note stored with the key")
     create.set_defaults(handler=cmd_keys_create)
+    listing = keys.add_parser("list", help="list API keys (their public prefixes, never the keys)")
+    listing.add_argument("--tenant", help="only this tenant's keys")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.set_defaults(handler=cmd_keys_list)
+    revoke = keys.add_parser("revoke", help="revoke an API key at once (by id or listed prefix)")
+    revoke.add_argument("key", help="key id (key_…) or prefix (mapo_…) from `mapo keys list`")
+    revoke.set_defaults(handler=cmd_keys_revoke)
     demo = commands.add_parser(
         "demo-data", help="write a synthetic demo dataset to upload (.zip/.tar/.parquet)"
     )
@@ -201,6 +208,35 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     migrate(settings)  # so that this works on a fresh data dir, before the first `mapo serve`
     key = create_key(settings, args.tenant, label=args.label)
     print(f"API key for tenant {args.tenant!r} (shown only once, keep it safe): {key}")
+    return EXIT_OK
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    """List keys by prefix, tenant, label and dates."""
+    from client.admin import list_keys, migrate
+    from client.output import keys_table
+    from core.settings import Settings
+
+    settings = Settings()
+    migrate(settings)
+    keys = list_keys(settings, tenant_name=args.tenant)
+    if args.json:
+        print(json.dumps([key._asdict() for key in keys], indent=2))
+    else:
+        Console().print(keys_table([key._asdict() for key in keys]))
+    return EXIT_OK
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    """Revoke a key; requests with it answer 401 from then on."""
+    from client.admin import revoke_key
+    from core.settings import Settings
+
+    key = revoke_key(Settings(), args.key)
+    if key is None:
+        _error(f"no API key with id or prefix {args.key!r} (see `mapo keys list`)")
+        return EXIT_ERROR
+    print(f"revoked {key.id} ({key.prefix}…) of tenant {key.tenant!r}")
     return EXIT_OK
 
 

@@ -35,6 +35,22 @@ def jobs_table(jobs: list[JSON]) -> Table:
     return table
 
 
+def keys_table(keys: list[JSON]) -> Table:
+    """id, tenant, public prefix, label, creation, last use and revocation of each API key."""
+    table = Table("id", "tenant", "prefix", "label", "created", "last used", "revoked")
+    for key in keys:
+        table.add_row(
+            key["id"],
+            key["tenant"],
+            f"{key['prefix']}…",
+            key["label"],
+            _local_time(key["created_at"]),
+            _local_time(key["last_used_at"]) if key["last_used_at"] else "-",
+            _local_time(key["revoked_at"]) if key["revoked_at"] else "-",
+        )
+    return table
+
+
 def format_seconds(seconds: float | None) -> str:
     """`1h02m`, `3m07s`, `12s`, or `-` when unknown."""
     if seconds is None:

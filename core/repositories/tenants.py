@@ -68,6 +68,24 @@ def revoke_api_key(session: Session, key_id: str) -> bool:
     return True
 
 
+def list_api_keys(session: Session, *, tenant_name: str | None = None) -> list[tuple[ApiKey, str]]:
+    """Every key (revoked ones too) with its tenant's name, oldest first; only `tenant_name`'s if given."""
+    query = select(ApiKey, Tenant.name).join(Tenant, Tenant.id == ApiKey.tenant_id)
+    if tenant_name is not None:
+        query = query.where(Tenant.name == tenant_name)
+    rows = session.execute(query.order_by(ApiKey.created_at, ApiKey.id))
+    return [(key, name) for key, name in rows.tuples()]
+
+
+def find_api_key(session: Session, reference: str) -> ApiKey | None:
+    """A key by its id (`key_…`) or by the public prefix that listings show (`mapo_…`)."""
+    key = session.get(ApiKey, reference)
+    if key is not None:
+        return key
+    matches = list(session.scalars(select(ApiKey).where(ApiKey.prefix == reference).limit(2)))
+    return matches[0] if len(matches) == 1 else None
+
+
 def any_active_api_key(session: Session) -> bool:
     """Whether any unrevoked API key exists at all (the embedded service's first-start check)."""
     return session.scalar(select(ApiKey.id).where(ApiKey.revoked_at.is_(None)).limit(1)) is not None

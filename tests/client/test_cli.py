@@ -72,3 +72,32 @@ def test_api_errors_print_code_and_param(api_server: ApiServer) -> None:
     assert "unknown_base_model" in result.stderr and "param: base_model" in result.stderr
     missing = mapo("adapter", "job_missing", env=api_server.env)
     assert (missing.returncode, "404 not_found" in missing.stderr) == (1, True)
+
+
+def test_keys_list_shows_prefixes_never_keys_and_revoke_locks_the_key_out(tmp_path: Path) -> None:
+    env = service_env(tmp_path / "data")
+    keys = [mapo("keys", "create", "--tenant", t, env=env).stdout.split()[-1] for t in ("alice", "bob")]
+
+    listing = mapo("keys", "list", "--json", env=env)
+    assert listing.returncode == 0, listing.stderr
+    rows = json.loads(listing.stdout)
+    assert [(r["tenant"], r["prefix"], r["revoked_at"]) for r in rows] == [
+        ("alice", keys[0][:12], None),
+        ("bob", keys[1][:12], None),
+    ]
+    assert not any(key in listing.stdout for key in keys)
+    only_bob = json.loads(mapo("keys", "list", "--tenant", "bob", "--json", env=env).stdout)
+    assert [r["tenant"] for r in only_bob] == ["bob"]
+
+    revoked = mapo("keys", "revoke", keys[0][:12], env=env)
+    assert revoked.returncode == 0, revoked.stderr
+    assert rows[0]["id"] in revoked.stdout
+    assert mapo("keys", "revoke", "mapo_nosuchkey", env=env).returncode == 1
+
+    database = Database(Settings(data_dir=tmp_path / "data"))
+    with database.sessions() as session:
+        assert tenant_repo.authenticate(session, keys[0], pepper=DEV_PEPPER) is None
+        assert tenant_repo.authenticate(session, keys[1], pepper=DEV_PEPPER) is not None
+    database.dispose()
+    after = json.loads(mapo("keys", "list", "--json", env=env).stdout)
+    assert after[0]["revoked_at"] is not None and after[1]["revoked_at"] is None
