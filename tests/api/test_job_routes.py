@@ -245,3 +245,26 @@ def test_sse_streams_live_events_and_closes_when_the_job_finishes(
     assert [(e["id"], e["type"]) for e in events] == [(1, "queued"), (2, "step"), (3, "succeeded")]
     replay = read_sse(client, f"/v1/jobs/{job.id}/events", {**headers, "Last-Event-ID": "2"})
     assert [e["id"] for e in replay] == [3]
+
+
+def test_concurrent_repeats_of_an_idempotent_create_make_one_job(
+    client: TestClient, headers: dict[str, str], dataset_id: str, settings: Settings
+) -> None:
+    keyed = {**headers, "Idempotency-Key": "burst-1"}
+    start = threading.Barrier(6)
+    answers: list[tuple[int, str]] = []
+
+    def post() -> None:
+        start.wait()
+        response = client.post("/v1/jobs", json=job_body(dataset_id), headers=keyed)
+        answers.append((response.status_code, response.json().get("id", response.text)))
+
+    threads = [threading.Thread(target=post) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert {status for status, _ in answers} == {201}, answers
+    assert len({job_id for _, job_id in answers}) == 1
+    assert len(client.get("/v1/jobs", headers=headers).json()["data"]) == 1
+    assert received_task_args(settings) == [[answers[0][1]]]
