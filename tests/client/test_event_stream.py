@@ -1,15 +1,19 @@
-"""The SDK's event stream over a real HTTP connection: a dropped stream resumes with Last-Event-ID."""
+"""Event streams over a real HTTP connection: a dropped stream resumes with Last-Event-ID, and every
+event arrives exactly once with the ids of the paginated log."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
 from client.sdk import MapoClient
+from client.sse import SSEMessage, parse_sse
 from core.db import Database
 from core.repositories import events as event_repo
+from core.repositories import jobs as job_repo
 from core.repositories import tenants as tenant_repo
 from core.repositories.events import NewEvent
 from core.settings import Settings
@@ -69,3 +73,75 @@ def test_a_dropped_event_stream_resumes_after_the_last_event_seen(api_server: Ap
         mapo = MapoClient(api_server.url, api_server.key, http=http)
         assert [e["id"] for e in mapo.iter_events(job_id)] == [1, 2, 3]
     assert transport.last_event_ids == [None, "1"]
+
+
+class JobWriter:
+    """Appends events to a running job in the API's database, as the worker's recorder would."""
+
+    def __init__(self, data_dir: Path, tenant_name: str) -> None:
+        self.database = Database(Settings(data_dir=data_dir))
+        with self.database.session_scope() as session:
+            tenant = tenant_repo.get_tenant_by_name(session, tenant_name)
+            assert tenant is not None
+            self.job_id = create_job(session, tenant_id=tenant.id, status="running").id
+        self.written = 0
+
+    def steps(self, count: int) -> None:
+        with self.database.session_scope() as session:
+            events = [NewEvent("step", f"step {self.written + n + 1}") for n in range(count)]
+            event_repo.append_events(session, self.job_id, events)
+        self.written += count
+
+    def succeed(self) -> None:
+        with self.database.session_scope() as session:
+            event_repo.append_event(session, self.job_id, "succeeded", "job succeeded")
+            job_repo.finish_job(session, self.job_id, status="succeeded")
+
+
+def open_stream(
+    http: httpx.Client, server: ApiServer, job_id: str, last_event_id: str | None
+) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {server.key}", "Accept": "text/event-stream"}
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = last_event_id
+    request = http.build_request("GET", f"{server.url}/v1/jobs/{job_id}/events", headers=headers)
+    return http.send(request, stream=True)
+
+
+def take(messages: Iterator[SSEMessage], count: int) -> list[SSEMessage]:
+    """The next `count` events of the stream (keepalive comments skipped)."""
+    events: list[SSEMessage] = []
+    while len(events) < count:
+        message = next(messages)
+        if not message.comment:
+            events.append(message)
+    return events
+
+
+def test_a_client_that_reconnects_mid_stream_gets_every_event_exactly_once(api_server: ApiServer) -> None:
+    writer = JobWriter(api_server.data_dir, api_server.tenant)
+    writer.steps(3)
+    with httpx.Client(timeout=30) as http:
+        first = open_stream(http, api_server, writer.job_id, None)
+        messages = parse_sse(first.iter_lines())
+        seen = take(messages, 3)  # replayed
+        writer.steps(2)
+        seen += take(messages, 2)  # live
+        first.close()  # the client goes away mid-stream...
+        writer.steps(3)  # ...and misses these
+
+        second = open_stream(http, api_server, writer.job_id, seen[-1].id)
+        messages = parse_sse(second.iter_lines())
+        seen += take(messages, 3)  # replayed after Last-Event-ID
+        writer.steps(2)
+        writer.succeed()
+        seen += [m for m in messages if not m.comment]  # live, until the server ends the stream
+        second.close()
+
+    ids = [int(m.id or 0) for m in seen]
+    assert ids == list(range(1, 12))
+    assert [m.event for m in seen] == ["step"] * 10 + ["succeeded"]
+    logged = MapoClient(api_server.url, api_server.key).events(writer.job_id, limit=200).data
+    assert [e["id"] for e in logged] == ids
+    assert [json.loads(m.data) for m in seen] == logged
+    writer.database.dispose()
