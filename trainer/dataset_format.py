@@ -2,12 +2,19 @@
 
 ```
 <dataset_dir>/
-    manifest.json          {"format": "mapo-pairs", "version": 1, "num_pairs": N, "pairs_file": "pairs.jsonl"}
+    manifest.json          {"format": "mapo-pairs", "version": 1, "kind": "pairs", "num_pairs": N,
+                            "pairs_file": "pairs.jsonl"}
     pairs.jsonl            one JSON object per pair: {"prompt", "chosen", "rejected"}, image paths relative
                            to <dataset_dir>, always under images/
     images/                the image files, encoded as uploaded (PNG, JPEG, WebP)
 ```
 The manifest is written last, so a directory without one is incomplete and never read.
+
+A dataset of kind "targets" or "avoid" holds one side of each pair only; its rows file is targets.jsonl,
+one `{"prompt", "image", "generation_prompt"}` per pair. The uploaded image is the chosen side ("targets":
+the images the user wants) or the rejected side ("avoid"); the worker makes the other side with the base
+model at job start (`trainer.completion`), from `generation_prompt` (or the prompt itself when absent,
+allowed for targets only), into a pairs dataset of its own under generated/.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Literal, NamedTuple
+from typing import BinaryIO, Literal, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,8 +32,14 @@ FORMAT_NAME: Literal["mapo-pairs"] = "mapo-pairs"
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 PAIRS_FILE = "pairs.jsonl"
+TARGETS_FILE = "targets.jsonl"
 IMAGES_DIR = "images"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+DatasetKind = Literal["pairs", "targets", "avoid"]
+Role = Literal["chosen", "rejected"]
+# The side of each pair a one-sided dataset holds; the base model makes the other one.
+UPLOADED_ROLE: dict[DatasetKind, Role] = {"targets": "chosen", "avoid": "rejected"}
 
 
 class DatasetFormatError(ValueError):
@@ -40,8 +53,9 @@ class Manifest(BaseModel):
 
     format: Literal["mapo-pairs"] = FORMAT_NAME
     version: int = FORMAT_VERSION
+    kind: DatasetKind = "pairs"
     num_pairs: int = Field(ge=0)
-    pairs_file: str = PAIRS_FILE
+    pairs_file: str = Field(default=PAIRS_FILE, description="The rows file: pairs.jsonl or targets.jsonl.")
 
 
 class PairRecord(BaseModel):
@@ -54,6 +68,21 @@ class PairRecord(BaseModel):
     rejected: str = Field(description="Image path relative to the dataset directory.")
 
 
+class TargetRecord(BaseModel):
+    """One row of a one-sided dataset: the uploaded image, and the prompt its missing partner is made from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str = Field(description="The prompt both images of the pair are trained with.")
+    image: str = Field(description="Image path relative to the dataset directory.")
+    generation_prompt: str | None = Field(
+        default=None, description="What the base model is asked to draw for the missing side; None: `prompt`."
+    )
+
+
+_Row = TypeVar("_Row", PairRecord, TargetRecord)
+
+
 class EncodedImage(NamedTuple):
     """An image as stored: its encoded bytes (or a binary stream of them) and its file suffix."""
 
@@ -62,47 +91,51 @@ class EncodedImage(NamedTuple):
 
 
 class DatasetWriter:
-    """Writes pairs into the canonical layout; `close()` writes the manifest that marks it complete.
+    """Writes pairs (or, for kinds targets/avoid, one-sided rows) into the canonical layout; `close()`
+    writes the manifest that marks it complete.
 
     Image bytes are copied from file objects in chunks, so no whole image set is held in memory.
     """
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, root: Path, *, kind: DatasetKind = "pairs") -> None:
+        self.root, self.kind = root, kind
         (root / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
-        self._pairs = (root / PAIRS_FILE).open("w", encoding="utf-8")
+        self.rows_file = PAIRS_FILE if kind == "pairs" else TARGETS_FILE
+        self._rows = (root / self.rows_file).open("w", encoding="utf-8")
         self.num_pairs = 0
 
     def add_pair(self, prompt: str, *, chosen: EncodedImage, rejected: EncodedImage) -> PairRecord:
         """Store one pair of already-encoded images; streams are copied in chunks."""
+        if self.kind != "pairs":
+            raise DatasetFormatError(f"a {self.kind} dataset holds one image per row; use add_target")
         index = self.num_pairs
-        names = [self._store(index, "chosen", chosen), self._store(index, "rejected", rejected)]
-        record = PairRecord(prompt=prompt, chosen=names[0], rejected=names[1])
-        self._pairs.write(record.model_dump_json() + "\n")
+        names = [
+            store_image(self.root, index, "chosen", chosen),
+            store_image(self.root, index, "rejected", rejected),
+        ]
+        return self._write(PairRecord(prompt=prompt, chosen=names[0], rejected=names[1]))
+
+    def add_target(self, prompt: str, *, image: EncodedImage, generation_prompt: str | None) -> TargetRecord:
+        """Store one row of a targets/avoid dataset; the image is stored under the role it plays."""
+        if self.kind == "pairs":
+            raise DatasetFormatError("a pairs dataset holds two images per row; use add_pair")
+        if generation_prompt is None and self.kind == "avoid":
+            raise DatasetFormatError("an avoid dataset needs a generation_prompt on every row")
+        name = store_image(self.root, self.num_pairs, UPLOADED_ROLE[self.kind], image)
+        return self._write(TargetRecord(prompt=prompt, image=name, generation_prompt=generation_prompt))
+
+    def _write(self, record: _Row) -> _Row:
+        self._rows.write(record.model_dump_json() + "\n")
         self.num_pairs += 1
         return record
 
-    def _store(self, index: int, role: str, image: EncodedImage) -> str:
-        suffix = image.suffix.lower()
-        if suffix not in IMAGE_SUFFIXES:
-            raise DatasetFormatError(f"unsupported image suffix {image.suffix!r}")
-        relative = f"{IMAGES_DIR}/{index:06d}_{role}{suffix}"
-        with (self.root / relative).open("wb") as out:
-            if isinstance(image.data, bytes):
-                out.write(image.data)
-            else:
-                shutil.copyfileobj(image.data, out, length=1 << 20)
-        return relative
-
     def close(self) -> Manifest:
-        """Flush the pairs file to disk, then write the manifest atomically."""
-        self._pairs.flush()
-        os.fsync(self._pairs.fileno())
-        self._pairs.close()
-        manifest = Manifest(num_pairs=self.num_pairs)
-        tmp = self.root / (MANIFEST_FILE + ".tmp")
-        tmp.write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
-        os.replace(tmp, self.root / MANIFEST_FILE)
+        """Flush the rows file to disk, then write the manifest atomically."""
+        self._rows.flush()
+        os.fsync(self._rows.fileno())
+        self._rows.close()
+        manifest = Manifest(kind=self.kind, num_pairs=self.num_pairs, pairs_file=self.rows_file)
+        write_manifest(self.root, manifest)
         return manifest
 
     def __enter__(self) -> DatasetWriter:
@@ -112,7 +145,28 @@ class DatasetWriter:
         if exc_type is None:
             self.close()
         else:
-            self._pairs.close()
+            self._rows.close()
+
+
+def store_image(root: Path, index: int, role: str, image: EncodedImage) -> str:
+    """Write an encoded image as images/<index>_<role><suffix> under `root`; returns that relative path."""
+    suffix = image.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise DatasetFormatError(f"unsupported image suffix {image.suffix!r}")
+    relative = f"{IMAGES_DIR}/{index:06d}_{role}{suffix}"
+    with (root / relative).open("wb") as out:
+        if isinstance(image.data, bytes):
+            out.write(image.data)
+        else:
+            shutil.copyfileobj(image.data, out, length=1 << 20)
+    return relative
+
+
+def write_manifest(root: Path, manifest: Manifest) -> None:
+    """Write the manifest atomically: the last file of a dataset, which marks it complete."""
+    tmp = root / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+    os.replace(tmp, root / MANIFEST_FILE)
 
 
 def read_manifest(root: Path) -> Manifest:
@@ -129,15 +183,48 @@ def read_manifest(root: Path) -> Manifest:
 def iter_pairs(root: Path) -> Iterator[PairRecord]:
     """Yield the pairs in file order, checking that each points at an image inside the dataset."""
     manifest = read_manifest(root)
+    if manifest.kind != "pairs":
+        raise DatasetFormatError(
+            f"{root} is a {manifest.kind} dataset: its pairs are completed with the base model's images "
+            "when a job starts"
+        )
+    for row, record in _iter_rows(root, manifest, PairRecord):
+        for field in ("chosen", "rejected"):
+            _check_image_path(root, manifest, getattr(record, field), row=row, field=field)
+        yield record
+
+
+def iter_targets(root: Path) -> Iterator[TargetRecord]:
+    """Yield the rows of a targets or avoid dataset in file order, checking each image path."""
+    manifest = read_manifest(root)
+    if manifest.kind == "pairs":
+        raise DatasetFormatError(f"{root} is a pairs dataset, not a targets or avoid one")
+    for row, record in _iter_rows(root, manifest, TargetRecord):
+        _check_image_path(root, manifest, record.image, row=row, field="image")
+        if manifest.kind == "avoid" and record.generation_prompt is None:
+            raise DatasetFormatError(
+                f"{manifest.pairs_file} row {row}: an avoid row needs a generation_prompt"
+            )
+        yield record
+
+
+def read_targets(root: Path) -> list[TargetRecord]:
+    """All rows of a targets or avoid dataset (records only; images stay on disk)."""
+    rows = list(iter_targets(root))
+    expected = read_manifest(root).num_pairs
+    if len(rows) != expected:
+        raise DatasetFormatError(f"manifest says {expected} rows but {TARGETS_FILE} has {len(rows)}")
+    return rows
+
+
+def _iter_rows(root: Path, manifest: Manifest, model: type[_Row]) -> Iterator[tuple[int, _Row]]:
     with (root / manifest.pairs_file).open(encoding="utf-8") as lines:
         for row, line in enumerate(lines):
             try:
-                record = PairRecord.model_validate(json.loads(line))
+                record = model.model_validate(json.loads(line))
             except ValueError as exc:
-                raise DatasetFormatError(f"{PAIRS_FILE} row {row}: {exc}") from exc
-            for field in ("chosen", "rejected"):
-                _check_image_path(root, getattr(record, field), row=row, field=field)
-            yield record
+                raise DatasetFormatError(f"{manifest.pairs_file} row {row}: {exc}") from exc
+            yield row, record
 
 
 def read_pairs(root: Path) -> list[PairRecord]:
@@ -149,8 +236,9 @@ def read_pairs(root: Path) -> list[PairRecord]:
     return pairs
 
 
-def _check_image_path(root: Path, relative: str, *, row: int, field: str) -> None:
+def _check_image_path(root: Path, manifest: Manifest, relative: str, *, row: int, field: str) -> None:
+    where = f"{manifest.pairs_file} row {row}, field {field}"
     if not relative.startswith(IMAGES_DIR + "/") or ".." in Path(relative).parts:
-        raise DatasetFormatError(f"{PAIRS_FILE} row {row}, field {field}: path {relative!r} leaves images/")
+        raise DatasetFormatError(f"{where}: path {relative!r} leaves images/")
     if not (root / relative).is_file():
-        raise DatasetFormatError(f"{PAIRS_FILE} row {row}, field {field}: {relative} does not exist")
+        raise DatasetFormatError(f"{where}: {relative} does not exist")

@@ -27,3 +27,9 @@ class NonFiniteLossError(TrainingError):
 
 class CheckpointError(TrainingError):
     code = "checkpoint_failed"
+
+
+class GenerationError(TrainingError):
+    """The base model could not draw the missing images of a targets or avoid dataset."""
+
+    code = "generation_failed"

@@ -11,6 +11,22 @@ from typing import Any, Literal
 
 
 @dataclass(frozen=True)
+class Preparing:
+    """Progress of completing a targets or avoid dataset: the base model draws each pair's missing image.
+
+    `ready` of `total` pairs have their image; `generated` were drawn in this run, `reused` were found
+    from an earlier run (a resumed job, or another job with the same base model and settings).
+    """
+
+    kind: Literal["targets", "avoid"]
+    total: int
+    ready: int
+    generated: int
+    reused: int
+    type: Literal["preparing"] = "preparing"
+
+
+@dataclass(frozen=True)
 class Started:
     """Training began (or resumed: `resumed_from_step` > 0)."""
 
@@ -89,7 +105,7 @@ class Finished:
     type: Literal["finished"] = "finished"
 
 
-Event = Started | Step | Checkpoint | Sample | Evaluation | Artifact | Finished
+Event = Preparing | Started | Step | Checkpoint | Sample | Evaluation | Artifact | Finished
 
 
 def to_dict(event: Event) -> dict[str, Any]:

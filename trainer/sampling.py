@@ -66,19 +66,35 @@ def _render_one(
 ) -> SampleImage:
     """Prompt `index` from its own generator, seeded `validation.seed + index`, saved as out_dir/NN.png."""
     prompt = validation.prompts[index]
-    generator = torch.Generator("cpu").manual_seed(validation.seed + index)
-    latents = pipeline(
+    image = generate_image(
+        pipeline,
         prompt,
+        seed=validation.seed + index,
+        resolution=resolution,
         num_inference_steps=validation.num_inference_steps,
         guidance_scale=validation.guidance_scale,
+    )
+    path = out_dir / f"{index:02d}.png"
+    image.save(path)
+    return SampleImage(prompt=prompt, path=str(path), with_lora=with_lora)
+
+
+@torch.no_grad()
+def generate_image(
+    pipeline: Any, prompt: str, *, seed: int, resolution: int, num_inference_steps: int, guidance_scale: float
+) -> Any:
+    """One `resolution`² PIL image of `prompt`, its noise drawn from a CPU generator seeded `seed` (so a
+    seed means the same starting noise on any device)."""
+    latents = pipeline(
+        prompt,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
         height=resolution,
         width=resolution,
-        generator=generator,
+        generator=torch.Generator("cpu").manual_seed(seed),
         output_type="latent",
     ).images
-    path = out_dir / f"{index:02d}.png"
-    _decode(pipeline, latents).save(path)
-    return SampleImage(prompt=prompt, path=str(path), with_lora=with_lora)
+    return _decode(pipeline, latents)
 
 
 def _decode(pipeline: Any, latents: torch.Tensor) -> Any:

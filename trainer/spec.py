@@ -57,6 +57,20 @@ class ValidationSpec(BaseModel):
         return self
 
 
+class GenerationSpec(BaseModel):
+    """How the base model draws the missing side of a targets or avoid dataset's pairs at job start.
+
+    Each image comes from its own seed, derived from the dataset and the pair's index, at the job's
+    `resolution`. The images are stored with the dataset under a key of these settings and the base
+    model, so a resumed job, or any later job with the same base model and settings, reuses them.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_inference_steps: int = Field(default=25, ge=1, le=200, description="Denoising steps per image.")
+    guidance_scale: float = Field(default=5.0, ge=0.0, le=30.0, description="Classifier-free guidance scale.")
+
+
 class TrainSpec(BaseModel):
     """Everything the trainer needs besides the dataset and an output directory.
 
@@ -118,6 +132,10 @@ class TrainSpec(BaseModel):
     )
     keep_checkpoints: int = Field(default=3, ge=1, le=100, description="Newest checkpoints kept on disk.")
     validation: ValidationSpec = Field(default_factory=ValidationSpec, description="Validation images.")
+    generation: GenerationSpec = Field(
+        default_factory=GenerationSpec,
+        description="Targets and avoid datasets only: how the base model draws each pair's missing image.",
+    )
     eval_fraction: float = Field(
         default=0.0,
         ge=0.0,

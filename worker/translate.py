@@ -12,7 +12,18 @@ from typing import Any
 
 from core.repositories.events import NewEvent
 from core.repositories.metrics import MetricPoint
-from trainer.events import Artifact, Checkpoint, Evaluation, Event, Finished, Sample, Started, Step, to_dict
+from trainer.events import (
+    Artifact,
+    Checkpoint,
+    Evaluation,
+    Event,
+    Finished,
+    Preparing,
+    Sample,
+    Started,
+    Step,
+    to_dict,
+)
 
 
 @dataclass(frozen=True)
@@ -81,6 +92,12 @@ def _add_rows(writes: Writes, event: Event, key_of: Callable[[Path], str]) -> No
 
 def describe(event: Event) -> str:
     """A one-line human message for the event log."""
+    if isinstance(event, Preparing):
+        side = "rejected" if event.kind == "targets" else "chosen"
+        return (
+            f"{event.ready}/{event.total} {side} images of the base model ready "
+            f"({event.generated} drawn now, {event.reused} from an earlier run)"
+        )
     if isinstance(event, Started):
         if event.resumed_from_step:
             return f"resumed from the checkpoint of step {event.resumed_from_step}/{event.total_steps}"
