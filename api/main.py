@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from api.body_limit import BodyLimitMiddleware
 from api.deps import AppContext
 from api.errors import install_error_handlers
-from api.routes import artifacts, datasets, health, jobs
+from api.routes import artifacts, datasets, health, jobs, webhooks
 from core.db import Database
 from core.queue import make_producer
 from core.settings import Settings
@@ -51,6 +51,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes + BODY_OVERHEAD_BYTES)
     app.state.context = context
     install_error_handlers(app)
-    for module in (health, datasets, jobs, artifacts):
+    for module in (health, datasets, jobs, artifacts, webhooks):
         app.include_router(module.router)
     return app

@@ -5,8 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
+from core.models import DeliveryStatus, WebhookEvent
 from trainer.spec import Method, SpecConflict, TrainSpec, ValidationSpec
 
 T = TypeVar("T")
@@ -69,17 +79,31 @@ class DatasetOut(BaseModel):
     created_at: datetime
 
 
-WebhookEvent = Literal["job.running", "job.succeeded", "job.failed", "job.cancelled"]
-DEFAULT_WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("job.succeeded", "job.failed", "job.cancelled")
+MAX_WEBHOOKS_PER_JOB = 5
+DEFAULT_WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("succeeded", "failed", "cancelled")
 
 
 class Webhook(BaseModel):
+    """A URL that receives this job's events as signed POSTs (Standard Webhooks; see
+    `GET /v1/webhooks/secret` for the secret and the README for verifying a signature)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    url: HttpUrl
+    url: HttpUrl = Field(description="http or https URL that receives the POSTs.")
     events: list[WebhookEvent] = Field(
-        default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS), description="Job events to deliver."
+        default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS),
+        min_length=1,
+        description="Which events to deliver: started (first picked up by a worker), checkpoint (each "
+        "saved checkpoint), succeeded, failed, cancelled. Default: the three endings.",
     )
+
+    @field_validator("events")
+    @classmethod
+    def _no_repeats(cls, events: list[WebhookEvent]) -> list[WebhookEvent]:
+        repeated = sorted({e for e in events if events.count(e) > 1})
+        if repeated:
+            raise ValueError(f"events are listed more than once: {', '.join(repeated)}")
+        return events
 
 
 class JobCreate(BaseModel):
@@ -107,9 +131,22 @@ class JobCreate(BaseModel):
     method: Method = Field(default="mapo", description="mapo, dpo or sft.")
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     validation: ValidationSpec = Field(default_factory=ValidationSpec)
-    webhook: Webhook | None = None
+    webhooks: list[Webhook] = Field(
+        default_factory=list,
+        max_length=MAX_WEBHOOKS_PER_JOB,
+        description=f"Up to {MAX_WEBHOOKS_PER_JOB} URLs that receive this job's events, each URL once.",
+    )
     metadata: dict[str, str] = Field(default_factory=dict, max_length=50, description="Your own labels.")
     seed: int = Field(default=0, ge=0, description="Seed of data order, noise, timesteps and LoRA init.")
+
+    @field_validator("webhooks")
+    @classmethod
+    def _distinct_urls(cls, hooks: list[Webhook]) -> list[Webhook]:
+        urls = [str(h.url) for h in hooks]
+        repeated = sorted({u for u in urls if urls.count(u) > 1})
+        if repeated:
+            raise ValueError(f"a URL may appear once; list its events together: {', '.join(repeated)}")
+        return hooks
 
     @model_validator(mode="after")
     def _valid_train_spec(self) -> Self:
@@ -162,7 +199,7 @@ class JobOut(BaseModel):
     method: str
     hyperparameters: dict[str, Any]
     validation: dict[str, Any]
-    webhook: dict[str, Any] | None
+    webhooks: list[Webhook]
     metadata: dict[str, Any]
     seed: int
     progress: Progress
@@ -215,3 +252,37 @@ class HealthOut(BaseModel):
 class ReadyOut(BaseModel):
     status: Literal["ok"] = "ok"
     checks: dict[str, str]
+
+
+class WebhookSecretOut(BaseModel):
+    secret: str = Field(
+        description="Signs every webhook of your jobs: `whsec_` + base64 of the HMAC-SHA256 key.",
+        examples=["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"],
+    )
+    created_at: datetime
+    previous_secret_expires_at: datetime | None = Field(
+        description="Until then deliveries also carry a signature by the secret this one replaced."
+    )
+
+
+class WebhookAttemptOut(BaseModel):
+    number: int = Field(description="1 for the first attempt.")
+    started_at: datetime
+    duration_ms: float
+    response_status: int | None = Field(description="The receiver's HTTP status; None if it never answered.")
+    error: str | None = Field(description="Why the attempt failed, if it did.")
+
+
+class WebhookDeliveryOut(BaseModel):
+    id: str = Field(
+        description="The `webhook-id` header: the same on every attempt.", examples=["msg_0643f1c2a0b1d2"]
+    )
+    event: WebhookEvent
+    url: str
+    status: DeliveryStatus = Field(
+        description="pending until the receiver answers 2xx (succeeded) or the attempts run out (failed)."
+    )
+    next_attempt_at: datetime | None = Field(description="When a pending delivery is tried next.")
+    created_at: datetime
+    finished_at: datetime | None
+    attempts: list[WebhookAttemptOut]

@@ -11,6 +11,9 @@ from core.settings import Settings
 
 GPU_QUEUE = "mapo.gpu"
 TRAIN_JOB_TASK = "mapo.train_job"
+# Webhook deliveries have a queue of their own: they must never wait behind a training.
+WEBHOOK_QUEUE = "mapo.webhooks"
+DELIVER_WEBHOOK_TASK = "mapo.deliver_webhook"
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
@@ -51,3 +54,13 @@ def make_producer(settings: Settings) -> Celery:
 def enqueue_train_job(producer: Celery, job_id: str) -> None:
     """Send the training task for `job_id`; call only after the job row is committed."""
     producer.send_task(TRAIN_JOB_TASK, args=[job_id], queue=GPU_QUEUE)
+
+
+def enqueue_webhook_delivery(
+    producer: Celery, delivery_id: str, *, attempt: int, countdown: float | None = None
+) -> None:
+    """Send attempt `attempt` of a webhook delivery (after `countdown` seconds); call only after the
+    delivery row is committed."""
+    producer.send_task(
+        DELIVER_WEBHOOK_TASK, args=[delivery_id, attempt], queue=WEBHOOK_QUEUE, countdown=countdown
+    )

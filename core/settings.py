@@ -53,6 +53,29 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="How often each worker looks for jobs whose worker died."
     )
     broker_timeout_seconds: float = Field(default=2.0, gt=0, description="Readiness probe broker timeout.")
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="How long a webhook receiver has to answer one attempt."
+    )
+    webhook_max_attempts: int = Field(
+        default=10, ge=1, le=50, description="Attempts per webhook delivery before it is marked failed."
+    )
+    webhook_backoff_seconds: float = Field(
+        default=10.0, gt=0, description="Wait before a webhook's second attempt; doubles each attempt."
+    )
+    webhook_max_backoff_seconds: float = Field(
+        default=3600.0, gt=0, description="Longest wait between two attempts of a webhook delivery."
+    )
+    webhook_secret_grace_seconds: float = Field(
+        default=86400.0, ge=0, description="How long a rotated-out webhook secret still signs deliveries."
+    )
+    webhook_sender: bool = Field(
+        default=True,
+        description="Each GPU worker starts a webhook sender (a Celery worker on the webhook queue) beside "
+        "it; turn off where you run `celery -A worker.webhook_app worker` yourself.",
+    )
+    webhook_sender_concurrency: int = Field(
+        default=4, ge=1, le=64, description="Webhook deliveries one sender makes at the same time."
+    )
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Self:

@@ -60,9 +60,9 @@ def get_job(session: SessionDep, tenant: CurrentTenant, job_id: str) -> JobOut:
 
 
 @router.post("/{job_id}/cancel", responses={409: {"model": ErrorResponse}})
-def cancel_job(session: SessionDep, tenant: CurrentTenant, job_id: str) -> JobOut:
+def cancel_job(session: SessionDep, context: ContextDep, tenant: CurrentTenant, job_id: str) -> JobOut:
     """Request cancellation (idempotent; 409 once the job has succeeded or failed)."""
-    return service.cancel_job(session, tenant, job_id)
+    return service.cancel_job(session, context, tenant, job_id)
 
 
 @router.get(

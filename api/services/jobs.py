@@ -17,6 +17,8 @@ from core.models import Job, Tenant
 from core.queue import enqueue_train_job
 from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
+from core.repositories import webhooks as webhook_repo
+from core.webhooks import outbox as webhook_outbox
 
 
 def create_job(
@@ -49,6 +51,9 @@ def create_job(
             raise
         return _replayed(winner, request_hash)
     event_repo.append_event(session, job.id, "queued", f"job queued on {body.base_model} ({body.method})")
+    if body.webhooks:
+        # Created now, so the secret can be fetched before the first delivery is signed with it.
+        webhook_repo.ensure_secret(session, tenant.id)
     producer, job_id = context.producer, job.id
     after_commit(session, lambda: enqueue_train_job(producer, job_id))
     return job_out(job)
@@ -63,7 +68,7 @@ def _new_job(tenant: Tenant, body: JobCreate, *, idempotency_key: str | None, re
         method=body.method,
         spec=spec.model_dump(mode="json"),
         validation=body.validation.model_dump(mode="json"),
-        webhook=body.webhook.model_dump(mode="json") if body.webhook else None,
+        webhooks=[hook.model_dump(mode="json") for hook in body.webhooks],
         metadata_=body.metadata,
         seed=body.seed,
         status="queued",
@@ -94,7 +99,7 @@ def job_out(job: Job) -> JobOut:
             "method": job.method,
             "hyperparameters": {k: v for k, v in job.spec.items() if k in HYPERPARAMETER_FIELDS},
             "validation": job.validation,
-            "webhook": job.webhook,
+            "webhooks": job.webhooks or [],
             "metadata": job.metadata_,
             "seed": job.seed,
             "progress": Progress(step=job.step, total_steps=job.total_steps, eta_seconds=job.eta_seconds),
@@ -127,7 +132,7 @@ def list_jobs(
     return ListResponse[JobOut](data=[job_out(j) for j in page.items], has_more=page.has_more)
 
 
-def cancel_job(session: Session, tenant: Tenant, job_id: str) -> JobOut:
+def cancel_job(session: Session, context: AppContext, tenant: Tenant, job_id: str) -> JobOut:
     """queued → cancelled, running → cancelling; repeating is harmless; 409 once the job has finished."""
     job = require_job(session, tenant, job_id)
     before = job.status
@@ -136,4 +141,7 @@ def cancel_job(session: Session, tenant: Tenant, job_id: str) -> JobOut:
         raise Conflict(f"job {job_id} has already {after}", param="job_id", code="job_finished")
     if after != before:
         event_repo.append_event(session, job.id, "cancel_requested", f"cancel requested: {before} → {after}")
+    if after == "cancelled" and before != "cancelled":
+        # A queued job ends here; a running one ends in its worker, which sends the webhook then.
+        webhook_outbox.record_event(session, job.id, "cancelled", producer=context.producer)
     return job_out(require_job(session, tenant, job_id))

@@ -7,6 +7,7 @@ from core.models.job_event import EventLevel, JobEvent
 from core.models.metric import Metric
 from core.models.outputs import Artifact, ArtifactFormat, Checkpoint, Sample
 from core.models.tenant import ApiKey, Tenant
+from core.models.webhook import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEvent, WebhookSecret
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -19,6 +20,7 @@ __all__ = [
     "Checkpoint",
     "Dataset",
     "DatasetStatus",
+    "DeliveryStatus",
     "EventLevel",
     "Job",
     "JobEvent",
@@ -26,6 +28,10 @@ __all__ = [
     "Metric",
     "Sample",
     "Tenant",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEvent",
+    "WebhookSecret",
     "new_id",
     "utcnow",
 ]

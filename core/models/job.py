@@ -36,7 +36,8 @@ class Job(Base):
     method: Mapped[str] = mapped_column(String(20))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON, doc="TrainSpec dump; base_model is the public name.")
     validation: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    webhook: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # [{url, events}]; nullable only because the column began as a single optional hook (migration 0002).
+    webhooks: Mapped[list[dict[str, Any]]] = mapped_column(JSON, nullable=True, default=list)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     seed: Mapped[int] = mapped_column(default=0)
     status: Mapped[str] = mapped_column(String(20), default="queued")

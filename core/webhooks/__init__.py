@@ -1,0 +1,1 @@
+"""Webhooks shared by the API and the worker: Standard Webhooks signing and the delivery outbox."""
