@@ -1,4 +1,5 @@
-"""Dataset upload ingest: zip / tar(.gz) archives with pairs.jsonl or pairs.csv, or Pick-a-Pic parquet.
+"""Dataset upload ingest: zip / tar(.gz) archives with pairs.jsonl or pairs.csv, or Pick-a-Pic parquet;
+for targets and avoid datasets, rows of one image each (`target_rows`).
 
 Torch-free. Streams the upload, checks everything, reports every problem with its row and field, and
 writes the trainer's canonical layout (`trainer.dataset_format`) only when the whole upload is valid.

@@ -10,21 +10,21 @@ from api.services.ingest.collector import PairCollector
 from api.services.ingest.images import ImageProblem, inspect_image
 from api.services.ingest.limits import IngestLimits
 from api.services.ingest.members import MemberIndex, normalise_name, unsafe_name_reason
-from api.services.ingest.pairs_file import Record, locate_pairs_file, read_records
+from api.services.ingest.pairs_file import PAIR_FIELDS, Record, locate_pairs_file, read_records
 from trainer.dataset_format import EncodedImage
 
 # A checked image still in scratch: where it is and the suffix it is stored under.
-_Checked = tuple[Path, str]
+CheckedImage = tuple[Path, str]
 
 
 def ingest_archive_rows(index: MemberIndex, collector: PairCollector) -> None:
     """Check every row of the archive's manifest and hand the valid pairs to `collector`."""
     manifest, base = locate_pairs_file(index.files, collector)
-    for row, record in read_records(index.files[manifest], manifest, collector):
+    for row, record in read_records(index.files[manifest], manifest, collector, PAIR_FIELDS):
         collector.admit_row(row)
-        prompt = _prompt(record, row, collector)
-        chosen = _image(index, base, record, row, "chosen", collector)
-        rejected = _image(index, base, record, row, "rejected", collector)
+        prompt = row_prompt(record, row, collector)
+        chosen = row_image(index, base, record, row, "chosen", collector)
+        rejected = row_image(index, base, record, row, "rejected", collector)
         if chosen is not None and rejected is not None and chosen[0] == rejected[0]:
             collector.report(row, "rejected", "is the same image as chosen")
             continue
@@ -37,16 +37,17 @@ def ingest_archive_rows(index: MemberIndex, collector: PairCollector) -> None:
                 )
 
 
-def _prompt(record: Record, row: int, collector: PairCollector) -> str | None:
+def row_prompt(record: Record, row: int, collector: PairCollector) -> str | None:
+    """The row's checked prompt, or None after reporting what is wrong with it."""
     if "prompt" not in record:
         collector.report(row, "prompt", "missing")
         return None
     return collector.check_prompt(row, "prompt", record["prompt"])
 
 
-def _image(
+def row_image(
     index: MemberIndex, base: str, record: Record, row: int, field: str, collector: PairCollector
-) -> _Checked | None:
+) -> CheckedImage | None:
     """The checked image a row's field points at, or None after reporting what is wrong with it."""
     if field not in record:
         collector.report(row, field, "missing")
@@ -58,7 +59,7 @@ def _image(
         return None
 
 
-def _resolve(index: MemberIndex, base: str, path: object, limits: IngestLimits) -> _Checked:
+def _resolve(index: MemberIndex, base: str, path: object, limits: IngestLimits) -> CheckedImage:
     if not isinstance(path, str) or not path.strip():
         raise ImageProblem("must be a non-empty image path inside the archive")
     if unsafe_name_reason(path) is not None:

@@ -23,6 +23,7 @@ class PairCollector:
 
     def __init__(self, writer: DatasetWriter, limits: IngestLimits) -> None:
         self.limits = limits
+        self.kind = writer.kind
         self._writer = writer
         self.problems: list[Problem] = []
         self._unlisted = 0
@@ -69,11 +70,20 @@ class PairCollector:
 
     def add_pair(self, prompt: str, *, chosen: EncodedImage, rejected: EncodedImage) -> None:
         """Keep a fully checked pair; it is written only while the upload is still without problems."""
+        if self._keep(prompt):
+            self._writer.add_pair(prompt, chosen=chosen, rejected=rejected)
+
+    def add_target(self, prompt: str, *, image: EncodedImage, generation_prompt: str | None) -> None:
+        """Keep a fully checked row of a targets or avoid upload, written like `add_pair`'s pairs."""
+        if self._keep(prompt):
+            self._writer.add_target(prompt, image=image, generation_prompt=generation_prompt)
+
+    def _keep(self, prompt: str) -> bool:
+        """Count a valid row (and preview it); whether it is to be written."""
         self.valid_pairs += 1
         if len(self.preview) < PREVIEW_PAIRS:
             self.preview.append(PreviewPair(prompt=prompt))
-        if not self.problems:
-            self._writer.add_pair(prompt, chosen=chosen, rejected=rejected)
+        return not self.problems
 
     def finish(self, source_format: SourceFormat) -> IngestReport:
         """The report, or `IngestRejected` with every problem if there is any (or no valid pair)."""
@@ -86,6 +96,7 @@ class PairCollector:
         if self.problems:
             raise IngestRejected(self.problems)
         return IngestReport(
+            kind=self.kind,
             num_pairs=self.valid_pairs,
             dropped_ties=self.dropped_ties,
             preview=self.preview,

@@ -37,10 +37,13 @@ def locate_pairs_file(names: Iterable[str], collector: PairCollector) -> tuple[s
     collector.fatal("archive has no pairs.jsonl or pairs.csv at its root or in its single top-level folder")
 
 
-def read_records(path: Path, name: str, collector: PairCollector) -> Iterator[tuple[int, Record]]:
-    """Yield (row, record) for each non-blank data row of the manifest `name` stored at `path`."""
+def read_records(
+    path: Path, name: str, collector: PairCollector, fields: tuple[str, ...]
+) -> Iterator[tuple[int, Record]]:
+    """Yield (row, record) for each non-blank data row of the manifest `name` stored at `path`; a CSV
+    must have every column of `fields`."""
     if name.endswith(".csv"):
-        yield from _csv_records(path, collector)
+        yield from _csv_records(path, collector, fields)
     else:
         yield from _jsonl_records(path, collector)
 
@@ -64,12 +67,14 @@ def _jsonl_records(path: Path, collector: PairCollector) -> Iterator[tuple[int, 
             row += 1
 
 
-def _csv_records(path: Path, collector: PairCollector) -> Iterator[tuple[int, Record]]:
+def _csv_records(
+    path: Path, collector: PairCollector, fields: tuple[str, ...]
+) -> Iterator[tuple[int, Record]]:
     with path.open("rb") as raw:
         text = (line.decode("utf-8-sig") for line in _bounded_lines(raw, collector))
         try:
             reader = csv.DictReader(text)
-            missing = [field for field in PAIR_FIELDS if field not in (reader.fieldnames or [])]
+            missing = [field for field in fields if field not in (reader.fieldnames or [])]
             for field in missing:
                 collector.report(None, field, "missing column in pairs.csv")
             if missing:

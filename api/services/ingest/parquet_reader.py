@@ -20,23 +20,39 @@ from trainer.dataset_format import EncodedImage
 # Small batches: a row holds two encoded images of up to max_image_bytes each.
 BATCH_ROWS = 16
 
-_COLUMNS: dict[str, tuple[str, Callable[[Any], bool]]] = {
-    "caption": ("text", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)),
-    "jpg_0": ("binary image bytes", lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t)),
-    "jpg_1": ("binary image bytes", lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t)),
-    "label_0": ("a number", lambda t: pa.types.is_floating(t) or pa.types.is_integer(t)),
-    "label_1": ("a number", lambda t: pa.types.is_floating(t) or pa.types.is_integer(t)),
+# A column's expected type: how to name it in a message, and the test of an arrow type.
+ColumnType = tuple[str, Callable[[Any], bool]]
+TEXT: ColumnType = ("text", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t))
+IMAGE_BYTES: ColumnType = (
+    "binary image bytes",
+    lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t),
+)
+NUMBER: ColumnType = ("a number", lambda t: pa.types.is_floating(t) or pa.types.is_integer(t))
+
+_COLUMNS: dict[str, ColumnType] = {
+    "caption": TEXT,
+    "jpg_0": IMAGE_BYTES,
+    "jpg_1": IMAGE_BYTES,
+    "label_0": NUMBER,
+    "label_1": NUMBER,
 }
 
 
 def ingest_parquet(upload: Path, collector: PairCollector) -> None:
     """Check every row of the parquet file and hand the valid, non-tie pairs to `collector`."""
-    for row, record in enumerate(_records(upload, collector)):
+    for row, record in enumerate(read_rows(upload, collector, _COLUMNS)):
         _ingest_row(row, record, collector)
 
 
-def _records(upload: Path, collector: PairCollector) -> Iterator[dict[str, Any]]:
-    """The rows as dicts, read BATCH_ROWS at a time; parquet errors become a fatal problem.
+def read_rows(
+    upload: Path,
+    collector: PairCollector,
+    columns: dict[str, ColumnType],
+    *,
+    optional: frozenset[str] = frozenset(),
+) -> Iterator[dict[str, Any]]:
+    """The rows as dicts of `columns` (those in `optional` only where the file has them), read BATCH_ROWS
+    at a time; parquet errors become a fatal problem.
 
     Only reading is inside the `try`: an error while writing the dataset is the server's, not the upload's.
     """
@@ -46,9 +62,9 @@ def _records(upload: Path, collector: PairCollector) -> Iterator[dict[str, Any]]
     )
     try:
         with pq.ParquetFile(upload) as parquet:
-            _check_schema(parquet.schema_arrow, collector)
+            present = _check_schema(parquet.schema_arrow, columns, optional, collector)
             _check_declared_size(parquet.metadata, upload.stat().st_size, collector)
-            for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=list(_COLUMNS)):
+            for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=present):
                 budget.spend(int(batch.nbytes))
                 yield from batch.to_pylist()
     except LimitExceeded as exc:
@@ -57,15 +73,23 @@ def _records(upload: Path, collector: PairCollector) -> Iterator[dict[str, Any]]
         collector.fatal(f"not a readable parquet file: {exc}")
 
 
-def _check_schema(schema: Any, collector: PairCollector) -> None:
+def _check_schema(
+    schema: Any, columns: dict[str, ColumnType], optional: frozenset[str], collector: PairCollector
+) -> list[str]:
+    """The names of the columns to read; stops the ingest if one is missing or of the wrong type."""
     names = set(schema.names)
-    for column, (wanted, accepts) in _COLUMNS.items():
+    present = []
+    for column, (wanted, accepts) in columns.items():
         if column not in names:
-            collector.report(None, column, "missing column")
+            if column not in optional:
+                collector.report(None, column, "missing column")
         elif not accepts(schema.field(column).type):
             collector.report(None, column, f"must be {wanted}, not {schema.field(column).type}")
+        else:
+            present.append(column)
     if collector.problems:
         raise StopIngest("parquet columns unusable")
+    return present
 
 
 def _check_declared_size(metadata: Any, file_bytes: int, collector: PairCollector) -> None:
@@ -89,8 +113,8 @@ def _ingest_row(row: int, record: dict[str, Any], collector: PairCollector) -> N
     # Without both labels the order is unknown, but both images are still checked and reported.
     swap = labels[0] is not None and labels[1] is not None and labels[1] > labels[0]
     first, second = ("jpg_1", "jpg_0") if swap else ("jpg_0", "jpg_1")
-    chosen = _image(row, first, record[first], collector)
-    rejected = _image(row, second, record[second], collector)
+    chosen = row_image(row, first, record[first], collector)
+    rejected = row_image(row, second, record[second], collector)
     if None in labels or prompt is None or chosen is None or rejected is None:
         return
     collector.add_pair(prompt, chosen=chosen, rejected=rejected)
@@ -106,7 +130,8 @@ def _label(row: int, field: str, value: object, collector: PairCollector) -> flo
     return float(value)
 
 
-def _image(row: int, field: str, value: object, collector: PairCollector) -> EncodedImage | None:
+def row_image(row: int, field: str, value: object, collector: PairCollector) -> EncodedImage | None:
+    """The checked image bytes of a row's field, or None after reporting what is wrong with them."""
     if not isinstance(value, bytes) or not value:
         collector.report(row, field, "missing image bytes")
         return None

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from trainer.dataset_format import DatasetKind
+
 SourceFormat = Literal["zip", "tar", "parquet"]
 
 
@@ -36,6 +38,7 @@ class IngestReport(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
+    kind: DatasetKind
     num_pairs: int
     dropped_ties: int
     preview: list[PreviewPair]

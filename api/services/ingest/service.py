@@ -20,35 +20,44 @@ from api.services.ingest.parquet_reader import ingest_parquet
 from api.services.ingest.report import IngestRejected, IngestReport, Problem, SourceFormat
 from api.services.ingest.sniff import UploadKind, sniff_kind
 from api.services.ingest.tar_reader import extract_tar
+from api.services.ingest.target_rows import ingest_archive_targets, ingest_parquet_targets
 from api.services.ingest.zip_reader import extract_zip
-from trainer.dataset_format import DatasetWriter
+from trainer.dataset_format import DatasetKind, DatasetWriter
 
 STAGING_MARKER = ".ingest-"  # staging folders are named ".<dest name>.ingest-<random>"; safe to sweep
 
 
 def ingest_upload(
-    upload_path: Path, filename: str, dest_dir: Path, *, limits: IngestLimits | None = None
+    upload_path: Path,
+    filename: str,
+    dest_dir: Path,
+    *,
+    limits: IngestLimits | None = None,
+    kind: DatasetKind = "pairs",
 ) -> IngestReport:
     """Check an uploaded dataset and write it to `dest_dir` in the canonical layout.
 
     Args:
         upload_path: the upload as received, already on disk; only read, in chunks.
-        filename: the client's file name, used in messages only (the kind is read from the content).
+        filename: the client's file name, used in messages only (the format is read from the content).
         dest_dir: where the dataset goes; it must not exist or be an empty folder.
+        limits: size and count limits; the defaults if None.
+        kind: "pairs" (prompt, chosen, rejected), or "targets" / "avoid" (prompt, image, and the
+            generation_prompt the base model draws the other side from at job start).
     Raises:
         IngestRejected: with every problem found; `dest_dir` is then absent.
         FileExistsError: `dest_dir` holds files already.
     """
     limits = limits or IngestLimits()
-    kind = sniff_kind(upload_path)
-    if kind is None:
+    upload_kind = sniff_kind(upload_path)
+    if upload_kind is None:
         problem = f"{filename!r} is not a zip, tar, tar.gz or parquet file (checked by content, not name)"
         raise IngestRejected([Problem(row=None, field=None, reason=problem)])
     _release_dest(dest_dir)
     staging = dest_dir.parent / f".{dest_dir.name}{STAGING_MARKER}{secrets.token_hex(8)}"
     (staging / "members").mkdir(parents=True)
     try:
-        report = _ingest(upload_path, kind, staging, limits)
+        report = _ingest(upload_path, upload_kind, staging, limits, kind)
         os.rename(staging / "dataset", dest_dir)
         return report
     finally:
@@ -63,9 +72,11 @@ def _release_dest(dest_dir: Path) -> None:
         raise FileExistsError(f"{dest_dir} already exists and is not empty")
 
 
-def _ingest(upload_path: Path, kind: UploadKind, staging: Path, limits: IngestLimits) -> IngestReport:
-    # Leaving the `with` by an exception closes pairs.jsonl without writing the manifest.
-    with DatasetWriter(staging / "dataset") as writer:
+def _ingest(
+    upload_path: Path, kind: UploadKind, staging: Path, limits: IngestLimits, dataset_kind: DatasetKind
+) -> IngestReport:
+    # Leaving the `with` by an exception closes the rows file without writing the manifest.
+    with DatasetWriter(staging / "dataset", kind=dataset_kind) as writer:
         collector = PairCollector(writer, limits)
         # A StopIngest's reason is already among the collector's problems.
         with contextlib.suppress(StopIngest):
@@ -75,14 +86,15 @@ def _ingest(upload_path: Path, kind: UploadKind, staging: Path, limits: IngestLi
 
 
 def _read(upload_path: Path, kind: UploadKind, index: MemberIndex, collector: PairCollector) -> None:
+    pairs = collector.kind == "pairs"
     if kind == "parquet":
-        ingest_parquet(upload_path, collector)
+        (ingest_parquet if pairs else ingest_parquet_targets)(upload_path, collector)
         return
     if kind == "zip":
         extract_zip(upload_path, index, collector)
     else:
         extract_tar(upload_path, gzipped=kind == "tar.gz", index=index, collector=collector)
-    ingest_archive_rows(index, collector)
+    (ingest_archive_rows if pairs else ingest_archive_targets)(index, collector)
 
 
 _SOURCE_FORMAT: dict[UploadKind, SourceFormat] = {

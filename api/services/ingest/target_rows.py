@@ -1,0 +1,85 @@
+"""Rows of a targets or avoid upload: a prompt, one image, and what the base model is to draw beside it.
+
+Archives hold pairs.jsonl or pairs.csv rows `{"prompt", "image", "generation_prompt"}` (image paths as
+in a pairs upload); parquet files hold the columns `prompt`, `image` (encoded bytes) and
+`generation_prompt`. The generation prompt is required in an avoid upload (the chosen image is drawn from
+it) and optional in a targets upload (the rejected image is drawn from the prompt itself when it is absent).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from api.services.ingest.archive_pairs import row_image as archive_image
+from api.services.ingest.archive_pairs import row_prompt
+from api.services.ingest.collector import PairCollector
+from api.services.ingest.members import MemberIndex
+from api.services.ingest.pairs_file import Record, locate_pairs_file, read_records
+from api.services.ingest.parquet_reader import IMAGE_BYTES, TEXT, read_rows
+from api.services.ingest.parquet_reader import row_image as parquet_image
+from trainer.dataset_format import UPLOADED_ROLE, EncodedImage
+
+GENERATION_PROMPT = "generation_prompt"
+
+
+class _Invalid:
+    """A generation prompt that was reported as wrong (unlike None, which means "not given")."""
+
+
+INVALID = _Invalid()
+
+
+def ingest_archive_targets(index: MemberIndex, collector: PairCollector) -> None:
+    """Check every row of the archive's manifest and hand the valid ones to `collector`."""
+    manifest, base = locate_pairs_file(index.files, collector)
+    fields = ("prompt", "image", GENERATION_PROMPT) if collector.kind == "avoid" else ("prompt", "image")
+    for row, record in read_records(index.files[manifest], manifest, collector, fields):
+        collector.admit_row(row)
+        _refuse_pair_fields(record, row, collector)
+        prompt = row_prompt(record, row, collector)
+        generation_prompt = _generation_prompt(record.get(GENERATION_PROMPT), row, collector)
+        image = archive_image(index, base, record, row, "image", collector)
+        if prompt is None or image is None or isinstance(generation_prompt, _Invalid):
+            continue
+        with image[0].open("rb") as stream:
+            collector.add_target(
+                prompt, image=EncodedImage(stream, image[1]), generation_prompt=generation_prompt
+            )
+
+
+def ingest_parquet_targets(upload: Path, collector: PairCollector) -> None:
+    """Check every row of a targets/avoid parquet file and hand the valid ones to `collector`."""
+    columns = {"prompt": TEXT, "image": IMAGE_BYTES, GENERATION_PROMPT: TEXT}
+    optional = frozenset({GENERATION_PROMPT}) if collector.kind == "targets" else frozenset()
+    for row, record in enumerate(read_rows(upload, collector, columns, optional=optional)):
+        collector.admit_row(row)
+        prompt = collector.check_prompt(row, "prompt", record["prompt"])
+        generation_prompt = _generation_prompt(record.get(GENERATION_PROMPT), row, collector)
+        image = parquet_image(row, "image", record["image"], collector)
+        if prompt is None or image is None or isinstance(generation_prompt, _Invalid):
+            continue
+        collector.add_target(prompt, image=image, generation_prompt=generation_prompt)
+
+
+def _generation_prompt(value: object, row: int, collector: PairCollector) -> str | _Invalid | None:
+    """The row's generation prompt; None where it may be left out (blank counts as left out)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if collector.kind == "targets":
+            return None
+        collector.report(row, GENERATION_PROMPT, "missing: an avoid dataset's chosen image is drawn from it")
+        return INVALID
+    checked = collector.check_prompt(row, GENERATION_PROMPT, value)
+    return INVALID if checked is None else checked
+
+
+def _refuse_pair_fields(record: Record, row: int, collector: PairCollector) -> None:
+    """A chosen or rejected path in a one-sided row would be silently ignored: say so instead."""
+    uploaded = UPLOADED_ROLE[collector.kind]
+    for field in ("chosen", "rejected"):
+        if record.get(field) not in (None, ""):
+            collector.report(
+                row,
+                field,
+                f"not part of a {collector.kind} upload: its `image` is the {uploaded} side and the base "
+                "model draws the other; to upload both images of each pair, use kind=pairs",
+            )
