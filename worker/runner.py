@@ -38,6 +38,7 @@ class JobSetupError(Exception):
 @dataclass(frozen=True)
 class Plan:
     spec: TrainSpec
+    dataset_id: str
     dataset_dir: Path
     output_dir: Path
 
@@ -77,6 +78,7 @@ def plan_job(job: Job, ctx: WorkerContext) -> Plan:
         raise JobSetupError("invalid_spec", str(exc)) from exc
     return Plan(
         spec=spec,
+        dataset_id=job.dataset_id,
         dataset_dir=ctx.storage.local_path(dataset_key(job.tenant_id, job.dataset_id)),
         output_dir=ctx.storage.local_path(job_key(job.tenant_id, job.id)),
     )
@@ -87,17 +89,8 @@ def _train(ctx: WorkerContext, job_id: str, plan: Plan) -> Outcome:
     recorder = Recorder(ctx.db, job_id, worker_id=ctx.worker_id, storage=ctx.storage).start()
     code = message = None
     try:
-        from trainer.loop import train  # torch loads here, in the worker process only
-
-        result = train(
-            plan.spec,
-            plan.dataset_dir,
-            plan.output_dir,
-            on_event=recorder,
-            should_stop=lambda: recorder.stop_requested.is_set() or shutdown.requested(),
-        )
         status: Outcome = "succeeded"
-        if result.stopped:
+        if _prepare_and_train(plan, recorder):
             status = "requeued" if shutdown.requested() else "cancelled"
     except TrainingError as exc:
         status, code, message = "failed", exc.code, exc.message
@@ -116,6 +109,27 @@ def _train(ctx: WorkerContext, job_id: str, plan: Plan) -> Outcome:
     if status == "requeued":
         return _hand_back(ctx, job_id)
     return _finish(ctx, job_id, status, code, message)
+
+
+def _prepare_and_train(plan: Plan, recorder: Recorder) -> bool:
+    """Complete a targets or avoid dataset with the base model's images (or find them from an earlier
+    run), then train; True if a stop request ended either first."""
+    from trainer.completion import complete_dataset  # torch loads here, in the worker process only
+    from trainer.loop import train
+
+    def should_stop() -> bool:
+        return recorder.stop_requested.is_set() or shutdown.requested()
+
+    pairs_dir = complete_dataset(
+        plan.dataset_dir,
+        plan.spec,
+        seed_namespace=plan.dataset_id,
+        on_event=recorder,
+        should_stop=should_stop,
+    )
+    if pairs_dir is None:
+        return True
+    return train(plan.spec, pairs_dir, plan.output_dir, on_event=recorder, should_stop=should_stop).stopped
 
 
 def _hand_back(ctx: WorkerContext, job_id: str) -> Outcome:
