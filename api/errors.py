@@ -10,11 +10,14 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from trainer.spec import SpecConflict
 
 log = logging.getLogger(__name__)
+
+DATABASE_RETRY_AFTER_SECONDS = 5
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -126,6 +129,18 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    # The database is down or restarting: the client can retry; the pool reconnects by itself
+    # (pre-ping) once it is back, so the API needs no restart.
+    log.warning("database unavailable: %s", exc.__class__.__name__)
+    body = {
+        "code": "database_unavailable",
+        "message": "the database is unavailable; retry shortly",
+        "param": None,
+    }
+    return error_response(503, body, {"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)})
+
+
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return error_response(500, {"code": "internal_error", "message": "internal server error", "param": None})
@@ -136,4 +151,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    # OperationalError: connection refused or cut, server shutting down; InterfaceError: a dead connection.
+    app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(InterfaceError, _database_unavailable)
     app.add_exception_handler(Exception, _unexpected)
