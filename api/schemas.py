@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from core.models import DeliveryStatus, WebhookEvent
+from trainer.dataset_format import DatasetKind
 from trainer.spec import Method, SpecConflict, TrainSpec, ValidationSpec
 
 T = TypeVar("T")
@@ -64,14 +65,23 @@ class ListResponse(BaseModel, Generic[T]):
 class PreviewPairOut(BaseModel):
     index: int
     prompt: str
-    chosen_url: str
-    rejected_url: str
+    chosen_url: str | None = Field(
+        description="The chosen image; null in an avoid dataset (the base model draws it at job start)."
+    )
+    rejected_url: str | None = Field(
+        description="The rejected image; null in a targets dataset (the base model draws it at job start)."
+    )
 
 
 class DatasetOut(BaseModel):
     id: str = Field(examples=["ds_0643f1c2a0b1d2e3f4a5b6c7d8"])
     name: str
     status: str = Field(description="`ready` once the upload is validated and stored.")
+    kind: DatasetKind | None = Field(
+        description="pairs: both images uploaded; targets: the chosen images uploaded, the rejected ones "
+        "drawn by the job's base model at job start; avoid: the rejected images uploaded, the chosen ones "
+        "drawn from each row's generation_prompt. Null if the dataset's files cannot be read."
+    )
     num_pairs: int
     bytes: int = Field(description="Size of the upload as received.")
     sha256: str = Field(description="sha256 of the upload as received.")

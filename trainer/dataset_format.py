@@ -217,6 +217,26 @@ def read_targets(root: Path) -> list[TargetRecord]:
     return rows
 
 
+class StoredPair(NamedTuple):
+    """One pair of a dataset of any kind as uploaded: a side that the base model draws at job start
+    (in a targets or avoid dataset) is None."""
+
+    prompt: str
+    chosen: str | None
+    rejected: str | None
+
+
+def iter_stored_pairs(root: Path) -> Iterator[StoredPair]:
+    """Yield every pair of a dataset of any kind in file order, with the image paths it holds."""
+    kind = read_manifest(root).kind
+    if kind == "pairs":
+        yield from (StoredPair(p.prompt, p.chosen, p.rejected) for p in iter_pairs(root))
+        return
+    for row in iter_targets(root):
+        chosen = row.image if UPLOADED_ROLE[kind] == "chosen" else None
+        yield StoredPair(row.prompt, chosen, None if chosen else row.image)
+
+
 def _iter_rows(root: Path, manifest: Manifest, model: type[_Row]) -> Iterator[tuple[int, _Row]]:
     with (root / manifest.pairs_file).open(encoding="utf-8") as lines:
         for row, line in enumerate(lines):

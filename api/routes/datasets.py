@@ -10,6 +10,7 @@ from fastapi.responses import FileResponse
 from api.deps import ContextDep, CurrentTenant, SessionDep
 from api.schemas import DatasetOut, ErrorResponse, ListResponse, PreviewPairOut
 from api.services import datasets as service
+from trainer.dataset_format import DatasetKind
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses={404: {"model": ErrorResponse}})
 
@@ -33,24 +34,38 @@ def upload_dataset(
     name: Annotated[
         str | None, Form(max_length=200, description="Display name; defaults to the file name.")
     ] = None,
+    kind: Annotated[
+        DatasetKind,
+        Form(
+            description="pairs: rows of prompt, chosen, rejected (parquet: Pick-a-Pic columns). targets: "
+            "rows of prompt, image (the image wanted) and an optional generation_prompt; at job start the "
+            "base model draws each rejected image from generation_prompt, or from prompt if it is absent. "
+            "avoid: rows of prompt, image (the image to steer away from) and a required generation_prompt, "
+            "from which the base model draws the chosen image. In parquet, image holds the encoded bytes."
+        ),
+    ] = "pairs",
 ) -> DatasetOut:
     """Upload a preference dataset; every problem is listed with its row and field."""
     filename = file.filename or "upload"
-    return service.upload_dataset(session, context, tenant, stream=file.file, filename=filename, name=name)
+    return service.upload_dataset(
+        session, context, tenant, stream=file.file, filename=filename, name=name, kind=kind
+    )
 
 
 @router.get("")
 def list_datasets(
-    session: SessionDep, tenant: CurrentTenant, limit: Limit = 20, after: After = None
+    session: SessionDep, context: ContextDep, tenant: CurrentTenant, limit: Limit = 20, after: After = None
 ) -> ListResponse[DatasetOut]:
     """List your datasets, newest first."""
-    return service.list_datasets(session, tenant, limit=limit, after=after)
+    return service.list_datasets(session, context, tenant, limit=limit, after=after)
 
 
 @router.get("/{dataset_id}")
-def get_dataset(session: SessionDep, tenant: CurrentTenant, dataset_id: str) -> DatasetOut:
+def get_dataset(
+    session: SessionDep, context: ContextDep, tenant: CurrentTenant, dataset_id: str
+) -> DatasetOut:
     """Inspect a dataset: pairs, bytes, sha256 and a preview."""
-    return service.get_dataset(session, tenant, dataset_id)
+    return service.get_dataset(session, context, tenant, dataset_id)
 
 
 @router.delete(

@@ -20,7 +20,13 @@ from core.db import after_commit, after_rollback
 from core.models import Dataset, Tenant, new_id
 from core.repositories import datasets as dataset_repo
 from core.storage import CHUNK_BYTES, dataset_key
-from trainer.dataset_format import DatasetFormatError, iter_pairs
+from trainer.dataset_format import (
+    DatasetFormatError,
+    DatasetKind,
+    StoredPair,
+    iter_stored_pairs,
+    read_manifest,
+)
 
 
 class ReceivedUpload(NamedTuple):
@@ -56,8 +62,9 @@ def upload_dataset(
     stream: BinaryIO,
     filename: str,
     name: str | None,
+    kind: DatasetKind = "pairs",
 ) -> DatasetOut:
-    """Validate and store an uploaded dataset; 422 with every problem if it is refused."""
+    """Validate and store an uploaded dataset of `kind`; 422 with every problem if it is refused."""
     settings, storage = context.settings, context.storage
     dataset_id = new_id("ds")
     key = dataset_key(tenant.id, dataset_id)
@@ -69,7 +76,7 @@ def upload_dataset(
     with received_upload(stream, tmp_dir=settings.tmp_dir, max_bytes=settings.max_upload_bytes) as upload:
         storage.local_path(key).parent.mkdir(parents=True, exist_ok=True)
         try:
-            report = ingest_upload(upload.path, filename, storage.local_path(key), limits=limits)
+            report = ingest_upload(upload.path, filename, storage.local_path(key), limits=limits, kind=kind)
         except IngestRejected as exc:
             problems = [p.model_dump() for p in exc.problems]
             raise DatasetRejected(f"{filename}: {exc}", problems) from None
@@ -86,22 +93,37 @@ def upload_dataset(
         sha256=upload.sha256,
         preview=[p.model_dump() for p in report.preview],
     )
-    return dataset_out(dataset)
+    return dataset_out(dataset, kind=report.kind)
 
 
-def pair_out(dataset_id: str, index: int, prompt: str) -> PreviewPairOut:
+def pair_out(
+    dataset_id: str, index: int, prompt: str, *, kind: DatasetKind | None = "pairs"
+) -> PreviewPairOut:
+    """A pair with the URLs of its images; the side the base model draws at job start has none."""
     base = f"/v1/datasets/{dataset_id}/pairs/{index}"
     return PreviewPairOut(
-        index=index, prompt=prompt, chosen_url=f"{base}/chosen", rejected_url=f"{base}/rejected"
+        index=index,
+        prompt=prompt,
+        chosen_url=None if kind == "avoid" else f"{base}/chosen",
+        rejected_url=None if kind == "targets" else f"{base}/rejected",
     )
 
 
-def dataset_out(dataset: Dataset) -> DatasetOut:
-    preview = [pair_out(dataset.id, i, p["prompt"]) for i, p in enumerate(dataset.preview)]
+def stored_kind(context: AppContext, dataset: Dataset) -> DatasetKind | None:
+    """The kind its manifest records (the database does not); None if its files cannot be read."""
+    try:
+        return read_manifest(context.storage.local_path(dataset.storage_key)).kind
+    except DatasetFormatError:
+        return None
+
+
+def dataset_out(dataset: Dataset, *, kind: DatasetKind | None) -> DatasetOut:
+    preview = [pair_out(dataset.id, i, p["prompt"], kind=kind) for i, p in enumerate(dataset.preview)]
     return DatasetOut(
         id=dataset.id,
         name=dataset.name,
         status=dataset.status,
+        kind=kind,
         num_pairs=dataset.num_pairs,
         bytes=dataset.bytes,
         sha256=dataset.sha256,
@@ -118,15 +140,17 @@ def require_dataset(session: Session, tenant: Tenant, dataset_id: str) -> Datase
     return dataset
 
 
-def get_dataset(session: Session, tenant: Tenant, dataset_id: str) -> DatasetOut:
-    return dataset_out(require_dataset(session, tenant, dataset_id))
+def get_dataset(session: Session, context: AppContext, tenant: Tenant, dataset_id: str) -> DatasetOut:
+    dataset = require_dataset(session, tenant, dataset_id)
+    return dataset_out(dataset, kind=stored_kind(context, dataset))
 
 
 def list_datasets(
-    session: Session, tenant: Tenant, *, limit: int, after: str | None
+    session: Session, context: AppContext, tenant: Tenant, *, limit: int, after: str | None
 ) -> ListResponse[DatasetOut]:
     page = dataset_repo.list_datasets(session, tenant_id=tenant.id, limit=limit, after=after)
-    return ListResponse[DatasetOut](data=[dataset_out(d) for d in page.items], has_more=page.has_more)
+    data = [dataset_out(d, kind=stored_kind(context, d)) for d in page.items]
+    return ListResponse[DatasetOut](data=data, has_more=page.has_more)
 
 
 def delete_dataset(session: Session, context: AppContext, tenant: Tenant, dataset_id: str) -> None:
@@ -142,13 +166,13 @@ def delete_dataset(session: Session, context: AppContext, tenant: Tenant, datase
 def pair_image_path(
     session: Session, context: AppContext, tenant: Tenant, dataset_id: str, *, n: int, role: str
 ) -> Path:
-    """The file of image `role` (chosen or rejected) of pair `n`, found reading pairs.jsonl line by line."""
+    """The file of image `role` (chosen or rejected) of pair `n`, found reading the rows line by line."""
     dataset = require_dataset(session, tenant, dataset_id)
     root = context.storage.local_path(dataset.storage_key)
     try:
-        for index, pair in enumerate(iter_pairs(root)):
+        for index, pair in enumerate(iter_stored_pairs(root)):
             if index == n:
-                return root / (pair.chosen if role == "chosen" else pair.rejected)
+                return root / _uploaded_side(dataset, pair, n=n, role=role)
     except DatasetFormatError as exc:
         raise NotFound(f"dataset {dataset.id} files are unreadable: {exc}", param="dataset_id") from None
     raise NotFound(f"dataset {dataset.id} has no pair {n} (it has {dataset.num_pairs})", param="n")
@@ -157,17 +181,30 @@ def pair_image_path(
 def list_pairs(
     session: Session, context: AppContext, tenant: Tenant, dataset_id: str, *, limit: int, after: int | None
 ) -> ListResponse[PreviewPairOut]:
-    """A page of pairs in file order after pair index `after`, read line by line from pairs.jsonl."""
+    """A page of pairs in file order after pair index `after`, read line by line from the rows file."""
     dataset = require_dataset(session, tenant, dataset_id)
+    root = context.storage.local_path(dataset.storage_key)
     start = 0 if after is None else after + 1
     data: list[PreviewPairOut] = []
     try:
-        for index, pair in enumerate(iter_pairs(context.storage.local_path(dataset.storage_key))):
+        kind = read_manifest(root).kind
+        for index, pair in enumerate(iter_stored_pairs(root)):
             if index < start:
                 continue
             if len(data) == limit:
                 return ListResponse[PreviewPairOut](data=data, has_more=True)
-            data.append(pair_out(dataset.id, index, pair.prompt))
+            data.append(pair_out(dataset.id, index, pair.prompt, kind=kind))
     except DatasetFormatError as exc:
         raise NotFound(f"dataset {dataset.id} files are unreadable: {exc}", param="dataset_id") from None
     return ListResponse[PreviewPairOut](data=data, has_more=False)
+
+
+def _uploaded_side(dataset: Dataset, pair: StoredPair, *, n: int, role: str) -> str:
+    path = pair.chosen if role == "chosen" else pair.rejected
+    if path is None:
+        raise NotFound(
+            f"the {role} image of pair {n} of dataset {dataset.id} is not uploaded: the job's base model "
+            "draws it when a job starts",
+            param="role",
+        )
+    return path
