@@ -105,6 +105,13 @@ def _add_dataset_commands(commands: Subparsers, common: argparse.ArgumentParser)
     upload = sub.add_parser("upload", parents=[common], help="upload a .zip, .tar(.gz) or .parquet")
     upload.add_argument("file", type=Path)
     upload.add_argument("--name", help="display name (default: the file name)")
+    upload.add_argument(
+        "--kind",
+        choices=["pairs", "targets", "avoid"],
+        default="pairs",
+        help="targets / avoid: rows of prompt, image, generation_prompt; the job's base model draws the "
+        "rejected (targets) or chosen (avoid) side",
+    )
     upload.set_defaults(handler=cmd_datasets_upload)
     listing = sub.add_parser("list", parents=[common], help="your datasets, newest first")
     listing.add_argument("--limit", type=int, default=20)
@@ -266,8 +273,11 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 def cmd_datasets_upload(args: argparse.Namespace) -> int:
     """Upload a dataset; prints its id first."""
     with client_from(args) as mapo:
-        dataset = mapo.upload_dataset(args.file, name=args.name)
-    print(f"{dataset['id']} {dataset['status']}: {dataset['num_pairs']} pairs, {dataset['name']!r}")
+        dataset = mapo.upload_dataset(args.file, name=args.name, kind=args.kind)
+    print(
+        f"{dataset['id']} {dataset['status']}: {dataset['num_pairs']} pairs ({dataset['kind']}), "
+        f"{dataset['name']!r}"
+    )
     return EXIT_OK
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, Literal, Self, cast
 
 import httpx
 
@@ -108,13 +108,19 @@ class MapoClient:
     # Datasets
 
     def upload_dataset(
-        self, path: str | os.PathLike[str], *, name: str | None = None, idempotency_key: str | None = None
+        self,
+        path: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        kind: Literal["pairs", "targets", "avoid"] = "pairs",
+        idempotency_key: str | None = None,
     ) -> JSON:
         """Upload a .zip, .tar(.gz) or .parquet preference dataset (streamed from disk); returns it ready.
+        `kind` "targets" or "avoid": one image per row, the other side drawn by the job's base model.
         `idempotency_key` is sent as the Idempotency-Key header, which the dataset route ignores so far."""
         path = Path(path)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        data = {"name": name} if name is not None else {}
+        data = {"kind": kind} | ({"name": name} if name is not None else {})
         with path.open("rb") as stream:
             files = {"file": (path.name, stream, "application/octet-stream")}
             return self._json("POST", "/v1/datasets", files=files, data=data, headers=headers)
