@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -230,7 +231,7 @@ def _write_pairs(dataset_dir: Path, out: Path, rows: list[TargetRecord], kind: O
 
 def _store_png(image: Any, path: Path) -> None:
     """Write beside the target, then rename: a stored image is always whole."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = _temporary(path)
     try:
         image.save(tmp, format="PNG")
         os.replace(tmp, path)
@@ -248,9 +249,15 @@ def _link(source: Path, target: Path) -> None:
 
 
 def _replace_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = _temporary(path)
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _temporary(path: Path) -> Path:
+    """A name beside `path` of this writer's own: two workers completing the same dataset at once (two
+    jobs started together) each rename whole files of identical content into place."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
 def _model_stamp(source: str) -> str:

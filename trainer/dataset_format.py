@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -163,8 +164,9 @@ def store_image(root: Path, index: int, role: str, image: EncodedImage) -> str:
 
 
 def write_manifest(root: Path, manifest: Manifest) -> None:
-    """Write the manifest atomically: the last file of a dataset, which marks it complete."""
-    tmp = root / (MANIFEST_FILE + ".tmp")
+    """Write the manifest atomically: the last file of a dataset, which marks it complete. The temporary
+    name is unique, so two writers of the same folder (two workers completing one dataset) never mix."""
+    tmp = root / f"{MANIFEST_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     tmp.write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
     os.replace(tmp, root / MANIFEST_FILE)
 

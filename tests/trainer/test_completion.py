@@ -63,9 +63,10 @@ def complete(
 
 @cache
 def plain_pipeline(base_model: Path) -> Any:
+    """The base model as diffusers loads it, on the device the worker draws on."""
     pipeline = DiffusionPipeline.from_pretrained(str(base_model))
     pipeline.set_progress_bar_config(disable=True)
-    return pipeline
+    return pipeline.to("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def base_model_image(base_model: Path, prompt: str, *, seed: int, steps: int = 2) -> np.ndarray:
