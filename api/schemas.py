@@ -225,7 +225,12 @@ class EventOut(BaseModel):
     id: int = Field(description="Increases by one per event of the job; pass it as `after` or Last-Event-ID.")
     created_at: datetime
     level: str
-    type: str = Field(examples=["step"])
+    type: str = Field(
+        examples=["step"],
+        description="running; preparing (targets and avoid datasets: the base model drawing each pair's "
+        "missing image, data ready/total/generated/reused); started, step, checkpoint, sample, evaluation, "
+        "artifact, finished; then succeeded, failed, cancelled or requeued.",
+    )
     message: str
     data: dict[str, Any]
 
