@@ -14,11 +14,12 @@ from typing import Literal
 from pydantic import ValidationError
 
 from core.db import after_commit
-from core.models import Job
+from core.models import Job, WebhookEvent
 from core.queue import enqueue_train_job, make_producer
 from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
 from core.storage import dataset_key, job_key
+from core.webhooks import outbox as webhook_outbox
 from trainer.errors import TrainingError
 from trainer.spec import TrainSpec
 from worker import shutdown
@@ -27,6 +28,7 @@ from worker.recorder import Recorder
 
 log = logging.getLogger(__name__)
 Outcome = Literal["skipped", "succeeded", "failed", "cancelled", "abandoned", "requeued"]
+_ENDINGS: dict[str, WebhookEvent] = {"succeeded": "succeeded", "failed": "failed", "cancelled": "cancelled"}
 
 
 class JobSetupError(Exception):
@@ -54,6 +56,8 @@ def run_job(job_id: str, ctx: WorkerContext) -> Outcome:
         event_repo.append_event(
             session, job_id, "running", f"picked up by {ctx.worker_id} (attempt {job.attempts})"
         )
+        if job.attempts == 1:  # not again when a requeued job is picked up to resume
+            webhook_outbox.record_event(session, job_id, "started", producer=ctx.producer)
         try:
             plan = plan_job(job, ctx)
         except JobSetupError as exc:
@@ -86,7 +90,9 @@ def plan_job(job: Job, ctx: WorkerContext) -> Plan:
 
 def _train(ctx: WorkerContext, job_id: str, plan: Plan) -> Outcome:
     # Heartbeats start before torch is imported: that import alone can take longer than a timeout.
-    recorder = Recorder(ctx.db, job_id, worker_id=ctx.worker_id, storage=ctx.storage).start()
+    recorder = Recorder(
+        ctx.db, job_id, worker_id=ctx.worker_id, storage=ctx.storage, producer=ctx.producer
+    ).start()
     code = message = None
     try:
         status: Outcome = "succeeded"
@@ -140,6 +146,7 @@ def _hand_back(ctx: WorkerContext, job_id: str) -> Outcome:
         job_repo.requeue_job(session, job_id, worker_id=ctx.worker_id)
         if job_repo.get_status(session, job_id) != "queued":
             event_repo.append_event(session, job_id, "cancelled", "job cancelled")
+            webhook_outbox.record_event(session, job_id, "cancelled", producer=ctx.producer)
             return "cancelled"
         message = "requeued: its worker is shutting down; the next one resumes from the checkpoint"
         event_repo.append_event(session, job_id, "requeued", message, level="warning")
@@ -151,10 +158,12 @@ def _finish(
     ctx: WorkerContext, job_id: str, status: Outcome, code: str | None, message: str | None
 ) -> Outcome:
     with ctx.db.session_scope() as session:
-        job_repo.finish_job(
+        ended = job_repo.finish_job(
             session, job_id, status=status, worker_id=ctx.worker_id, error_code=code, error_message=message
         )
         level = "error" if status == "failed" else "info"
         text = f"job {status}" + (f": {code}: {message}" if code else "")
         event_repo.append_event(session, job_id, status, text, level=level, data={"error_code": code})
+        if ended:
+            webhook_outbox.record_event(session, job_id, _ENDINGS[status], producer=ctx.producer)
     return status

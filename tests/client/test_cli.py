@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
+
+from PIL import Image
 
 from core.db import Database
 from core.repositories import tenants as tenant_repo
 from core.settings import DEV_PEPPER, Settings
-from tests.client.conftest import ApiServer, mapo, service_env
+from tests.client.conftest import REPO_ROOT, ApiServer, mapo, service_env
+from tests.client.recording import JobWriter
 
 
 def test_keys_create_prints_a_working_key_as_its_last_word(tmp_path: Path) -> None:
@@ -101,3 +111,98 @@ def test_keys_list_shows_prefixes_never_keys_and_revoke_locks_the_key_out(tmp_pa
     database.dispose()
     after = json.loads(mapo("keys", "list", "--json", env=env).stdout)
     assert after[0]["revoked_at"] is not None and after[1]["revoked_at"] is None
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+class LiveOutput:
+    """The stdout of a running `mapo` process, read as it comes (ANSI escapes removed)."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process, self.text, self._lock = process, "", threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        with contextlib.suppress(ValueError):  # the pipe was closed under us: the test is over
+            while chunk := self.process.stdout.read(1):
+                with self._lock:
+                    self.text += chunk
+
+    def wait_for(self, pattern: str, timeout: float = 60) -> str:
+        """The first match of `pattern`; fails with what was printed if it does not show up."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                found = re.search(pattern, ANSI.sub("", self.text))
+            if found:
+                return found.group(0)
+            time.sleep(0.05)
+        raise AssertionError(f"{pattern!r} never printed; output so far:\n{ANSI.sub('', self.text)}")
+
+
+def test_watch_shows_a_live_bar_of_step_loss_and_eta_until_the_job_ends(api_server: ApiServer) -> None:
+    writer = JobWriter(api_server.data_dir, api_server.tenant, total_steps=4)
+    writer.steps(1)
+    # An interactive terminal, as a user has: the bar is redrawn as steps arrive.
+    env = {**api_server.env, "TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1"}
+    command = [sys.executable, "-m", "client", "jobs", "watch", writer.job_id]
+    watch = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        output = LiveOutput(watch)
+        output.wait_for(r"1/4 loss 1\.0000")
+        writer.steps(1)
+        output.wait_for(r"2/4 loss 0\.5000 (-:--:--|\d+:\d\d:\d\d)")
+        writer.steps(2)
+        output.wait_for(r"4/4 loss 0\.2500")
+        writer.finish()
+        assert watch.wait(timeout=60) == 0
+        output.wait_for(rf"{writer.job_id} succeeded")
+    finally:
+        watch.kill()
+        watch.wait()
+        writer.close()
+
+
+def test_jobs_list_is_a_table_with_progress_and_eta_of_running_jobs(api_server: ApiServer) -> None:
+    writer = JobWriter(api_server.data_dir, api_server.tenant, total_steps=10)
+    writer.steps(3, eta_seconds=75)
+    listed = mapo("jobs", "list", "--status", "running", env=api_server.env)
+    assert listed.returncode == 0, listed.stderr
+    header, row = (
+        listed.stdout.splitlines()[1],
+        next(r for r in listed.stdout.splitlines() if writer.job_id in r),
+    )
+    assert header.split() == ["┃", "id", "┃", "status", "┃", "progress", "┃", "eta", "┃", "created", "┃"]
+    assert row.split()[1:8:2] == [writer.job_id, "running", "3/10", "1m15s"]
+    writer.close()
+
+
+def test_samples_saves_every_validation_image_named_by_step_prompt_and_model(
+    api_server: ApiServer, tmp_path: Path
+) -> None:
+    writer = JobWriter(api_server.data_dir, api_server.tenant)
+    colors = {(0, False): (10, 10, 10), (2, True): (200, 0, 0), (2, False): (0, 0, 200)}
+    for (step, with_lora), color in colors.items():
+        writer.sample(step=step, index=0, prompt="a fox", with_lora=with_lora, png=png(color))
+    out = tmp_path / "samples"
+    saved = mapo("samples", writer.job_id, "-o", str(out), env=api_server.env)
+    assert saved.returncode == 0, saved.stderr
+    assert saved.stdout.strip() == f"3 images in {out}"
+    names = {
+        "step-000000_p0_base.png": (10, 10, 10),
+        "step-000002_p0_lora.png": (200, 0, 0),
+        "step-000002_p0_base.png": (0, 0, 200),
+    }
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+    for name, color in names.items():
+        assert Image.open(out / name).getpixel((0, 0)) == color
+    writer.close()
+
+
+def png(color: tuple[int, int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), color).save(out, format="PNG")
+    return out.getvalue()

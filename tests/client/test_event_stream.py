@@ -13,11 +13,11 @@ from client.sdk import MapoClient
 from client.sse import SSEMessage, parse_sse
 from core.db import Database
 from core.repositories import events as event_repo
-from core.repositories import jobs as job_repo
 from core.repositories import tenants as tenant_repo
 from core.repositories.events import NewEvent
 from core.settings import Settings
 from tests.client.conftest import ApiServer
+from tests.client.recording import JobWriter
 from tests.conftest import create_job
 
 
@@ -75,29 +75,6 @@ def test_a_dropped_event_stream_resumes_after_the_last_event_seen(api_server: Ap
     assert transport.last_event_ids == [None, "1"]
 
 
-class JobWriter:
-    """Appends events to a running job in the API's database, as the worker's recorder would."""
-
-    def __init__(self, data_dir: Path, tenant_name: str) -> None:
-        self.database = Database(Settings(data_dir=data_dir))
-        with self.database.session_scope() as session:
-            tenant = tenant_repo.get_tenant_by_name(session, tenant_name)
-            assert tenant is not None
-            self.job_id = create_job(session, tenant_id=tenant.id, status="running").id
-        self.written = 0
-
-    def steps(self, count: int) -> None:
-        with self.database.session_scope() as session:
-            events = [NewEvent("step", f"step {self.written + n + 1}") for n in range(count)]
-            event_repo.append_events(session, self.job_id, events)
-        self.written += count
-
-    def succeed(self) -> None:
-        with self.database.session_scope() as session:
-            event_repo.append_event(session, self.job_id, "succeeded", "job succeeded")
-            job_repo.finish_job(session, self.job_id, status="succeeded")
-
-
 def open_stream(
     http: httpx.Client, server: ApiServer, job_id: str, last_event_id: str | None
 ) -> httpx.Response:
@@ -119,7 +96,7 @@ def take(messages: Iterator[SSEMessage], count: int) -> list[SSEMessage]:
 
 
 def test_a_client_that_reconnects_mid_stream_gets_every_event_exactly_once(api_server: ApiServer) -> None:
-    writer = JobWriter(api_server.data_dir, api_server.tenant)
+    writer = JobWriter(api_server.data_dir, api_server.tenant, total_steps=10)
     writer.steps(3)
     with httpx.Client(timeout=30) as http:
         first = open_stream(http, api_server, writer.job_id, None)
@@ -134,7 +111,7 @@ def test_a_client_that_reconnects_mid_stream_gets_every_event_exactly_once(api_s
         messages = parse_sse(second.iter_lines())
         seen += take(messages, 3)  # replayed after Last-Event-ID
         writer.steps(2)
-        writer.succeed()
+        writer.finish()
         seen += [m for m in messages if not m.comment]  # live, until the server ends the stream
         second.close()
 
@@ -144,4 +121,4 @@ def test_a_client_that_reconnects_mid_stream_gets_every_event_exactly_once(api_s
     logged = MapoClient(api_server.url, api_server.key).events(writer.job_id, limit=200).data
     assert [e["id"] for e in logged] == ids
     assert [json.loads(m.data) for m in seen] == logged
-    writer.database.dispose()
+    writer.close()
