@@ -3,6 +3,8 @@
 One training at a time per process (concurrency 1, prefetch 1), acknowledged late so a message is only
 gone once its job has ended, and a fresh child per task so each training starts with clean GPU memory.
 The job row, not the broker, is the source of truth: a redelivered message finds the row claimed.
+Beside the worker runs a webhook sender on its own queue (worker/webhook_sidecar.py), so deliveries
+never wait behind a training.
 """
 
 from __future__ import annotations
@@ -64,6 +66,14 @@ def _start_reconciler(**_: Any) -> None:
     )
 
 
+@worker_ready.connect
+def _start_webhook_sender(**_: Any) -> None:
+    """In the worker's main process: a webhook sender beside this worker (see worker/webhook_sidecar.py)."""
+    from worker.webhook_sidecar import start_sender
+
+    _reconciler["webhook_sender"] = start_sender(Settings())
+
+
 @worker_shutting_down.connect
 def _ask_running_jobs_to_checkpoint(**_: Any) -> None:
     from worker.shutdown import forward_to_children
@@ -75,6 +85,11 @@ def _ask_running_jobs_to_checkpoint(**_: Any) -> None:
 def _stop_reconciler(**_: Any) -> None:
     if "stop" in _reconciler:
         _reconciler["stop"].set()
+    sender = _reconciler.pop("webhook_sender", None)
+    if sender is not None:
+        from worker.webhook_sidecar import stop_sender
+
+        stop_sender(sender)
 
 
 @worker_process_init.connect
@@ -83,6 +98,7 @@ def _fresh_connections_after_fork(**_: Any) -> None:
     if "db" in _reconciler:
         _reconciler.pop("db").engine.dispose(close=False)
     _reconciler.pop("stop", None)
+    _reconciler.pop("webhook_sender", None)  # the main process's to stop, never a child's
     from worker.context import get_context
 
     get_context.cache_clear()

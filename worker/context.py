@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
+
+from celery import Celery
 
 from core.db import Database
+from core.queue import make_producer
 from core.settings import Settings
 from core.storage import LocalStorage, Storage
 
@@ -18,6 +21,11 @@ class WorkerContext:
     db: Database
     storage: Storage
     worker_id: str
+
+    @cached_property
+    def producer(self) -> Celery:
+        """Sends tasks from this process (webhook deliveries of the job's events)."""
+        return make_producer(self.settings)
 
 
 @cache

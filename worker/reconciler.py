@@ -24,6 +24,7 @@ from core.models import utcnow
 from core.queue import enqueue_train_job
 from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
+from core.webhooks import outbox as webhook_outbox
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ def _take_back(db: Database, producer: Celery, job_id: str, stale_before: dateti
             after_commit(session, lambda: enqueue_train_job(producer, job_id))
         else:
             event_repo.append_event(session, job_id, "cancelled", f"cancelled: {why}", level="warning")
+            webhook_outbox.record_event(session, job_id, "cancelled", producer=producer)
     log.warning("job %s: its worker was lost; now %s", job_id, status)
     return True
 

@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 
+from celery import Celery
 from sqlalchemy.orm import Session
 
 from core.db import Database
@@ -22,6 +23,7 @@ from core.repositories import jobs as job_repo
 from core.repositories import metrics as metric_repo
 from core.repositories import outputs as output_repo
 from core.storage import Storage, file_sha256
+from core.webhooks import outbox as webhook_outbox
 from trainer.events import Event
 from worker.translate import Writes, translate
 
@@ -36,9 +38,11 @@ class Recorder:
         *,
         worker_id: str,
         storage: Storage,
+        producer: Celery,
         flush_seconds: float = 1.0,
     ) -> None:
         self.db, self.job_id, self.worker_id, self.storage = db, job_id, worker_id, storage
+        self.producer = producer
         self.flush_seconds = flush_seconds
         self.stop_requested = threading.Event()
         self.lost_ownership = False
@@ -93,6 +97,11 @@ class Recorder:
             _apply(session, self.job_id, writes, self._eta.observe(writes))
             if writes.checkpoints:
                 _forget_pruned_checkpoints(session, self.job_id, self.storage)
+            for checkpoint in writes.checkpoints:
+                details = {"checkpoint": {"step": checkpoint.step, "metrics": checkpoint.metrics}}
+                webhook_outbox.record_event(
+                    session, self.job_id, "checkpoint", producer=self.producer, details=details
+                )
             status = job_repo.heartbeat(session, self.job_id, worker_id=self.worker_id)
         self._pending = []
         if status is None:

@@ -115,7 +115,14 @@ def test_recorder_retries_a_failed_write_without_losing_events(
     job = make_job()
     with ctx.db.session_scope() as s:
         job_repo.claim_job(s, job.id, worker_id=ctx.worker_id)
-    recorder = Recorder(ctx.db, job.id, worker_id=ctx.worker_id, storage=ctx.storage, flush_seconds=3600)
+    recorder = Recorder(
+        ctx.db,
+        job.id,
+        worker_id=ctx.worker_id,
+        storage=ctx.storage,
+        producer=ctx.producer,
+        flush_seconds=3600,
+    )
     recorder(Step(step=1, total_steps=4, metrics={"loss": 1.0}))
     real_scope = ctx.db.session_scope
     ctx.db.session_scope = _failing_scope  # type: ignore[method-assign]
