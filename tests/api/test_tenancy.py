@@ -65,6 +65,11 @@ def calls(owned: Owned) -> dict[tuple[str, str], Call]:
             "GET", f"/v1/jobs/{job}/samples/{owned.sample_id}/image", {}
         ),
         ("GET", "/v1/jobs/{job_id}/adapter"): Call("GET", f"/v1/jobs/{job}/adapter", {}),
+        ("GET", "/v1/jobs/{job_id}/webhook-deliveries"): Call(
+            "GET", f"/v1/jobs/{job}/webhook-deliveries", {}
+        ),
+        ("GET", "/v1/webhooks/secret"): Call("GET", "/v1/webhooks/secret", {}),
+        ("POST", "/v1/webhooks/secret/rotate"): Call("POST", "/v1/webhooks/secret/rotate", {}),
     }
     return table
 
@@ -73,6 +78,8 @@ def calls(owned: Owned) -> dict[tuple[str, str], Call]:
 CREATES = {("POST", "/v1/datasets")}
 # Lists answer 200 with only the caller's rows.
 LISTS = {("GET", "/v1/datasets"), ("GET", "/v1/jobs")}
+# The caller's own webhook secret: a stranger gets (and rotates) theirs, never the owner's.
+OWN_SECRET = {("GET", "/v1/webhooks/secret"), ("POST", "/v1/webhooks/secret/rotate")}
 
 
 def v1_routes(client: TestClient) -> set[tuple[str, str]]:
@@ -134,10 +141,13 @@ def test_another_tenant_gets_404_on_every_route_and_changes_nothing(
     client: TestClient, session: Session, owner: Tenant, owned: Owned
 ) -> None:
     stranger = auth_headers(session)
+    owner_secret = client.get("/v1/webhooks/secret", headers=auth_headers(session, owner)).json()["secret"]
     for route, call in calls(owned).items():
         response = client.request(call.method, call.path, headers=stranger, **call.kwargs)
         if route in CREATES:
             assert response.status_code == 201, (route, response.text)
+        elif route in OWN_SECRET:
+            assert response.status_code == 200 and response.json()["secret"] != owner_secret, route
         elif route in LISTS:
             mine = [row["id"] for row in response.json()["data"]]
             assert owned.dataset_id not in mine and owned.job_id not in mine, route
