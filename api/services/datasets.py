@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import AppContext
 from api.errors import Conflict, DatasetRejected, NotFound, PayloadTooLarge
+from api.metrics import record_upload
 from api.schemas import DatasetOut, ListResponse, PreviewPairOut
 from api.services.ingest import IngestLimits, IngestRejected, ingest_upload
 from core.db import after_commit, after_rollback
@@ -74,6 +75,7 @@ def upload_dataset(
         max_image_pixels=settings.max_image_pixels,
     )
     with received_upload(stream, tmp_dir=settings.tmp_dir, max_bytes=settings.max_upload_bytes) as upload:
+        record_upload(upload.bytes)
         storage.local_path(key).parent.mkdir(parents=True, exist_ok=True)
         try:
             report = ingest_upload(upload.path, filename, storage.local_path(key), limits=limits, kind=kind)
