@@ -5,6 +5,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from core.webhooks.signing import generate_secret, secret_key, sign, webhook_headers
 
@@ -55,3 +60,27 @@ def test_headers_carry_one_signature_per_secret_during_a_rotation() -> None:
         _expected(other_key, MSG_ID, TIMESTAMP, BODY),
     ]
     assert headers["content-type"] == "application/json"
+
+
+def _readme_verifier() -> Callable[..., bool]:
+    """The `verify_webhook` snippet of README.md, run as written."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
+    [snippet] = [b for b in blocks if "def verify_webhook(" in b]
+    namespace: dict[str, Any] = {}
+    exec(snippet, namespace)
+    verifier: Callable[..., bool] = namespace["verify_webhook"]
+    return verifier
+
+
+def test_the_readme_snippet_verifies_what_the_service_signs() -> None:
+    verify = _readme_verifier()
+    now = int(time.time())
+    headers = webhook_headers([SECRET], msg_id=MSG_ID, timestamp=now, body=BODY)
+    assert verify(SECRET, headers, BODY)
+    assert not verify(SECRET, headers, BODY + b" "), "a changed body"
+    assert not verify(generate_secret(), headers, BODY), "another secret"
+    stale = webhook_headers([SECRET], msg_id=MSG_ID, timestamp=now - 3600, body=BODY)
+    assert not verify(SECRET, stale, BODY), "a replay an hour later"
+    rotating = webhook_headers([generate_secret(), SECRET], msg_id=MSG_ID, timestamp=now, body=BODY)
+    assert verify(SECRET, rotating, BODY), "the old secret still verifies during a rotation"
