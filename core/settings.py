@@ -63,7 +63,10 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="Wait before a webhook's second attempt; doubles each attempt."
     )
     webhook_max_backoff_seconds: float = Field(
-        default=3600.0, gt=0, description="Longest wait between two attempts of a webhook delivery."
+        default=3600.0,
+        gt=0,
+        le=6 * 3600,
+        description="Longest wait between two attempts of a webhook delivery (at most 6 hours).",
     )
     webhook_secret_grace_seconds: float = Field(
         default=86400.0, ge=0, description="How long a rotated-out webhook secret still signs deliveries."

@@ -25,9 +25,9 @@ from core.settings import Settings
 from worker.webhook_sidecar import PARENT_PID_ENV
 
 log = logging.getLogger(__name__)
-# Longer than the longest wait between two attempts (webhook_max_backoff_seconds, at most a few hours),
-# so Redis does not hand a delivery waiting for its retry to a second sender.
-REDIS_VISIBILITY_TIMEOUT_S = 6 * 3600
+# Longer than the longest wait between two attempts (webhook_max_backoff_seconds is at most 6 hours),
+# so Redis does not hand a delivery waiting for its retry to a second sender early.
+REDIS_VISIBILITY_TIMEOUT_S = 7 * 3600
 PARENT_CHECK_S = 1.0
 
 
