@@ -11,7 +11,7 @@ from api import metrics
 from api.body_limit import BodyLimitMiddleware
 from api.deps import AppContext
 from api.errors import install_error_handlers
-from api.routes import artifacts, datasets, health, jobs, webhooks
+from api.routes import artifacts, datasets, health, jobs, web, webhooks
 from core.db import Database
 from core.queue import make_producer
 from core.settings import Settings
@@ -55,4 +55,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics.install(app, context.database)
     for module in (health, datasets, jobs, artifacts, webhooks):
         app.include_router(module.router)
+    web.install(app)
     return app

@@ -194,7 +194,7 @@ class Supervisor:
                 self._revive_worker()
                 if not announced and _is_ready(self.ready_url):
                     base = self.ready_url.removesuffix("/readyz")
-                    log(f"ready at {base} (OpenAPI UI at {base}/docs)")
+                    log(f"ready at {base} (dashboard at {base}/ui/, OpenAPI UI at {base}/docs)")
                     announced = True
             log("stopping")
             return 0
