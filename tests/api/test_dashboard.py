@@ -21,6 +21,7 @@ import uvicorn
 import migrations
 from api.main import create_app
 from core.db import Database
+from core.queue import make_producer
 from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
 from core.settings import Settings
@@ -224,8 +225,13 @@ def test_a_finished_job_shows_its_curves_images_and_checkpoints_as_it_ended(
 
 def record(service: Service, job_id: str, events: list[Any]) -> None:
     """Write `events` the way a worker does: through the recorder, flushed on close."""
-    storage = LocalStorage(service.settings.storage_root)
-    recorder = Recorder(service.database, job_id, worker_id="dashboard-test:2", storage=storage).start()
+    recorder = Recorder(
+        service.database,
+        job_id,
+        worker_id="dashboard-test:2",
+        storage=LocalStorage(service.settings.storage_root),
+        producer=make_producer(service.settings),
+    ).start()
     for event in events:
         recorder(event)
     recorder.close()
