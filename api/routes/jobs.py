@@ -18,6 +18,13 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={404: {"model": E
 
 Limit = Annotated[int, Query(ge=1, le=200, description="Page size.")]
 SSE_MEDIA_TYPE = "text/event-stream"
+EVENTS_DESCRIPTION = """The job's event log, oldest first, a page at a time (`after`, `limit`).
+
+With `Accept: text/event-stream` the same events come as Server-Sent Events: first every event after
+`Last-Event-ID` (else after `after`), then new ones live as the worker records them; the server ends the
+stream once the job has finished and its last event is sent. Each message carries `id:` (the event's id,
+the same as in the paged log), `event:` (its type) and `data:` (the event as JSON); comment lines keep an
+idle connection open. A client that reconnects with the last id it received gets every event once."""
 
 
 @router.post(
@@ -69,6 +76,7 @@ def cancel_job(session: SessionDep, context: ContextDep, tenant: CurrentTenant, 
     "/{job_id}/events",
     response_model=ListResponse[EventOut],
     responses={200: {"content": {SSE_MEDIA_TYPE: {"schema": {"type": "string"}}}}},
+    description=EVENTS_DESCRIPTION,
 )
 def job_events(
     session: SessionDep,
@@ -80,7 +88,10 @@ def job_events(
     ] = None,
     limit: Limit = 100,
     accept: Annotated[str, Header(include_in_schema=False)] = "",
-    last_event_id: Annotated[int | None, Header(ge=0, include_in_schema=False)] = None,
+    last_event_id: Annotated[
+        int | None,
+        Header(ge=0, description="Event stream only: the last event id received; replay starts after it."),
+    ] = None,
 ) -> ListResponse[EventOut] | StreamingResponse:
     """The job's event log, oldest first; with `Accept: text/event-stream`, a live SSE stream of it."""
     if SSE_MEDIA_TYPE not in accept:
