@@ -17,8 +17,9 @@ export async function jobsPage({ root, api, signal, showError }) {
   );
   const empty = h("div", { class: "card empty-state", hidden: true },
     h("h2", {}, "No jobs yet"),
-    h("p", {}, "Upload a dataset and start a job from a terminal:"),
+    h("p", {}, "Upload a dataset and start a job from a terminal (in the repository, with your key):"),
     h("pre", {}, [
+      ". .venv/bin/activate && export MAPO_API_KEY=mapo_…\n",
       "mapo demo-data demo.zip\n",
       "mapo datasets upload demo.zip --name demo\n",
       "mapo jobs create --dataset ds_… --base-model tiny-sdxl --steps 20 \\\n",
