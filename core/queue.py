@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from kombu.exceptions import ChannelError
 
 from core.settings import Settings
 
@@ -64,3 +65,15 @@ def enqueue_webhook_delivery(
     producer.send_task(
         DELIVER_WEBHOOK_TASK, args=[delivery_id, attempt], queue=WEBHOOK_QUEUE, countdown=countdown
     )
+
+
+def waiting_message_count(producer: Celery, queue: str = GPU_QUEUE) -> int:
+    """Messages waiting in `queue` on the broker (not those a worker holds); 0 for a queue the broker
+    does not know, e.g. a Redis that restarted and lost its lists."""
+    with producer.connection_for_read() as conn:
+        try:
+            declared = conn.default_channel.queue_declare(queue=queue, passive=True)
+        except ChannelError:
+            return 0
+        count: int = declared.message_count
+        return count

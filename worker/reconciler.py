@@ -6,9 +6,10 @@ Every worker runs this check at start and then periodically: such jobs go back t
 message, and the next run resumes from their newest checkpoint. A job that was being cancelled is
 cancelled instead.
 
-At start a worker also re-sends every job that has waited in `queued` longer than the heartbeat timeout:
-its message may be gone (a Redis without persistence restarted, an enqueue failed after the commit). A
-duplicate is harmless: the first delivery claims the row, the others find it claimed and do nothing.
+The same check compares the messages waiting on the broker with the jobs `queued` in the database: when
+the broker holds fewer (a Redis without persistence restarted, an enqueue failed after its commit), every
+job that has waited longer than the heartbeat timeout is sent again. A duplicate is harmless: the first
+delivery claims the row, the others find it claimed and do nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from celery import Celery
 
 from core.db import Database, after_commit
 from core.models import utcnow
-from core.queue import enqueue_train_job
+from core.queue import enqueue_train_job, waiting_message_count
 from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
 from core.webhooks import outbox as webhook_outbox
@@ -54,36 +55,38 @@ def _take_back(db: Database, producer: Celery, job_id: str, stale_before: dateti
     return True
 
 
-def resend_waiting_jobs(db: Database, producer: Celery, *, waited_seconds: float) -> list[str]:
-    """Send a fresh message for every job queued more than `waited_seconds` ago; returns their ids."""
+def resend_lost_jobs(db: Database, producer: Celery, *, waited_seconds: float) -> list[str]:
+    """If the broker holds fewer messages than there are queued jobs, some were lost (a Redis without
+    persistence restarted, an enqueue failed after its commit): send a fresh message for every job
+    queued more than `waited_seconds` ago. Returns their ids; nothing is sent while the counts agree, so
+    a long but healthy queue is never flooded with duplicates."""
     with db.session_scope() as session:
+        queued = job_repo.queued_job_ids(session, created_before=utcnow())
         waiting = job_repo.queued_job_ids(
             session, created_before=utcnow() - timedelta(seconds=waited_seconds)
         )
+    if not waiting or waiting_message_count(producer) >= len(queued):
+        return []
     for job_id in waiting:
         enqueue_train_job(producer, job_id)
-    if waiting:
-        log.warning("re-sent %d job(s) that had waited in the queue: %s", len(waiting), ", ".join(waiting))
+    log.warning("re-sent %d queued job(s) whose message was lost: %s", len(waiting), ", ".join(waiting))
     return waiting
 
 
 def start_reconciler(
     db: Database, producer: Celery, *, heartbeat_timeout_seconds: float, interval_seconds: float
 ) -> threading.Event:
-    """In a daemon thread: re-send long-waiting jobs once, then run `reconcile` now and every
-    `interval_seconds`; set the returned event to stop it."""
+    """In a daemon thread, now and every `interval_seconds`: requeue jobs whose worker died (`reconcile`)
+    and re-send queued jobs whose message was lost (`resend_lost_jobs`); set the returned event to stop it."""
     stop = threading.Event()
 
     def loop() -> None:
-        try:
-            resend_waiting_jobs(db, producer, waited_seconds=heartbeat_timeout_seconds)
-        except Exception:
-            log.exception("re-sending waiting jobs failed")
         while True:
             try:
                 reconcile(db, producer, heartbeat_timeout_seconds=heartbeat_timeout_seconds)
+                resend_lost_jobs(db, producer, waited_seconds=heartbeat_timeout_seconds)
             except Exception:
-                log.exception("reconciling stale jobs failed; trying again in %.0f s", interval_seconds)
+                log.exception("reconciling jobs failed; trying again in %.0f s", interval_seconds)
             if stop.wait(interval_seconds):
                 return
 

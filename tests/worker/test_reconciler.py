@@ -136,3 +136,23 @@ def test_a_queued_job_whose_message_was_lost_is_resent_when_a_worker_starts(
     with running_worker(worker_settings, tmp_path / "worker.log", MAPO_HEARTBEAT_TIMEOUT_SECONDS="60"):
         finished = wait_finished(session, job.id, timeout=180)
     assert finished.status == "succeeded" and finished.attempts == 1
+
+
+def test_queued_jobs_are_resent_only_when_the_broker_lost_their_messages(
+    worker_settings: Settings, make_job: Callable[..., Job], session: Session, ctx: WorkerContext
+) -> None:
+    from core.queue import enqueue_train_job, waiting_message_count
+    from worker.reconciler import resend_lost_jobs
+
+    producer = make_producer(worker_settings)
+    jobs = [make_job(validation={}) for _ in range(2)]
+    for job in jobs:
+        enqueue_train_job(producer, job.id)
+    assert resend_lost_jobs(ctx.db, producer, waited_seconds=0) == [], "both messages are there"
+    assert waiting_message_count(producer) == 2
+
+    lost = make_job(validation={})  # committed, but its message never reached the broker
+    resent = resend_lost_jobs(ctx.db, producer, waited_seconds=0)
+    assert set(resent) == {lost.id, *(job.id for job in jobs)}
+    assert waiting_message_count(producer) == 5  # duplicates are no-ops when delivered
+    assert resend_lost_jobs(ctx.db, producer, waited_seconds=0) == [], "counts agree again"
