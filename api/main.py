@@ -21,7 +21,8 @@ DESCRIPTION = """Align text-to-image diffusion models with MaPO: upload preferen
 training jobs, follow their events and metrics, and download adapters that load straight into diffusers.
 
 Authenticate with `Authorization: Bearer <api key>`. Errors are `{"error": {"code", "message", "param"}}`.
-Lists page with `?limit=&after=` and answer `{"data": [...], "has_more": bool}`."""
+Lists page with `?limit=&after=` and answer `{"data": [...], "has_more": bool}`. While the database is
+down every route but `/healthz` answers 503 `database_unavailable` with `Retry-After`; retry then."""
 
 # Multipart framing and the optional name field on top of the largest accepted upload.
 BODY_OVERHEAD_BYTES = 1 << 20

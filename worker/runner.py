@@ -25,6 +25,7 @@ from trainer.spec import TrainSpec
 from worker import shutdown
 from worker.context import WorkerContext
 from worker.recorder import Recorder
+from worker.retry import retry_transient
 
 log = logging.getLogger(__name__)
 Outcome = Literal["skipped", "succeeded", "failed", "cancelled", "abandoned", "requeued"]
@@ -139,6 +140,10 @@ def _prepare_and_train(plan: Plan, recorder: Recorder) -> bool:
 
 
 def _hand_back(ctx: WorkerContext, job_id: str) -> Outcome:
+    return retry_transient(lambda: _hand_back_once(ctx, job_id), what=f"job {job_id}: handing it back")
+
+
+def _hand_back_once(ctx: WorkerContext, job_id: str) -> Outcome:
     """This worker is shutting down: the job (checkpointed at the step it reached) goes back to the
     queue with a fresh message, unless a cancel arrived meanwhile."""
     producer = make_producer(ctx.settings)
@@ -155,6 +160,15 @@ def _hand_back(ctx: WorkerContext, job_id: str) -> Outcome:
 
 
 def _finish(
+    ctx: WorkerContext, job_id: str, status: Outcome, code: str | None, message: str | None
+) -> Outcome:
+    # Hours of training end here: wait out a database restart rather than leave the job `running`.
+    return retry_transient(
+        lambda: _finish_once(ctx, job_id, status, code, message), what=f"job {job_id}: recording {status}"
+    )
+
+
+def _finish_once(
     ctx: WorkerContext, job_id: str, status: Outcome, code: str | None, message: str | None
 ) -> Outcome:
     with ctx.db.session_scope() as session:
