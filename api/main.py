@@ -12,6 +12,7 @@ from api.body_limit import BodyLimitMiddleware
 from api.deps import AppContext
 from api.errors import install_error_handlers
 from api.routes import artifacts, datasets, health, jobs, web, webhooks
+from api.services import datasets as datasets_service
 from core.db import Database
 from core.queue import make_producer
 from core.settings import Settings
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        datasets_service.sweep_abandoned(context)
         yield
         context.database.dispose()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -10,12 +11,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from api.deps import AppContext
 from api.errors import Conflict, DatasetRejected, NotFound, PayloadTooLarge
 from api.metrics import record_upload
 from api.schemas import DatasetOut, ListResponse, PreviewPairOut
+from api.services.inflight import InflightUpload, sweep_abandoned_uploads
 from api.services.ingest import IngestLimits, IngestRejected, ingest_upload
 from core.db import after_commit, after_rollback
 from core.models import Dataset, Tenant, new_id
@@ -29,6 +32,8 @@ from trainer.dataset_format import (
     read_manifest,
 )
 
+log = logging.getLogger(__name__)
+
 
 class ReceivedUpload(NamedTuple):
     path: Path
@@ -37,10 +42,12 @@ class ReceivedUpload(NamedTuple):
 
 
 @contextmanager
-def received_upload(stream: BinaryIO, *, tmp_dir: Path, max_bytes: int) -> Iterator[ReceivedUpload]:
+def received_upload(
+    stream: BinaryIO, *, tmp_dir: Path, max_bytes: int, prefix: str = "upload-"
+) -> Iterator[ReceivedUpload]:
     """Copy the upload in chunks to a temp file (hashing it on the way); the file is removed on exit."""
     digest, size = hashlib.sha256(), 0
-    fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="upload-")
+    fd, name = tempfile.mkstemp(dir=tmp_dir, prefix=prefix)
     path = Path(name)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -53,6 +60,21 @@ def received_upload(stream: BinaryIO, *, tmp_dir: Path, max_bytes: int) -> Itera
         yield ReceivedUpload(path, size, digest.hexdigest())
     finally:
         path.unlink(missing_ok=True)
+
+
+def sweep_abandoned(context: AppContext) -> list[str]:
+    """Clean up after uploads whose API process died (run at start); a dataset that was recorded keeps
+    its files. Skipped, with a warning, while the database is unreachable."""
+
+    def recorded(dataset_id: str) -> bool:
+        with context.database.sessions() as session:
+            return session.get(Dataset, dataset_id) is not None
+
+    try:
+        return sweep_abandoned_uploads(context.settings.tmp_dir, context.storage, recorded)
+    except SQLAlchemyError as exc:
+        log.warning("not sweeping abandoned uploads: the database is unreachable (%s)", type(exc).__name__)
+        return []
 
 
 def upload_dataset(
@@ -74,7 +96,16 @@ def upload_dataset(
         max_image_bytes=settings.max_image_bytes,
         max_image_pixels=settings.max_image_pixels,
     )
-    with received_upload(stream, tmp_dir=settings.tmp_dir, max_bytes=settings.max_upload_bytes) as upload:
+    # Until this transaction ends, a marker says the upload is in flight; if the process dies, the next
+    # start sweeps what it left (api/services/inflight.py).
+    marker = InflightUpload(settings.tmp_dir, dataset_id, key)
+    after_commit(session, marker.release)
+    # If the request's transaction does not commit, the stored files must not outlive it.
+    after_rollback(session, lambda: storage.delete_tree(key))
+    after_rollback(session, marker.release)
+    with received_upload(
+        stream, tmp_dir=marker.folder, max_bytes=settings.max_upload_bytes, prefix=marker.scratch_prefix
+    ) as upload:
         record_upload(upload.bytes)
         storage.local_path(key).parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -82,8 +113,6 @@ def upload_dataset(
         except IngestRejected as exc:
             problems = [p.model_dump() for p in exc.problems]
             raise DatasetRejected(f"{filename}: {exc}", problems) from None
-    # If the request's transaction does not commit, the stored files must not outlive it.
-    after_rollback(session, lambda: storage.delete_tree(key))
     dataset = dataset_repo.add_dataset(
         session,
         dataset_id=dataset_id,

@@ -27,6 +27,11 @@ from trainer.dataset_format import DatasetKind, DatasetWriter
 STAGING_MARKER = ".ingest-"  # staging folders are named ".<dest name>.ingest-<random>"; safe to sweep
 
 
+def staging_dirs(dest_dir: Path) -> list[Path]:
+    """The staging folders an ingest into `dest_dir` may have left behind if its process died."""
+    return sorted(dest_dir.parent.glob(f".{dest_dir.name}{STAGING_MARKER}*"))
+
+
 def ingest_upload(
     upload_path: Path,
     filename: str,
