@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 TOP_LEVEL_FIELDS = frozenset(
-    {"dataset_id", "base_model", "method", "validation", "webhook", "metadata", "seed", "hyperparameters"}
+    {"dataset_id", "base_model", "method", "validation", "webhooks", "metadata", "seed", "hyperparameters"}
 )
 
 

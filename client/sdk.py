@@ -17,7 +17,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -147,7 +147,7 @@ class MapoClient:
         method: str = "mapo",
         hyperparameters: Mapping[str, Any] | None = None,
         validation: Mapping[str, Any] | None = None,
-        webhook: Mapping[str, Any] | None = None,
+        webhooks: Sequence[Mapping[str, Any]] = (),
         metadata: Mapping[str, str] | None = None,
         seed: int = 0,
         idempotency_key: str | None = None,
@@ -162,10 +162,22 @@ class MapoClient:
             "metadata": dict(metadata or {}),
             "seed": seed,
         }
-        if webhook is not None:
-            body["webhook"] = dict(webhook)
+        if webhooks:
+            body["webhooks"] = [dict(hook) for hook in webhooks]
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self._json("POST", "/v1/jobs", json=body, headers=headers)
+
+    def webhook_secret(self) -> JSON:
+        """Your webhook signing secret (`whsec_…`), created on first use; verify deliveries with it."""
+        return self._json("GET", "/v1/webhooks/secret")
+
+    def rotate_webhook_secret(self) -> JSON:
+        """A new signing secret; deliveries carry the old one's signature too for a grace period."""
+        return self._json("POST", "/v1/webhooks/secret/rotate")
+
+    def webhook_deliveries(self, job_id: str) -> JSON:
+        """The webhook deliveries of a job, each with its attempts."""
+        return self._json("GET", f"/v1/jobs/{job_id}/webhook-deliveries")
 
     def get_job(self, job_id: str) -> JSON:
         """One job: status, progress {step, total_steps, eta_seconds}, error, latest metrics."""

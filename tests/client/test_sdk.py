@@ -200,3 +200,15 @@ def test_metrics_checkpoints_and_samples(
     assert (sample["prompt"], sample["with_lora"]) == ("a fox", True)
     saved = mapo.download_sample(job.id, sample["id"], tmp_path / "fox.png")
     assert saved.read_bytes() == b"\x89PNG fake"
+
+
+def test_job_with_webhooks_and_the_signing_secret(mapo: MapoClient, demo_zip: Path) -> None:
+    dataset_id = mapo.upload_dataset(demo_zip)["id"]
+    hooks = [{"url": "https://example.test/hook", "events": ["started", "succeeded"]}]
+    job = mapo.create_job(dataset_id=dataset_id, base_model="tiny-sd", webhooks=hooks)
+    assert job["webhooks"] == hooks
+    secret = mapo.webhook_secret()["secret"]
+    assert secret.startswith("whsec_") and mapo.webhook_secret()["secret"] == secret
+    rotated = mapo.rotate_webhook_secret()
+    assert rotated["secret"] != secret and rotated["previous_secret_expires_at"] is not None
+    assert mapo.webhook_deliveries(job["id"])["data"] == []  # nothing has happened to it yet
