@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
 import uvicorn
 
@@ -26,6 +27,8 @@ from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
 from core.settings import Settings
 from core.storage import LocalStorage
+from tests.api.test_ingest import make_zip
+from tests.api.test_ingest_targets import target_files
 from tests.client.conftest import free_port
 from tests.conftest import TEST_PEPPER, auth_headers, create_dataset, create_job, create_tenant, unavailable
 from tests.trainer.specs import FAST_TRAINING
@@ -317,3 +320,25 @@ def test_a_dataset_page_shows_each_prompt_with_its_chosen_and_rejected_image(
     page.click("text=Load more pairs")
     page.wait_for_selector('#pairs article[data-pair="29"]')
     assert page.locator("#pairs article").count() == 30
+
+
+def test_a_targets_dataset_shows_the_side_drawn_at_job_start_as_a_placeholder(
+    page: Page, service: Service, tmp_path: Path
+) -> None:
+    archive = make_zip(tmp_path / "targets.zip", target_files(3))
+    with archive.open("rb") as stream:
+        response = httpx.post(
+            f"{service.url}/v1/datasets",
+            files={"file": ("targets.zip", stream)},
+            data={"kind": "targets", "name": "wanted"},
+            headers={"Authorization": f"Bearer {service.key}"},
+        )
+    assert response.status_code == 201, response.text
+    page.goto(f"{service.url}/ui/#/datasets/{response.json()['id']}")
+    page.wait_for_selector('#pairs article[data-pair="2"]')
+    assert loaded_images(page, '#pairs img[data-role="chosen"]') == [16, 16, 16]
+    placeholders = page.locator('#pairs .drawn-later[data-role="rejected"]')
+    assert placeholders.count() == 3
+    assert "base model" in placeholders.first.inner_text()
+    assert page.locator("#banner").is_hidden(), "no error shown"
+    page.screenshot(path=str(SCREENSHOTS / "dataset-targets.png"), full_page=True)

@@ -69,6 +69,12 @@ export async function datasetPage({ root, api, signal, showError }, datasetId) {
 
 function pairCard(api, pair, showError) {
   const image = (url, role) => {
+    // Targets and avoid datasets: the base model draws this side when a job starts; there is no file yet.
+    if (!url) {
+      return h("figure", { class: role },
+        h("div", { class: "pair-image drawn-later", "data-role": role }, "drawn by the base model at job start"),
+        h("figcaption", {}, role));
+    }
     const img = h("img", { alt: `${role} image of pair ${pair.index}`, class: "pair-image", "data-role": role });
     api.imageUrl(url).then((src) => { img.src = src; }, showError);
     return h("figure", { class: role }, img, h("figcaption", {}, role));
