@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from trainer.spec import SpecConflict
@@ -141,6 +141,19 @@ async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
     return error_response(503, body, {"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)})
 
 
+async def _unstorable_value(_: Request, exc: Exception) -> JSONResponse:
+    # The database refused a value the request carried (a NUL character in a text, a number out of range):
+    # the client's input, not a fault of ours. Only the database's first line is shown, never the SQL.
+    assert isinstance(exc, DataError)
+    reason = str(exc.orig).splitlines()[0] if exc.orig is not None else "invalid value"
+    body = {
+        "code": "invalid_value",
+        "message": f"a value in the request cannot be stored: {reason}",
+        "param": None,
+    }
+    return error_response(422, body)
+
+
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return error_response(500, {"code": "internal_error", "message": "internal server error", "param": None})
@@ -154,4 +167,5 @@ def install_error_handlers(app: FastAPI) -> None:
     # OperationalError: connection refused or cut, server shutting down; InterfaceError: a dead connection.
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(InterfaceError, _database_unavailable)
+    app.add_exception_handler(DataError, _unstorable_value)
     app.add_exception_handler(Exception, _unexpected)

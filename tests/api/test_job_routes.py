@@ -268,3 +268,16 @@ def test_concurrent_repeats_of_an_idempotent_create_make_one_job(
     assert len({job_id for _, job_id in answers}) == 1
     assert len(client.get("/v1/jobs", headers=headers).json()["data"]) == 1
     assert received_task_args(settings) == [[answers[0][1]]]
+
+
+def test_a_nul_character_in_a_cursor_or_body_is_422_not_500(
+    client: TestClient, headers: dict[str, str], dataset_id: str
+) -> None:
+    # PostgreSQL cannot store or compare NUL in text; SQLite can (then it is simply not found).
+    listed = client.get("/v1/jobs", params={"after": "\x00"}, headers=headers)
+    assert listed.status_code in (200, 422), listed.text
+    created = client.post("/v1/jobs", json=job_body(dataset_id, metadata={"note": "a\x00b"}), headers=headers)
+    assert created.status_code in (201, 422), created.text
+    for response in (listed, created):
+        if response.status_code == 422:
+            assert response.json()["error"]["code"] in ("invalid_value", "invalid_request")
