@@ -7,6 +7,7 @@ adapters. Calling it again with the same output_dir resumes from the newest comp
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -180,7 +181,11 @@ def _checkpoint(
         accelerator.wait_for_everyone()
         if tmp is not None:
             save_diffusers_lora(session.lora_unet, session.lora_config, session.model.family, tmp / "lora")
-    except OSError as exc:
+    except Exception as exc:
+        # A full disk or a storage error surfaces as OSError, torch's RuntimeError or a SafetensorError;
+        # whichever it is, the job fails as a checkpoint failure and the earlier checkpoints stay as they are.
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"saving the checkpoint of step {step} failed: {exc}") from exc
     if tmp is not None:
         path = checkpoints.publish_checkpoint(
