@@ -1,4 +1,4 @@
-"""`python -m trainer`: train from a spec file, and build the offline tiny models and demo dataset.
+"""`python -m trainer`: train from a spec file, build or pre-train the offline tiny models, write demo data.
 
 `train` prints every event as one JSON line on stdout (for scripts) and, on a terminal, a progress bar on
 stderr. SIGINT/SIGTERM stop it gracefully: the steps done so far are checkpointed, and running the same
@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     tiny.add_argument("--preset", choices=["tiny", "small"], default="tiny")
     tiny.add_argument("--out", type=Path, required=True)
     tiny.set_defaults(handler=_make_tiny)
+    _add_pretrain_parser(commands)
     demo = commands.add_parser("make-demo-dataset", help="write synthetic warm-vs-cool preference pairs")
     demo.add_argument("--out", type=Path, required=True)
     demo.add_argument("--pairs", type=int, default=48)
@@ -49,6 +50,19 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=_make_demo)
     return parser
+
+
+def _add_pretrain_parser(commands: Any) -> None:
+    pretrain = commands.add_parser(
+        "pretrain-tiny", help="pre-train a tiny SD or SDXL pipeline to draw captioned shapes (CPU minutes)"
+    )
+    pretrain.add_argument("--family", choices=["sd", "sdxl"], default="sdxl")
+    pretrain.add_argument("--out", type=Path, required=True)
+    pretrain.add_argument("--autoencoder-steps", type=int, default=None, help="VAE steps (default: preset)")
+    pretrain.add_argument("--denoiser-steps", type=int, default=None, help="UNet steps (default: preset)")
+    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.add_argument("--half", action="store_true", help="store the weights in float16 (as shipped)")
+    pretrain.set_defaults(handler=_pretrain)
 
 
 def load_spec(path: Path) -> TrainSpec:
@@ -100,4 +114,20 @@ def _make_demo(args: argparse.Namespace) -> int:
 
     manifest = make_demo_dataset(args.out, num_pairs=args.pairs, resolution=args.resolution, seed=args.seed)
     print(f"{args.out}: {manifest.num_pairs} pairs")
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from trainer.pretrain import PretrainConfig, pretrain_tiny, progress_printer
+
+    config = PretrainConfig(seed=args.seed)
+    for name in ("autoencoder_steps", "denoiser_steps"):
+        if getattr(args, name) is not None:
+            config = replace(config, **{name: getattr(args, name)})
+    report = pretrain_tiny(
+        args.family, args.out, config, on_progress=progress_printer(sys.stderr), half=args.half
+    )
+    print(json.dumps({"out": str(args.out), **report.summary()}))
     return 0

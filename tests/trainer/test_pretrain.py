@@ -1,0 +1,60 @@
+"""Pre-training a tiny pipeline on the shapes domain: it learns, and the result loads like any base model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer.cli import main
+from trainer.models import load_model
+from trainer.pretrain import REPORT_FILE, PretrainConfig, pretrain_tiny
+from trainer.shape_autoencoder import target_latents
+from trainer.shapes import COLOURS, Drawing, render, shape_rgb
+
+SHORT = PretrainConfig(autoencoder_batch_size=8, autoencoder_steps=40, batch_size=8, denoiser_steps=40)
+
+
+def test_target_latents_are_cell_means_of_colour_and_chroma() -> None:
+    image = render(Drawing("square", COLOURS["green"], "white", centre=(0.25, 0.25), radius=0.25), 64)
+    pixels = (
+        torch.tensor(list(image.getdata()), dtype=torch.float32).reshape(1, 64, 64, 3).permute(0, 3, 1, 2)
+    )
+    latents = target_latents(pixels / 127.5 - 1.0, 8)
+
+    assert latents.shape == (1, 4, 8, 8)
+    green = torch.tensor(shape_rgb(COLOURS["green"]), dtype=torch.float32) / 127.5 - 1.0
+    inside, outside = latents[0, :, 1, 1], latents[0, :, 6, 6]  # a cell within the square, one far away
+    assert torch.allclose(inside[:3], green) and torch.allclose(
+        outside[:3], torch.full((3,), 235 / 127.5 - 1)
+    )
+    assert inside[3] > 0.5 and outside[3] == -1.0  # saturated shape, achromatic background
+
+
+@pytest.mark.slow
+def test_a_short_pretraining_lowers_held_out_errors_and_loads_as_a_base_model(tmp_path: Path) -> None:
+    report = pretrain_tiny("sd", tmp_path / "shapes-sd", SHORT, on_progress=lambda *progress: None)
+
+    assert report.reconstruction_error[1] < report.reconstruction_error[0]
+    assert report.denoising_loss[1] < report.denoising_loss[0]
+    assert set(report.caption_accuracy_after) == {"kind", "colour", "background", "all"}
+    assert json.loads((tmp_path / "shapes-sd" / REPORT_FILE).read_text())["denoising_loss"] == list(
+        report.denoising_loss
+    )
+    model = load_model(str(tmp_path / "shapes-sd"), device=torch.device("cpu"), weight_dtype=torch.float32)
+    assert model.family == "sd" and model.native_resolution == 64
+
+
+@pytest.mark.slow
+def test_pretrain_tiny_command_writes_an_sdxl_model_and_prints_its_figures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "shapes-sdxl"
+    steps = ["--autoencoder-steps", "2", "--denoiser-steps", "2"]
+    assert main(["pretrain-tiny", "--family", "sdxl", "--out", str(out), *steps]) == 0
+
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["out"] == str(out) and printed["family"] == "sdxl"
+    assert load_model(str(out), device=torch.device("cpu"), weight_dtype=torch.float32).family == "sdxl"

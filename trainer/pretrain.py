@@ -1,0 +1,278 @@
+"""Pre-train a tiny SD or SDXL pipeline on the shapes domain, so that it draws what its caption says.
+
+A random tiny model is no denoiser, and preference training on it shows nothing. This turns one into a
+small but real text-to-image model, in two stages on freshly rendered images (never the same one twice):
+1. the VAE (a random decoder cannot draw anything), taught a latent space fixed by construction
+   (trainer/shape_autoencoder.py), then its scaling factor measured so the latents are unit-variance;
+2. the whole UNet with the plain denoising loss (epsilon, the pipeline's own noise schedule, a little
+   offset noise so that plain backgrounds come from the caption), the text encoders frozen; a share of
+   captions leaves the colour out, and a share is dropped to the unconditional embedding the pipeline
+   uses for classifier-free guidance.
+The pipeline is written as a diffusers folder, with `pretrain.json` holding the figures measured on the way.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+from diffusers.optimization import get_scheduler
+
+from trainer.evaluation import EVAL_TIMESTEPS
+from trainer.models import Conditioning, DiffusionModel, encode_prompts, load_model
+from trainer.sampling import build_pipeline
+from trainer.shape_autoencoder import (
+    calibrate_scaling,
+    colour_capable_vae,
+    reconstruction_error,
+    train_autoencoder,
+)
+from trainer.shape_samples import caption_accuracy, every_caption_drawing, judge
+from trainer.shapes import Drawing, caption, random_drawing, render
+from trainer.tiny import Family, build_tiny_pipeline
+
+REPORT_FILE = "pretrain.json"
+HELD_OUT = 64
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """How long and how hard each stage trains; the defaults take a few minutes on two CPU cores."""
+
+    resolution: int = 64
+    autoencoder_batch_size: int = 16
+    autoencoder_steps: int = 500
+    autoencoder_lr: float = 2e-3
+    batch_size: int = 32
+    denoiser_steps: int = 1500
+    denoiser_lr: float = 2e-3
+    colourless_captions: float = 0.25
+    caption_dropout: float = 0.1
+    offset_noise: float = 0.1
+    seed: int = 0
+
+
+@dataclass
+class PretrainReport:
+    """Held-out figures before and after each stage; accuracies are shares of the 27 full captions × 2."""
+
+    family: str
+    config: dict[str, Any]
+    reconstruction_error: tuple[float, float] = (0.0, 0.0)
+    denoising_loss: tuple[float, float] = (0.0, 0.0)
+    caption_accuracy_before: dict[str, float] = field(default_factory=dict)
+    caption_accuracy_after: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """The figures without the config, rounded for people."""
+        figures = {k: v for k, v in asdict(self).items() if k not in ("family", "config")}
+        return {"family": self.family, **_rounded(figures)}
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v) for v in value]
+    return value
+
+
+Progress = Callable[[str, int, int, float], None]  # stage, step, total, loss
+
+
+def progress_printer(out: TextIO, *, every: int = 100) -> Progress:
+    """A `Progress` that prints one line every `every` steps and at the end of each stage."""
+
+    def report(stage: str, step: int, total: int, loss: float) -> None:
+        if step % every == 0 or step == total:
+            print(f"{stage} {step}/{total} loss {loss:.4f}", file=out, flush=True)
+
+    return report
+
+
+def pretrain_tiny(
+    family: Family,
+    out_dir: Path,
+    config: PretrainConfig = PretrainConfig(),
+    *,
+    on_progress: Progress,
+    half: bool = False,
+) -> PretrainReport:
+    """Build the tiny random `family` pipeline at `out_dir` and pre-train it there in place; `half`
+    stores the UNet and VAE weights in float16 (half the size; diffusers loads them as float32)."""
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    build_tiny_pipeline(family, out_dir, seed=config.seed)
+    model = load_model(str(out_dir), device=torch.device("cpu"), weight_dtype=torch.float32)
+    report = PretrainReport(family=family, config=asdict(config))
+    report.caption_accuracy_before = measure_captions(model, config)
+    rng = random.Random(f"held-out-{config.seed}")
+    held_out = [random_drawing(rng) for _ in range(HELD_OUT)]
+    before = reconstruction_error(model.vae, _images(held_out, config))
+    model.vae = colour_capable_vae(model.vae, seed=config.seed)
+    _train_vae(model, config, on_progress)
+    report.reconstruction_error = (before, reconstruction_error(model.vae, _images(held_out, config)))
+    before = denoising_loss(model, held_out, config)
+    train_denoiser(model, config, on_progress)
+    report.denoising_loss = (before, denoising_loss(model, held_out, config))
+    report.caption_accuracy_after = measure_captions(model, config)
+    _save(model, out_dir, half=half)
+    report.seconds = time.perf_counter() - started
+    (out_dir / REPORT_FILE).write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
+    return report
+
+
+def _save(model: DiffusionModel, out_dir: Path, *, half: bool) -> None:
+    dtype = torch.float16 if half else torch.float32
+    for name, module in (("unet", model.unet), ("vae", model.vae)):
+        module.to(dtype).save_pretrained(out_dir / name)
+        module.to(torch.float32)
+
+
+def _images(drawings: list[Drawing], config: PretrainConfig) -> torch.Tensor:
+    """(N, 3, R, R) in [-1, 1]."""
+    pixels = np.stack([np.asarray(render(d, config.resolution)) for d in drawings])
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def _train_vae(model: DiffusionModel, config: PretrainConfig, on_progress: Progress) -> None:
+    rng = random.Random(f"autoencoder-{config.seed}")
+    train_autoencoder(
+        model.vae,
+        lambda: _images([random_drawing(rng) for _ in range(config.autoencoder_batch_size)], config),
+        steps=config.autoencoder_steps,
+        lr=config.autoencoder_lr,
+        on_step=lambda step, loss: on_progress("autoencoder", step, config.autoencoder_steps, loss),
+    )
+    rng = random.Random(f"scale-{config.seed}")
+    calibrate_scaling(model.vae, _images([random_drawing(rng) for _ in range(256)], config))
+
+
+def train_denoiser(model: DiffusionModel, config: PretrainConfig, on_progress: Progress) -> None:
+    """Full UNet training with the plain epsilon loss on fresh images and (mostly) their captions."""
+    unet, rng = model.unet, random.Random(f"denoiser-{config.seed}")
+    captions = CaptionEmbeddings(model)
+    unet.requires_grad_(True)
+    unet.train()
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.denoiser_lr, weight_decay=1e-2)
+    schedule = get_scheduler(
+        "cosine", optimizer, num_warmup_steps=50, num_training_steps=config.denoiser_steps
+    )
+    for step in range(1, config.denoiser_steps + 1):
+        drawings = [random_drawing(rng) for _ in range(config.batch_size)]
+        prompts = [_training_caption(d, rng, config) for d in drawings]
+        latents = _latents(model, _images(drawings, config))
+        noise = _offset_noise(latents, config.offset_noise)
+        timesteps = torch.randint(0, model.num_train_timesteps, (len(latents),))
+        loss = _denoising_error(model, captions.of(prompts), latents, noise, timesteps).mean()
+        torch.autograd.backward(loss)
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        on_progress("denoiser", step, config.denoiser_steps, float(loss.detach()))
+    unet.requires_grad_(False)
+    unet.eval()
+
+
+def _offset_noise(latents: torch.Tensor, offset: float) -> torch.Tensor:
+    """Gaussian noise plus a per-image, per-channel constant of std `offset`.
+
+    A plain background is the latent's mean, and at the noisiest timesteps the mean of the noise hides it
+    no better than a coin: a model trained on plain noise takes the starting noise's mean for the
+    background and ignores the caption's (SD's known trouble with plain dark or bright images)."""
+    constant = torch.randn(latents.shape[0], latents.shape[1], 1, 1)
+    return torch.randn_like(latents) + offset * constant
+
+
+def _training_caption(drawing: Drawing, rng: random.Random, config: PretrainConfig) -> str:
+    """ "" stands for the unconditional embedding (classifier-free guidance's negative)."""
+    draw = rng.random()
+    if draw < config.caption_dropout:
+        return ""
+    return caption(drawing, with_colour=draw >= config.caption_dropout + config.colourless_captions)
+
+
+class CaptionEmbeddings:
+    """The frozen text encoders' output per caption, computed once (the domain has 37 captions)."""
+
+    def __init__(self, model: DiffusionModel) -> None:
+        self.model = model
+        self._cache: dict[str, Conditioning] = {}
+
+    def of(self, prompts: list[str]) -> Conditioning:
+        for prompt in set(prompts) - self._cache.keys():
+            self._cache[prompt] = self._encode(prompt)
+        parts = [self._cache[p] for p in prompts]
+        pooled = [p.pooled for p in parts if p.pooled is not None]
+        return Conditioning(
+            torch.cat([p.prompt_embeds for p in parts]), torch.cat(pooled) if pooled else None
+        )
+
+    def _encode(self, prompt: str) -> Conditioning:
+        encoded = encode_prompts(self.model, [prompt])
+        # SDXL pipelines (force_zeros_for_empty_prompt) guide against zeros, not against the encoded "".
+        if prompt == "" and self.model.family == "sdxl":
+            pooled = None if encoded.pooled is None else torch.zeros_like(encoded.pooled)
+            return Conditioning(torch.zeros_like(encoded.prompt_embeds), pooled)
+        return encoded
+
+
+@torch.no_grad()
+def _latents(model: DiffusionModel, pixels: torch.Tensor) -> torch.Tensor:
+    sample: torch.Tensor = model.vae.encode(pixels).latent_dist.sample()
+    return sample * float(model.vae.config.scaling_factor)
+
+
+def _denoising_error(
+    model: DiffusionModel,
+    conditioning: Conditioning,
+    latents: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+) -> torch.Tensor:
+    """Per-image mean squared error of the predicted noise, shape (N,)."""
+    noisy = model.noise_scheduler.add_noise(latents, noise, timesteps)
+    added = None
+    if model.family == "sdxl":
+        size = latents.shape[-1] * model.vae_scale_factor
+        time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=latents.dtype).repeat(len(latents), 1)
+        added = {"text_embeds": conditioning.pooled, "time_ids": time_ids}
+    pred: torch.Tensor = model.unet(
+        noisy, timesteps, conditioning.prompt_embeds, added_cond_kwargs=added
+    ).sample
+    errors: torch.Tensor = (pred - noise).pow(2).mean(dim=(1, 2, 3))
+    return errors
+
+
+@torch.no_grad()
+def denoising_loss(model: DiffusionModel, drawings: list[Drawing], config: PretrainConfig) -> float:
+    """Mean denoising error on held-out images with their full captions, at fixed timesteps and noise."""
+    conditioning = CaptionEmbeddings(model).of([caption(d) for d in drawings])
+    latents = model.vae.encode(_images(drawings, config)).latent_dist.mean * float(
+        model.vae.config.scaling_factor
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    errors = []
+    for t in EVAL_TIMESTEPS:
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = torch.full((len(latents),), t, dtype=torch.long)
+        errors.append(_denoising_error(model, conditioning, latents, noise, timesteps).mean())
+    return float(torch.stack(errors).mean())
+
+
+def measure_captions(model: DiffusionModel, config: PretrainConfig) -> dict[str, float]:
+    """Caption accuracy of samples of every full caption, from two fixed seeds."""
+    pipeline = build_pipeline(model, model.unet)
+    drawings = every_caption_drawing() * 2
+    return caption_accuracy(judge(pipeline, drawings, seed=config.seed, resolution=config.resolution))
