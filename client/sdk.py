@@ -117,7 +117,7 @@ class MapoClient:
     ) -> JSON:
         """Upload a .zip, .tar(.gz) or .parquet preference dataset (streamed from disk); returns it ready.
         `kind` "targets" or "avoid": one image per row, the other side drawn by the job's base model.
-        `idempotency_key` is sent as the Idempotency-Key header, which the dataset route ignores so far."""
+        A repeated `idempotency_key` with the same file, name and kind returns the same dataset."""
         path = Path(path)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         data = {"kind": kind} | ({"name": name} if name is not None else {})

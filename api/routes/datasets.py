@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Path, Query, UploadFile, status
+from fastapi import APIRouter, File, Form, Header, Path, Query, UploadFile, status
 from fastapi.responses import FileResponse
 
 from api.deps import ContextDep, CurrentTenant, SessionDep
@@ -21,7 +21,7 @@ After = Annotated[str | None, Query(description="Id of the last item of the prev
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    responses={413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    responses={409: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
 )
 def upload_dataset(
     session: SessionDep,
@@ -44,11 +44,26 @@ def upload_dataset(
             "from which the base model draws the chosen image. In parquet, image holds the encoded bytes."
         ),
     ] = "pairs",
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            max_length=255,
+            description="Repeat an upload safely: the same key with the same file, name and kind returns "
+            "the same dataset; with anything else, 409 idempotency_key_reused.",
+        ),
+    ] = None,
 ) -> DatasetOut:
     """Upload a preference dataset; every problem is listed with its row and field."""
     filename = file.filename or "upload"
     return service.upload_dataset(
-        session, context, tenant, stream=file.file, filename=filename, name=name, kind=kind
+        session,
+        context,
+        tenant,
+        stream=file.file,
+        filename=filename,
+        name=name,
+        kind=kind,
+        idempotency_key=idempotency_key,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -11,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from api.deps import AppContext
@@ -19,7 +20,7 @@ from api.errors import Conflict, DatasetRejected, NotFound, PayloadTooLarge
 from api.metrics import record_upload
 from api.schemas import DatasetOut, ListResponse, PreviewPairOut
 from api.services.inflight import InflightUpload, sweep_abandoned_uploads
-from api.services.ingest import IngestLimits, IngestRejected, ingest_upload
+from api.services.ingest import IngestLimits, IngestRejected, IngestReport, ingest_upload
 from core.db import after_commit, after_rollback
 from core.models import Dataset, Tenant, new_id
 from core.repositories import datasets as dataset_repo
@@ -86,16 +87,13 @@ def upload_dataset(
     filename: str,
     name: str | None,
     kind: DatasetKind = "pairs",
+    idempotency_key: str | None = None,
 ) -> DatasetOut:
-    """Validate and store an uploaded dataset of `kind`; 422 with every problem if it is refused."""
+    """Validate and store an uploaded dataset of `kind`; 422 with every problem if it is refused. An
+    Idempotency-Key seen before returns that dataset for the same file, name and kind (409 otherwise)."""
     settings, storage = context.settings, context.storage
     dataset_id = new_id("ds")
     key = dataset_key(tenant.id, dataset_id)
-    limits = IngestLimits(
-        max_pairs=settings.max_pairs,
-        max_image_bytes=settings.max_image_bytes,
-        max_image_pixels=settings.max_image_pixels,
-    )
     # Until this transaction ends, a marker says the upload is in flight; if the process dies, the next
     # start sweeps what it left (api/services/inflight.py).
     marker = InflightUpload(settings.tmp_dir, dataset_id, key)
@@ -107,24 +105,68 @@ def upload_dataset(
         stream, tmp_dir=marker.folder, max_bytes=settings.max_upload_bytes, prefix=marker.scratch_prefix
     ) as upload:
         record_upload(upload.bytes)
-        storage.local_path(key).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            report = ingest_upload(upload.path, filename, storage.local_path(key), limits=limits, kind=kind)
-        except IngestRejected as exc:
-            problems = [p.model_dump() for p in exc.problems]
-            raise DatasetRejected(f"{filename}: {exc}", problems) from None
-    dataset = dataset_repo.add_dataset(
-        session,
-        dataset_id=dataset_id,
-        tenant_id=tenant.id,
-        name=name or filename,
-        storage_key=key,
-        num_pairs=report.num_pairs,
-        size_bytes=upload.bytes,
-        sha256=upload.sha256,
-        preview=[p.model_dump() for p in report.preview],
-    )
+        request_hash = _request_hash(upload.sha256, name or filename, kind)
+        if idempotency_key is not None:
+            seen = dataset_repo.get_dataset_by_idempotency_key(
+                session, tenant_id=tenant.id, key=idempotency_key
+            )
+            if seen is not None:
+                return _replayed(context, seen, request_hash)
+        report = _ingest(context, upload.path, filename, storage.local_path(key), kind)
+    try:
+        with session.begin_nested():
+            dataset = dataset_repo.add_dataset(
+                session,
+                dataset_id=dataset_id,
+                tenant_id=tenant.id,
+                name=name or filename,
+                storage_key=key,
+                num_pairs=report.num_pairs,
+                size_bytes=upload.bytes,
+                sha256=upload.sha256,
+                preview=[p.model_dump() for p in report.preview],
+                idempotency_key=idempotency_key,
+                request_hash=request_hash,
+            )
+    except IntegrityError:
+        # A concurrent upload with the same Idempotency-Key was recorded first: ours is not needed.
+        winner = dataset_repo.get_dataset_by_idempotency_key(
+            session, tenant_id=tenant.id, key=idempotency_key or ""
+        )
+        if winner is None:
+            raise
+        storage.delete_tree(key)
+        return _replayed(context, winner, request_hash)
     return dataset_out(dataset, kind=report.kind)
+
+
+def _ingest(context: AppContext, upload: Path, filename: str, dest: Path, kind: DatasetKind) -> IngestReport:
+    settings = context.settings
+    limits = IngestLimits(
+        max_pairs=settings.max_pairs,
+        max_image_bytes=settings.max_image_bytes,
+        max_image_pixels=settings.max_image_pixels,
+    )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return ingest_upload(upload, filename, dest, limits=limits, kind=kind)
+    except IngestRejected as exc:
+        problems = [p.model_dump() for p in exc.problems]
+        raise DatasetRejected(f"{filename}: {exc}", problems) from None
+
+
+def _request_hash(file_sha256: str, name: str, kind: DatasetKind) -> str:
+    return hashlib.sha256(json.dumps([file_sha256, name, kind]).encode()).hexdigest()
+
+
+def _replayed(context: AppContext, dataset: Dataset, request_hash: str) -> DatasetOut:
+    if dataset.request_hash != request_hash:
+        raise Conflict(
+            "Idempotency-Key was already used for a different upload (file, name or kind)",
+            param="Idempotency-Key",
+            code="idempotency_key_reused",
+        )
+    return dataset_out(dataset, kind=stored_kind(context, dataset))
 
 
 def pair_out(

@@ -15,7 +15,10 @@ DatasetStatus = Literal["processing", "ready", "failed"]
 
 class Dataset(Base):
     __tablename__ = "datasets"
-    __table_args__ = (Index("ix_datasets_tenant_id_id", "tenant_id", "id"),)
+    __table_args__ = (
+        Index("ix_datasets_tenant_id_id", "tenant_id", "id"),
+        Index("uq_datasets_tenant_id_idempotency_key", "tenant_id", "idempotency_key", unique=True),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ds"))
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
@@ -27,3 +30,7 @@ class Dataset(Base):
     storage_key: Mapped[str] = mapped_column(String(300))
     preview: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # An upload repeated with the same Idempotency-Key returns this dataset if `request_hash` (of the file,
+    # name and kind) matches, and is refused otherwise.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    request_hash: Mapped[str | None] = mapped_column(String(64), default=None)

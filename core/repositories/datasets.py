@@ -22,8 +22,11 @@ def add_dataset(
     size_bytes: int,
     sha256: str,
     preview: list[dict[str, Any]],
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
 ) -> Dataset:
-    """Record a dataset whose files are already complete in storage (status `ready`)."""
+    """Record a dataset whose files are already complete in storage (status `ready`); raises
+    IntegrityError if the tenant already used `idempotency_key`."""
     dataset = Dataset(
         id=dataset_id,
         tenant_id=tenant_id,
@@ -34,10 +37,18 @@ def add_dataset(
         bytes=size_bytes,
         sha256=sha256,
         preview=preview,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
     )
     session.add(dataset)
     session.flush()
     return dataset
+
+
+def get_dataset_by_idempotency_key(session: Session, *, tenant_id: str, key: str) -> Dataset | None:
+    return session.scalar(
+        select(Dataset).where(Dataset.tenant_id == tenant_id, Dataset.idempotency_key == key)
+    )
 
 
 def get_dataset(session: Session, dataset_id: str, *, tenant_id: str) -> Dataset | None:

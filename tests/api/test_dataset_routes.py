@@ -158,3 +158,46 @@ def test_pairs_page_through_every_prompt_with_their_image_urls(
     assert (bad.status_code, bad.json()["error"]["param"]) == (422, "after")
     stranger = auth_headers(session)
     assert client.get(f"/v1/datasets/{dataset_id}/pairs", headers=stranger).status_code == 404
+
+
+def test_idempotency_key_replays_an_upload_and_refuses_a_different_one(
+    client: TestClient, headers: dict[str, str], settings: Settings
+) -> None:
+    keyed = {**headers, "Idempotency-Key": "upload-1"}
+    first = upload(client, keyed, pairs_zip())
+    again = upload(client, keyed, pairs_zip())
+    assert (first["http_status"], again["http_status"]) == (201, 201)
+    assert again["id"] == first["id"]
+    other = upload(client, keyed, pairs_zip(missing_rejected=True))
+    assert (other["http_status"], other["error"]["code"]) == (409, "idempotency_key_reused")
+    assert other["error"]["param"] == "Idempotency-Key"
+    renamed = upload(client, keyed, pairs_zip(), name="another name")
+    assert renamed["http_status"] == 409, "the name is part of the request"
+    assert [d["id"] for d in client.get("/v1/datasets", headers=headers).json()["data"]] == [first["id"]]
+    stored = [p for p in settings.storage_root.rglob("manifest.json")]
+    assert len(stored) == 1, "a replay stores nothing more"
+    assert [p for p in settings.tmp_dir.rglob("*") if p.is_file()] == []
+
+
+def test_concurrent_repeats_of_an_idempotent_upload_store_one_dataset(
+    client: TestClient, headers: dict[str, str], settings: Settings
+) -> None:
+    import threading
+
+    keyed = {**headers, "Idempotency-Key": "burst-upload"}
+    start = threading.Barrier(4)
+    answers: list[dict] = []
+
+    def post() -> None:
+        start.wait()
+        answers.append(upload(client, keyed, pairs_zip()))
+
+    threads = [threading.Thread(target=post) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert {a["http_status"] for a in answers} == {201}, answers
+    assert len({a["id"] for a in answers}) == 1
+    assert len(client.get("/v1/datasets", headers=headers).json()["data"]) == 1
+    assert len(list(settings.storage_root.rglob("manifest.json"))) == 1, "the losers' files are gone"
