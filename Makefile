@@ -1,5 +1,5 @@
 # The two commands a newcomer needs (see README.md), plus the checks we run before every commit.
-.PHONY: setup run test lint typecheck check bench
+.PHONY: setup run test lint typecheck check bench base-models
 
 setup:
 	./scripts/setup.sh
@@ -24,3 +24,8 @@ check: lint typecheck test
 
 bench:
 	.venv/bin/python -m bench.trainer_step
+
+# Re-make the shipped pre-trained tiny models (trainer/base_models/; a few CPU minutes each).
+base-models: setup
+	.venv/bin/python -m trainer pretrain-tiny --family sd --half --denoiser-steps 3000 --out trainer/base_models/shapes-sd
+	.venv/bin/python -m trainer pretrain-tiny --family sdxl --half --out trainer/base_models/shapes-sdxl

@@ -2,9 +2,10 @@
 
 SQLite, local storage and kombu's filesystem broker, all under MAPO_DATA_DIR (default ./mapo-data). It
 migrates the database, builds the offline tiny models on first start (allowed as `tiny-sd` and
-`tiny-sdxl` beside the operator's MAPO_BASE_MODELS), prints a first API key, then supervises two child
-processes: the API (uvicorn) and one Celery worker. A worker that dies is restarted; if the API dies
-everything stops with exit code 1. SIGTERM/SIGINT stop both children and exit 0.
+`tiny-sdxl` beside the shipped pre-trained `shapes-sd` and `shapes-sdxl` and the operator's
+MAPO_BASE_MODELS), prints a first API key, then supervises two child processes: the API (uvicorn) and
+one Celery worker. A worker that dies is restarted; if the API dies everything stops with exit code 1.
+SIGTERM/SIGINT stop both children and exit 0.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import httpx
 from client import admin
 from core.queue import GPU_QUEUE
 from core.settings import Settings
+from trainer.base_models import shipped_base_models
 
 TINY_MODELS = {"tiny-sd": "sd", "tiny-sdxl": "sdxl"}
 BUILT_MARKER = ".mapo-built"
@@ -49,7 +51,7 @@ def serve(*, host: str, port: int) -> int:
         settings = embedded_settings()
         log(f"data in {settings.data_dir}")
         admin.migrate(settings)
-        base_models = {**build_tiny_models(settings.data_dir / "models"), **settings.base_models}
+        base_models = offered_base_models(settings)
         log(f"base models: {', '.join(sorted(base_models))}")
         announce_first_key(settings)
     except ServeError as exc:
@@ -92,6 +94,13 @@ def child_env(settings: Settings, base_models: dict[str, str]) -> dict[str, str]
     if settings.storage_dir is not None:
         env["MAPO_STORAGE_DIR"] = str(settings.storage_dir)
     return env
+
+
+def offered_base_models(settings: Settings) -> dict[str, str]:
+    """The random tiny models (built here on first start), the shipped pre-trained ones, and the
+    operator's MAPO_BASE_MODELS, which win on a name clash."""
+    built = build_tiny_models(settings.data_dir / "models")
+    return {**built, **shipped_base_models(), **settings.base_models}
 
 
 def build_tiny_models(models_dir: Path) -> dict[str, str]:

@@ -1,0 +1,18 @@
+"""Base models shipped with the project: the tiny SD and SDXL pipelines pre-trained on the shapes domain.
+
+Made by `make base-models` (`python -m trainer pretrain-tiny ... --half`, a few CPU minutes each; see
+trainer/pretrain.py), weights stored in half precision (diffusers loads them as float32). Each folder's
+`pretrain.json` holds the figures measured while it was made. Torch-free: the supervisor reads this.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+FOLDER = Path(__file__).resolve().parent
+SHIPPED = {"shapes-sd": "sd", "shapes-sdxl": "sdxl"}
+
+
+def shipped_base_models() -> dict[str, str]:
+    """Name -> local diffusers folder of every shipped model present in this installation."""
+    return {name: str(FOLDER / name) for name in SHIPPED if (FOLDER / name / "model_index.json").is_file()}
