@@ -13,6 +13,7 @@ from api.deps import AppContext
 from api.errors import install_error_handlers
 from api.routes import artifacts, datasets, health, jobs, web, webhooks
 from api.services import datasets as datasets_service
+from api.tenant_cache import TenantCache
 from core.db import Database
 from core.queue import make_producer
 from core.settings import Settings
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         database=Database(settings),
         storage=LocalStorage(settings.storage_root),
         producer=make_producer(settings),
+        tenants=TenantCache(settings.auth_cache_seconds, pepper=settings.api_key_pepper.get_secret_value()),
     )
 
     @asynccontextmanager

@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     api_key_pepper: SecretStr = Field(
         default=SecretStr(DEV_PEPPER), description="Secret mixed into every stored API-key hash."
     )
+    auth_cache_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="How long an API process trusts an API key it has checked: a revoked key still works "
+        "for at most this long on each API process. 0 checks the database on every request.",
+    )
     sse_poll_seconds: float = Field(default=0.5, gt=0, description="How often an event stream polls the DB.")
     heartbeat_timeout_seconds: float = Field(
         default=120.0, gt=0, description="A running job whose heartbeat is older than this is requeued."
