@@ -86,7 +86,9 @@ def _add_service_commands(commands: Subparsers) -> None:
     listing.add_argument("--tenant", help="only this tenant's keys")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     listing.set_defaults(handler=cmd_keys_list)
-    revoke = keys.add_parser("revoke", help="revoke an API key at once (by id or listed prefix)")
+    revoke = keys.add_parser(
+        "revoke", help="revoke an API key (by id or listed prefix); refused within MAPO_AUTH_CACHE_SECONDS"
+    )
     revoke.add_argument("key", help="key id (key_…) or prefix (mapo_…) from `mapo keys list`")
     revoke.set_defaults(handler=cmd_keys_revoke)
     demo = commands.add_parser(
