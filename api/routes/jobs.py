@@ -18,6 +18,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={404: {"model": E
 
 Limit = Annotated[int, Query(ge=1, le=200, description="Page size.")]
 SSE_MEDIA_TYPE = "text/event-stream"
+MAX_POINTS = 10_000
 EVENTS_DESCRIPTION = """The job's event log, oldest first, a page at a time (`after`, `limit`).
 
 With `Accept: text/event-stream` the same events come as Server-Sent Events: first every event after
@@ -104,6 +105,21 @@ def job_events(
 
 
 @router.get("/{job_id}/metrics")
-def job_metrics(session: SessionDep, tenant: CurrentTenant, job_id: str) -> MetricsOut:
+def job_metrics(
+    session: SessionDep,
+    tenant: CurrentTenant,
+    job_id: str,
+    max_points: Annotated[
+        int | None,
+        Query(
+            ge=2,
+            le=MAX_POINTS,
+            description="Thin each series to at most this many points for plotting: a longer series "
+            "keeps its first and last points and those on an even grid of its steps between them (its "
+            "own logging interval times k). Without it every point is returned, which for a long job "
+            "is large and slow.",
+        ),
+    ] = None,
+) -> MetricsOut:
     """Metric series per name (steps and values) for plotting."""
-    return output_service.get_metrics(session, tenant, job_id)
+    return output_service.get_metrics(session, tenant, job_id, max_points=max_points)

@@ -30,9 +30,10 @@ class FileDownload(NamedTuple):
     sha256: str | None
 
 
-def get_metrics(session: Session, tenant: Tenant, job_id: str) -> MetricsOut:
+def get_metrics(session: Session, tenant: Tenant, job_id: str, *, max_points: int | None) -> MetricsOut:
+    """Every point of each series, or at most `max_points` of each (see `metric_series`)."""
     require_job(session, tenant, job_id)
-    series = metric_repo.metric_series(session, job_id)
+    series = metric_repo.metric_series(session, job_id, max_points=max_points)
     return MetricsOut(
         series={
             name: MetricSeries(steps=[s for s, _ in points], values=[v for _, v in points])
