@@ -1,0 +1,304 @@
+"""API under load: requests/s and latency of job reads on PostgreSQL, next to a bare FastAPI endpoint.
+
+    python -m bench.api_load                        # 32 connections, 3 rounds of 5 s per endpoint
+    python -m bench.api_load --seconds 10 --rounds 5
+    python -m bench.api_load --server-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres
+
+Creates a database on the server (dropped at the end), fills it with 10,000 jobs, 1,000,000 events and
+the metrics of one 100,000-step job (bench/seed_jobs.py, COPY), and serves it with uvicorn exactly as the
+Dockerfile does (`uvicorn api.main:create_app --factory`, one process). Beside it run two more uvicorn
+processes: a bare FastAPI app (one endpoint returning a constant, `async def` and plain `def`) and our app
+with authentication replaced by a fixed tenant (the difference is what the API-key lookup costs).
+A load generator in its own process (bench/http_load.py) keeps `--connections` keep-alive connections
+busy; endpoints take turns within each round so machine noise hits them alike; the table shows medians
+over rounds. Reading the whole 100k-step metrics job and its `max_points` downsampling are timed alone,
+one request at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+from fastapi import FastAPI
+
+from bench.http_load import LoadResult, run_load
+from bench.seed_jobs import Seeded, scratch_database, seed
+
+HOST = "127.0.0.1"
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One row of the table: what is requested, from which server."""
+
+    label: str
+    server: str
+    paths: list[str]
+    authenticated: bool = True
+
+
+@dataclass(frozen=True)
+class Server:
+    port: int
+    process: psutil.Process
+
+
+def main() -> None:
+    args = _parse()
+    with ExitStack() as stack:
+        url = stack.enter_context(scratch_database(args.server_url))
+        started = time.perf_counter()
+        seeded = seed(url, jobs=args.jobs, events=args.events, long_steps=args.long_steps)
+        print(
+            f"seeded {args.jobs} jobs, {seeded.events} events, {seeded.metrics} metric points "
+            f"in {time.perf_counter() - started:.0f} s",
+            file=sys.stderr,
+        )
+        data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        servers = {
+            name: stack.enter_context(_uvicorn(app, url, seeded, data_dir))
+            for name, app in (
+                ("app", "api.main:create_app"),
+                ("bare", "bench.api_load:bare_app"),
+                ("noauth", "bench.api_load:app_without_auth"),
+            )
+        }
+        targets = _targets(seeded)
+        rows = _measure(targets, servers, seeded, args)
+        solo = _solo_metrics(servers["app"].port, seeded, args.solo_requests)
+    _print_table(rows, targets, args)
+    _print_solo(solo)
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--server-url", default=DEFAULT_SERVER, help="PostgreSQL server to create the db on")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per endpoint and round")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--long-steps", type=int, default=100_000, help="steps of the long job's metrics")
+    parser.add_argument("--solo-requests", type=int, default=10, help="timed requests of the long job")
+    return parser.parse_args()
+
+
+def bare_app() -> FastAPI:
+    """The floors: FastAPI on uvicorn with nothing behind the route, and with one SELECT behind it."""
+    from sqlalchemy import create_engine, select
+
+    from core.models import Job
+
+    app = FastAPI()
+    engine = create_engine(os.environ["MAPO_DATABASE_URL"], pool_pre_ping=True)
+
+    @app.get("/async")
+    async def constant_async() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/sync")
+    def constant_sync() -> dict[str, str]:  # like our routes: runs in the thread pool
+        return {"status": "ok"}
+
+    @app.get("/select/{job_id}")
+    def one_select(job_id: str) -> dict[str, Any]:  # the job's row, no ORM, no auth, no schema
+        with engine.begin() as conn:
+            row = conn.execute(select(Job.__table__).where(Job.__table__.c.id == job_id)).one()
+        return dict(row._mapping)
+
+    return app
+
+
+def app_without_auth() -> FastAPI:
+    """Our app, with the API-key check replaced by the bench tenant (read from MAPO_BENCH_TENANT_ID)."""
+    from api.deps import get_current_tenant
+    from api.main import create_app
+    from core.models import Tenant
+
+    app = create_app()
+    tenant = Tenant(id=os.environ["MAPO_BENCH_TENANT_ID"], name="bench")
+
+    async def bench_tenant() -> Tenant:
+        return tenant
+
+    app.dependency_overrides[get_current_tenant] = bench_tenant
+    return app
+
+
+def _targets(seeded: Seeded) -> list[Target]:
+    ids = seeded.job_ids[:-1]  # the long job's metrics are timed on their own
+    return [
+        Target("bare async def", "bare", ["/async"], authenticated=False),
+        Target("bare def", "bare", ["/sync"], authenticated=False),
+        Target("bare def, 1 SELECT", "bare", [f"/select/{i}" for i in ids], authenticated=False),
+        Target("GET /v1/jobs/{id}", "app", [f"/v1/jobs/{i}" for i in ids]),
+        Target("GET /v1/jobs/{id}, no auth", "noauth", [f"/v1/jobs/{i}" for i in ids]),
+        Target("GET /v1/jobs?limit=50", "app", ["/v1/jobs?limit=50"]),
+        Target("GET /v1/jobs/{id}/metrics", "app", [f"/v1/jobs/{i}/metrics" for i in ids]),
+    ]
+
+
+@contextmanager
+def _uvicorn(app: str, url: str, seeded: Seeded, data_dir: Path) -> Iterator[Server]:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAPO_")}
+    env |= {
+        "MAPO_DATABASE_URL": url,
+        "MAPO_DATA_DIR": str(data_dir),
+        "MAPO_BENCH_TENANT_ID": seeded.tenant_id,
+    }
+    command = [sys.executable, "-m", "uvicorn", app, "--factory", "--host", HOST, "--port", str(port)]
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        _wait_listening(port, process)
+        yield Server(port, psutil.Process(process.pid))
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _measure(
+    targets: list[Target], servers: dict[str, Server], seeded: Seeded, args: argparse.Namespace
+) -> dict[str, list[tuple[LoadResult, float]]]:
+    """Per target, one (load result, server CPU seconds) per round."""
+    rows: dict[str, list[tuple[LoadResult, float]]] = {t.label: [] for t in targets}
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        for round_ in range(args.rounds):
+            for target in targets:
+                server = servers[target.server]
+                headers = {"Authorization": f"Bearer {seeded.api_key}"} if target.authenticated else {}
+                cpu_before = _cpu(server.process)
+                result = pool.submit(
+                    run_load,
+                    HOST,
+                    server.port,
+                    target.paths,
+                    headers=headers,
+                    connections=args.connections,
+                    seconds=args.seconds,
+                    warmup=args.warmup,
+                ).result()
+                # The server's CPU over warm-up and measurement, per measured request (approximate).
+                cpu = (_cpu(server.process) - cpu_before) * args.seconds / (args.seconds + args.warmup)
+                rows[target.label].append((result, cpu))
+                print(
+                    f"  round {round_ + 1} {target.label:30} {result.requests_per_s:8.0f} req/s",
+                    file=sys.stderr,
+                )
+    return rows
+
+
+@dataclass(frozen=True)
+class Solo:
+    """Requests of one URL made one at a time."""
+
+    label: str
+    points: int
+    seconds: list[float]
+
+
+def _solo_metrics(port: int, seeded: Seeded, requests: int) -> list[Solo]:
+    """The long job's metrics, whole (a few times: it is slow) and downsampled, one request at a time."""
+    base = f"http://{HOST}:{port}/v1/jobs/{seeded.long_job_id}/metrics"
+    variants = [("whole", base, min(requests, 3))] + [
+        (f"max_points={n}", f"{base}?max_points={n}", requests) for n in (1000, 200)
+    ]
+    solos = []
+    with httpx.Client(headers={"Authorization": f"Bearer {seeded.api_key}"}, timeout=300) as client:
+        for label, url, count in variants:
+            seconds, points = [], 0
+            for _ in range(count):
+                started = time.perf_counter()
+                response = client.get(url)
+                seconds.append(time.perf_counter() - started)
+                response.raise_for_status()
+                points = sum(len(s["steps"]) for s in response.json()["series"].values())
+            solos.append(Solo(label, points, seconds))
+    return solos
+
+
+def _print_table(
+    rows: dict[str, list[tuple[LoadResult, float]]], targets: list[Target], args: argparse.Namespace
+) -> None:
+    bare = statistics.median(r.requests_per_s for r, _ in rows["bare async def"])
+    print(f"\n{args.connections} connections, median of {args.rounds} rounds of {args.seconds:g} s")
+    print(
+        f"{'endpoint':32} {'req/s':>8} {'÷ bare':>7} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'server CPU ms/req':>18} {'client CPU %':>13} {'errors':>7}"
+    )
+    for target in targets:
+        results = rows[target.label]
+        rps = statistics.median(r.requests_per_s for r, _ in results)
+        p50 = statistics.median(_percentile(r.latencies, 50) for r, _ in results)
+        p99 = statistics.median(_percentile(r.latencies, 99) for r, _ in results)
+        cpu = statistics.median(c / max(len(r.latencies), 1) for r, c in results)
+        client = statistics.median(r.client_cpu_s / (args.seconds + args.warmup) for r, _ in results)
+        errors = sum(r.errors for r, _ in results)
+        print(
+            f"{target.label:32} {rps:8.0f} {rps / bare:7.2f} {1000 * p50:7.1f} {1000 * p99:7.1f} "
+            f"{1000 * cpu:18.2f} {100 * client:13.0f} {errors:7d}"
+        )
+
+
+def _print_solo(solos: list[Solo]) -> None:
+    print("\nGET /v1/jobs/{id}/metrics of the 100,000-step job (15 series), one request at a time")
+    print(f"{'query':20} {'points':>9} {'median ms':>10} {'max ms':>8}")
+    for solo in solos:
+        median, worst = 1000 * statistics.median(solo.seconds), 1000 * max(solo.seconds)
+        print(f"{solo.label:20} {solo.points:9d} {median:10.1f} {worst:8.1f}")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))] if ordered else float("nan")
+
+
+def _cpu(process: psutil.Process) -> float:
+    """CPU seconds of the server process and its threads."""
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"uvicorn exited with {process.returncode}")
+        try:
+            if httpx.get(f"http://{HOST}:{port}/docs", timeout=2).status_code < 500:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise RuntimeError(f"uvicorn on port {port} did not answer within {timeout} s")
+
+
+if __name__ == "__main__":
+    main()
