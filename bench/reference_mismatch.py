@@ -1,7 +1,7 @@
 """Reference mismatch: does MaPO's advantage over Diffusion-DPO grow with the distance to the target?
 
     python -m bench.reference_mismatch [--base PATH] [--shifts 15 30 60] [--seeds 0 1 2] [--steps 150]
-        [--plot docs/images/reference_mismatch.png] [--json results.json]
+        [--plot docs/images/reference_mismatch.png] [--json results.json] [--sheets DIR]
 
 The reference is a tiny SDXL pre-trained by the script on the shapes domain (trainer/pretrain.py; cached,
 or `--base`): it draws "a red circle on a black background" as captioned. Each target moves the shape's
@@ -23,17 +23,20 @@ import argparse
 import json
 import statistics
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench.shape_jobs import JobSettings, pretrained_base, run_job
+from bench.shape_jobs import RESOLUTION, JobSettings, judge_base, pretrained_base, run_job
 from trainer.shape_preferences import hue_shift_pairs, moved_towards, signed_hue_move, write_dataset
-from trainer.shape_samples import Judged, every_caption_drawing
+from trainer.shape_samples import Judged, contact_sheet, every_caption_drawing
+from trainer.shapes import render
 from trainer.spec import Method
 
 METHODS: tuple[Method, ...] = ("mapo", "dpo", "sft")
+FIGURES = ("reference_gap", "accuracy_before", "accuracy", "in_target", "off_caption", "hue_moved")
 DRAWINGS = every_caption_drawing()
 
 
@@ -43,15 +46,21 @@ def main() -> None:
     base = args.base or pretrained_base("sdxl")
     rows: list[dict[str, Any]] = []
     print(
-        f"{'shift':>5} {'method':6} {'seed':>4} {'ref gap':>8} {'acc':>6} {'in target':>9} {'hue moved':>9}"
+        f"{'shift':>5} {'method':6} {'seed':>4} {'ref gap':>8} {'acc':>6} "
+        f"{'in target':>9} {'off cap':>7} {'hue':>6}"
     )
     with tempfile.TemporaryDirectory() as scratch:
         for shift in args.shifts:
             data = Path(scratch) / f"shift-{shift:g}"
             write_dataset(data, hue_shift_pairs(num_pairs=48, seed=0, shift=shift), resolution=64)
             for seed in args.seeds:
+                reference = judge_base(base, DRAWINGS, seed=seed, with_colour=True)
+                rows.append(_base_row(reference, shift=shift, seed=seed))
                 for method in METHODS:
-                    rows.append(_run(base, data, shift=shift, method=method, seed=seed, steps=args.steps))
+                    row, judged = _run(base, data, shift=shift, method=method, seed=seed, steps=args.steps)
+                    rows.append(row)
+                    if args.sheets and seed == args.seeds[0]:
+                        _save_sheet(args.sheets / f"shift-{shift:g}-{method}.png", reference, judged, shift)
     _print_summary(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
@@ -71,10 +80,15 @@ def _parse() -> argparse.Namespace:
         "--plot", type=Path, default=None, help="save the figure here (needs the bench extra)"
     )
     parser.add_argument("--json", type=Path, default=None, help="save every run's figures here")
+    parser.add_argument(
+        "--sheets", type=Path, default=None, help="folder for reference / target / job images (first seed)"
+    )
     return parser.parse_args()
 
 
-def _run(base: Path, data: Path, *, shift: float, method: Method, seed: int, steps: int) -> dict[str, Any]:
+def _run(
+    base: Path, data: Path, *, shift: float, method: Method, seed: int, steps: int
+) -> tuple[dict[str, Any], list[Judged]]:
     job = run_job(
         base,
         data,
@@ -92,16 +106,41 @@ def _run(base: Path, data: Path, *, shift: float, method: Method, seed: int, ste
         "reference_gap": first["heldout_error_gap"],
         "accuracy_before": first["heldout_accuracy"],
         "accuracy": last["heldout_accuracy"],
-        "in_target": _in_target(job.judged, shift),
-        "off_caption": _off_caption(job.judged),
-        "hue_moved": _hue_moved(job.judged),
+        **_sample_figures(job.judged, shift),
     }
     print(
         f"{shift:5g} {method:6} {seed:4} {row['reference_gap']:8.4f} {row['accuracy']:6.3f} "
-        f"{row['in_target']:9.3f} {row['off_caption']:7.3f} {row['hue_moved']:6.1f}",
+        + _sample_cells(row),
         flush=True,
     )
+    return row, job.judged
+
+
+def _base_row(judged: list[Judged], *, shift: float, seed: int) -> dict[str, Any]:
+    """The reference itself: where its own samples fall, as the baseline of the sample columns."""
+    row = {"shift": shift, "method": "base", "seed": seed, **_sample_figures(judged, shift)}
+    print(f"{shift:5g} {'base':6} {seed:4} {'':8} {'':6} {_sample_cells(row)}", flush=True)
     return row
+
+
+def _save_sheet(path: Path, reference: list[Judged], judged: list[Judged], shift: float) -> None:
+    """Rows of 9: the reference's samples, the targets (rendered), the job's samples; same captions."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    targets = [render(replace(j.asked, hue=j.asked.hue + shift), RESOLUTION) for j in reference]
+    images = [j.image for j in reference] + targets + [j.image for j in judged]
+    contact_sheet(images, columns=9).save(path)
+
+
+def _sample_figures(judged: list[Judged], shift: float) -> dict[str, float]:
+    return {
+        "in_target": _in_target(judged, shift),
+        "off_caption": _off_caption(judged),
+        "hue_moved": _hue_moved(judged),
+    }
+
+
+def _sample_cells(row: dict[str, Any]) -> str:
+    return f"{row['in_target']:9.3f} {row['off_caption']:7.3f} {row['hue_moved']:6.1f}"
 
 
 def _off_caption(judged: list[Judged]) -> float:
@@ -128,9 +167,10 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     summary = []
     for (shift, method), members in groups.items():
         entry: dict[str, Any] = {"shift": shift, "method": method, "seeds": len(members)}
-        for name in ("reference_gap", "accuracy_before", "accuracy", "in_target", "off_caption", "hue_moved"):
-            values = [m[name] for m in members]
-            entry[name] = (statistics.fmean(values), statistics.pstdev(values))
+        for name in FIGURES:
+            if name in members[0]:  # the base rows have only the sample figures
+                values = [m[name] for m in members]
+                entry[name] = (statistics.fmean(values), statistics.pstdev(values))
         summary.append(entry)
     return summary
 
@@ -142,15 +182,19 @@ def _print_summary(rows: list[dict[str, Any]]) -> None:
     print(f"\n| {columns} |")
     print("|---|---|---|---|---|---|---|---|---|")
     for e in summarise(rows):
+        gap = f"{e['reference_gap'][0]:.4f}" if "reference_gap" in e else ""
+        before = f"{e['accuracy_before'][0]:.3f}" if "accuracy_before" in e else ""
         print(
-            f"| {e['shift']:g}° | {e['method']} | {e['seeds']} | {e['reference_gap'][0]:.4f} "
-            f"| {e['accuracy_before'][0]:.3f} | {_pm(e['accuracy'], 3)} | {_pm(e['in_target'], 3)} "
-            f"| {_pm(e['off_caption'], 3)} | {_pm(e['hue_moved'], 1)} |"
+            f"| {e['shift']:g}° | {e['method']} | {e['seeds']} | {gap} | {before} | {_pm(e, 'accuracy', 3)} "
+            f"| {_pm(e, 'in_target', 3)} | {_pm(e, 'off_caption', 3)} | {_pm(e, 'hue_moved', 1)} |"
         )
 
 
-def _pm(value: tuple[float, float], digits: int) -> str:
-    return f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
+def _pm(entry: dict[str, Any], name: str, digits: int) -> str:
+    if name not in entry:
+        return ""
+    mean, sd = entry[name]
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -167,21 +211,25 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
         ("off_caption", "samples off the captioned colour"),
     )
     for axis, (name, title) in zip(axes, panels, strict=True):
-        for method in METHODS:
-            points = [e for e in summary if e["method"] == method]
+        for method in ("base", *METHODS):
+            points = [e for e in summary if e["method"] == method and name in e]
+            if not points:
+                continue
             axis.errorbar(
                 [e["shift"] for e in points],
                 [e[name][0] for e in points],
                 yerr=[e[name][1] for e in points],
                 marker="o",
                 capsize=3,
-                label=method,
+                label="reference (no job)" if method == "base" else method,
+                linestyle="--" if method == "base" else "-",
+                color="gray" if method == "base" else None,
             )
         axis.set_xlabel("target hue shift (°) = reference mismatch")
         axis.set_title(title)
         axis.set_ylim(0, 1)
         axis.grid(alpha=0.3)
-    axes[0].legend()
+    axes[1].legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
