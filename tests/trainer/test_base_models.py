@@ -1,4 +1,5 @@
-"""The shipped pre-trained models load like any base model and draw what their captions say."""
+"""The shipped pre-trained models load like any base model, draw what their captions say, and learn a
+preference a random model cannot."""
 
 from __future__ import annotations
 
@@ -7,11 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffusers import DiffusionPipeline
 
+from tests.trainer.specs import tiny_spec
 from trainer.base_models import SHIPPED, shipped_base_models
+from trainer.events import Evaluation, Event
+from trainer.loop import train
 from trainer.models import load_model
 from trainer.pretrain import REPORT_FILE
 from trainer.sampling import build_pipeline
+from trainer.shape_preferences import prefer_red_pairs, write_dataset
 from trainer.shape_samples import caption_accuracy, every_caption_drawing, judge
 
 
@@ -29,3 +35,30 @@ def test_shipped_model_draws_the_captioned_colour_shape_and_background(name: str
     assert accuracy["colour"] >= 0.9 and accuracy["background"] >= 0.6 and accuracy["kind"] >= 0.6
     report = json.loads((Path(path) / REPORT_FILE).read_text())
     assert report["family"] == SHIPPED[name] and report["config"]["denoiser_steps"] > 0
+
+
+@pytest.mark.slow
+def test_a_mapo_job_on_shapes_sdxl_learns_the_prefer_red_demo(tmp_path: Path) -> None:
+    base = shipped_base_models()["shapes-sdxl"]
+    write_dataset(tmp_path / "red", prefer_red_pairs(num_pairs=48, seed=0), resolution=64)
+    spec = tiny_spec(
+        Path(base),
+        resolution=64,
+        train_batch_size=4,
+        max_train_steps=100,
+        checkpoint_every_n_steps=1000,
+        lora_rank=8,
+        cache_latents=True,
+        eval_fraction=0.25,
+    )
+    events: list[Event] = []
+    result = train(spec, tmp_path / "red", tmp_path / "out", on_event=events.append)
+
+    before, after = (e.metrics["heldout_accuracy"] for e in events if isinstance(e, Evaluation))
+    assert before < 0.6 and after >= 0.9
+    assert result.adapter_path is not None
+    pipeline = DiffusionPipeline.from_pretrained(base, torch_dtype=torch.float32)
+    pipeline.load_lora_weights(str(result.adapter_path.parent))
+    judged = judge(pipeline, every_caption_drawing(), seed=0, resolution=64, with_colour=False)
+    red = sum(j.read.colour == "red" for j in judged) / len(judged)
+    assert red >= 0.8  # of the colour-less prompts; about a third before the job
