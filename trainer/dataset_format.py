@@ -85,9 +85,10 @@ _Row = TypeVar("_Row", PairRecord, TargetRecord)
 
 
 class EncodedImage(NamedTuple):
-    """An image as stored: its encoded bytes (or a binary stream of them) and its file suffix."""
+    """An image as stored: its encoded bytes, a binary stream of them, or a file that is hard-linked into
+    the dataset (copied where the filesystem cannot link), and its file suffix."""
 
-    data: bytes | BinaryIO
+    data: bytes | BinaryIO | Path
     suffix: str = ".png"
 
 
@@ -155,12 +156,24 @@ def store_image(root: Path, index: int, role: str, image: EncodedImage) -> str:
     if suffix not in IMAGE_SUFFIXES:
         raise DatasetFormatError(f"unsupported image suffix {image.suffix!r}")
     relative = f"{IMAGES_DIR}/{index:06d}_{role}{suffix}"
+    if isinstance(image.data, Path):
+        _link_or_copy(image.data, root / relative)
+        return relative
     with (root / relative).open("wb") as out:
         if isinstance(image.data, bytes):
             out.write(image.data)
         else:
             shutil.copyfileobj(image.data, out, length=1 << 20)
     return relative
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    # An upload's extracted files sit beside the dataset being written: a link costs no copy of the bytes
+    # (a third of an archive's ingest time with small images), and the files are never modified.
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def write_manifest(root: Path, manifest: Manifest) -> None:

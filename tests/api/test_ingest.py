@@ -130,6 +130,21 @@ def test_archive_round_trips_to_the_canonical_layout(tmp_path: Path, kind: str, 
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_an_image_that_two_rows_share_is_stored_for_each(tmp_path: Path) -> None:
+    rows = [{"prompt": f"pair {i}", "chosen": "images/w.png", "rejected": f"images/{i}.png"} for i in (0, 1)]
+    files = {"pairs.jsonl": jsonl(rows), "images/w.png": png(WARM)}
+    files |= {f"images/{i}.png": png((40 + i, 80, 220)) for i in (0, 1)}
+    ingest(make_zip(tmp_path / "shared.zip", files), tmp_path / "ds")
+
+    pairs = read_pairs(tmp_path / "ds")
+    assert [(tmp_path / "ds" / p.chosen).read_bytes() for p in pairs] == [png(WARM), png(WARM)]
+    assert [(tmp_path / "ds" / p.rejected).read_bytes() for p in pairs] == [
+        png((40, 80, 220)),
+        png((41, 80, 220)),
+    ]
+    assert len({p.chosen for p in pairs}) == 2  # each row has a file of its own in the dataset
+
+
 def test_parquet_labels_decide_which_image_is_chosen(tmp_path: Path) -> None:
     upload = write_demo_upload(tmp_path / "pick.parquet", kind="parquet", num_pairs=6, resolution=32)
     report = ingest(upload, tmp_path / "ds")

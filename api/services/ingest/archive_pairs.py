@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import posixpath
-from contextlib import ExitStack
 from pathlib import Path
 
 from api.services.ingest.collector import PairCollector
@@ -29,12 +28,7 @@ def ingest_archive_rows(index: MemberIndex, collector: PairCollector) -> None:
             collector.report(row, "rejected", "is the same image as chosen")
             continue
         if prompt is not None and chosen is not None and rejected is not None:
-            with ExitStack() as files:
-                collector.add_pair(
-                    prompt,
-                    chosen=EncodedImage(files.enter_context(chosen[0].open("rb")), chosen[1]),
-                    rejected=EncodedImage(files.enter_context(rejected[0].open("rb")), rejected[1]),
-                )
+            collector.add_pair(prompt, chosen=EncodedImage(*chosen), rejected=EncodedImage(*rejected))
 
 
 def row_prompt(record: Record, row: int, collector: PairCollector) -> str | None:

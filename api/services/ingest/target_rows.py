@@ -41,10 +41,7 @@ def ingest_archive_targets(index: MemberIndex, collector: PairCollector) -> None
         image = archive_image(index, base, record, row, "image", collector)
         if prompt is None or image is None or isinstance(generation_prompt, _Invalid):
             continue
-        with image[0].open("rb") as stream:
-            collector.add_target(
-                prompt, image=EncodedImage(stream, image[1]), generation_prompt=generation_prompt
-            )
+        collector.add_target(prompt, image=EncodedImage(*image), generation_prompt=generation_prompt)
 
 
 def ingest_parquet_targets(upload: Path, collector: PairCollector) -> None:
