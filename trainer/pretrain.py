@@ -36,7 +36,7 @@ from trainer.shape_autoencoder import (
 )
 from trainer.shape_samples import caption_accuracy, every_caption_drawing, judge
 from trainer.shapes import Drawing, caption, random_drawing, render
-from trainer.tiny import Family, build_tiny_pipeline
+from trainer.tiny import Family, build_tiny_pipeline, build_tokenizer
 
 REPORT_FILE = "pretrain.json"
 HELD_OUT = 64
@@ -137,6 +137,11 @@ def _save(model: DiffusionModel, out_dir: Path, *, half: bool) -> None:
     for name, module in (("unet", model.unet), ("vae", model.vae)):
         module.to(dtype).save_pretrained(out_dir / name)
         module.to(torch.float32)
+    # transformers 5 saves tokenizer.json only; transformers 4's CLIPTokenizer reads vocab.json +
+    # merges.txt, so both are kept beside it and the folder loads with either.
+    for name in ("tokenizer", "tokenizer_2"):
+        if (out_dir / name).is_dir():
+            build_tokenizer(out_dir / name)
 
 
 def _images(drawings: list[Drawing], config: PretrainConfig) -> torch.Tensor:
