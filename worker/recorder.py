@@ -1,7 +1,8 @@
 """Records a running job: trainer events become rows, written in batches by a background thread.
 
-`__call__` (the trainer's `on_event`) only appends to a queue, so a slow database never stalls a training
-step. Every `flush_seconds` the flusher writes what has queued up in one transaction, stamps the job's
+`__call__` (the trainer's `on_event`) only appends to a queue, with the time, so a slow database never
+stalls a training step and each event row keeps the time it happened rather than the time of its batch.
+Every `flush_seconds` the flusher writes what has queued up in one transaction, stamps the job's
 heartbeat and reads its status back: `cancelling` (or losing the job to another worker) sets
 `stop_requested`, which the trainer polls through `should_stop`. A failed write is retried at the next
 tick with the same rows, and event ids come from the job row, so nothing is lost or written twice.
@@ -13,11 +14,13 @@ import logging
 import queue
 import threading
 import time
+from datetime import datetime
 
 from celery import Celery
 from sqlalchemy.orm import Session
 
 from core.db import Database
+from core.models import utcnow
 from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
 from core.repositories import metrics as metric_repo
@@ -46,14 +49,14 @@ class Recorder:
         self.flush_seconds = flush_seconds
         self.stop_requested = threading.Event()
         self.lost_ownership = False
-        self._queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
-        self._pending: list[Event] = []
+        self._queue: queue.SimpleQueue[tuple[Event, datetime]] = queue.SimpleQueue()
+        self._pending: list[tuple[Event, datetime]] = []
         self._closing = threading.Event()
         self._eta = EtaEstimator()
         self._thread = threading.Thread(target=self._run, name=f"recorder-{job_id}", daemon=True)
 
     def __call__(self, event: Event) -> None:
-        self._queue.put(event)
+        self._queue.put((event, utcnow()))
 
     def start(self) -> Recorder:
         self._thread.start()
@@ -92,7 +95,8 @@ class Recorder:
 
     def _flush(self) -> None:
         """Write the pending events (if any) and the heartbeat in one transaction."""
-        writes = translate(self._pending, self.storage.key_of)
+        events, times = [e for e, _ in self._pending], [at for _, at in self._pending]
+        writes = translate(events, self.storage.key_of, times=times)
         with self.db.session_scope() as session:
             _apply(session, self.job_id, writes, self._eta.observe(writes))
             if writes.checkpoints:

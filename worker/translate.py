@@ -5,8 +5,9 @@ Paths the trainer reports are absolute on this machine; users see storage keys i
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +63,16 @@ class Writes:
     total_steps: int | None = None
 
 
-def translate(events: list[Event], key_of: Callable[[Path], str]) -> Writes:
-    """Rows for `events`, in order; `key_of` maps a trainer path to its storage key."""
+def translate(
+    events: list[Event], key_of: Callable[[Path], str], *, times: Sequence[datetime] | None = None
+) -> Writes:
+    """Rows for `events`, in order; `key_of` maps a trainer path to its storage key; `times[i]`, if
+    given, is when `events[i]` happened (else each event is stamped when written)."""
     writes = Writes()
-    for event in events:
-        writes.events.append(NewEvent(event.type, describe(event), data=_public_data(event, key_of)))
+    for i, event in enumerate(events):
+        data = _public_data(event, key_of)
+        at = times[i] if times is not None else None
+        writes.events.append(NewEvent(event.type, describe(event), data=data, created_at=at))
         _add_rows(writes, event, key_of)
     return writes
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -16,12 +17,14 @@ from core.repositories.pagination import Page, paginate
 
 @dataclass(frozen=True)
 class NewEvent:
-    """An event to append; `data` must be JSON-serialisable."""
+    """An event to append; `data` must be JSON-serialisable. `created_at` is when it happened (None:
+    when it is written)."""
 
     type: str
     message: str = ""
     level: str = "info"
     data: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None
 
 
 def append_events(session: Session, job_id: str, events: Sequence[NewEvent]) -> list[int]:
@@ -43,7 +46,7 @@ def append_events(session: Session, job_id: str, events: Sequence[NewEvent]) -> 
         {
             "job_id": job_id,
             "seq": first + i,
-            "created_at": now,
+            "created_at": e.created_at or now,
             "level": e.level,
             "type": e.type,
             "message": e.message,
