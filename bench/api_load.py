@@ -6,9 +6,10 @@
 
 Creates a database on the server (dropped at the end), fills it with 10,000 jobs, 1,000,000 events and
 the metrics of one 100,000-step job (bench/seed_jobs.py, COPY), and serves it with uvicorn exactly as the
-Dockerfile does (`uvicorn api.main:create_app --factory`, one process). Beside it run two more uvicorn
-processes: a bare FastAPI app (one endpoint returning a constant, `async def` and plain `def`) and our app
-with authentication replaced by a fixed tenant (the difference is what the API-key lookup costs).
+Dockerfile does (`uvicorn api.main:create_app --factory`, one process). Beside it run three more uvicorn
+processes: a bare FastAPI app (a constant from `async def` and from plain `def`, and one SELECT of the
+job's row from plain `def`), our app with authentication replaced by a fixed tenant, and our app with
+MAPO_AUTH_CACHE_SECONDS=0 (an API-key lookup in the database on every request, as before the cache).
 A load generator in its own process (bench/http_load.py) keeps `--connections` keep-alive connections
 busy; endpoints take turns within each round so machine noise hits them alike; the table shows medians
 over rounds. Reading the whole 100k-step metrics job and its `max_points` downsampling are timed alone,
@@ -74,11 +75,12 @@ def main() -> None:
         )
         data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         servers = {
-            name: stack.enter_context(_uvicorn(app, url, seeded, data_dir))
-            for name, app in (
-                ("app", "api.main:create_app"),
-                ("bare", "bench.api_load:bare_app"),
-                ("noauth", "bench.api_load:app_without_auth"),
+            name: stack.enter_context(_uvicorn(app, url, seeded, data_dir, extra_env))
+            for name, app, extra_env in (
+                ("app", "api.main:create_app", {}),
+                ("nocache", "api.main:create_app", {"MAPO_AUTH_CACHE_SECONDS": "0"}),
+                ("bare", "bench.api_load:bare_app", {}),
+                ("noauth", "bench.api_load:app_without_auth", {}),
             )
         }
         targets = _targets(seeded)
@@ -152,19 +154,23 @@ def _targets(seeded: Seeded) -> list[Target]:
         Target("bare def, 1 SELECT", "bare", [f"/select/{i}" for i in ids], authenticated=False),
         Target("GET /v1/jobs/{id}", "app", [f"/v1/jobs/{i}" for i in ids]),
         Target("GET /v1/jobs/{id}, no auth", "noauth", [f"/v1/jobs/{i}" for i in ids]),
+        Target("GET /v1/jobs/{id}, key cache off", "nocache", [f"/v1/jobs/{i}" for i in ids]),
         Target("GET /v1/jobs?limit=50", "app", ["/v1/jobs?limit=50"]),
         Target("GET /v1/jobs/{id}/metrics", "app", [f"/v1/jobs/{i}/metrics" for i in ids]),
     ]
 
 
 @contextmanager
-def _uvicorn(app: str, url: str, seeded: Seeded, data_dir: Path) -> Iterator[Server]:
+def _uvicorn(
+    app: str, url: str, seeded: Seeded, data_dir: Path, extra_env: dict[str, str]
+) -> Iterator[Server]:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAPO_")}
     env |= {
         "MAPO_DATABASE_URL": url,
         "MAPO_DATA_DIR": str(data_dir),
         "MAPO_BENCH_TENANT_ID": seeded.tenant_id,
+        **extra_env,
     }
     command = [sys.executable, "-m", "uvicorn", app, "--factory", "--host", HOST, "--port", str(port)]
     process = subprocess.Popen(
