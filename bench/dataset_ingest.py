@@ -1,6 +1,6 @@
 """Dataset ingest: upload + validation through the real API, next to a bare `unzip` + Pillow decode.
 
-    python -m bench.dataset_ingest                  # 10,000 pairs of small PNGs, 3 rounds
+    python -m bench.dataset_ingest                  # 10,000 pairs of small PNGs, 5 rounds
     python -m bench.dataset_ingest --large          # also a ~2 GB archive of 512 px PNGs (slow)
 
 Builds the archives once (cached under the temp dir): a zip with pairs.jsonl and images/, deflated as
@@ -82,7 +82,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--pairs", type=int, default=10_000, help="pairs of the small-image archive")
     parser.add_argument("--large", action="store_true", help="also the ~2 GB archive (minutes more)")
     parser.add_argument("--large-gb", type=float, default=2.0, help="size of the large archive")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     return parser.parse_args()
 
 
