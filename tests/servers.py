@@ -16,14 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.client.conftest import free_port
 from tests.conftest import unavailable
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _wait_for_port(port: int, *, up: bool, timeout: float = 30.0) -> None:

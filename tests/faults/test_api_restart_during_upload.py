@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -83,10 +84,10 @@ def send_upload(api: Api, archive: Path) -> socket.socket:
     return sock
 
 
-def wait_for(probe: object, timeout: float = 60) -> None:
+def wait_for(probe: Callable[[], bool], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if probe():  # type: ignore[operator]
+        if probe():
             return
         time.sleep(0.05)
     raise AssertionError("condition not met")
