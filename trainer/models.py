@@ -141,7 +141,7 @@ def sdxl_time_ids(
     original_sizes: torch.Tensor, crop_top_lefts: torch.Tensor, resolution: int
 ) -> torch.Tensor:
     """(B, 6) time ids: original (h, w), crop (top, left), target (h, w), as SDXL was trained with."""
-    target = torch.tensor([resolution, resolution], dtype=original_sizes.dtype)
+    target = torch.tensor([resolution, resolution], dtype=original_sizes.dtype, device=original_sizes.device)
     return torch.cat([original_sizes, crop_top_lefts, target.expand(len(original_sizes), 2)], dim=1)
 
 
