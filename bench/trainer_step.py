@@ -2,6 +2,7 @@
 
     python -m bench.trainer_step                    # tiny and small SDXL, 64 and 128 px, cached or not
     python -m bench.trainer_step --presets small --resolutions 128 --steps 30
+    python -m bench.trainer_step --presets full --resolutions 1024 --gradient-checkpointing   # on a GPU
 
 Every configuration runs in a fresh child process (so peak memory is its own) through the real
 `trainer.train()` on the synthetic demo pairs, with 2 pairs per batch and LoRA rank 4 (the setting the
@@ -9,6 +10,10 @@ reference scripts were measured in). The first `--warmup` steps are dropped; the
 of the rest. "floor" is one bare forward + backward of the LoRA UNet on the same 2B latents: no data
 loading, no VAE, no text encoders, no optimizer — what a step cannot go below.
 Methods run interleaved per configuration, so machine noise hits all of them alike.
+`full` is a real-size SDXL (bench/full_sdxl.py, random weights; meant for a GPU). On CUDA the table adds
+peak GPU memory and the achieved TFLOP/s: the floor's forward + backward FLOPs (counted once with
+torch's FlopCounterMode) divided by each row's step time, so a row's figure is the policy pass's useful
+work per second (DPO's extra reference forward counts as overhead), against the card's bf16 dense peak.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from typing import Any
 _BUILDER = Path(__file__).resolve().parents[1] / "trainer" / "tiny.py"
 WORK = Path(tempfile.gettempdir()) / f"mapo-bench-{hashlib.sha256(_BUILDER.read_bytes()).hexdigest()[:10]}"
 METHODS = ("mapo", "dpo", "sft")
+# bf16 dense tensor-core peak (TFLOP/s) of the cards we are lent; the H200 has the H100's compute.
+BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
 
 
 def main() -> None:
@@ -37,7 +44,7 @@ def main() -> None:
     for preset in args.presets:
         model = _model(preset)
         for resolution in args.resolutions:
-            data = _dataset(resolution)
+            data = _dataset(resolution, args.pairs)
             for cache in (False, True):
                 for method in METHODS:
                     rows.append(
@@ -52,6 +59,7 @@ def main() -> None:
                                 "steps": args.steps,
                                 "warmup": args.warmup,
                                 "preset": preset,
+                                "gradient_checkpointing": args.gradient_checkpointing,
                             }
                         )
                     )
@@ -64,20 +72,23 @@ def main() -> None:
                         "steps": args.steps,
                         "warmup": args.warmup,
                         "preset": preset,
+                        "gradient_checkpointing": args.gradient_checkpointing,
                     }
                 )
             )
-    _print_table(rows)
+    _print_table([row for row in rows if row is not None])
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        Path(args.json).write_text(json.dumps([row for row in rows if row is not None], indent=2))
 
 
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["tiny", "small"], choices=["tiny", "small"])
+    parser.add_argument("--presets", nargs="+", default=["tiny", "small"], choices=["tiny", "small", "full"])
     parser.add_argument("--resolutions", nargs="+", type=int, default=[64, 128])
     parser.add_argument("--steps", type=int, default=20, help="measured steps per configuration")
     parser.add_argument("--warmup", type=int, default=3, help="steps dropped before measuring")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute UNet activations")
+    parser.add_argument("--pairs", type=int, default=16, help="pairs in the synthetic dataset")
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     return parser.parse_args()
@@ -85,6 +96,9 @@ def _parse() -> argparse.Namespace:
 
 def _model(preset: str) -> Path:
     path = WORK / f"{preset}-sdxl"
+    if preset == "full" and not (path / "model_index.json").is_file():
+        # In a child, so this process never holds GPU memory the measured children could use.
+        subprocess.run([sys.executable, "-m", "bench.full_sdxl", str(path)], check=True)
     if not (path / "model_index.json").is_file():
         subprocess.run(
             [
@@ -105,22 +119,32 @@ def _model(preset: str) -> Path:
     return path
 
 
-def _dataset(resolution: int) -> Path:
-    path = WORK / f"demo-{resolution}"
+def _dataset(resolution: int, pairs: int) -> Path:
+    path = WORK / f"demo-{resolution}-{pairs}"
     if not (path / "manifest.json").is_file():
         from trainer.demo_data import make_demo_dataset
 
-        make_demo_dataset(path, num_pairs=16, resolution=resolution)
+        make_demo_dataset(path, num_pairs=pairs, resolution=resolution)
     return path
 
 
-def _child(config: dict[str, Any]) -> dict[str, Any]:
+def _device_name() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _child(config: dict[str, Any]) -> dict[str, Any] | None:
+    """Run one configuration in a fresh process; a failure (say, out of GPU memory) is reported and
+    skipped so the other rows of the table still come out."""
     out = subprocess.run(
         [sys.executable, "-m", "bench.trainer_step", "--one", json.dumps(config)],
-        check=True,
         capture_output=True,
         text=True,
     )
+    if out.returncode != 0:
+        print(f"  FAILED {config}:\n{out.stderr[-3000:]}", file=sys.stderr)
+        return None
     row: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     print(
         f"  {row['preset']:5} {row['resolution']:4}px {row['label']:14} {row['step_ms']:8.1f} ms",
@@ -130,8 +154,9 @@ def _child(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_one(config: dict[str, Any]) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
     if config["kind"] == "floor":
-        times = _floor_times(config)
+        times, extra["flops_per_step"] = _floor_times(config)
         label = "floor"
     else:
         times = _train_times(config)
@@ -144,7 +169,9 @@ def _run_one(config: dict[str, Any]) -> dict[str, Any]:
         "label": label,
         "step_ms": 1000 * statistics.median(measured),
         "peak_rss_mb": peak_mb,
-        **_cuda_peak(),
+        "gradient_checkpointing": config.get("gradient_checkpointing", False),
+        **extra,
+        **_cuda_facts(),
     }
 
 
@@ -165,6 +192,7 @@ def _train_times(config: dict[str, Any]) -> list[float]:
         mixed_precision="bf16",
         checkpoint_every_n_steps=10_000,
         cache_latents=config["cache"],
+        gradient_checkpointing=config.get("gradient_checkpointing", False),
         hflip=True,
     )
     times: list[float] = []
@@ -178,56 +206,86 @@ def _train_times(config: dict[str, Any]) -> list[float]:
     return times
 
 
-def _floor_times(config: dict[str, Any]) -> list[float]:
+def _floor_times(config: dict[str, Any]) -> tuple[list[float], float]:
+    """Bare forward + backward times of the LoRA UNet on 2B latents, and the FLOPs of one such pass."""
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     from trainer.models import attach_lora, encode_prompts, load_model, sdxl_time_ids
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(_device_name())
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = load_model(config["model"], device=device, weight_dtype=dtype)
     attach_lora(model.unet, rank=4, alpha=4, dropout=0.0, targets=["to_q", "to_k", "to_v", "to_out.0"])
+    if config.get("gradient_checkpointing"):
+        model.unet.enable_gradient_checkpointing()
+        model.unet.train()
     side = config["resolution"] // model.vae_scale_factor
     latents = torch.randn(4, 4, side, side, device=device, dtype=dtype)
     cond = encode_prompts(model, ["a red circle", "a blue square"]).repeat_for_pairs().to(device, dtype)
-    ids = sdxl_time_ids(
-        torch.tensor([[64, 64]] * 4), torch.zeros(4, 2, dtype=torch.long), config["resolution"]
-    )
+    size = config["resolution"]
+    ids = sdxl_time_ids(torch.tensor([[size, size]] * 4), torch.zeros(4, 2, dtype=torch.long), size)
     added = {"text_embeds": cond.pooled, "time_ids": ids.to(device, dtype)}
     timesteps = torch.randint(0, 1000, (4,), device=device)
-    times = []
-    for _ in range(config["steps"] + config["warmup"]):
-        started = time.perf_counter()
+
+    def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             pred = model.unet(latents, timesteps, cond.prompt_embeds, added_cond_kwargs=added).sample
         pred.float().pow(2).mean().backward()
         if device.type == "cuda":
             torch.cuda.synchronize()
+
+    times = []
+    for _ in range(config["steps"] + config["warmup"]):
+        started = time.perf_counter()
+        step()
         times.append(time.perf_counter() - started)
-    return times
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return times, float(counter.get_total_flops())
 
 
-def _cuda_peak() -> dict[str, float]:
+def _cuda_facts() -> dict[str, Any]:
     import torch
 
     if not torch.cuda.is_available():
         return {}
-    return {"cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20}
+    return {
+        "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20,
+        "device": torch.cuda.get_device_name(),
+    }
+
+
+def _peak_tflops(device: str | None) -> float | None:
+    return next((peak for name, peak in BF16_PEAK_TFLOPS.items() if device and name in device), None)
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
+    on_gpu = any("cuda_peak_mb" in row for row in rows)
+    if on_gpu:
+        print(f"\ndevice: {rows[0]['device']}, bf16 peak {_peak_tflops(rows[0]['device'])} TFLOP/s")
     header = f"{'model':6} {'px':>4} {'method':14} {'ms/step':>9} {'÷ floor':>8} {'÷ dpo':>7}"
-    print(f"\n{header} {'peak RSS MB':>12}")
+    header += f" {'peak RSS MB':>12}"
+    print("\n" + header + (f" {'GPU peak MB':>12} {'TFLOP/s':>8} {'% peak':>7}" if on_gpu else ""))
     for row in rows:
         same = [r for r in rows if (r["preset"], r["resolution"]) == (row["preset"], row["resolution"])]
-        floor = next(r["step_ms"] for r in same if r["label"] == "floor")
+        floor = next(
+            (r for r in same if r["label"] == "floor"), {"step_ms": float("nan"), "flops_per_step": 0}
+        )
         cached = row["label"].endswith("cached")
         dpo = next((r["step_ms"] for r in same if r["label"] == "dpo" + (" cached" if cached else "")), None)
         ratio = f"{row['step_ms'] / dpo:7.2f}" if dpo and row["label"] != "floor" else f"{'':7}"
-        print(
+        line = (
             f"{row['preset']:6} {row['resolution']:4} {row['label']:14} {row['step_ms']:9.1f} "
-            f"{row['step_ms'] / floor:8.2f} {ratio} {row['peak_rss_mb']:12.0f}"
+            f"{row['step_ms'] / floor['step_ms']:8.2f} {ratio} {row['peak_rss_mb']:12.0f}"
         )
+        if on_gpu:
+            tflops = floor["flops_per_step"] / (row["step_ms"] / 1000) / 1e12
+            peak = _peak_tflops(row.get("device"))
+            share = f"{100 * tflops / peak:6.1f}%" if peak else f"{'':7}"
+            line += f" {row.get('cuda_peak_mb', 0):12.0f} {tflops:8.1f} {share}"
+        print(line)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The GPU check a session runs when it is lent a GPU (docs/benchmarks.md, "On a GPU"): versions, a CUDA
+# smoke test of the trainer (bf16 MaPO job that must learn; adapter loaded with load_lora_weights), then
+# the trainer-step benchmark on the small SDXL-shaped model at 128 px and on a real-size SDXL at 1024 px.
+# Writes logs and JSON rows to $OUT (default ./gpu-check). Run from the repository root:
+#     OUT=/tmp/gpu scripts/gpu_check.sh
+set -euo pipefail
+OUT=${OUT:-gpu-check}
+PYTHON=${PYTHON:-python3}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+"$PYTHON" -c 'import torch, diffusers, peft, transformers, accelerate as a
+print("torch", torch.__version__, "cuda", torch.version.cuda, "diffusers", diffusers.__version__,
+      "peft", peft.__version__, "transformers", transformers.__version__, "accelerate", a.__version__)' \
+    | tee -a "$OUT/gpu.txt"
+
+"$PYTHON" -m bench.cuda_smoke "$(mktemp -d)" 2>&1 | tee "$OUT/smoke.log" || echo "SMOKE TEST FAILED"
+"$PYTHON" -m bench.trainer_step --presets small --resolutions 128 --json "$OUT/small.json" 2>&1 \
+    | tee "$OUT/small.log"
+# Real size: 2 pairs of 1024 px images per step need gradient checkpointing to stay well inside 80 GB.
+"$PYTHON" -m bench.trainer_step --presets full --resolutions 1024 --steps 8 --warmup 2 --pairs 8 \
+    --gradient-checkpointing --json "$OUT/full.json" 2>&1 | tee "$OUT/full.log"
