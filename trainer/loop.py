@@ -1,7 +1,9 @@
 """`train()`: the training loop on accelerate. A spec and a dataset in, typed events and an adapter out.
 
-Runs unchanged under `accelerate launch` (data parallel); only the main process emits events and writes
-adapters. Calling it again with the same output_dir resumes from the newest complete checkpoint.
+Runs unchanged under `accelerate launch` with `spec.gpus` processes (data parallel; `trainer.launch`
+starts it so): each process trains its own shard, only the main process emits events and writes
+checkpoints, samples and adapters. Calling it again with the same output_dir resumes from the newest
+complete checkpoint.
 """
 
 from __future__ import annotations
