@@ -85,6 +85,14 @@ class Settings(BaseSettings):
     webhook_sender_concurrency: int = Field(
         default=4, ge=1, le=64, description="Webhook deliveries one sender makes at the same time."
     )
+    worker_gpus: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Devices a GPU worker may give one job (a job's `gpus` up to this many); None counts "
+        "the CUDA devices it sees (1 without CUDA). Without CUDA a larger number runs that many CPU "
+        "processes over gloo, which is what the tests do.",
+    )
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Self:

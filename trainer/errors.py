@@ -33,3 +33,9 @@ class GenerationError(TrainingError):
     """The base model could not draw the missing images of a targets or avoid dataset."""
 
     code = "generation_failed"
+
+
+class WorldSizeError(TrainingError):
+    """The run has a different number of processes than the spec's `gpus` asks for."""
+
+    code = "world_size_mismatch"

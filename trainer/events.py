@@ -28,7 +28,11 @@ class Preparing:
 
 @dataclass(frozen=True)
 class Started:
-    """Training began (or resumed: `resumed_from_step` > 0)."""
+    """Training began (or resumed: `resumed_from_step` > 0).
+
+    `world_size` processes train data-parallel; `effective_batch_size` pairs make one optimizer step
+    (train_batch_size x world_size x gradient_accumulation_steps; None from a trainer that predates it).
+    """
 
     total_steps: int
     resumed_from_step: int
@@ -38,12 +42,15 @@ class Started:
     resolution: int
     mixed_precision: str
     trainable_parameters: int
+    world_size: int = 1
+    effective_batch_size: int | None = None
     type: Literal["started"] = "started"
 
 
 @dataclass(frozen=True)
 class Step:
-    """One optimizer step finished; metrics are means over its micro-batches."""
+    """One optimizer step finished; metrics are means over its micro-batches and, in a data-parallel
+    run, over the processes (lr and step_time_s are the main process's)."""
 
     step: int
     total_steps: int
@@ -108,6 +115,26 @@ class Finished:
 Event = Preparing | Started | Step | Checkpoint | Sample | Evaluation | Artifact | Finished
 
 
+_TYPES: dict[str, type[Any]] = {
+    cls.type: cls for cls in (Preparing, Started, Step, Checkpoint, Sample, Evaluation, Artifact, Finished)
+}
+
+
 def to_dict(event: Event) -> dict[str, Any]:
     """JSON-ready dict of an event, `type` included."""
     return dataclasses.asdict(event)
+
+
+def from_dict(data: dict[str, Any]) -> Event:
+    """The event that `to_dict` made `data` from; raises ValueError on an unknown type or bad fields."""
+    cls = _TYPES.get(data.get("type", ""))
+    if cls is None:
+        raise ValueError(f"unknown event type {data.get('type')!r}")
+    fields = {k: v for k, v in data.items() if k != "type"}
+    if cls is Sample:
+        fields["images"] = [SampleImage(**image) for image in fields.get("images", [])]
+    try:
+        event: Event = cls(**fields)
+    except TypeError as exc:
+        raise ValueError(f"bad {cls.__name__} event: {exc}") from exc
+    return event

@@ -1,7 +1,9 @@
 """`train()`: the training loop on accelerate. A spec and a dataset in, typed events and an adapter out.
 
-Runs unchanged under `accelerate launch` (data parallel); only the main process emits events and writes
-adapters. Calling it again with the same output_dir resumes from the newest complete checkpoint.
+Runs unchanged under `accelerate launch` with `spec.gpus` processes (data parallel; `trainer.launch`
+starts it so): each process trains its own shard, only the main process emits events and writes
+checkpoints, samples and adapters. Calling it again with the same output_dir resumes from the newest
+complete checkpoint.
 """
 
 from __future__ import annotations
@@ -146,9 +148,23 @@ def _finish_step(
     metrics = {name: value / micro for name, value in sums.items() if name != "grad_norm"}
     if "grad_norm" in sums:
         metrics["grad_norm"] = sums["grad_norm"]
+    metrics = _mean_over_processes(session, metrics)
     metrics["lr"] = float(session.lr_scheduler.get_last_lr()[0])
     metrics["step_time_s"] = seconds
     return metrics
+
+
+def _mean_over_processes(session: TrainingSession, metrics: dict[str, float]) -> dict[str, float]:
+    """Each process measured its own shard; report the mean over them. Every process logs the same
+    names (the method decides them, and a non-finite grad norm is skipped on all, the gradients being
+    all-reduced), so one all-reduce of the values in name order suffices."""
+    accelerator = session.accelerator
+    if accelerator.num_processes == 1:
+        return metrics
+    names = sorted(metrics)
+    values = torch.tensor([metrics[n] for n in names], dtype=torch.float64, device=accelerator.device)
+    means = accelerator.reduce(values, reduction="mean")
+    return dict(zip(names, means.tolist(), strict=True))
 
 
 def _after_step(
@@ -221,8 +237,9 @@ def _export(
 
 
 def _started_event(session: TrainingSession, start_step: int) -> Started:
+    spec = session.spec
     return Started(
-        total_steps=session.spec.max_train_steps,
+        total_steps=spec.max_train_steps,
         resumed_from_step=start_step,
         num_train_pairs=session.num_train_pairs,
         num_eval_pairs=session.num_eval_pairs,
@@ -230,6 +247,10 @@ def _started_event(session: TrainingSession, start_step: int) -> Started:
         resolution=session.resolution,
         mixed_precision=session.mixed_precision,
         trainable_parameters=sum(p.numel() for p in session.trainable),
+        world_size=session.accelerator.num_processes,
+        effective_batch_size=spec.train_batch_size
+        * session.accelerator.num_processes
+        * spec.gradient_accumulation_steps,
     )
 
 

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from trainer.data import Augment, EpochSampler, PairDataset, collate_pairs, load_pairs, split_pairs
 from trainer.dataset_format import PairRecord
 from trainer.encoding import CachedPairDataset, build_cache, collate_cached
-from trainer.errors import CheckpointError
+from trainer.errors import CheckpointError, WorldSizeError
 from trainer.evaluation import HeldOutEvaluator
 from trainer.events import Evaluation, Event, Sample
 from trainer.models import DiffusionModel, attach_lora, load_model, trainable_parameters
@@ -120,7 +120,8 @@ def open_session(spec: TrainSpec, dataset_dir: Path, output_dir: Path) -> Traini
     accelerator = Accelerator(
         mixed_precision=mixed, gradient_accumulation_steps=spec.gradient_accumulation_steps
     )
-    set_seed(spec.seed)
+    _check_world_size(spec, accelerator)
+    set_seed(spec.seed)  # the same on every process: one LoRA init, one train/eval split
     model = load_model(spec.base_model, device=accelerator.device, weight_dtype=DTYPES[mixed])
     resolution = spec.resolution or model.native_resolution
     lora_config = attach_lora(
@@ -136,9 +137,14 @@ def open_session(spec: TrainSpec, dataset_dir: Path, output_dir: Path) -> Traini
     trainable = trainable_parameters(model.unet)
     optimizer, lr_scheduler = _build_optimizer(spec, trainable, accelerator.num_processes)
     _checkpoint_only_lora_weights(accelerator)
+    # The loader is sharded here: each process iterates its own batches of the same epoch order.
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(
         model.unet, optimizer, data.loader, lr_scheduler
     )
+    if accelerator.num_processes > 1:
+        # Noise and timesteps of each process from a stream of its own (seed + rank), or every process
+        # would draw the same ones for its shard. A single process keeps the stream it always had.
+        set_seed(spec.seed, device_specific=True)
     evaluator = None
     if data.eval_pairs and accelerator.is_main_process:
         evaluator = HeldOutEvaluator(
@@ -164,6 +170,16 @@ def open_session(spec: TrainSpec, dataset_dir: Path, output_dir: Path) -> Traini
 
 
 LORA_STATE_FILE = "lora_state.safetensors"
+
+
+def _check_world_size(spec: TrainSpec, accelerator: Accelerator) -> None:
+    """The spec's `gpus` sets the effective batch, and a checkpoint holds one RNG state per process: a
+    run with another number of processes would train (or resume) something else than was asked."""
+    if accelerator.num_processes != spec.gpus:
+        raise WorldSizeError(
+            f"gpus is {spec.gpus} but this run has {accelerator.num_processes} process(es); start it with "
+            f"`accelerate launch --num_processes {spec.gpus}` (or set gpus to {accelerator.num_processes})"
+        )
 
 
 def _checkpoint_only_lora_weights(accelerator: Accelerator) -> None:

@@ -96,8 +96,28 @@ class TrainSpec(BaseModel):
         description="Training square size in pixels, a multiple of 8. None uses the base model's native "
         "size (1024 for SDXL as in the reference recipe, 512 for SD 1.5).",
     )
-    train_batch_size: int = Field(default=8, ge=1, le=256, description="Pairs per device per micro-step.")
-    gradient_accumulation_steps: int = Field(default=2, ge=1, le=1024, description="Micro-steps per update.")
+    train_batch_size: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="Pairs per device (per process) per micro-step. Pairs per optimizer step, the effective "
+        "batch: train_batch_size x gpus x gradient_accumulation_steps.",
+    )
+    gradient_accumulation_steps: int = Field(
+        default=2,
+        ge=1,
+        le=1024,
+        description="Micro-steps per optimizer step (on each device; see train_batch_size).",
+    )
+    gpus: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Devices (one process each) that train this job data-parallel on one machine: each "
+        "process trains on its own share of the pairs with its own noise, and the gradients are averaged. "
+        "More than 1 runs the trainer under `accelerate launch`; a worker with fewer devices fails the "
+        "job with error `not_enough_gpus`. Logged metrics are averages over the processes.",
+    )
     max_train_steps: int = Field(default=2000, ge=1, le=1_000_000, description="Optimizer steps in all.")
     learning_rate: float = Field(default=1e-5, gt=0.0, le=1.0, description="Peak learning rate (AdamW).")
     lr_scheduler: LRScheduler = Field(default="constant", description="Learning-rate schedule after warmup.")

@@ -24,6 +24,7 @@ from trainer.errors import TrainingError
 from trainer.spec import TrainSpec
 from worker import shutdown
 from worker.context import WorkerContext
+from worker.devices import available_gpus, check_fits
 from worker.recorder import Recorder
 from worker.retry import retry_transient
 
@@ -97,7 +98,7 @@ def _train(ctx: WorkerContext, job_id: str, plan: Plan) -> Outcome:
     code = message = None
     try:
         status: Outcome = "succeeded"
-        if _prepare_and_train(plan, recorder):
+        if _prepare_and_train(plan, recorder, gpus=available_gpus(ctx.settings)):
             status = "requeued" if shutdown.requested() else "cancelled"
     except TrainingError as exc:
         status, code, message = "failed", exc.code, exc.message
@@ -118,10 +119,13 @@ def _train(ctx: WorkerContext, job_id: str, plan: Plan) -> Outcome:
     return _finish(ctx, job_id, status, code, message)
 
 
-def _prepare_and_train(plan: Plan, recorder: Recorder) -> bool:
+def _prepare_and_train(plan: Plan, recorder: Recorder, *, gpus: int) -> bool:
     """Complete a targets or avoid dataset with the base model's images (or find them from an earlier
-    run), then train; True if a stop request ended either first."""
+    run), then train, in this process or (spec.gpus > 1) in one process per device, of the `gpus` this
+    worker has; True if a stop request ended either first."""
+    check_fits(plan.spec, gpus)
     from trainer.completion import complete_dataset  # torch loads here, in the worker process only
+    from trainer.launch import train_data_parallel
     from trainer.loop import train
 
     def should_stop() -> bool:
@@ -136,7 +140,8 @@ def _prepare_and_train(plan: Plan, recorder: Recorder) -> bool:
     )
     if pairs_dir is None:
         return True
-    return train(plan.spec, pairs_dir, plan.output_dir, on_event=recorder, should_stop=should_stop).stopped
+    run = train if plan.spec.gpus == 1 else train_data_parallel
+    return run(plan.spec, pairs_dir, plan.output_dir, on_event=recorder, should_stop=should_stop).stopped
 
 
 def _hand_back(ctx: WorkerContext, job_id: str) -> Outcome:

@@ -107,9 +107,10 @@ def describe(event: Event) -> str:
     if isinstance(event, Started):
         if event.resumed_from_step:
             return f"resumed from the checkpoint of step {event.resumed_from_step}/{event.total_steps}"
+        parallel = f" on {event.world_size} processes" if event.world_size > 1 else ""
         return (
             f"training {event.model_family} at {event.resolution}px on {event.num_train_pairs} pairs "
-            f"({event.num_eval_pairs} held out), {event.trainable_parameters:,} LoRA parameters"
+            f"({event.num_eval_pairs} held out){parallel}, {event.trainable_parameters:,} LoRA parameters"
         )
     if isinstance(event, Step):
         return f"step {event.step}/{event.total_steps} loss {event.metrics.get('loss', float('nan')):.4f}"

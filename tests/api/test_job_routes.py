@@ -77,6 +77,7 @@ def test_create_job_queues_it_and_enqueues_the_task_after_commit(
         ({"hyperparameters": {"lr_warmup_steps": 10}}, "hyperparameters.lr_warmup_steps"),
         ({"hyperparameters": {"resolution": 100}}, "hyperparameters.resolution"),
         ({"hyperparameters": {"no_such_knob": 1}}, "hyperparameters.no_such_knob"),
+        ({"hyperparameters": {"gpus": 0}}, "hyperparameters.gpus"),
         ({"validation": {"every_n_steps": 5}}, "validation.every_n_steps"),
         ({"method": "ppo"}, "method"),
         ({"seed": -1}, "seed"),
@@ -90,6 +91,21 @@ def test_invalid_spec_is_422_naming_the_field(
     error = response.json()["error"]
     assert (error["code"], error["param"]) == ("invalid_request", param)
     assert error["message"]
+
+
+def test_gpus_is_shown_with_the_job_and_documented(
+    client: TestClient, headers: dict[str, str], dataset_id: str
+) -> None:
+    body = job_body(dataset_id)
+    body["hyperparameters"]["gpus"] = 2
+    created = client.post("/v1/jobs", json=body, headers=headers).json()
+    job = client.get(f"/v1/jobs/{created['id']}", headers=headers).json()
+    assert job["hyperparameters"]["gpus"] == 2
+    default = client.post("/v1/jobs", json=job_body(dataset_id), headers=headers).json()
+    assert default["hyperparameters"]["gpus"] == 1
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    gpus = schemas["Hyperparameters"]["properties"]["gpus"]
+    assert gpus["minimum"] == 1 and "data-parallel" in gpus["description"]
 
 
 def test_unknown_base_model_is_422(client: TestClient, headers: dict[str, str], dataset_id: str) -> None:

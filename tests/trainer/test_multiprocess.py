@@ -1,62 +1,149 @@
-"""`accelerate launch` with two CPU processes (gloo): both train, one writes; nothing in the code changes."""
+"""Several processes train one job data-parallel (`gpus` > 1): here 2 CPU processes over gloo, started by
+`accelerate launch` exactly as a worker starts them. Both ranks train their own share with their own
+noise, the main one reports and writes, and a stopped run resumes to the same adapter."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
-import yaml
+import torch
+from accelerate.data_loader import prepare_data_loader
+from safetensors.torch import load_file
+
+from tests.trainer.specs import tiny_spec
+from trainer.checkpoints import complete_checkpoints
+from trainer.errors import TrainingError, WorldSizeError
+from trainer.events import Artifact, Event, Finished, Started, Step
+from trainer.launch import LaunchResult, RankFailedError, train_data_parallel
+from trainer.loop import train
+from trainer.models import load_model
+from trainer.session import _build_data
+
+STEPS = 12
+
+
+@dataclass
+class Run:
+    result: LaunchResult
+    events: list[Event]
+    out: Path
+
+    def of(self, kind: type) -> list[Event]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+def _launch(base_model: Path, dataset: Path, out: Path, *, stop_after_step: int = STEPS) -> Run:
+    """Two processes train STEPS steps; a stop is requested once `stop_after_step` is reported."""
+    events: list[Event] = []
+    spec = tiny_spec(base_model, gpus=2, max_train_steps=STEPS, checkpoint_every_n_steps=4)
+
+    def should_stop() -> bool:
+        return any(isinstance(e, Step) and e.step >= stop_after_step for e in events)
+
+    result = train_data_parallel(spec, dataset, out, on_event=events.append, should_stop=should_stop)
+    return Run(result, events, out)
+
+
+@pytest.fixture(scope="module")
+def straight(tiny_sd: Path, color_pairs: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """One uninterrupted two-process run, shared by the tests that only read it."""
+    return _launch(tiny_sd, color_pairs, tmp_path_factory.mktemp("straight"))
 
 
 @pytest.mark.slow
-def test_two_processes_train_data_parallel_and_emit_one_event_stream(
+def test_two_processes_train_and_the_main_one_reports_once(straight: Run) -> None:
+    assert not straight.result.stopped and straight.result.final_step == STEPS
+    started = straight.of(Started)
+    assert len(started) == 1, "only the main process reports"
+    assert started[0].world_size == 2  # type: ignore[attr-defined]
+    assert started[0].effective_batch_size == 2 * 2 * 1  # type: ignore[attr-defined]
+    assert [e.step for e in straight.of(Step)] == list(range(1, STEPS + 1))  # type: ignore[attr-defined]
+    assert straight.events[-1] == Finished(step=STEPS, total_steps=STEPS, stopped=False)
+
+
+@pytest.mark.slow
+def test_each_rank_keeps_its_own_random_stream(straight: Run) -> None:
+    _, newest = complete_checkpoints(straight.out)[-1]
+    states = [torch.load(newest / "state" / f"random_states_{r}.pkl", weights_only=False) for r in (0, 1)]
+    assert not torch.equal(states[0]["torch_manual_seed"], states[1]["torch_manual_seed"])
+
+
+@pytest.mark.slow
+def test_one_adapter_is_written_and_diffusers_loads_it(straight: Run, tiny_sd: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    assert sorted(a.format for a in straight.of(Artifact)) == ["diffusers", "kohya"]  # type: ignore[attr-defined]
+    adapter = straight.out / "adapter"
+    names = sorted(p.name for p in adapter.iterdir())
+    assert names == ["lora_kohya.safetensors", "pytorch_lora_weights.safetensors"]
+    pipeline = StableDiffusionPipeline.from_pretrained(tiny_sd)
+    pipeline.load_lora_weights(adapter)
+    assert pipeline.get_active_adapters(), "the LoRA is attached to the pipeline"
+
+
+@pytest.mark.slow
+def test_a_stopped_run_resumes_to_the_adapter_of_the_uninterrupted_one(
+    straight: Run, tiny_sd: Path, color_pairs: Path, tmp_path: Path
+) -> None:
+    first = _launch(tiny_sd, color_pairs, tmp_path, stop_after_step=2)
+    assert first.result.stopped and first.result.final_step < STEPS
+    stopped_at = first.result.final_step
+    assert complete_checkpoints(tmp_path)[-1][0] == stopped_at, "a stop saves the steps done so far"
+    second = _launch(tiny_sd, color_pairs, tmp_path)
+    assert second.of(Started)[0].resumed_from_step == stopped_at  # type: ignore[attr-defined]
+    assert [e.step for e in second.of(Step)] == list(range(stopped_at + 1, STEPS + 1))  # type: ignore[attr-defined]
+    a = load_file(str(straight.out / "adapter" / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(tmp_path / "adapter" / "pytorch_lora_weights.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_a_typed_error_of_the_ranks_is_the_runs_error(tiny_sd: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainingError) as failure:
+        _launch(tiny_sd, tmp_path / "no-such-dataset", tmp_path / "out")
+    assert failure.value.code == "invalid_dataset"
+
+
+@pytest.mark.slow
+def test_a_killed_rank_fails_the_run_with_the_ranks_stderr(
     tiny_sd: Path, color_pairs: Path, tmp_path: Path
 ) -> None:
-    spec = {
-        "base_model": str(tiny_sd),
-        "resolution": 32,
-        "train_batch_size": 2,
-        "gradient_accumulation_steps": 1,
-        "max_train_steps": 4,
-        "checkpoint_every_n_steps": 2,
-        "mixed_precision": "no",
-    }
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--cpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "trainer",
-        "train",
-        "--spec",
-        str(tmp_path / "spec.yaml"),
-        "--dataset",
-        str(color_pairs),
-        "--output",
-        str(tmp_path / "out"),
-    ]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    events = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
-    assert [e["type"] for e in events].count("started") == 1, "only the main process reports"
-    started = events[0]
-    assert started["num_train_pairs"] == 8
-    assert [e["step"] for e in events if e["type"] == "step"] == [1, 2, 3, 4]
-    assert events[-1] == {"type": "finished", "step": 4, "total_steps": 4, "stopped": False}
-    assert sorted(p.name for p in (tmp_path / "out" / "adapter").iterdir()) == [
-        "lora_kohya.safetensors",
-        "pytorch_lora_weights.safetensors",
-    ]
+    def kill_a_rank(event: Event) -> None:
+        if isinstance(event, Step) and event.step == 1:
+            ranks = [
+                p
+                for p in psutil.Process().children(recursive=True)
+                if "trainer" in p.cmdline() and "accelerate.commands.launch" not in p.cmdline()
+            ]
+            ranks[-1].kill()
+
+    spec = tiny_spec(tiny_sd, gpus=2, max_train_steps=200, checkpoint_every_n_steps=100)
+    with pytest.raises(RankFailedError) as failure:
+        train_data_parallel(spec, color_pairs, tmp_path, on_event=kill_a_rank)
+    assert failure.value.code == "rank_failed"
+    assert "stderr:" in failure.value.message and "SIGKILL" in failure.value.message
+
+
+def test_a_spec_for_two_gpus_refuses_to_run_in_one_process(
+    tiny_sd: Path, color_pairs: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(WorldSizeError, match="gpus is 2 but this run has 1 process"):
+        train(tiny_spec(tiny_sd, gpus=2), color_pairs, tmp_path, on_event=lambda e: None)
+
+
+def test_each_rank_gets_its_own_share_of_every_epoch(tiny_sd: Path, color_pairs: Path) -> None:
+    spec = tiny_spec(tiny_sd, gpus=2)
+    model = load_model(str(tiny_sd), device=torch.device("cpu"), weight_dtype=torch.float32)
+    shares = []
+    for rank in (0, 1):
+        loader = _build_data(spec, model, color_pairs, 32).loader
+        shard = prepare_data_loader(loader, num_processes=2, process_index=rank, put_on_device=False)
+        shard.set_epoch(0)
+        shares.append([int(i) for batch in shard for i in batch["indices"]])
+    assert len(shares[0]) == len(shares[1]) == 4
+    assert not set(shares[0]) & set(shares[1])
+    assert sorted(shares[0] + shares[1]) == list(range(8))
