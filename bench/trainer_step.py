@@ -154,12 +154,13 @@ def _child(config: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _run_one(config: dict[str, Any]) -> dict[str, Any]:
-    extra: dict[str, Any] = {}
+    flops: dict[str, float] = {}
     if config["kind"] == "floor":
-        times, extra["flops_per_step"] = _floor_times(config)
+        times, flops["flops_per_step"], cuda = _floor_times(config)
         label = "floor"
     else:
         times = _train_times(config)
+        cuda = _cuda_facts()
         label = f"{config['method']}{' cached' if config['cache'] else ''}"
     measured = times[config["warmup"] :]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -170,8 +171,8 @@ def _run_one(config: dict[str, Any]) -> dict[str, Any]:
         "step_ms": 1000 * statistics.median(measured),
         "peak_rss_mb": peak_mb,
         "gradient_checkpointing": config.get("gradient_checkpointing", False),
-        **extra,
-        **_cuda_facts(),
+        **flops,
+        **cuda,
     }
 
 
@@ -206,8 +207,9 @@ def _train_times(config: dict[str, Any]) -> list[float]:
     return times
 
 
-def _floor_times(config: dict[str, Any]) -> tuple[list[float], float]:
-    """Bare forward + backward times of the LoRA UNet on 2B latents, and the FLOPs of one such pass."""
+def _floor_times(config: dict[str, Any]) -> tuple[list[float], float, dict[str, Any]]:
+    """Bare forward + backward times of the LoRA UNet on 2B latents, the FLOPs of one such pass, and the
+    GPU facts (peak memory) of the timed passes."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -240,10 +242,11 @@ def _floor_times(config: dict[str, Any]) -> tuple[list[float], float]:
         started = time.perf_counter()
         step()
         times.append(time.perf_counter() - started)
+    facts = _cuda_facts()
     counter = FlopCounterMode(display=False)
-    with counter:
+    with counter:  # attention runs unfused under the counter, so this pass's memory is not the floor's
         step()
-    return times, float(counter.get_total_flops())
+    return times, float(counter.get_total_flops()), facts
 
 
 def _cuda_facts() -> dict[str, Any]:
