@@ -43,8 +43,8 @@ from trainer.demo_data import write_demo_upload
 SHARED_STORAGE = local_folder_storage
 
 SHORT_JOBS = 4
-LONG_JOB_STEPS, CHECKPOINT_EVERY = 200, 10
-WAIT_S = 300
+LONG_JOB_STEPS, CHECKPOINT_EVERY = 60, 5
+WAIT_S = 600
 
 
 @dataclass
@@ -158,6 +158,7 @@ def _events(session: Session, job_id: str) -> list[Any]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_jobs_spread_over_two_hosts_and_a_cut_host_s_job_resumes_on_the_other(
     cluster: Cluster, tmp_path: Path
 ) -> None:
