@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from core.models import DeliveryStatus, WebhookEvent
+from core.queue import MAX_PRIORITY, MIN_PRIORITY
 from trainer.dataset_format import DatasetKind
 from trainer.spec import Method, SpecConflict, TrainSpec, ValidationSpec
 
@@ -148,6 +149,20 @@ class JobCreate(BaseModel):
     )
     metadata: dict[str, str] = Field(default_factory=dict, max_length=50, description="Your own labels.")
     seed: int = Field(default=0, ge=0, description="Seed of data order, noise, timesteps and LoRA init.")
+    queue: str | None = Field(
+        default=None,
+        max_length=100,
+        description="Training queue, e.g. one per GPU class (`GET /v1/workers` shows which workers consume "
+        "which); one of the server's MAPO_QUEUES. Default: the first of them.",
+        examples=["mapo.gpu"],
+    )
+    priority: int = Field(
+        default=0,
+        ge=MIN_PRIORITY,
+        le=MAX_PRIORITY,
+        description="0-9: within its queue a waiting job of higher priority starts first (with the Redis "
+        "broker; the embedded filesystem broker is first in, first out).",
+    )
 
     @field_validator("webhooks")
     @classmethod
@@ -212,6 +227,8 @@ class JobOut(BaseModel):
     webhooks: list[Webhook]
     metadata: dict[str, Any]
     seed: int
+    queue: str
+    priority: int
     progress: Progress
     error: JobError | None
     latest_metrics: dict[str, float]
@@ -301,3 +318,28 @@ class WebhookDeliveryOut(BaseModel):
     created_at: datetime
     finished_at: datetime | None
     attempts: list[WebhookAttemptOut]
+
+
+WorkerStatus = Literal["online", "offline", "stopped"]
+
+
+class WorkerOut(BaseModel):
+    """A worker process and what it trains with. Workers are shared by every tenant."""
+
+    id: str = Field(
+        description="Its Celery node name; a job's `running` events name the worker that picked it up.",
+        examples=["gpu1@h1"],
+    )
+    hostname: str
+    queues: list[str] = Field(description="Training queues it consumes; route a job with its `queue`.")
+    device: Literal["cpu", "cuda"]
+    gpu_model: str | None = Field(examples=["NVIDIA H100 80GB HBM3"])
+    gpu_memory_mb: int | None = Field(description="Memory of each GPU in MiB.")
+    gpu_count: int
+    version: str = Field(description="mapo-service version it runs.")
+    status: WorkerStatus = Field(
+        description="online: heard from within the heartbeat timeout; offline: not heard from since (lost, "
+        "cut off or killed); stopped: shut down cleanly."
+    )
+    started_at: datetime
+    last_seen_at: datetime

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_commands(commands, common)
     _add_job_commands(commands, common)
     _add_output_commands(commands, common)
+    workers = commands.add_parser("workers", parents=[common], help="the training workers and their GPUs")
+    workers.add_argument("--status", choices=["online", "offline", "stopped"])
+    workers.set_defaults(handler=cmd_workers)
     return parser
 
 
@@ -131,6 +134,8 @@ def _add_job_commands(commands: Subparsers, common: argparse.ArgumentParser) -> 
         "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="e.g. learning_rate=1e-4"
     )
     create.add_argument("--steps", type=int, help="max_train_steps")
+    create.add_argument("--queue", help="training queue, e.g. one per GPU class (see `mapo workers`)")
+    create.add_argument("--priority", type=int, help="0-9, higher starts first within its queue")
     create.add_argument("--idempotency-key", help="repeat the create safely")
     create.set_defaults(handler=cmd_jobs_create)
     listing = sub.add_parser("list", parents=[common], help="your jobs, newest first")
@@ -300,6 +305,8 @@ def cmd_jobs_create(args: argparse.Namespace) -> int:
         ("dataset_id", args.dataset),
         ("base_model", args.base_model),
         ("method", args.method),
+        ("queue", args.queue),
+        ("priority", args.priority),
     ):
         if value is not None:
             body[field] = value
@@ -326,6 +333,16 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
     with client_from(args) as mapo:
         page = mapo.list_jobs(status=args.status, limit=args.limit)
     _console().print(jobs_table(page.data))
+    return EXIT_OK
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    """A table of workers: id, status, queues, GPUs, version, last heartbeat."""
+    from client.output import workers_table
+
+    with client_from(args) as mapo:
+        workers = mapo.list_workers(status=args.status)
+    _console().print(workers_table(workers))
     return EXIT_OK
 
 

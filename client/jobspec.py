@@ -14,7 +14,18 @@ from typing import Any
 import yaml
 
 TOP_LEVEL_FIELDS = frozenset(
-    {"dataset_id", "base_model", "method", "validation", "webhooks", "metadata", "seed", "hyperparameters"}
+    {
+        "dataset_id",
+        "base_model",
+        "method",
+        "validation",
+        "webhooks",
+        "metadata",
+        "seed",
+        "queue",
+        "priority",
+        "hyperparameters",
+    }
 )
 
 

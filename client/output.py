@@ -1,4 +1,4 @@
-"""What the `mapo` command shows: tables of datasets and jobs, and the live progress of one job (rich)."""
+"""What the `mapo` command shows: tables of datasets, jobs and workers, and the live progress of a job."""
 
 from __future__ import annotations
 
@@ -32,6 +32,16 @@ def jobs_table(jobs: list[JSON]) -> Table:
             format_seconds(progress["eta_seconds"]) if job["status"] == "running" else "-",
             _local_time(job["created_at"]),
         )
+    return table
+
+
+def workers_table(workers: list[JSON]) -> Table:
+    """id, status, queues, device/GPUs and last heartbeat of each worker."""
+    table = Table("id", "status", "queues", "gpus", "version", "last seen")
+    for w in workers:
+        gpus = f"{w['gpu_count']}x {w['gpu_model']} ({w['gpu_memory_mb']} MiB)" if w["gpu_count"] else "cpu"
+        last_seen = _local_time(w["last_seen_at"], seconds=True)
+        table.add_row(w["id"], w["status"], ",".join(w["queues"]), gpus, w["version"], last_seen)
     return table
 
 

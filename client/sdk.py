@@ -150,9 +150,12 @@ class MapoClient:
         webhooks: Sequence[Mapping[str, Any]] = (),
         metadata: Mapping[str, str] | None = None,
         seed: int = 0,
+        queue: str | None = None,
+        priority: int = 0,
         idempotency_key: str | None = None,
     ) -> JSON:
-        """Create a training job; a repeated `idempotency_key` with the same body returns the same job."""
+        """Create a training job (on `queue`, default the server's first; `priority` 0-9, higher first);
+        a repeated `idempotency_key` with the same body returns the same job."""
         body: JSON = {
             "dataset_id": dataset_id,
             "base_model": base_model,
@@ -161,7 +164,10 @@ class MapoClient:
             "validation": dict(validation or {}),
             "metadata": dict(metadata or {}),
             "seed": seed,
+            "priority": priority,
         }
+        if queue is not None:
+            body["queue"] = queue
         if webhooks:
             body["webhooks"] = [dict(hook) for hook in webhooks]
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
@@ -186,6 +192,13 @@ class MapoClient:
     def list_jobs(self, *, status: str | None = None, limit: int = 20, after: str | None = None) -> Page:
         """A page of your jobs, newest first, optionally only those in `status`."""
         return self._page("/v1/jobs", {"status": status, "limit": limit, "after": after})
+
+    def list_workers(self, *, status: str | None = None) -> list[JSON]:
+        """The training workers (shared by every tenant): queues, GPUs, and online/offline/stopped."""
+        data: list[JSON] = self._json("GET", "/v1/workers", params={"status": status} if status else {})[
+            "data"
+        ]
+        return data
 
     def cancel_job(self, job_id: str) -> JSON:
         """Request cancellation (idempotent); MapoAPIError 409 once the job has succeeded or failed."""

@@ -8,17 +8,27 @@ from typing import Any
 from celery import Celery
 from kombu.exceptions import ChannelError
 
-from core.settings import Settings
+from core.settings import DEFAULT_QUEUE, Settings
 
-GPU_QUEUE = "mapo.gpu"
+GPU_QUEUE = DEFAULT_QUEUE
 TRAIN_JOB_TASK = "mapo.train_job"
 # Webhook deliveries have a queue of their own: they must never wait behind a training.
 WEBHOOK_QUEUE = "mapo.webhooks"
 DELIVER_WEBHOOK_TASK = "mapo.deliver_webhook"
 
 
+# Job priorities: 0 (lowest, the default) to 9 (highest).
+MIN_PRIORITY, MAX_PRIORITY = 0, 9
+# kombu's Redis transport keeps one list per priority step and pops the lowest step first; one step per
+# job priority, so every level is distinct (its default steps 0, 3, 6, 9 would merge neighbours).
+REDIS_PRIORITY_STEPS = list(range(MIN_PRIORITY, MAX_PRIORITY + 1))
+
+
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
-    """Options for the embedded `filesystem://` broker: one folder serves as both in- and outbox."""
+    """Transport options: priority lists on Redis; for the embedded `filesystem://` broker one folder
+    that serves as both in- and outbox (that transport has no priorities: its queues are FIFO)."""
+    if settings.broker_url.startswith(("redis", "rediss")):
+        return {"priority_steps": REDIS_PRIORITY_STEPS}
     if not settings.broker_url.startswith("filesystem"):
         return {}
     folder = str(settings.broker_dir.resolve())
@@ -55,9 +65,18 @@ def make_producer(settings: Settings) -> Celery:
     return app
 
 
-def enqueue_train_job(producer: Celery, job_id: str) -> None:
-    """Send the training task for `job_id`; call only after the job row is committed."""
-    producer.send_task(TRAIN_JOB_TASK, args=[job_id], queue=GPU_QUEUE)
+def broker_priority(priority: int) -> int:
+    """The message priority for a job priority (higher first): kombu's Redis transport serves the
+    lowest number first, so the scale is turned over."""
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise ValueError(f"priority must be {MIN_PRIORITY}..{MAX_PRIORITY}, got {priority}")
+    return MAX_PRIORITY - priority
+
+
+def enqueue_train_job(producer: Celery, job_id: str, *, queue: str = GPU_QUEUE, priority: int = 0) -> None:
+    """Send the training task for `job_id` to `queue` (the job's); call only after the job row is
+    committed."""
+    producer.send_task(TRAIN_JOB_TASK, args=[job_id], queue=queue, priority=broker_priority(priority))
 
 
 def enqueue_webhook_delivery(

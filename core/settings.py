@@ -6,13 +6,16 @@ so a production deployment cannot start with them by accident.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEV_PEPPER = "mapo-development-pepper-not-secret"
+DEFAULT_QUEUE = "mapo.gpu"
+QUEUE_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 Environment = Literal["development", "test", "production"]
 
 
@@ -93,12 +96,44 @@ class Settings(BaseSettings):
         "the CUDA devices it sees (1 without CUDA). Without CUDA a larger number runs that many CPU "
         "processes over gloo, which is what the tests do.",
     )
+    queues: Annotated[list[str], NoDecode] = Field(
+        default=[DEFAULT_QUEUE],
+        min_length=1,
+        description="Training queues a job may name (comma-separated, e.g. `mapo.gpu,mapo.gpu.h100`: one "
+        "per GPU class); the first is where a job without `queue` goes.",
+    )
+    worker_queues: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Training queues this worker consumes (comma-separated) when started without `-Q`; "
+        "empty means the first of `queues`.",
+    )
+
+    @field_validator("queues", "worker_queues", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [name.strip() for name in value.split(",") if name.strip()]
+        if isinstance(value, list):
+            bad = [name for name in value if not isinstance(name, str) or not QUEUE_NAME.fullmatch(name)]
+            if bad:
+                raise ValueError(f"queue names are letters, digits, '.', '-' and '_': {bad}")
+        return value
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Self:
         if self.environment != "development" and self.api_key_pepper.get_secret_value() == DEV_PEPPER:
             raise ValueError(f"MAPO_API_KEY_PEPPER must be set when MAPO_ENVIRONMENT={self.environment}")
         return self
+
+    @property
+    def default_queue(self) -> str:
+        """Where a job that names no queue goes."""
+        return self.queues[0]
+
+    @property
+    def consumed_queues(self) -> list[str]:
+        """The training queues a worker started without `-Q` consumes."""
+        return self.worker_queues or [self.default_queue]
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -40,7 +40,9 @@ class PrivatePostgres:
     Its folder is a fresh one under the system temp dir rather than pytest's tmp_path: when we are root the
     server runs as `postgres`, which cannot enter pytest's root-only folders."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, address: str = "127.0.0.1", options: tuple[str, ...] = ()) -> None:
+        """`address`: where clients connect (it also listens on loopback); another address is opened
+        to its /24 with trust auth (network-namespace tests). `options`: extra `-c name=value` settings."""
         bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
         if not bins:
             unavailable("PostgreSQL server binaries (initdb, pg_ctl) not found; outage tests skipped")
@@ -48,12 +50,17 @@ class PrivatePostgres:
         self.root = Path(tempfile.mkdtemp(prefix="mapo-test-pg-"))
         self.data = self.root / "pgdata"
         self.port = free_port()
-        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/mapo"
+        self.address, self.options = address, options
+        self.url = f"postgresql+psycopg://postgres@{address}:{self.port}/mapo"
         # initdb and postgres refuse to run as root: run them as the `postgres` user when we are root.
         self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         if self._as:
             shutil.chown(self.root, "postgres")
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        if address != "127.0.0.1":
+            subnet = address.rsplit(".", 1)[0] + ".0/24"
+            with (self.data / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host all all {subnet} trust\n")
         self.start()
         self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "mapo")
 
@@ -63,7 +70,9 @@ class PrivatePostgres:
             raise RuntimeError(f"{tool} failed ({done.returncode}): {done.stderr or done.stdout}")
 
     def start(self) -> None:
-        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data}"
+        listen = ",".join(dict.fromkeys(["127.0.0.1", self.address]))
+        extra = "".join(f" -c {option}" for option in self.options)
+        options = f"-p {self.port} -c listen_addresses={listen} -k {self.data}{extra}"
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-w", "-l", str(self.data / "log"), "start")
         _wait_for_port(self.port, up=True)
 
@@ -84,14 +93,16 @@ class PrivateRedis:
     """A redis-server on a free port that keeps nothing on disk: a restart loses every message, which is
     the worst case a broker restart can bring."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, address: str = "127.0.0.1") -> None:
+        """`address`: where clients connect (it also listens on loopback)."""
         binary = shutil.which("redis-server")
         if binary is None:
             unavailable("redis-server not found; broker outage tests skipped")
         self.binary = binary
         self.root = root
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.address = address
+        self.url = f"redis://{address}:{self.port}/0"
         root.mkdir(parents=True, exist_ok=True)
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
@@ -103,7 +114,10 @@ class PrivateRedis:
                 "--port",
                 str(self.port),
                 "--bind",
-                "127.0.0.1",
+                " ".join(dict.fromkeys(["127.0.0.1", self.address])),
+                # Without a password Redis answers only loopback clients unless told otherwise.
+                "--protected-mode",
+                "no" if self.address != "127.0.0.1" else "yes",
                 "--save",
                 "",
                 "--appendonly",

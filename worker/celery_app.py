@@ -9,12 +9,20 @@ never wait behind a training.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
+from celery.signals import (
+    celeryd_init,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
+from kombu.entity import Queue
 
-from core.queue import GPU_QUEUE, celery_config
+from core.queue import celery_config
 from core.settings import Settings
 
 # Longer than any training, so Redis never hands a healthy running job to a second worker.
@@ -24,14 +32,15 @@ REDIS_VISIBILITY_TIMEOUT_S = 7 * 24 * 3600
 def worker_config(settings: Settings) -> dict[str, Any]:
     config = celery_config(settings)
     if settings.broker_url.startswith(("redis", "rediss")):
-        config["broker_transport_options"] = {"visibility_timeout": REDIS_VISIBILITY_TIMEOUT_S}
+        config["broker_transport_options"] |= {"visibility_timeout": REDIS_VISIBILITY_TIMEOUT_S}
     config |= {
         "task_acks_late": True,
         "worker_prefetch_multiplier": 1,
         "worker_concurrency": 1,
         "worker_max_tasks_per_child": 1,
-        "task_queues": None,
-        "task_default_queue": GPU_QUEUE,
+        # Consumed when the worker is started without `-Q` (MAPO_WORKER_QUEUES; `-Q` overrides it).
+        "task_queues": [Queue(name) for name in settings.consumed_queues],  # type: ignore[no-untyped-call]
+        "task_default_queue": settings.consumed_queues[0],
         "include": ["worker.tasks"],
     }
     return config
@@ -48,21 +57,33 @@ def create_app(settings: Settings | None = None) -> Celery:
 _reconciler: dict[str, Any] = {}
 
 
+@celeryd_init.connect
+def _remember_node_name(sender: str, **_: Any) -> None:
+    """Before the pool forks: job rows name the node (e.g. gpu1@host) that ran them, as `workers` does."""
+    from worker.context import set_node_name
+
+    set_node_name(sender)
+
+
 @worker_ready.connect
-def _start_reconciler(**_: Any) -> None:
-    """In the worker's main process: requeue jobs whose worker died, now and periodically."""
+def _start_reconciler(sender: Any, **_: Any) -> None:
+    """In the worker's main process: advertise this worker and requeue jobs whose worker died, now and
+    periodically."""
     from core.db import Database
     from core.queue import make_producer
+    from worker.capabilities import advertisement
     from worker.reconciler import start_reconciler
 
     settings = Settings()
     db = Database(settings)
-    _reconciler["db"] = db
+    queues = sorted(sender.app.amqp.queues.consume_from)
+    _reconciler["db"], _reconciler["worker_id"] = db, sender.hostname
     _reconciler["stop"] = start_reconciler(
         db,
         make_producer(settings),
         heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
         interval_seconds=settings.reconcile_interval_seconds,
+        advertisement=advertisement(sender.hostname, queues),
     )
 
 
@@ -85,11 +106,23 @@ def _ask_running_jobs_to_checkpoint(**_: Any) -> None:
 def _stop_reconciler(**_: Any) -> None:
     if "stop" in _reconciler:
         _reconciler["stop"].set()
+        _mark_stopped(_reconciler["db"], _reconciler["worker_id"])
     sender = _reconciler.pop("webhook_sender", None)
     if sender is not None:
         from worker.webhook_sidecar import stop_sender
 
         stop_sender(sender)
+
+
+def _mark_stopped(db: Any, worker_id: str) -> None:
+    from core.repositories import workers as worker_repo
+
+    try:
+        with db.session_scope() as session:
+            worker_repo.mark_stopped(session, worker_id)
+    except Exception:
+        # The row then just ages out: a worker not seen for the heartbeat timeout counts as gone.
+        logging.getLogger(__name__).warning("could not mark worker %s stopped", worker_id, exc_info=True)
 
 
 @worker_process_init.connect
@@ -98,6 +131,7 @@ def _fresh_connections_after_fork(**_: Any) -> None:
     if "db" in _reconciler:
         _reconciler.pop("db").engine.dispose(close=False)
     _reconciler.pop("stop", None)
+    _reconciler.pop("worker_id", None)
     _reconciler.pop("webhook_sender", None)  # the main process's to stop, never a child's
     from worker.context import get_context
 

@@ -28,6 +28,14 @@ class WorkerContext:
         return make_producer(self.settings)
 
 
+_node: dict[str, str] = {}
+
+
+def set_node_name(name: str) -> None:
+    """The Celery node name (`-n`, e.g. gpu1@host) of this worker; set in the main process before fork."""
+    _node["name"] = name
+
+
 @cache
 def get_context() -> WorkerContext:
     """Built lazily in the process that runs tasks (after Celery's fork), once."""
@@ -37,5 +45,6 @@ def get_context() -> WorkerContext:
         settings=settings,
         db=Database(settings),
         storage=LocalStorage(settings.storage_root),
-        worker_id=f"{socket.gethostname()}:{os.getpid()}",
+        # The node name ties a job row to its `workers` row; the pid tells the pool children apart.
+        worker_id=f"{_node.get('name', socket.gethostname())}:{os.getpid()}",
     )

@@ -160,7 +160,11 @@ def _hand_back_once(ctx: WorkerContext, job_id: str) -> Outcome:
             return "cancelled"
         message = "requeued: its worker is shutting down; the next one resumes from the checkpoint"
         event_repo.append_event(session, job_id, "requeued", message, level="warning")
-        after_commit(session, lambda: enqueue_train_job(producer, job_id))
+        route = job_repo.get_route(session, job_id)
+        after_commit(
+            session,
+            lambda: enqueue_train_job(producer, job_id, queue=route.queue, priority=route.priority),
+        )
     return "requeued"
 
 

@@ -30,6 +30,7 @@ def create_job(
         allowed = ", ".join(sorted(context.settings.base_models)) or "none configured"
         message = f"unknown base_model {body.base_model!r} (allowed: {allowed})"
         raise InvalidRequest(message, param="base_model", code="unknown_base_model")
+    queue = _require_queue(context, body.queue)
     request_hash = hashlib.sha256(
         json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()
     ).hexdigest()
@@ -40,7 +41,7 @@ def create_job(
     dataset = require_dataset(session, tenant, body.dataset_id)
     if dataset.status != "ready":
         raise Conflict(f"dataset {dataset.id} is {dataset.status}, not ready", param="dataset_id")
-    job = _new_job(tenant, body, idempotency_key=idempotency_key, request_hash=request_hash)
+    job = _new_job(tenant, body, queue=queue, idempotency_key=idempotency_key, request_hash=request_hash)
     try:
         with session.begin_nested():
             job_repo.add_job(session, job)
@@ -54,12 +55,25 @@ def create_job(
     if body.webhooks:
         # Created now, so the secret can be fetched before the first delivery is signed with it.
         webhook_repo.ensure_secret(session, tenant.id)
-    producer, job_id = context.producer, job.id
-    after_commit(session, lambda: enqueue_train_job(producer, job_id))
+    producer, job_id, priority = context.producer, job.id, body.priority
+    after_commit(session, lambda: enqueue_train_job(producer, job_id, queue=queue, priority=priority))
     return job_out(job)
 
 
-def _new_job(tenant: Tenant, body: JobCreate, *, idempotency_key: str | None, request_hash: str) -> Job:
+def _require_queue(context: AppContext, queue: str | None) -> str:
+    """The job's queue: the one asked for if the server has it (422 naming `queue` if not), else the
+    default."""
+    if queue is None:
+        return context.settings.default_queue
+    if queue not in context.settings.queues:
+        message = f"unknown queue {queue!r} (allowed: {', '.join(context.settings.queues)})"
+        raise InvalidRequest(message, param="queue", code="unknown_queue")
+    return queue
+
+
+def _new_job(
+    tenant: Tenant, body: JobCreate, *, queue: str, idempotency_key: str | None, request_hash: str
+) -> Job:
     spec = body.to_spec()
     return Job(
         tenant_id=tenant.id,
@@ -71,6 +85,8 @@ def _new_job(tenant: Tenant, body: JobCreate, *, idempotency_key: str | None, re
         webhooks=[hook.model_dump(mode="json") for hook in body.webhooks],
         metadata_=body.metadata,
         seed=body.seed,
+        queue=queue,
+        priority=body.priority,
         status="queued",
         total_steps=spec.max_train_steps,
         idempotency_key=idempotency_key,
@@ -102,6 +118,8 @@ def job_out(job: Job) -> JobOut:
             "webhooks": job.webhooks or [],
             "metadata": job.metadata_,
             "seed": job.seed,
+            "queue": job.queue,
+            "priority": job.priority,
             "progress": Progress(step=job.step, total_steps=job.total_steps, eta_seconds=job.eta_seconds),
             "error": error,
             "latest_metrics": job.latest_metrics,

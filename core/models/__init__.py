@@ -8,6 +8,7 @@ from core.models.metric import Metric
 from core.models.outputs import Artifact, ArtifactFormat, Checkpoint, Sample
 from core.models.tenant import ApiKey, Tenant
 from core.models.webhook import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEvent, WebhookSecret
+from core.models.worker import DeviceKind, Worker
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -21,6 +22,7 @@ __all__ = [
     "Dataset",
     "DatasetStatus",
     "DeliveryStatus",
+    "DeviceKind",
     "EventLevel",
     "Job",
     "JobEvent",
@@ -32,6 +34,7 @@ __all__ = [
     "WebhookDelivery",
     "WebhookEvent",
     "WebhookSecret",
+    "Worker",
     "new_id",
     "utcnow",
 ]

@@ -13,6 +13,7 @@ from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.models.base import Base, UTCDateTime, new_id, utcnow
+from core.settings import DEFAULT_QUEUE
 
 JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
@@ -26,6 +27,7 @@ class Job(Base):
         UniqueConstraint("tenant_id", "idempotency_key"),
         Index("ix_jobs_tenant_id_status", "tenant_id", "status"),
         Index("ix_jobs_tenant_id_id", "tenant_id", "id"),
+        Index("ix_jobs_status_queue", "status", "queue"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("job"))
@@ -40,6 +42,12 @@ class Job(Base):
     webhooks: Mapped[list[dict[str, Any]]] = mapped_column(JSON, nullable=True, default=list)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     seed: Mapped[int] = mapped_column(default=0)
+    queue: Mapped[str] = mapped_column(
+        String(100), default=DEFAULT_QUEUE, server_default=DEFAULT_QUEUE, doc="Broker queue it waits on."
+    )
+    priority: Mapped[int] = mapped_column(
+        default=0, server_default="0", doc="0-9, higher first within its queue."
+    )
     status: Mapped[str] = mapped_column(String(20), default="queued")
     step: Mapped[int] = mapped_column(default=0)
     total_steps: Mapped[int] = mapped_column(default=0)

@@ -6,10 +6,11 @@ processes racing on the same row cannot both win (the loser sees `False`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CursorResult, Update, select, update
+from sqlalchemy import CursorResult, Update, func, select, update
 from sqlalchemy.orm import Session
 
 from core.models import FINISHED_STATUSES, Job, utcnow
@@ -164,7 +165,32 @@ def stale_job_ids(session: Session, *, stale_before: datetime) -> list[str]:
     return list(session.scalars(stmt.order_by(Job.id)))
 
 
-def queued_job_ids(session: Session, *, created_before: datetime) -> list[str]:
-    """Jobs still waiting for a worker that were created before `created_before`, oldest first."""
+def queued_job_ids(session: Session, *, created_before: datetime, queue: str | None = None) -> list[str]:
+    """Jobs still waiting for a worker that were created before `created_before` (only those routed to
+    `queue`, if given), oldest first."""
     stmt = select(Job.id).where(Job.status == "queued", Job.created_at < created_before)
+    if queue is not None:
+        stmt = stmt.where(Job.queue == queue)
     return list(session.scalars(stmt.order_by(Job.created_at)))
+
+
+def queued_counts(session: Session) -> dict[str, int]:
+    """How many jobs wait on each queue (queues with none are absent)."""
+    stmt = select(Job.queue, func.count()).where(Job.status == "queued").group_by(Job.queue)
+    return {queue: count for queue, count in session.execute(stmt).tuples()}
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a job's message goes: its queue, and its priority there (0-9, higher first)."""
+
+    queue: str
+    priority: int
+
+
+def get_route(session: Session, job_id: str) -> Route:
+    """The job's queue and priority; KeyError if there is no such job."""
+    row = session.execute(select(Job.queue, Job.priority).where(Job.id == job_id)).one_or_none()
+    if row is None:
+        raise KeyError(job_id)
+    return Route(queue=row.queue, priority=row.priority)

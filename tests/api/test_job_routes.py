@@ -42,11 +42,11 @@ def job_body(dataset_id: str, **overrides: Any) -> dict[str, Any]:
     return {**body, **overrides}
 
 
-def received_task_args(settings: Settings) -> list[Any]:
-    """Every train task waiting on the real embedded broker, by its args."""
+def received_task_args(settings: Settings, queue_name: str = GPU_QUEUE) -> list[Any]:
+    """Every train task waiting on `queue_name` of the real embedded broker, by its args."""
     found = []
     with Connection(settings.broker_url, transport_options=broker_transport_options(settings)) as conn:
-        queue = conn.SimpleQueue(GPU_QUEUE)
+        queue = conn.SimpleQueue(queue_name)
         while True:
             try:
                 message = queue.get(timeout=0.2)

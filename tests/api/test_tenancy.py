@@ -70,6 +70,7 @@ def calls(owned: Owned) -> dict[tuple[str, str], Call]:
         ),
         ("GET", "/v1/webhooks/secret"): Call("GET", "/v1/webhooks/secret", {}),
         ("POST", "/v1/webhooks/secret/rotate"): Call("POST", "/v1/webhooks/secret/rotate", {}),
+        ("GET", "/v1/workers"): Call("GET", "/v1/workers", {}),
     }
     return table
 
@@ -78,6 +79,8 @@ def calls(owned: Owned) -> dict[tuple[str, str], Call]:
 CREATES = {("POST", "/v1/datasets")}
 # Lists answer 200 with only the caller's rows.
 LISTS = {("GET", "/v1/datasets"), ("GET", "/v1/jobs")}
+# Shared infrastructure every key may read: it holds no tenant's data.
+SHARED = {("GET", "/v1/workers")}
 # The caller's own webhook secret: a stranger gets (and rotates) theirs, never the owner's.
 OWN_SECRET = {("GET", "/v1/webhooks/secret"), ("POST", "/v1/webhooks/secret/rotate")}
 
@@ -146,6 +149,8 @@ def test_another_tenant_gets_404_on_every_route_and_changes_nothing(
         response = client.request(call.method, call.path, headers=stranger, **call.kwargs)
         if route in CREATES:
             assert response.status_code == 201, (route, response.text)
+        elif route in SHARED:
+            assert response.status_code == 200, (route, response.text)
         elif route in OWN_SECRET:
             assert response.status_code == 200 and response.json()["secret"] != owner_secret, route
         elif route in LISTS:

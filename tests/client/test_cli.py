@@ -206,3 +206,18 @@ def png(color: tuple[int, int, int]) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (8, 8), color).save(out, format="PNG")
     return out.getvalue()
+
+
+def test_workers_is_a_table_of_queues_and_gpus(api_server: ApiServer) -> None:
+    from core.repositories import workers as worker_repo
+    from tests.core.test_worker_repository import advertisement
+
+    database = Database(Settings(data_dir=api_server.data_dir))
+    with database.session_scope() as session:
+        worker_repo.register_worker(session, advertisement("h100-a@h1"))
+    database.dispose()
+    listed = mapo("workers", env=api_server.env)
+    assert listed.returncode == 0, listed.stderr
+    row = next(r for r in listed.stdout.splitlines() if "h100-a@h1" in r)
+    assert "online" in row and "mapo.gpu.h100" in row and "8x NVIDIA H100 80GB HBM3 (81559 MiB)" in row
+    assert "h100-a@h1" not in mapo("workers", "--status", "offline", env=api_server.env).stdout

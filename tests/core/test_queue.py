@@ -1,9 +1,17 @@
 import json
 from pathlib import Path
 
+import pytest
 from kombu import Connection
 
-from core.queue import GPU_QUEUE, TRAIN_JOB_TASK, broker_transport_options, enqueue_train_job, make_producer
+from core.queue import (
+    GPU_QUEUE,
+    TRAIN_JOB_TASK,
+    broker_priority,
+    broker_transport_options,
+    enqueue_train_job,
+    make_producer,
+)
 from core.settings import Settings
 
 
@@ -18,3 +26,29 @@ def test_enqueue_puts_the_task_by_name_on_the_embedded_broker(tmp_path: Path) ->
         assert message.headers["task"] == TRAIN_JOB_TASK
         assert json.loads(message.body)[0] == ["job_123"]
         message.ack()
+
+
+def test_a_job_is_enqueued_on_its_own_queue_with_its_priority(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    settings.ensure_dirs()
+    enqueue_train_job(make_producer(settings), "job_h100", queue="mapo.gpu.h100", priority=7)
+
+    options = broker_transport_options(settings)
+    with Connection(settings.broker_url, transport_options=options) as conn:
+        assert conn.SimpleQueue(GPU_QUEUE).qsize() == 0
+        message = conn.SimpleQueue("mapo.gpu.h100").get(timeout=5)
+        assert json.loads(message.body)[0] == ["job_h100"]
+        # kombu's Redis transport serves the lowest number first: priority 7 travels as 2.
+        assert message.properties["priority"] == 2
+        message.ack()
+
+
+def test_broker_priority_turns_the_scale_over_and_refuses_values_out_of_range() -> None:
+    assert [broker_priority(p) for p in (0, 5, 9)] == [9, 4, 0]
+    with pytest.raises(ValueError, match="priority"):
+        broker_priority(10)
+
+
+def test_redis_queues_get_one_priority_list_per_job_priority() -> None:
+    options = broker_transport_options(Settings(broker_url="redis://127.0.0.1:6379/0"))
+    assert options["priority_steps"] == list(range(10))

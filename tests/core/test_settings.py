@@ -38,3 +38,19 @@ def test_base_models_come_from_the_environment_as_json(monkeypatch: pytest.Monke
     assert settings.max_upload_bytes == 1024
     with pytest.raises(KeyError):
         settings.base_model_location("unknown")
+
+
+def test_queues_come_from_the_environment_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAPO_QUEUES", "mapo.gpu, mapo.gpu.h100")
+    settings = Settings()
+    assert settings.queues == ["mapo.gpu", "mapo.gpu.h100"]
+    assert settings.default_queue == "mapo.gpu"
+    assert settings.consumed_queues == ["mapo.gpu"]
+    monkeypatch.setenv("MAPO_WORKER_QUEUES", "mapo.gpu.h100")
+    assert Settings().consumed_queues == ["mapo.gpu.h100"]
+
+
+def test_a_queue_name_with_odd_characters_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAPO_QUEUES", "mapo.gpu,bad queue")
+    with pytest.raises(ValidationError, match="queue names"):
+        Settings()

@@ -156,3 +156,55 @@ def test_queued_jobs_are_resent_only_when_the_broker_lost_their_messages(
     assert set(resent) == {lost.id, *(job.id for job in jobs)}
     assert waiting_message_count(producer) == 5  # duplicates are no-ops when delivered
     assert resend_lost_jobs(ctx.db, producer, waited_seconds=0) == [], "counts agree again"
+
+
+def test_lost_messages_are_counted_and_resent_queue_by_queue(
+    worker_settings: Settings, make_job: Callable[..., Job], session: Session, ctx: WorkerContext
+) -> None:
+    from core.queue import enqueue_train_job, waiting_message_count
+    from worker.reconciler import resend_lost_jobs
+
+    producer = make_producer(worker_settings)
+    default, h100 = make_job(validation={}), make_job(validation={})
+    session.execute(update(Job).where(Job.id == h100.id).values(queue="mapo.gpu.h100", priority=9))
+    session.commit()
+    enqueue_train_job(producer, default.id)  # h100's message never reached the broker
+    assert resend_lost_jobs(ctx.db, producer, waited_seconds=0) == [h100.id]
+    assert waiting_message_count(producer, "mapo.gpu.h100") == 1
+    assert waiting_message_count(producer, "mapo.gpu") == 1, "a full queue beside it is left alone"
+    assert resend_lost_jobs(ctx.db, producer, waited_seconds=0) == []
+
+
+def test_a_stale_job_is_requeued_on_its_own_queue(
+    ctx: WorkerContext, make_job: Callable[..., Job], session: Session
+) -> None:
+    from core.queue import waiting_message_count
+
+    job = make_job()
+    session.execute(update(Job).where(Job.id == job.id).values(queue="mapo.gpu.h100"))
+    _hold(session, job, status="running", heartbeat_age_s=600)
+    producer = make_producer(ctx.settings)
+    assert reconcile(ctx.db, producer, heartbeat_timeout_seconds=120) == [job.id]
+    assert waiting_message_count(producer, "mapo.gpu.h100") == 1
+    assert waiting_message_count(producer, "mapo.gpu") == 0
+
+
+def test_a_worker_process_advertises_itself_and_says_when_it_stopped(
+    worker_settings: Settings, session: Session, tmp_path: Path
+) -> None:
+    from core.repositories import workers as worker_repo
+
+    log = tmp_path / "worker.log"
+    with running_worker(worker_settings, log, MAPO_RECONCILE_INTERVAL_SECONDS="1") as process:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not worker_repo.list_workers(session):
+            session.expire_all()
+            time.sleep(0.2)
+        (row,) = worker_repo.list_workers(session)
+        assert row.queues == ["mapo.gpu"] and row.stopped_at is None, log.read_text(errors="replace")[-2000:]
+        assert row.device in ("cpu", "cuda") and (row.gpu_count > 0) == (row.device == "cuda")
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    session.expire_all()
+    (row,) = worker_repo.list_workers(session)
+    assert row.stopped_at is not None

@@ -1,0 +1,71 @@
+"""Priorities on a real Redis broker with one real worker: while it is busy, a high-priority job sent after
+a low-priority one starts first."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from core.models import Job
+from core.queue import enqueue_train_job, make_producer
+from core.repositories import jobs as job_repo
+from core.settings import Settings
+from tests.servers import PrivateRedis
+from tests.worker.conftest import running_worker
+from tests.worker.test_celery_process import wait_finished
+
+
+@pytest.fixture
+def redis_broker(tmp_path: Path) -> Iterator[PrivateRedis]:
+    # A server of its own: the shared test Redis's queues are consumed by other people's workers.
+    server = PrivateRedis(tmp_path / "redis")
+    yield server
+    server.close()
+
+
+def _job_at(session: Session, make_job: Callable[..., Job], priority: int, **spec: object) -> Job:
+    job = make_job(validation={}, **spec)
+    session.execute(update(Job).where(Job.id == job.id).values(priority=priority))
+    session.commit()
+    return job
+
+
+def _wait_running(session: Session, job_id: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        session.expire_all()
+        if job_repo.get_status(session, job_id) == "running":
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not start within {timeout} s")
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_high_priority_job_sent_last_starts_before_a_low_one_waiting(
+    worker_settings: Settings,
+    redis_broker: PrivateRedis,
+    make_job: Callable[..., Job],
+    session: Session,
+    tmp_path: Path,
+) -> None:
+    settings = worker_settings.model_copy(update={"broker_url": redis_broker.url})
+    producer = make_producer(settings)
+    busy = _job_at(session, make_job, 0, max_train_steps=30)
+    low, high = _job_at(session, make_job, 0), _job_at(session, make_job, 9)
+    log = tmp_path / "worker.log"
+    with running_worker(settings, log):
+        enqueue_train_job(producer, busy.id, priority=0)
+        _wait_running(session, busy.id)  # the worker holds one message at a time: the rest wait
+        enqueue_train_job(producer, low.id, priority=0)
+        enqueue_train_job(producer, high.id, priority=9)
+        finished = {job.id: wait_finished(session, job.id, timeout=300) for job in (busy, low, high)}
+    text = log.read_text(errors="replace")[-3000:]
+    assert all(job.status == "succeeded" for job in finished.values()), text
+    started = {job_id: job.started_at for job_id, job in finished.items()}
+    assert started[busy.id] < started[high.id] < started[low.id], (started, text)
