@@ -25,7 +25,6 @@ from pathlib import Path
 import httpx
 
 from client import admin
-from core.queue import GPU_QUEUE
 from core.settings import Settings
 from trainer.base_models import shipped_base_models
 
@@ -59,7 +58,7 @@ def serve(*, host: str, port: int) -> int:
         return 1
     supervisor = Supervisor(
         api=Child("api", api_command(host, port)),
-        worker=Child("worker", worker_command()),
+        worker=Child("worker", worker_command(settings.queues)),
         env=child_env(settings, base_models),
         ready_url=f"{local_url(host, port)}/readyz",
     )
@@ -146,10 +145,11 @@ def api_command(host: str, port: int) -> list[str]:
     ]
 
 
-def worker_command() -> list[str]:
-    """One Celery worker on the GPU queue, one training at a time."""
+def worker_command(queues: list[str]) -> list[str]:
+    """One Celery worker, one training at a time, on every training queue: the embedded service has this
+    one worker, so a job sent to any configured queue (MAPO_QUEUES) must reach it."""
     return [
-        *(sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", GPU_QUEUE),
+        *(sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", ",".join(queues)),
         *("--concurrency", "1", "--loglevel", "INFO"),
         # Unique per service, so two services on one machine do not share a node name.
         *("--hostname", f"mapo-{os.getpid()}@%h"),

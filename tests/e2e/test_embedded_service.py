@@ -33,8 +33,11 @@ KEY_LINE = re.compile(r"MAPO_API_KEY=(mapo_\S+)")
 READY_LINE = re.compile(r"ready at (http://\S+)")
 CHILD_LINE = re.compile(r"started the (?:api|worker) \(pid (\d+)\)")
 
+# The embedded service's one worker serves every configured queue, so a job routed to the second runs too.
+QUEUES = "mapo.gpu,mapo.gpu.large"
 JOB_SPEC: dict[str, Any] = {
     "base_model": "tiny-sdxl",
+    "queue": "mapo.gpu.large",
     "method": "mapo",
     "hyperparameters": FAST_TRAINING,
     "validation": {"prompts": ["a large circle at the centre, flat illustration"], "num_inference_steps": 2},
@@ -86,6 +89,7 @@ def service(tmp_path: Path) -> Iterator[Service]:
     """`python -m client serve` on a free port with its data under tmp_path; killed if a test leaves it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAPO_")}
     env["MAPO_DATA_DIR"] = str(tmp_path / "mapo-data")
+    env["MAPO_QUEUES"] = QUEUES
     stdout, stderr = tmp_path / "serve.out", tmp_path / "serve.err"
     command = [sys.executable, "-m", "client", "serve", "--port", str(free_port())]
     with stdout.open("wb") as out, stderr.open("wb") as err:
@@ -163,6 +167,7 @@ def test_embedded_service_trains_a_tiny_sdxl_job_end_to_end(
         assert (dataset["status"], dataset["num_pairs"]) == ("ready", 12)
         job, events, job_s = run_job(mapo, dataset["id"])
         assert job["status"] == "succeeded", f"{job}\n{service.logs()}"
+        assert job["queue"] == "mapo.gpu.large"
         assert [e["id"] for e in events] == list(range(1, len(events) + 1))
         types = [e["type"] for e in events]
         assert types[:2] == ["queued", "running"] and types[-1] == "succeeded"
