@@ -38,3 +38,16 @@ def test_base_models_come_from_the_environment_as_json(monkeypatch: pytest.Monke
     assert settings.max_upload_bytes == 1024
     with pytest.raises(KeyError):
         settings.base_model_location("unknown")
+
+
+@pytest.mark.parametrize(
+    "bad", ["http://bucket/x", "s3://", "s3://B!/x", "s3://bucket/../x", "/some/dir", "s3://ab"]
+)
+def test_storage_url_must_be_an_s3_url_with_a_valid_bucket(bad: str) -> None:
+    with pytest.raises(ValidationError, match="MAPO_STORAGE_URL"):
+        Settings(storage_url=bad)
+
+
+def test_storage_url_gives_bucket_and_prefix() -> None:
+    assert Settings(storage_url="s3://my-bucket/some/prefix/").s3_location == ("my-bucket", "some/prefix")
+    assert Settings(storage_url="s3://my-bucket").s3_location == ("my-bucket", "")
