@@ -12,7 +12,7 @@ from celery import Celery
 from core.db import Database
 from core.queue import make_producer
 from core.settings import Settings
-from core.storage import LocalStorage, Storage
+from core.storage import Storage, build_storage
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,6 @@ def get_context() -> WorkerContext:
     return WorkerContext(
         settings=settings,
         db=Database(settings),
-        storage=LocalStorage(settings.storage_root),
+        storage=build_storage(settings),
         worker_id=f"{socket.gethostname()}:{os.getpid()}",
     )
