@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,7 +52,10 @@ class DatasetCache:
                 if not (entry / COMPLETE).exists():
                     self._fetch(storage, key, entry)
                 fcntl.flock(fd, fcntl.LOCK_SH)
-            (entry / COMPLETE).touch()
+            # Stamped from the fine-grained clock: a plain touch takes the kernel's coarse tick, which two
+            # leases in a row can share, and the LRU order would then be a coin toss.
+            now = time.time_ns()
+            os.utime(entry / COMPLETE, ns=(now, now))
             self.evict()
             yield entry
         finally:
@@ -75,7 +79,7 @@ class DatasetCache:
         Entries in use count towards the total but stay, so the cache may exceed its bound while they do."""
         entries = sorted(
             (p for p in self.root.iterdir() if (p / COMPLETE).exists()),
-            key=lambda p: (p / COMPLETE).stat().st_mtime,
+            key=lambda p: (p / COMPLETE).stat().st_mtime_ns,
         )
         sizes = {entry: _folder_bytes(entry) for entry in entries}
         total, evicted = sum(sizes.values()), []
