@@ -118,9 +118,13 @@ def _train(ctx: WorkerContext, job_id: str, plan: Plan) -> Outcome:
         try:
             recorder.close()
             outputs.discard_local()  # everything it holds is stored now
-        except Exception:
-            # The job must still end (below) rather than stay `running` with no worker behind it.
+        except Exception as exc:
+            # The job must still end (below) rather than stay `running` with no worker behind it; and
+            # not as succeeded when its adapter may be neither stored nor recorded.
             log.exception("job %s: could not write its last events", job_id)
+            if status == "succeeded":
+                status, code = "failed", "outputs_not_stored"
+                message = f"its last outputs could not be stored or recorded: {type(exc).__name__}: {exc}"
     if recorder.lost_ownership:
         log.warning("job %s was taken over by another worker; leaving its state alone", job_id)
         return "abandoned"
