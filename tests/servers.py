@@ -161,6 +161,7 @@ class SeaweedFS:
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             "-master.volumeSizeLimitMB=256",  # small volumes: the tests write megabytes, not gigabytes
+            "-volume.max=0",  # as many as the disk holds: deleted objects' space is not reclaimed at once
             "-volume.preStopSeconds=0",
         ]
         with (root / "weed.log").open("ab") as log:
