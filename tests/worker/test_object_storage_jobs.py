@@ -8,21 +8,23 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from core.db import Database
 from core.models import Job
+from core.queue import enqueue_train_job, make_producer
 from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
 from core.repositories import outputs as output_repo
 from core.settings import Settings
 from core.storage import build_storage
 from tests.conftest import BOTH_STORAGE_BACKENDS
+from tests.worker.conftest import running_worker
+from tests.worker.test_celery_process import wait_finished
 from worker.context import WorkerContext
 from worker.runner import run_job
-
-pytestmark = BOTH_STORAGE_BACKENDS
 
 
 def host(settings: Settings, database: Database, data_dir: Path, name: str) -> WorkerContext:
@@ -48,6 +50,7 @@ def cancel_after_first_checkpoint(ctx: WorkerContext, job_id: str) -> threading.
     return thread
 
 
+@BOTH_STORAGE_BACKENDS
 def test_a_job_resumes_on_another_host_from_the_checkpoint_in_storage(
     worker_settings: Settings,
     database: Database,
@@ -78,3 +81,20 @@ def test_a_job_resumes_on_another_host_from_the_checkpoint_in_storage(
     assert (job_repo.get_job(session, job.id) or job).step == kept + 2
     adapter = output_repo.get_artifact(session, job.id, format="diffusers")
     assert adapter is not None and second.storage.size(adapter.storage_key) > 0
+
+
+@pytest.mark.parametrize("storage_backend", [pytest.param("s3", marks=pytest.mark.s3)], indirect=True)
+def test_a_worker_process_configured_for_s3_stores_its_outputs_there(
+    worker_settings: Settings, make_job: Callable[..., Job], session: Session, tmp_path: Path
+) -> None:
+    job = make_job(max_train_steps=2, validation={})
+    with running_worker(worker_settings, tmp_path / "worker.log"):
+        enqueue_train_job(make_producer(worker_settings), job.id)
+        finished = wait_finished(session, job.id)
+    assert finished.status == "succeeded", (tmp_path / "worker.log").read_text(errors="replace")[-3000:]
+    storage = build_storage(worker_settings)
+    artifacts = output_repo.list_artifacts(session, job.id)
+    assert len(artifacts) == 2 and all(storage.size(a.storage_key) == a.bytes for a in artifacts)
+    assert not worker_settings.storage_root.joinpath("tenants").exists(), (
+        "nothing went to the local directory"
+    )
