@@ -17,7 +17,7 @@ from api.tenant_cache import TenantCache
 from core.db import Database
 from core.queue import make_producer
 from core.settings import Settings
-from core.storage import LocalStorage
+from core.storage import build_storage
 
 DESCRIPTION = """Align text-to-image diffusion models with MaPO: upload preference datasets, run LoRA
 training jobs, follow their events and metrics, and download adapters that load straight into diffusers.
@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     context = AppContext(
         settings=settings,
         database=Database(settings),
-        storage=LocalStorage(settings.storage_root),
+        storage=build_storage(settings),
         producer=make_producer(settings),
         tenants=TenantCache(settings.auth_cache_seconds, pepper=settings.api_key_pepper.get_secret_value()),
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Annotated, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -16,6 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 DEV_PEPPER = "mapo-development-pepper-not-secret"
 DEFAULT_QUEUE = "mapo.gpu"
 QUEUE_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 Environment = Literal["development", "test", "production"]
 
 
@@ -36,6 +38,31 @@ class Settings(BaseSettings):
     result_backend: str | None = Field(default=None, description="Celery result backend; the DB holds state.")
     storage_dir: Path | None = Field(
         default=None, description="LocalStorage root; None means data_dir/storage."
+    )
+    storage_url: str = Field(
+        default="",
+        description="Where datasets and job outputs live: empty for the local directory `storage_dir`, or "
+        "`s3://bucket/prefix` for an S3-compatible object store (see the `s3_*` settings).",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3 API endpoint (SeaweedFS, MinIO, ...); None means AWS S3."
+    )
+    s3_access_key_id: str | None = Field(default=None, description="S3 access key; None: boto3's own chain.")
+    s3_secret_access_key: SecretStr | None = Field(default=None, description="S3 secret key.")
+    s3_region: str = Field(default="us-east-1", description="S3 region (signing only, for most servers).")
+    storage_presign_downloads: bool = Field(
+        default=False,
+        description="With object storage, file downloads answer 307 to a presigned URL of the object store "
+        "instead of streaming through the API (clients must be able to reach `s3_endpoint_url`).",
+    )
+    storage_presign_seconds: int = Field(
+        default=3600, ge=1, le=7 * 86400, description="How long a presigned download URL stays valid."
+    )
+    worker_cache_bytes: int = Field(
+        default=50 << 30,
+        ge=0,
+        description="With object storage, the most bytes of datasets a worker keeps in its local cache "
+        "(data_dir/cache); the least recently used ones not in use are evicted beyond it.",
     )
     max_upload_bytes: int = Field(default=4 << 30, ge=1, description="Largest accepted dataset upload.")
     max_pairs: int = Field(default=200_000, ge=1, description="Most preference pairs in one dataset.")
@@ -123,6 +150,8 @@ class Settings(BaseSettings):
     def _refuse_unsafe_defaults(self) -> Self:
         if self.environment != "development" and self.api_key_pepper.get_secret_value() == DEV_PEPPER:
             raise ValueError(f"MAPO_API_KEY_PEPPER must be set when MAPO_ENVIRONMENT={self.environment}")
+        if self.storage_url:
+            parse_s3_url(self.storage_url)
         return self
 
     @property
@@ -134,6 +163,11 @@ class Settings(BaseSettings):
     def consumed_queues(self) -> list[str]:
         """The training queues a worker started without `-Q` consumes."""
         return self.worker_queues or [self.default_queue]
+
+    @property
+    def s3_location(self) -> tuple[str, str]:
+        """(bucket, key prefix) of `storage_url`; ValueError when it is not an s3:// URL."""
+        return parse_s3_url(self.storage_url)
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -151,6 +185,16 @@ class Settings(BaseSettings):
     def broker_dir(self) -> Path:
         """Folder of the embedded `filesystem://` broker (messages in and out share it on one machine)."""
         return self.data_dir / "broker"
+
+    @property
+    def cache_dir(self) -> Path:
+        """A worker's cache of what it read from object storage (datasets)."""
+        return self.data_dir / "cache"
+
+    @property
+    def work_dir(self) -> Path:
+        """A worker's local copies of its jobs' output folders when storage is an object store."""
+        return self.data_dir / "work"
 
     @property
     def tmp_dir(self) -> Path:
@@ -171,3 +215,17 @@ class Settings(BaseSettings):
     def base_model_location(self, name: str) -> str:
         """The local path or hub id behind a public base-model name; KeyError if it is not allowed."""
         return self.base_models[name]
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """(bucket, prefix) of `s3://bucket[/prefix]`; a ValueError naming MAPO_STORAGE_URL otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not _BUCKET.fullmatch(parts.netloc) or parts.query or parts.fragment:
+        raise ValueError(
+            f"MAPO_STORAGE_URL={url!r} is not s3://bucket[/prefix] with a valid bucket name "
+            "(3-63 of a-z 0-9 . -); leave it empty for the local directory MAPO_STORAGE_DIR"
+        )
+    prefix = parts.path.strip("/")
+    if any(part in (".", "..") for part in prefix.split("/")) or "//" in prefix:
+        raise ValueError(f"MAPO_STORAGE_URL={url!r}: the prefix {prefix!r} is not a clean path")
+    return parts.netloc, prefix

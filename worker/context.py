@@ -12,7 +12,7 @@ from celery import Celery
 from core.db import Database
 from core.queue import make_producer
 from core.settings import Settings
-from core.storage import LocalStorage, Storage
+from core.storage import Storage, build_storage
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def get_context() -> WorkerContext:
     return WorkerContext(
         settings=settings,
         db=Database(settings),
-        storage=LocalStorage(settings.storage_root),
+        storage=build_storage(settings),
         # The node name ties a job row to its `workers` row; the pid tells the pool children apart.
         worker_id=f"{_node.get('name', socket.gethostname())}:{os.getpid()}",
     )

@@ -3,7 +3,8 @@
 `__call__` (the trainer's `on_event`) only appends to a queue, with the time, so a slow database never
 stalls a training step and each event row keeps the time it happened rather than the time of its batch.
 Every `flush_seconds` the flusher writes what has queued up in one transaction, stamps the job's
-heartbeat and reads its status back: `cancelling` (or losing the job to another worker) sets
+heartbeat and reads its status back (files the events name are uploaded first, `JobOutputs.publish`, so a
+row never points at a file the store lacks): `cancelling` (or losing the job to another worker) sets
 `stop_requested`, which the trainer polls through `should_stop`. A failed write is retried at the next
 tick with the same rows, and event ids come from the job row, so nothing is lost or written twice.
 """
@@ -28,6 +29,7 @@ from core.repositories import outputs as output_repo
 from core.storage import Storage, file_sha256
 from core.webhooks import outbox as webhook_outbox
 from trainer.events import Event
+from worker.staging import JobOutputs
 from worker.translate import Writes, translate
 
 log = logging.getLogger(__name__)
@@ -40,11 +42,11 @@ class Recorder:
         job_id: str,
         *,
         worker_id: str,
-        storage: Storage,
+        outputs: JobOutputs,
         producer: Celery,
         flush_seconds: float = 1.0,
     ) -> None:
-        self.db, self.job_id, self.worker_id, self.storage = db, job_id, worker_id, storage
+        self.db, self.job_id, self.worker_id, self.outputs = db, job_id, worker_id, outputs
         self.producer = producer
         self.flush_seconds = flush_seconds
         self.stop_requested = threading.Event()
@@ -96,11 +98,12 @@ class Recorder:
     def _flush(self) -> None:
         """Write the pending events (if any) and the heartbeat in one transaction."""
         events, times = [e for e, _ in self._pending], [at for _, at in self._pending]
-        writes = translate(events, self.storage.key_of, times=times)
+        writes = translate(events, self.outputs.key_of, times=times)
+        self.outputs.publish(writes)
         with self.db.session_scope() as session:
             _apply(session, self.job_id, writes, self._eta.observe(writes))
             if writes.checkpoints:
-                _forget_pruned_checkpoints(session, self.job_id, self.storage)
+                _forget_pruned_checkpoints(session, self.job_id, self.outputs.storage)
             for checkpoint in writes.checkpoints:
                 details = {"checkpoint": {"step": checkpoint.step, "metrics": checkpoint.metrics}}
                 webhook_outbox.record_event(

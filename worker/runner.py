@@ -27,6 +27,7 @@ from worker.context import WorkerContext
 from worker.devices import available_gpus, check_fits
 from worker.recorder import Recorder
 from worker.retry import retry_transient
+from worker.staging import JobOutputs, local_dirs, staged_inputs
 
 log = logging.getLogger(__name__)
 Outcome = Literal["skipped", "succeeded", "failed", "cancelled", "abandoned", "requeued"]
@@ -41,10 +42,15 @@ class JobSetupError(Exception):
 
 @dataclass(frozen=True)
 class Plan:
+    """The trainer's inputs; `dataset_dir` and `output_dir` are local folders (staged from `dataset_key`
+    and `output_key` by worker.staging when storage is an object store)."""
+
     spec: TrainSpec
     dataset_id: str
     dataset_dir: Path
     output_dir: Path
+    dataset_key: str
+    output_key: str
 
 
 def run_job(job_id: str, ctx: WorkerContext) -> Outcome:
@@ -82,23 +88,27 @@ def plan_job(job: Job, ctx: WorkerContext) -> Plan:
         )
     except ValidationError as exc:
         raise JobSetupError("invalid_spec", str(exc)) from exc
-    return Plan(
-        spec=spec,
-        dataset_id=job.dataset_id,
-        dataset_dir=ctx.storage.local_path(dataset_key(job.tenant_id, job.dataset_id)),
-        output_dir=ctx.storage.local_path(job_key(job.tenant_id, job.id)),
-    )
+    keys = {
+        "dataset_key": dataset_key(job.tenant_id, job.dataset_id),
+        "output_key": job_key(job.tenant_id, job.id),
+    }
+    dataset_dir, output_dir = local_dirs(ctx.storage, ctx.settings, **keys)
+    return Plan(spec=spec, dataset_id=job.dataset_id, dataset_dir=dataset_dir, output_dir=output_dir, **keys)
 
 
 def _train(ctx: WorkerContext, job_id: str, plan: Plan) -> Outcome:
-    # Heartbeats start before torch is imported: that import alone can take longer than a timeout.
+    # Heartbeats start before torch is imported (and before inputs are fetched): either alone can take
+    # longer than a heartbeat timeout.
+    outputs = JobOutputs(ctx.storage, plan.output_key, plan.output_dir)
     recorder = Recorder(
-        ctx.db, job_id, worker_id=ctx.worker_id, storage=ctx.storage, producer=ctx.producer
+        ctx.db, job_id, worker_id=ctx.worker_id, outputs=outputs, producer=ctx.producer
     ).start()
     code = message = None
     try:
         status: Outcome = "succeeded"
-        if _prepare_and_train(plan, recorder, gpus=available_gpus(ctx.settings)):
+        with staged_inputs(ctx.storage, ctx.settings, outputs, plan.dataset_key):
+            stopped = _prepare_and_train(plan, recorder, gpus=available_gpus(ctx.settings))
+        if stopped:
             status = "requeued" if shutdown.requested() else "cancelled"
     except TrainingError as exc:
         status, code, message = "failed", exc.code, exc.message
@@ -108,9 +118,14 @@ def _train(ctx: WorkerContext, job_id: str, plan: Plan) -> Outcome:
     finally:
         try:
             recorder.close()
-        except Exception:
-            # The job must still end (below) rather than stay `running` with no worker behind it.
+            outputs.discard_local()  # everything it holds is stored now
+        except Exception as exc:
+            # The job must still end (below) rather than stay `running` with no worker behind it; and
+            # not as succeeded when its adapter may be neither stored nor recorded.
             log.exception("job %s: could not write its last events", job_id)
+            if status == "succeeded":
+                status, code = "failed", "outputs_not_stored"
+                message = f"its last outputs could not be stored or recorded: {type(exc).__name__}: {exc}"
     if recorder.lost_ownership:
         log.warning("job %s was taken over by another worker; leaving its state alone", job_id)
         return "abandoned"

@@ -5,24 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from api.deps import ContextDep, CurrentTenant, SessionDep
+from api.routes.files import REDIRECT_RESPONSE, file_response
 from api.schemas import CheckpointOut, ErrorResponse, ListResponse, SampleOut
 from api.services import outputs as service
-from api.services.outputs import FileDownload
 
 router = APIRouter(prefix="/v1/jobs", tags=["artifacts"], responses={404: {"model": ErrorResponse}})
-
-
-def _stream(download: FileDownload) -> StreamingResponse:
-    headers = {
-        "Content-Length": str(download.size),
-        "Content-Disposition": f'attachment; filename="{download.filename}"',
-    }
-    if download.sha256:
-        headers |= {"X-Checksum-Sha256": download.sha256, "ETag": f'"{download.sha256}"'}
-    return StreamingResponse(download.chunks, media_type=download.media_type, headers=headers)
 
 
 @router.get("/{job_id}/checkpoints")
@@ -40,19 +30,22 @@ def list_samples(session: SessionDep, tenant: CurrentTenant, job_id: str) -> Lis
 @router.get(
     "/{job_id}/samples/{sample_id}/image",
     response_class=StreamingResponse,
-    responses={200: {"content": {"image/png": {}}}},
+    responses={200: {"content": {"image/png": {}}}, **REDIRECT_RESPONSE},
 )
 def sample_image(
     session: SessionDep, context: ContextDep, tenant: CurrentTenant, job_id: str, sample_id: int
-) -> StreamingResponse:
+) -> Response:
     """One validation image."""
-    return _stream(service.sample_image(session, context, tenant, job_id, sample_id))
+    return file_response(service.sample_image(session, context, tenant, job_id, sample_id))
 
 
 @router.get(
     "/{job_id}/adapter",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/octet-stream": {}}, "description": "The LoRA as .safetensors"}},
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "The LoRA as .safetensors"},
+        **REDIRECT_RESPONSE,
+    },
 )
 def download_adapter(
     session: SessionDep,
@@ -62,6 +55,7 @@ def download_adapter(
     format: Annotated[
         Literal["diffusers", "kohya"], Query(description="diffusers or kohya (ComfyUI).")
     ] = "diffusers",
-) -> StreamingResponse:
-    """The trained LoRA adapter, streamed, with its sha256 in `X-Checksum-Sha256` and `ETag`."""
-    return _stream(service.adapter(session, context, tenant, job_id, format=format))
+) -> Response:
+    """The trained LoRA adapter, streamed, with its sha256 in `X-Checksum-Sha256` and `ETag` (or a 307
+    to a presigned URL of the object store, where configured)."""
+    return file_response(service.adapter(session, context, tenant, job_id, format=format))

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Header, Path, Query, UploadFile, status
-from fastapi.responses import FileResponse
+from fastapi.responses import Response, StreamingResponse
 
 from api.deps import ContextDep, CurrentTenant, SessionDep
+from api.routes.files import REDIRECT_RESPONSE, file_response
 from api.schemas import DatasetOut, ErrorResponse, ListResponse, PreviewPairOut
 from api.services import datasets as service
 from trainer.dataset_format import DatasetKind
@@ -108,8 +109,8 @@ def list_pairs(
 
 @router.get(
     "/{dataset_id}/pairs/{n}/{role}",
-    response_class=FileResponse,
-    responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
+    response_class=StreamingResponse,
+    responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}, **REDIRECT_RESPONSE},
 )
 def pair_image(
     session: SessionDep,
@@ -118,6 +119,7 @@ def pair_image(
     dataset_id: str,
     n: Annotated[int, Path(ge=0, description="0-based pair index.")],
     role: Literal["chosen", "rejected"],
-) -> FileResponse:
+) -> Response:
     """One image of pair `n`, for the dashboard."""
-    return FileResponse(service.pair_image_path(session, context, tenant, dataset_id, n=n, role=role))
+    download = service.pair_image(session, context, tenant, dataset_id, n=n, role=role)
+    return file_response(download, attachment=False)

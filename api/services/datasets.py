@@ -1,4 +1,8 @@
-"""Datasets: receive an upload (streamed to disk), ingest it into the canonical layout, record it."""
+"""Datasets: receive an upload (streamed to disk), ingest it into the canonical layout, store it, record it.
+
+With a local storage directory the ingest writes straight into its final folder (renamed into place); with
+an object store it writes a staging folder under tmp_dir that is then uploaded, manifest last, so a reader
+that finds the manifest finds every file."""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,19 +24,15 @@ from api.deps import AppContext
 from api.errors import Conflict, DatasetRejected, NotFound, PayloadTooLarge
 from api.metrics import record_upload
 from api.schemas import DatasetOut, ListResponse, PreviewPairOut
+from api.services.dataset_files import image_key, iter_uploaded_pairs, read_stored_manifest
+from api.services.downloads import IMAGE_MEDIA_TYPES, FileDownload, stored_download
 from api.services.inflight import InflightUpload, sweep_abandoned_uploads
 from api.services.ingest import IngestLimits, IngestRejected, IngestReport, ingest_upload
 from core.db import after_commit, after_rollback
 from core.models import Dataset, Tenant, new_id
 from core.repositories import datasets as dataset_repo
 from core.storage import CHUNK_BYTES, dataset_key
-from trainer.dataset_format import (
-    DatasetFormatError,
-    DatasetKind,
-    StoredPair,
-    iter_stored_pairs,
-    read_manifest,
-)
+from trainer.dataset_format import MANIFEST_FILE, DatasetFormatError, DatasetKind, StoredPair
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def upload_dataset(
             )
             if seen is not None:
                 return _replayed(context, seen, request_hash)
-        report = _ingest(context, upload.path, filename, storage.local_path(key), kind)
+        report = _ingest_and_store(context, upload.path, filename, key, kind, marker)
     try:
         with session.begin_nested():
             dataset = dataset_repo.add_dataset(
@@ -138,6 +139,23 @@ def upload_dataset(
         storage.delete_tree(key)
         return _replayed(context, winner, request_hash)
     return dataset_out(dataset, kind=report.kind)
+
+
+def _ingest_and_store(
+    context: AppContext, upload: Path, filename: str, key: str, kind: DatasetKind, marker: InflightUpload
+) -> IngestReport:
+    """Ingest into the storage folder itself when it is local; else into a staging folder beside the
+    upload's marker (swept with it if the process dies), uploaded with its manifest last."""
+    local = context.storage.local_dir(key)
+    if local is not None:
+        return _ingest(context, upload, filename, local, kind)
+    staging = marker.staging_dir
+    try:
+        report = _ingest(context, upload, filename, staging, kind)
+        context.storage.put_tree(key, staging, last=MANIFEST_FILE)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return report
 
 
 def _ingest(context: AppContext, upload: Path, filename: str, dest: Path, kind: DatasetKind) -> IngestReport:
@@ -185,7 +203,7 @@ def pair_out(
 def stored_kind(context: AppContext, dataset: Dataset) -> DatasetKind | None:
     """The kind its manifest records (the database does not); None if its files cannot be read."""
     try:
-        return read_manifest(context.storage.local_path(dataset.storage_key)).kind
+        return read_stored_manifest(context.storage, dataset.storage_key).kind
     except DatasetFormatError:
         return None
 
@@ -236,17 +254,28 @@ def delete_dataset(session: Session, context: AppContext, tenant: Tenant, datase
     after_commit(session, lambda: context.storage.delete_tree(key))
 
 
-def pair_image_path(
+def pair_image(
     session: Session, context: AppContext, tenant: Tenant, dataset_id: str, *, n: int, role: str
-) -> Path:
+) -> FileDownload:
     """The file of image `role` (chosen or rejected) of pair `n`, found reading the rows line by line."""
     dataset = require_dataset(session, tenant, dataset_id)
-    root = context.storage.local_path(dataset.storage_key)
+    key = _pair_image_key(context, dataset, n=n, role=role)
+    suffix = "." + key.rsplit(".", 1)[-1].lower()
+    media_type = IMAGE_MEDIA_TYPES.get(suffix, "application/octet-stream")
     try:
-        for index, pair in enumerate(iter_stored_pairs(root)):
+        return stored_download(context.storage, key, media_type=media_type, filename=key.rsplit("/", 1)[-1])
+    except FileNotFoundError:
+        raise NotFound(f"dataset {dataset.id} has lost the {role} image of pair {n}", param="n") from None
+
+
+def _pair_image_key(context: AppContext, dataset: Dataset, *, n: int, role: str) -> str:
+    storage, key = context.storage, dataset.storage_key
+    try:
+        manifest = read_stored_manifest(storage, key)
+        for index, pair in enumerate(iter_uploaded_pairs(storage, key, manifest)):
             if index == n:
-                return root / _uploaded_side(dataset, pair, n=n, role=role)
-    except DatasetFormatError as exc:
+                return image_key(key, _uploaded_side(dataset, pair, n=n, role=role))
+    except (DatasetFormatError, FileNotFoundError) as exc:
         raise NotFound(f"dataset {dataset.id} files are unreadable: {exc}", param="dataset_id") from None
     raise NotFound(f"dataset {dataset.id} has no pair {n} (it has {dataset.num_pairs})", param="n")
 
@@ -256,18 +285,19 @@ def list_pairs(
 ) -> ListResponse[PreviewPairOut]:
     """A page of pairs in file order after pair index `after`, read line by line from the rows file."""
     dataset = require_dataset(session, tenant, dataset_id)
-    root = context.storage.local_path(dataset.storage_key)
+    storage, key = context.storage, dataset.storage_key
     start = 0 if after is None else after + 1
     data: list[PreviewPairOut] = []
     try:
-        kind = read_manifest(root).kind
-        for index, pair in enumerate(iter_stored_pairs(root)):
+        manifest = read_stored_manifest(storage, key)
+        kind = manifest.kind
+        for index, pair in enumerate(iter_uploaded_pairs(storage, key, manifest)):
             if index < start:
                 continue
             if len(data) == limit:
                 return ListResponse[PreviewPairOut](data=data, has_more=True)
             data.append(pair_out(dataset.id, index, pair.prompt, kind=kind))
-    except DatasetFormatError as exc:
+    except (DatasetFormatError, FileNotFoundError) as exc:
         raise NotFound(f"dataset {dataset.id} files are unreadable: {exc}", param="dataset_id") from None
     return ListResponse[PreviewPairOut](data=data, has_more=False)
 

@@ -1,7 +1,8 @@
 """Uploads in flight, and sweeping those whose API process died (SIGKILL, OOM, a lost host).
 
 Each upload holds an exclusive `flock` on a marker file, `tmp_dir/inflight/<dataset_id>.lock`, that
-names the dataset's storage folder; its scratch files sit beside it as `<dataset_id>.*`. The kernel drops
+names the dataset's storage folder; its scratch files (and, with object storage, the staging folder
+`<dataset_id>.dataset` that is uploaded once ingested) sit beside it as `<dataset_id>.*`. The kernel drops
 the lock when the process dies, however it dies, so a sweep that can take a marker's lock knows the
 upload was abandoned, not merely slow, even with several API processes sharing the folder.
 """
@@ -26,6 +27,10 @@ def inflight_dir(tmp_dir: Path) -> Path:
     return tmp_dir / "inflight"
 
 
+def staging_dir(folder: Path, dataset_id: str) -> Path:
+    return folder / f"{dataset_id}.dataset"
+
+
 class InflightUpload:
     """The marker of one upload; `release()` once its transaction has committed or rolled back."""
 
@@ -44,6 +49,11 @@ class InflightUpload:
     @property
     def folder(self) -> Path:
         return self.path.parent
+
+    @property
+    def staging_dir(self) -> Path:
+        """Where the dataset is ingested before it is uploaded to an object store."""
+        return staging_dir(self.folder, self.path.name.removesuffix(LOCK_SUFFIX))
 
     def release(self) -> None:
         """Forget the marker; the upload's outcome (a dataset row, or nothing) is final."""
@@ -76,10 +86,15 @@ def sweep_abandoned_uploads(tmp_dir: Path, storage: Storage, is_recorded: Callab
             storage_key = marker.read_text()
             if not is_recorded(dataset_id):
                 storage.delete_tree(storage_key)
-            for staging in staging_dirs(storage.local_path(storage_key)):
+            local = storage.local_dir(storage_key)
+            ingest_dest = [staging_dir(folder, dataset_id), *([local] if local is not None else [])]
+            for staging in [s for dest in ingest_dest for s in staging_dirs(dest)]:
                 shutil.rmtree(staging, ignore_errors=True)
             for scratch in folder.glob(f"{dataset_id}.*"):
-                scratch.unlink(missing_ok=True)
+                if scratch.is_dir():
+                    shutil.rmtree(scratch, ignore_errors=True)
+                else:
+                    scratch.unlink(missing_ok=True)
             swept.append(dataset_id)
         finally:
             os.close(fd)

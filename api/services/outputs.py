@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import NamedTuple
-
 from sqlalchemy.orm import Session
 
 from api.deps import AppContext
 from api.errors import NotFound
 from api.schemas import CheckpointOut, ListResponse, MetricSeries, MetricsOut, SampleOut
+from api.services.downloads import IMAGE_MEDIA_TYPES, FileDownload, stored_download
 from api.services.jobs import require_job
 from core.models import Tenant
 from core.repositories import metrics as metric_repo
 from core.repositories import outputs as output_repo
-from core.storage import CHUNK_BYTES, Storage
 
 ADAPTER_FILE_NAMES = {"diffusers": "pytorch_lora_weights.safetensors", "kohya": "{job_id}_kohya.safetensors"}
-IMAGE_MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
-
-
-class FileDownload(NamedTuple):
-    """A stored file to stream back."""
-
-    chunks: Iterator[bytes]
-    size: int
-    media_type: str
-    filename: str
-    sha256: str | None
 
 
 def get_metrics(session: Session, tenant: Tenant, job_id: str, *, max_points: int | None) -> MetricsOut:
@@ -75,9 +61,8 @@ def sample_image(
         raise NotFound(f"sample {sample_id} of job {job_id} not found", param="sample_id")
     suffix = "." + sample.storage_key.rsplit(".", 1)[-1].lower()
     name = sample.storage_key.rsplit("/", 1)[-1]
-    return _download(
-        context.storage, sample.storage_key, IMAGE_MEDIA_TYPES.get(suffix, "image/png"), name, None
-    )
+    media_type = IMAGE_MEDIA_TYPES.get(suffix, "image/png")
+    return stored_download(context.storage, sample.storage_key, media_type=media_type, filename=name)
 
 
 def adapter(
@@ -93,16 +78,10 @@ def adapter(
             code="adapter_not_found",
         )
     filename = ADAPTER_FILE_NAMES[format].format(job_id=job_id)
-    return _download(
-        context.storage, artifact.storage_key, "application/octet-stream", filename, artifact.sha256
+    return stored_download(
+        context.storage,
+        artifact.storage_key,
+        media_type="application/octet-stream",
+        filename=filename,
+        sha256=artifact.sha256,
     )
-
-
-def _download(storage: Storage, key: str, media_type: str, filename: str, sha256: str | None) -> FileDownload:
-    return FileDownload(_chunks(storage, key), storage.size(key), media_type, filename, sha256)
-
-
-def _chunks(storage: Storage, key: str) -> Iterator[bytes]:
-    with storage.open_read(key) as stream:
-        while chunk := stream.read(CHUNK_BYTES):
-            yield chunk

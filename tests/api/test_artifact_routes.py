@@ -9,9 +9,10 @@ from core.models import Tenant
 from core.repositories import metrics as metric_repo
 from core.repositories import outputs as output_repo
 from core.repositories.metrics import MetricPoint
-from core.settings import Settings
-from core.storage import LocalStorage, job_key
-from tests.conftest import auth_headers, create_job, create_tenant
+from core.storage import Storage, job_key
+from tests.conftest import BOTH_STORAGE_BACKENDS, auth_headers, create_job, create_tenant
+
+pytestmark = BOTH_STORAGE_BACKENDS
 
 
 @pytest.fixture
@@ -26,16 +27,16 @@ def headers(session: Session, tenant: Tenant) -> dict[str, str]:
     return auth_headers(session, tenant)
 
 
-def store(settings: Settings, key: str, payload: bytes) -> str:
-    return LocalStorage(settings.storage_root).write_stream(key, io.BytesIO(payload)).key
+def store(storage: Storage, key: str, payload: bytes) -> str:
+    return storage.write_stream(key, io.BytesIO(payload)).key
 
 
 def test_adapter_streams_with_its_sha256_in_both_formats(
-    client: TestClient, session: Session, settings: Settings, tenant: Tenant, headers: dict[str, str]
+    client: TestClient, session: Session, storage: Storage, tenant: Tenant, headers: dict[str, str]
 ) -> None:
     job = create_job(session, tenant_id=tenant.id)
     for fmt, payload in (("diffusers", b"d" * 3_000_000), ("kohya", b"k" * 10)):
-        key = store(settings, f"{job_key(tenant.id, job.id)}/{fmt}.safetensors", payload)
+        key = store(storage, f"{job_key(tenant.id, job.id)}/{fmt}.safetensors", payload)
         digest = hashlib.sha256(payload).hexdigest()
         output_repo.add_artifact(
             session, job.id, format=fmt, storage_key=key, size_bytes=len(payload), sha256=digest
@@ -62,12 +63,12 @@ def test_adapter_of_an_unfinished_job_is_404(
 
 
 def test_metrics_checkpoints_and_samples_are_listed(
-    client: TestClient, session: Session, settings: Settings, tenant: Tenant, headers: dict[str, str]
+    client: TestClient, session: Session, storage: Storage, tenant: Tenant, headers: dict[str, str]
 ) -> None:
     job = create_job(session, tenant_id=tenant.id)
     metric_repo.add_metrics(session, job.id, [MetricPoint(s, "loss", 1.0 / s) for s in (1, 2, 3)])
     output_repo.add_checkpoint(session, job.id, step=2, storage_key="x/checkpoint-2", metrics={"loss": 0.5})
-    key = store(settings, f"{job_key(tenant.id, job.id)}/samples/step-2/0-lora.png", b"\x89PNG fake")
+    key = store(storage, f"{job_key(tenant.id, job.id)}/samples/step-2/0-lora.png", b"\x89PNG fake")
     output_repo.add_sample(session, job.id, step=2, index=0, prompt="a fox", with_lora=True, storage_key=key)
     session.commit()
 

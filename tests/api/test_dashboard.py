@@ -26,7 +26,7 @@ from core.queue import make_producer
 from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
 from core.settings import Settings
-from core.storage import LocalStorage
+from core.storage import LocalStorage, job_key
 from tests.api.test_ingest import make_zip
 from tests.api.test_ingest_targets import target_files
 from tests.client.conftest import free_port
@@ -36,6 +36,7 @@ from trainer.demo_data import make_demo_dataset
 from trainer.events import Evaluation, Started, Step
 from worker.context import WorkerContext
 from worker.recorder import Recorder
+from worker.staging import JobOutputs
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -228,11 +229,12 @@ def test_a_finished_job_shows_its_curves_images_and_checkpoints_as_it_ended(
 
 def record(service: Service, job_id: str, events: list[Any]) -> None:
     """Write `events` the way a worker does: through the recorder, flushed on close."""
+    storage, key = LocalStorage(service.settings.storage_root), job_key(service.tenant_id, job_id)
     recorder = Recorder(
         service.database,
         job_id,
         worker_id="dashboard-test:2",
-        storage=LocalStorage(service.settings.storage_root),
+        outputs=JobOutputs(storage, key, storage.local_path(key)),
         producer=make_producer(service.settings),
     ).start()
     for event in events:

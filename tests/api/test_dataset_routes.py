@@ -2,7 +2,6 @@ import hashlib
 import io
 import json
 import zipfile
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -11,9 +10,16 @@ from sqlalchemy.orm import Session
 
 from api.main import create_app
 from core.db import Database
-from core.models import Job
+from core.models import Dataset, Job
 from core.settings import Settings
-from tests.conftest import auth_headers
+from core.storage import Storage
+from tests.conftest import BOTH_STORAGE_BACKENDS, auth_headers
+
+pytestmark = BOTH_STORAGE_BACKENDS
+
+
+def stored_manifests(storage: Storage) -> list[str]:
+    return [key for key in storage.list_keys("tenants") if key.endswith("/manifest.json")]
 
 
 def png(color: tuple[int, int, int]) -> bytes:
@@ -68,7 +74,7 @@ def test_upload_stores_a_ready_dataset_and_serves_its_images(
 
 
 def test_rejected_upload_lists_problems_and_leaves_nothing_behind(
-    client: TestClient, headers: dict[str, str], settings: Settings
+    client: TestClient, headers: dict[str, str], settings: Settings, storage: Storage
 ) -> None:
     response = upload(client, headers, pairs_zip(missing_rejected=True))
     assert response["http_status"] == 422
@@ -76,9 +82,8 @@ def test_rejected_upload_lists_problems_and_leaves_nothing_behind(
     assert (error["code"], error["param"]) == ("dataset_rejected", "file")
     assert any(p["row"] == 1 and p["field"] == "rejected" for p in error["problems"])
     assert client.get("/v1/datasets", headers=headers).json()["data"] == []
-    roots = (settings.storage_root, settings.tmp_dir)
-    leftovers = [p for root in roots for p in root.rglob("*") if p.is_file()]
-    assert leftovers == []
+    assert [p for p in settings.tmp_dir.rglob("*") if p.is_file()] == []
+    assert storage.list_keys("tenants") == []
 
 
 def test_upload_over_the_size_limit_is_413(settings: Settings, database: Database, session: Session) -> None:
@@ -95,10 +100,11 @@ def test_upload_over_the_size_limit_is_413(settings: Settings, database: Databas
 
 
 def test_delete_is_refused_while_a_job_uses_the_dataset(
-    client: TestClient, session: Session, headers: dict[str, str], settings: Settings
+    client: TestClient, session: Session, headers: dict[str, str], storage: Storage
 ) -> None:
     dataset = upload(client, headers, pairs_zip())
-    folder = next(Path(settings.storage_root).rglob(dataset["id"]))
+    key = session.get_one(Dataset, dataset["id"]).storage_key
+    assert storage.exists(f"{key}/manifest.json")
     body = {"dataset_id": dataset["id"], "base_model": "tiny-sd"}
     job_id = client.post("/v1/jobs", json=body, headers=headers).json()["id"]
 
@@ -108,7 +114,7 @@ def test_delete_is_refused_while_a_job_uses_the_dataset(
     assert client.delete(f"/v1/datasets/{dataset['id']}", headers=headers).status_code == 204
 
     assert client.get(f"/v1/datasets/{dataset['id']}", headers=headers).status_code == 404
-    assert not folder.exists()
+    assert not storage.exists(key)
     assert session.get_one(Job, job_id).dataset_id is None
 
 
@@ -161,7 +167,7 @@ def test_pairs_page_through_every_prompt_with_their_image_urls(
 
 
 def test_idempotency_key_replays_an_upload_and_refuses_a_different_one(
-    client: TestClient, headers: dict[str, str], settings: Settings
+    client: TestClient, headers: dict[str, str], settings: Settings, storage: Storage
 ) -> None:
     keyed = {**headers, "Idempotency-Key": "upload-1"}
     first = upload(client, keyed, pairs_zip())
@@ -174,13 +180,12 @@ def test_idempotency_key_replays_an_upload_and_refuses_a_different_one(
     renamed = upload(client, keyed, pairs_zip(), name="another name")
     assert renamed["http_status"] == 409, "the name is part of the request"
     assert [d["id"] for d in client.get("/v1/datasets", headers=headers).json()["data"]] == [first["id"]]
-    stored = [p for p in settings.storage_root.rglob("manifest.json")]
-    assert len(stored) == 1, "a replay stores nothing more"
+    assert len(stored_manifests(storage)) == 1, "a replay stores nothing more"
     assert [p for p in settings.tmp_dir.rglob("*") if p.is_file()] == []
 
 
 def test_concurrent_repeats_of_an_idempotent_upload_store_one_dataset(
-    client: TestClient, headers: dict[str, str], settings: Settings
+    client: TestClient, headers: dict[str, str], storage: Storage
 ) -> None:
     import threading
 
@@ -200,4 +205,4 @@ def test_concurrent_repeats_of_an_idempotent_upload_store_one_dataset(
     assert {a["http_status"] for a in answers} == {201}, answers
     assert len({a["id"] for a in answers}) == 1
     assert len(client.get("/v1/datasets", headers=headers).json()["data"]) == 1
-    assert len(list(settings.storage_root.rglob("manifest.json"))) == 1, "the losers' files are gone"
+    assert len(stored_manifests(storage)) == 1, "the losers' files are gone"

@@ -54,3 +54,16 @@ def test_a_queue_name_with_odd_characters_is_refused(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("MAPO_QUEUES", "mapo.gpu,bad queue")
     with pytest.raises(ValidationError, match="queue names"):
         Settings()
+
+
+@pytest.mark.parametrize(
+    "bad", ["http://bucket/x", "s3://", "s3://B!/x", "s3://bucket/../x", "/some/dir", "s3://ab"]
+)
+def test_storage_url_must_be_an_s3_url_with_a_valid_bucket(bad: str) -> None:
+    with pytest.raises(ValidationError, match="MAPO_STORAGE_URL"):
+        Settings(storage_url=bad)
+
+
+def test_storage_url_gives_bucket_and_prefix() -> None:
+    assert Settings(storage_url="s3://my-bucket/some/prefix/").s3_location == ("my-bucket", "some/prefix")
+    assert Settings(storage_url="s3://my-bucket").s3_location == ("my-bucket", "")

@@ -19,9 +19,10 @@ from sqlalchemy.orm import Session
 from core.db import Database
 from core.models import Job
 from core.settings import Settings
-from core.storage import LocalStorage
-from tests.conftest import TEST_PEPPER, create_dataset, create_job, create_tenant
+from core.storage import Storage, build_storage
+from tests.conftest import TEST_PEPPER, create_dataset, create_job, create_tenant, storage_env
 from tests.trainer.specs import FAST_TRAINING
+from trainer.dataset_format import MANIFEST_FILE
 from trainer.demo_data import make_demo_dataset
 from worker.context import WorkerContext
 
@@ -41,17 +42,24 @@ def worker_settings(settings: Settings, tiny_sd: Path) -> Settings:
 @pytest.fixture
 def ctx(worker_settings: Settings, database: Database) -> WorkerContext:
     worker_settings.ensure_dirs()
-    return WorkerContext(worker_settings, database, LocalStorage(worker_settings.storage_root), "test-host:1")
+    return WorkerContext(worker_settings, database, build_storage(worker_settings), "test-host:1")
+
+
+def store_demo_dataset(storage: Storage, key: str, tmp_dir: Path, **options: Any) -> None:
+    """A demo pairs dataset written locally, then stored under `key` (manifest last)."""
+    folder = tmp_dir / f"demo-{uuid.uuid4().hex[:8]}"
+    make_demo_dataset(folder, **options)
+    storage.put_tree(key, folder, last=MANIFEST_FILE)
 
 
 @pytest.fixture
-def make_job(session: Session, ctx: WorkerContext) -> Callable[..., Job]:
+def make_job(session: Session, ctx: WorkerContext, tmp_path: Path) -> Callable[..., Job]:
     """A committed queued job on a real 6-pair demo dataset; spec overrides merge into FAST_SPEC."""
 
     def make(**spec_overrides: Any) -> Job:
         tenant = create_tenant(session)
         dataset = create_dataset(session, tenant_id=tenant.id, num_pairs=6)
-        make_demo_dataset(ctx.storage.local_path(dataset.storage_key), num_pairs=6, resolution=32)
+        store_demo_dataset(ctx.storage, dataset.storage_key, tmp_path, num_pairs=6, resolution=32)
         spec = {**FAST_SPEC, **spec_overrides}
         job = create_job(
             session,
@@ -78,6 +86,7 @@ def running_worker(settings: Settings, log_path: Path, **extra_env: str) -> Iter
         "MAPO_BROKER_URL": settings.broker_url,
         "MAPO_BASE_MODELS": json.dumps(settings.base_models),
         "MAPO_API_KEY_PEPPER": TEST_PEPPER,
+        **storage_env(settings),
         **extra_env,
     }
     command = [

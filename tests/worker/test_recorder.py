@@ -12,10 +12,11 @@ from core.queue import make_producer
 from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
 from core.settings import Settings
-from core.storage import LocalStorage
+from core.storage import LocalStorage, job_key
 from tests.conftest import create_job
 from trainer.events import Step
 from worker.recorder import Recorder
+from worker.staging import JobOutputs
 
 
 def test_an_event_row_keeps_the_time_it_happened_not_the_time_its_batch_was_written(
@@ -25,12 +26,12 @@ def test_an_event_row_keeps_the_time_it_happened_not_the_time_its_batch_was_writ
     session.commit()
     with database.session_scope() as s:
         job_repo.claim_job(s, job.id, worker_id="w:1")
-    storage = LocalStorage(settings.storage_root)
+    storage, key = LocalStorage(settings.storage_root), job_key(job.tenant_id, job.id)
     recorder = Recorder(
         database,
         job.id,
         worker_id="w:1",
-        storage=storage,
+        outputs=JobOutputs(storage, key, storage.local_path(key)),
         producer=make_producer(settings),
         flush_seconds=3600,
     )

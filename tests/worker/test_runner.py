@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from safetensors.torch import load_file
+from safetensors.torch import load
 from sqlalchemy.orm import Session
 
 from core.models import Job
@@ -15,9 +15,12 @@ from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
 from core.repositories import metrics as metric_repo
 from core.repositories import outputs as output_repo
+from core.storage import job_key
+from tests.conftest import BOTH_STORAGE_BACKENDS
 from worker.context import WorkerContext
 from worker.recorder import Recorder
 from worker.runner import run_job
+from worker.staging import JobOutputs
 
 
 def _reload(session: Session, job_id: str) -> Job:
@@ -27,6 +30,7 @@ def _reload(session: Session, job_id: str) -> Job:
     return job
 
 
+@BOTH_STORAGE_BACKENDS
 def test_job_succeeds_and_records_events_metrics_outputs(
     ctx: WorkerContext, make_job: Callable[..., Job], session: Session
 ) -> None:
@@ -46,7 +50,12 @@ def test_job_succeeds_and_records_events_metrics_outputs(
     assert {(s.step, s.with_lora) for s in samples} == {(0, False), (4, True)}
     adapter = output_repo.get_artifact(session, job.id, format="diffusers")
     assert adapter is not None and len(adapter.sha256) == 64
-    assert load_file(str(ctx.storage.local_path(adapter.storage_key)))
+    with ctx.storage.open_read(adapter.storage_key) as stream:
+        assert load(stream.read()), "the stored adapter is a safetensors file"
+    for checkpoint in output_repo.list_checkpoints(session, job.id):
+        assert ctx.storage.exists(f"{checkpoint.storage_key}/state.json")
+    assert all(ctx.storage.exists(s.storage_key) for s in samples)
+    assert not list(ctx.settings.work_dir.rglob("*.*")), "the local copy of the outputs is gone once stored"
 
 
 def test_second_delivery_of_the_same_job_does_nothing(
@@ -119,7 +128,7 @@ def test_recorder_retries_a_failed_write_without_losing_events(
         ctx.db,
         job.id,
         worker_id=ctx.worker_id,
-        storage=ctx.storage,
+        outputs=JobOutputs(ctx.storage, job_key(job.tenant_id, job.id), ctx.settings.work_dir / job.id),
         producer=ctx.producer,
         flush_seconds=3600,
     )

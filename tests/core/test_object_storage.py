@@ -1,0 +1,133 @@
+"""The Storage protocol's behaviour, the same on the local directory and on a real S3 server (SeaweedFS)."""
+
+import hashlib
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from core.object_storage import S3Storage
+from core.settings import Settings
+from core.storage import InvalidStorageKey, Storage, build_storage, dataset_key, job_key
+from tests.conftest import s3_settings
+
+BOTH = pytest.mark.parametrize("backend", ["local", pytest.param("s3", marks=pytest.mark.s3)], indirect=True)
+S3_ONLY = pytest.mark.parametrize("backend", [pytest.param("s3", marks=pytest.mark.s3)], indirect=True)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    extra = s3_settings(request.getfixturevalue("seaweedfs")) if request.param == "s3" else {}
+    return Settings(data_dir=tmp_path / "data", **extra)
+
+
+@pytest.fixture
+def store(backend: Settings) -> Storage:
+    return build_storage(backend)
+
+
+def _tree(root: Path, files: dict[str, bytes]) -> Path:
+    for name, content in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(content)
+    return root
+
+
+@BOTH
+@pytest.mark.parametrize("key", ["../outside", "/etc/passwd", "a/../../b", "", "a//b", "./a", "a\\..\\b"])
+def test_keys_that_leave_the_root_are_refused(store: Storage, key: str) -> None:
+    with pytest.raises(InvalidStorageKey):
+        store.write_stream(key, io.BytesIO(b"x"))
+    with pytest.raises(InvalidStorageKey):
+        store.exists(key)
+
+
+@BOTH
+def test_a_multipart_sized_object_round_trips_with_its_size_and_sha256(store: Storage) -> None:
+    payload = os.urandom(40 << 20) + b"tail"  # above the 16 MiB multipart threshold: three parts
+    stored = store.write_stream("tenants/t/jobs/j/adapter.safetensors", io.BytesIO(payload))
+    assert (stored.bytes, stored.sha256) == (len(payload), hashlib.sha256(payload).hexdigest())
+    with store.open_read(stored.key) as f:
+        assert hashlib.sha256(f.read()).hexdigest() == stored.sha256
+    assert store.size(stored.key) == len(payload)
+
+
+@BOTH
+def test_missing_files_raise_file_not_found(store: Storage) -> None:
+    with pytest.raises(FileNotFoundError):
+        store.open_read("tenants/t/none.bin")
+    with pytest.raises(FileNotFoundError):
+        store.size("tenants/t/none.bin")
+
+
+@BOTH
+def test_exists_is_true_for_files_and_non_empty_folders(store: Storage) -> None:
+    store.write_stream(f"{dataset_key('t', 'd')}/images/1.png", io.BytesIO(b"png"))
+    assert store.exists(f"{dataset_key('t', 'd')}/images/1.png")
+    assert store.exists(dataset_key("t", "d"))
+    assert not store.exists(dataset_key("t", "other"))
+    assert not store.exists(f"{dataset_key('t', 'd')}/images/1")
+
+
+@BOTH
+def test_delete_tree_removes_folders_only_under_the_key_and_ignores_missing(store: Storage) -> None:
+    for name in ("d/images/1.png", "d/manifest.json", "d2/manifest.json"):
+        store.write_stream(f"tenants/t/datasets/{name}", io.BytesIO(b"x"))
+    store.delete_tree(dataset_key("t", "d"))
+    assert not store.exists(dataset_key("t", "d"))
+    assert store.exists(dataset_key("t", "d2")), "a sibling whose name starts the same stays"
+    store.delete_tree(dataset_key("t", "d"))
+
+
+@BOTH
+def test_put_tree_then_fetch_tree_copies_every_file(store: Storage, tmp_path: Path) -> None:
+    files = {"manifest.json": b"{}", "pairs.jsonl": b"row\n", "images/000000_chosen.png": os.urandom(1000)}
+    store.put_tree(job_key("t", "j"), _tree(tmp_path / "src", files), last="manifest.json")
+    key = job_key("t", "j")
+    assert store.list_keys(key) == sorted(f"{key}/{name}" for name in files)
+    copied = store.fetch_tree(key, tmp_path / "dest")
+    assert copied == sum(len(c) for c in files.values())
+    assert {n: (tmp_path / "dest" / n).read_bytes() for n in files} == files
+    assert store.list_keys(job_key("t", "none")) == []
+
+
+@BOTH
+def test_downloads_stream_through_the_api_unless_presigning_is_on(store: Storage) -> None:
+    store.write_stream("tenants/t/a.bin", io.BytesIO(b"adapter"))
+    assert (
+        store.download_url("tenants/t/a.bin", filename="a.bin", media_type="application/octet-stream") is None
+    )
+
+
+@S3_ONLY
+def test_s3_writes_a_folders_marker_after_every_other_file(store: Storage, tmp_path: Path) -> None:
+    assert isinstance(store, S3Storage)
+    written: list[str] = []
+
+    def record(params: dict[str, Any], **_: Any) -> None:
+        written.append(params["Key"].rsplit("/", 1)[-1])
+
+    # Observe the real requests (the multipart part of the big file included) as they leave the client.
+    store.client.meta.events.register("before-parameter-build.s3.PutObject", record)
+    store.client.meta.events.register("before-parameter-build.s3.CreateMultipartUpload", record)
+    files = {"a.bin": b"a", "state.json": b"{}", "z.bin": os.urandom(20 << 20), "sub/y.bin": b"y"}
+    store.put_tree("tenants/t/jobs/j/checkpoints/step-000002", _tree(tmp_path, files), last="state.json")
+    assert sorted(written) == sorted(files_base(files)) and written[-1] == "state.json"
+
+
+@S3_ONLY
+def test_s3_presigned_download_url_serves_the_object_as_an_attachment(backend: Settings) -> None:
+    store = build_storage(backend.model_copy(update={"storage_presign_downloads": True}))
+    store.write_stream("tenants/t/a.bin", io.BytesIO(b"adapter"))
+    url = store.download_url("tenants/t/a.bin", filename="lora.safetensors", media_type="application/x-lora")
+    assert url is not None
+    response = httpx.get(url)
+    assert response.status_code == 200 and response.content == b"adapter"
+    assert response.headers["content-disposition"] == 'attachment; filename="lora.safetensors"'
+
+
+def files_base(files: dict[str, bytes]) -> list[str]:
+    return [name.rsplit("/", 1)[-1] for name in files]

@@ -1,0 +1,68 @@
+"""The worker's dataset cache: fetched once, least recently used out past its bound, never while in use."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from core.storage import LocalStorage
+from worker.dataset_cache import DatasetCache
+
+DATASET_BYTES = 100_000
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> LocalStorage:
+    """Three stored datasets of DATASET_BYTES each (a local directory stands in for the object store)."""
+    storage = LocalStorage(tmp_path / "store")
+    for name in ("a", "b", "c"):
+        folder = tmp_path / "src" / name
+        (folder / "images").mkdir(parents=True)
+        (folder / "images" / "0.png").write_bytes(os.urandom(DATASET_BYTES - 2))
+        (folder / "manifest.json").write_bytes(b"{}")
+        storage.put_tree(f"datasets/{name}", folder, last="manifest.json")
+    return storage
+
+
+def test_a_cached_dataset_is_read_without_fetching_again(source: LocalStorage, tmp_path: Path) -> None:
+    cache = DatasetCache(tmp_path / "cache", max_bytes=10 * DATASET_BYTES)
+    with cache.lease(source, "datasets/a") as first:
+        assert (first / "manifest.json").read_bytes() == b"{}"
+    source.delete_tree("datasets/a")
+    with cache.lease(source, "datasets/a") as again:
+        assert again == first and (again / "images" / "0.png").stat().st_size == DATASET_BYTES - 2
+
+
+def test_the_least_recently_used_dataset_is_evicted_past_the_bound(
+    source: LocalStorage, tmp_path: Path
+) -> None:
+    cache = DatasetCache(tmp_path / "cache", max_bytes=2 * DATASET_BYTES)
+    for name in ("a", "b"):
+        with cache.lease(source, f"datasets/{name}"):
+            pass
+    with cache.lease(source, "datasets/a"):  # a is now more recent than b
+        pass
+    with cache.lease(source, "datasets/c"):
+        pass
+    assert not cache.entry("datasets/b").exists()
+    assert cache.entry("datasets/a").exists() and cache.entry("datasets/c").exists()
+
+
+def test_a_dataset_in_use_is_never_evicted(source: LocalStorage, tmp_path: Path) -> None:
+    cache = DatasetCache(tmp_path / "cache", max_bytes=DATASET_BYTES)
+    with cache.lease(source, "datasets/a") as in_use:
+        with cache.lease(source, "datasets/b"):
+            assert (in_use / "images" / "0.png").exists(), "a is in use: the cache runs over its bound"
+        with cache.lease(source, "datasets/c"):
+            assert not cache.entry("datasets/b").exists()
+        assert (in_use / "manifest.json").exists()
+
+
+def test_a_missing_dataset_fails_and_leaves_no_entry(source: LocalStorage, tmp_path: Path) -> None:
+    cache = DatasetCache(tmp_path / "cache", max_bytes=DATASET_BYTES)
+    with pytest.raises(FileNotFoundError), cache.lease(source, "datasets/none"):
+        pass
+    assert not cache.entry("datasets/none").exists()
+    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == []

@@ -1,0 +1,100 @@
+"""A job moves between hosts through storage alone: the second host has none of the first one's files."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from core.db import Database
+from core.models import Job
+from core.queue import enqueue_train_job, make_producer
+from core.repositories import events as event_repo
+from core.repositories import jobs as job_repo
+from core.repositories import outputs as output_repo
+from core.settings import Settings
+from core.storage import build_storage
+from tests.conftest import BOTH_STORAGE_BACKENDS
+from tests.worker.conftest import running_worker
+from tests.worker.test_celery_process import wait_finished
+from worker.context import WorkerContext
+from worker.runner import run_job
+
+
+def host(settings: Settings, database: Database, data_dir: Path, name: str) -> WorkerContext:
+    """A worker on another machine: its own data_dir (cache, work dir), the same database and storage
+    (a local storage directory is shared between the hosts, as a network mount would be)."""
+    own = settings.model_copy(update={"data_dir": data_dir, "storage_dir": settings.storage_root})
+    own.ensure_dirs()
+    return WorkerContext(own, database, build_storage(own), f"{name}:1")
+
+
+def cancel_after_first_checkpoint(ctx: WorkerContext, job_id: str) -> threading.Thread:
+    def run() -> None:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            with ctx.db.session_scope() as s:
+                if output_repo.list_checkpoints(s, job_id):
+                    job_repo.request_cancel(s, job_id)
+                    return
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+@BOTH_STORAGE_BACKENDS
+def test_a_job_resumes_on_another_host_from_the_checkpoint_in_storage(
+    worker_settings: Settings,
+    database: Database,
+    make_job: Callable[..., Job],
+    session: Session,
+    tmp_path: Path,
+) -> None:
+    job = make_job(max_train_steps=10_000, checkpoint_every_n_steps=2, validation={})
+    first = host(worker_settings, database, tmp_path / "host-a", "host-a")
+    canceller = cancel_after_first_checkpoint(first, job.id)
+    assert run_job(job.id, first) == "cancelled"
+    canceller.join()
+    shutil.rmtree(tmp_path / "host-a")  # the first machine is gone, with everything it had on disk
+    session.expire_all()
+    kept = max(c.step for c in output_repo.list_checkpoints(session, job.id))
+    # Requeued as the reconciler would, to train two steps past the checkpoint it stopped at.
+    spec = {**job.spec, "max_train_steps": kept + 2}
+    session.execute(
+        update(Job).where(Job.id == job.id).values(status="queued", spec=spec, total_steps=kept + 2)
+    )
+    session.commit()
+
+    second = host(worker_settings, database, tmp_path / "host-b", "host-b")
+    assert run_job(job.id, second) == "succeeded"
+    session.expire_all()
+    events = event_repo.list_events(session, job.id, after=None, limit=1000).items
+    assert [e.data["resumed_from_step"] for e in events if e.type == "started"] == [0, kept]
+    assert (job_repo.get_job(session, job.id) or job).step == kept + 2
+    adapter = output_repo.get_artifact(session, job.id, format="diffusers")
+    assert adapter is not None and second.storage.size(adapter.storage_key) > 0
+
+
+@pytest.mark.parametrize("storage_backend", [pytest.param("s3", marks=pytest.mark.s3)], indirect=True)
+def test_a_worker_process_configured_for_s3_stores_its_outputs_there(
+    worker_settings: Settings, make_job: Callable[..., Job], session: Session, tmp_path: Path
+) -> None:
+    job = make_job(max_train_steps=2, validation={})
+    with running_worker(worker_settings, tmp_path / "worker.log"):
+        enqueue_train_job(make_producer(worker_settings), job.id)
+        finished = wait_finished(session, job.id)
+    assert finished.status == "succeeded", (tmp_path / "worker.log").read_text(errors="replace")[-3000:]
+    storage = build_storage(worker_settings)
+    artifacts = output_repo.list_artifacts(session, job.id)
+    assert len(artifacts) == 2 and all(storage.size(a.storage_key) == a.bytes for a in artifacts)
+    assert not worker_settings.storage_root.joinpath("tenants").exists(), (
+        "nothing went to the local directory"
+    )
