@@ -40,11 +40,16 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 class Database:
-    """An engine and its session factory, built once per process from Settings."""
+    """An engine and its session factories, built once per process from Settings."""
 
     def __init__(self, settings: Settings) -> None:
         self.engine = make_engine(settings.sqlalchemy_url)
         self.sessions = make_session_factory(self.engine)
+        # For reads that need no transaction (the API's hot reads): on the same pool, every statement
+        # commits by itself, so no BEGIN or COMMIT goes to the server and ending the session sends nothing.
+        # Each statement sees the rows committed when it starts; several statements may see different ones.
+        autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.read_sessions = make_session_factory(autocommit)
 
     @contextmanager
     def session_scope(self) -> Iterator[Session]:
