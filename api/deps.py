@@ -98,7 +98,6 @@ _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: 
 
 async def get_current_tenant(
     context: ContextDep,
-    session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Tenant:
     """The tenant whose API key is in `Authorization: Bearer <key>`; 401 otherwise. A key checked in the
@@ -109,11 +108,19 @@ async def get_current_tenant(
     if tenant is not None:
         return tenant
     key, pepper = credentials.credentials, context.settings.api_key_pepper.get_secret_value()
-    tenant = await run_in_threadpool(tenant_repo.authenticate, session, key, pepper=pepper)
+    tenant = await run_in_threadpool(_authenticate, context.database, key, pepper)
     if tenant is None:
         raise Unauthenticated("invalid or revoked API key")
     context.tenants.put(key, tenant)
     return tenant
+
+
+def _authenticate(database: Database, key: str, pepper: str) -> Tenant | None:
+    # A transaction of its own (it stamps the key's last use), over before the route takes a pooled
+    # connection: a request holding two at once could wait forever on a pool that its peers, each
+    # holding one, have emptied.
+    with database.session_scope() as session:
+        return tenant_repo.authenticate(session, key, pepper=pepper)
 
 
 CurrentTenant = Annotated[Tenant, Depends(get_current_tenant)]
