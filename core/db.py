@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from pydantic_core import from_json
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -18,10 +19,15 @@ _AFTER_ROLLBACK = "mapo_after_rollback"
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite gets WAL (readers never block the writer), foreign keys and a busy wait."""
+    """An engine for `url`; SQLite gets WAL (readers never block the writer), foreign keys and a busy wait.
+
+    JSON columns are parsed by pydantic-core's parser: the same values as the `json` module's, 5-15 times
+    faster, which matters when a page of 50 jobs parses 250 of them (bench/api_load.py)."""
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        return create_engine(url, pool_pre_ping=True, json_deserializer=from_json)
+    engine = create_engine(
+        url, connect_args={"check_same_thread": False, "timeout": 30}, json_deserializer=from_json
+    )
     event.listen(engine, "connect", _sqlite_pragmas)
     return engine
 
