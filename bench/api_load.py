@@ -176,6 +176,7 @@ def _targets(seeded: Seeded, *, compared: bool) -> list[Target]:
         Target("bare async def", "bare", ["/async"], authenticated=False),
         Target("bare def", "bare", ["/sync"], authenticated=False),
         Target("bare def, 1 SELECT", "bare", [f"/select/{i}" for i in ids], authenticated=False),
+        Target("GET /healthz (our stack, no DB)", "app", ["/healthz"], authenticated=False),
         Target("GET /v1/jobs/{id}", "app", reads[0][1]),
         Target("GET /v1/jobs/{id}, no auth", "noauth", reads[0][1]),
         Target("GET /v1/jobs/{id}, key cache off", "nocache", reads[0][1]),
