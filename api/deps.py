@@ -47,9 +47,9 @@ async def get_session(context: ContextDep) -> AsyncIterator[Session]:
     """The request's transaction: committed when the route returns (before the response is sent), rolled
     back on any error; after-commit hooks (enqueueing) run only once the commit succeeded.
 
-    async, unlike the routes: opening a session does no I/O (it connects on first use), so only the end
-    of a transaction goes to the thread pool, and a session the request never used (a cached API key
-    on a route that reads elsewhere) is closed without going there at all."""
+    async, unlike most routes: opening a session does no I/O (it connects on first use), so only the end
+    of a transaction goes to the thread pool, and a session the request never used (a route that
+    refused its input first) is closed without going there at all."""
     session = context.database.sessions()
     try:
         yield session
@@ -82,8 +82,8 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 async def get_read_session(context: ContextDep) -> AsyncIterator[Session]:
     """A session for routes that only read, one autocommitted statement at a time (`Database.read_sessions`):
-    there is no transaction to end, so closing it returns the connection to the pool without I/O, here.
-    Its statements may each see a newer state than the one before; never write through it."""
+    there is no transaction to end, so closing it returns the connection to the pool without I/O, on
+    the event loop. Its statements may each see a newer state than the one before; never write with it."""
     session = context.database.read_sessions()
     try:
         yield session
