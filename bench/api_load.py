@@ -3,6 +3,9 @@
     python -m bench.api_load                        # 32 connections, 3 rounds of 5 s per endpoint
     python -m bench.api_load --seconds 10 --rounds 5
     python -m bench.api_load --server-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres
+    python -m bench.api_load --workers 2                 # every server (bare included) as 2 processes
+    git archive main | tar -x -C /tmp/before && python -m bench.api_load --compare-with /tmp/before
+    python -m bench.api_load --events 100000 --long-steps 10000 --seconds 3 --rounds 2   # quick look
 
 Creates a database on the server (dropped at the end), fills it with 10,000 jobs, 1,000,000 events and
 the metrics of one 100,000-step job (bench/seed_jobs.py, COPY), and serves it with uvicorn exactly as the
@@ -12,8 +15,10 @@ job's row from plain `def`), our app with authentication replaced by a fixed ten
 MAPO_AUTH_CACHE_SECONDS=0 (an API-key lookup in the database on every request, as before the cache).
 A load generator in its own process (bench/http_load.py) keeps `--connections` keep-alive connections
 busy; endpoints take turns within each round so machine noise hits them alike; the table shows medians
-over rounds. Reading the whole 100k-step metrics job and its `max_points` downsampling are timed alone,
-one request at a time.
+over rounds. `--compare-with DIR` also serves the app of another checkout (e.g. the commit before a
+change) on the same database, so before and after share one run's noise. `--workers N` runs every
+server, the bare one too, as N uvicorn processes. Reading the whole 100k-step metrics job and its
+`max_points` downsampling are timed alone, one request at a time.
 """
 
 from __future__ import annotations
@@ -74,16 +79,21 @@ def main() -> None:
             file=sys.stderr,
         )
         data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        specs = [
+            ("app", "api.main:create_app", {}, REPO),
+            ("nocache", "api.main:create_app", {"MAPO_AUTH_CACHE_SECONDS": "0"}, REPO),
+            ("bare", "bench.api_load:bare_app", {}, REPO),
+            ("noauth", "bench.api_load:app_without_auth", {}, REPO),
+        ]
+        if args.compare_with is not None:
+            specs.append(("compared", "api.main:create_app", {}, args.compare_with.resolve()))
         servers = {
-            name: stack.enter_context(_uvicorn(app, url, seeded, data_dir, extra_env))
-            for name, app, extra_env in (
-                ("app", "api.main:create_app", {}),
-                ("nocache", "api.main:create_app", {"MAPO_AUTH_CACHE_SECONDS": "0"}),
-                ("bare", "bench.api_load:bare_app", {}),
-                ("noauth", "bench.api_load:app_without_auth", {}),
+            name: stack.enter_context(
+                _uvicorn(app, url, seeded, data_dir, extra_env, source=source, workers=args.workers)
             )
+            for name, app, extra_env, source in specs
         }
-        targets = _targets(seeded)
+        targets = _targets(seeded, compared=args.compare_with is not None)
         rows = _measure(targets, servers, seeded, args)
         solo = _solo_metrics(servers["app"].port, seeded, args.solo_requests)
     _print_table(rows, targets, args)
@@ -101,6 +111,15 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--long-steps", type=int, default=100_000, help="steps of the long job's metrics")
     parser.add_argument("--solo-requests", type=int, default=10, help="timed requests of the long job")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="uvicorn worker processes of every server, the bare one too"
+    )
+    parser.add_argument(
+        "--compare-with",
+        type=Path,
+        help="another checkout of the service (e.g. `git archive REV | tar -x -C DIR`); its app's job "
+        "reads are measured in the same rounds",
+    )
     return parser.parse_args()
 
 
@@ -146,35 +165,54 @@ def app_without_auth() -> FastAPI:
     return app
 
 
-def _targets(seeded: Seeded) -> list[Target]:
+def _targets(seeded: Seeded, *, compared: bool) -> list[Target]:
     ids = seeded.job_ids[:-1]  # the long job's metrics are timed on their own
-    return [
+    reads = [
+        ("GET /v1/jobs/{id}", [f"/v1/jobs/{i}" for i in ids]),
+        ("GET /v1/jobs?limit=50", ["/v1/jobs?limit=50"]),
+        ("GET /v1/jobs/{id}/metrics", [f"/v1/jobs/{i}/metrics" for i in ids]),
+    ]
+    targets = [
         Target("bare async def", "bare", ["/async"], authenticated=False),
         Target("bare def", "bare", ["/sync"], authenticated=False),
         Target("bare def, 1 SELECT", "bare", [f"/select/{i}" for i in ids], authenticated=False),
-        Target("GET /v1/jobs/{id}", "app", [f"/v1/jobs/{i}" for i in ids]),
-        Target("GET /v1/jobs/{id}, no auth", "noauth", [f"/v1/jobs/{i}" for i in ids]),
-        Target("GET /v1/jobs/{id}, key cache off", "nocache", [f"/v1/jobs/{i}" for i in ids]),
-        Target("GET /v1/jobs?limit=50", "app", ["/v1/jobs?limit=50"]),
-        Target("GET /v1/jobs/{id}/metrics", "app", [f"/v1/jobs/{i}/metrics" for i in ids]),
+        Target("GET /healthz (our stack, no DB)", "app", ["/healthz"], authenticated=False),
+        Target("GET /v1/jobs/{id}", "app", reads[0][1]),
+        Target("GET /v1/jobs/{id}, no auth", "noauth", reads[0][1]),
+        Target("GET /v1/jobs/{id}, key cache off", "nocache", reads[0][1]),
+        Target("GET /v1/jobs?limit=50", "app", reads[1][1]),
+        Target("GET /v1/jobs/{id}/metrics", "app", reads[2][1]),
     ]
+    if compared:
+        targets += [Target(f"{label}, compared", "compared", paths) for label, paths in reads]
+    return targets
 
 
 @contextmanager
 def _uvicorn(
-    app: str, url: str, seeded: Seeded, data_dir: Path, extra_env: dict[str, str]
+    app: str,
+    url: str,
+    seeded: Seeded,
+    data_dir: Path,
+    extra_env: dict[str, str],
+    *,
+    source: Path,
+    workers: int,
 ) -> Iterator[Server]:
+    """uvicorn serving `app` imported from the checkout at `source`."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAPO_")}
     env |= {
+        "PYTHONPATH": str(source),
         "MAPO_DATABASE_URL": url,
         "MAPO_DATA_DIR": str(data_dir),
         "MAPO_BENCH_TENANT_ID": seeded.tenant_id,
         **extra_env,
     }
     command = [sys.executable, "-m", "uvicorn", app, "--factory", "--host", HOST, "--port", str(port)]
+    command += ["--workers", str(workers)] if workers > 1 else []
     process = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command, cwd=source, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         _wait_listening(port, process)
@@ -281,9 +319,12 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _cpu(process: psutil.Process) -> float:
-    """CPU seconds of the server process and its threads."""
-    times = process.cpu_times()
-    return float(times.user + times.system)
+    """CPU seconds of the server process and its threads, and of its worker processes if any."""
+    total = 0.0
+    for each in [process, *process.children(recursive=True)]:
+        times = each.cpu_times()
+        total += times.user + times.system
+    return total
 
 
 def _free_port() -> int:

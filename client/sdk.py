@@ -275,9 +275,13 @@ class MapoClient:
 
     # Outputs
 
-    def metrics(self, job_id: str) -> dict[str, JSON]:
-        """Metric series per name: `{"loss": {"steps": [...], "values": [...]}, ...}`."""
-        return cast(dict[str, JSON], self._json("GET", f"/v1/jobs/{job_id}/metrics")["series"])
+    def metrics(self, job_id: str, *, max_points: int | None = None) -> dict[str, JSON]:
+        """Metric series per name: `{"loss": {"steps": [...], "values": [...]}, ...}`; with `max_points`,
+        each longer series thinned by the server to at most that many points, its first and last kept
+        (for plotting: a long job's whole series is large and slow)."""
+        params = {} if max_points is None else {"max_points": max_points}
+        body = self._json("GET", f"/v1/jobs/{job_id}/metrics", params=params)
+        return cast(dict[str, JSON], body["series"])
 
     def checkpoints(self, job_id: str) -> list[JSON]:
         """Checkpoints kept on disk, with step and metrics."""

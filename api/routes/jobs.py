@@ -1,4 +1,8 @@
-"""Job routes: create, list, inspect, cancel, and follow (events, metrics)."""
+"""Job routes: create, list, inspect, cancel, and follow (events, metrics).
+
+The hot reads (inspect, list, metrics) read through an autocommit session (`ReadSessionDep`: no BEGIN,
+no COMMIT) and are `async def` that hand their one service call to the thread pool: a `def` route costs
+a second trip there to validate its return value (bench/api_load.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +10,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, status
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
-from api.deps import ContextDep, CurrentTenant, SessionDep
+from api.deps import ContextDep, CurrentTenant, ReadSessionDep, SessionDep
 from api.schemas import ErrorResponse, EventOut, JobCreate, JobOut, ListResponse, MetricsOut
 from api.services import events as event_service
 from api.services import jobs as service
@@ -50,21 +55,23 @@ def create_job(
 
 
 @router.get("")
-def list_jobs(
-    session: SessionDep,
+async def list_jobs(
+    session: ReadSessionDep,
     tenant: CurrentTenant,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
     limit: Limit = 20,
     after: Annotated[str | None, Query(description="Id of the last job of the previous page.")] = None,
 ) -> ListResponse[JobOut]:
     """List your jobs, newest first."""
-    return service.list_jobs(session, tenant, status=status, limit=limit, after=after)
+    return await run_in_threadpool(
+        service.list_jobs, session, tenant, status=status, limit=limit, after=after
+    )
 
 
 @router.get("/{job_id}")
-def get_job(session: SessionDep, tenant: CurrentTenant, job_id: str) -> JobOut:
+async def get_job(session: ReadSessionDep, tenant: CurrentTenant, job_id: str) -> JobOut:
     """Inspect a job: status, progress, error, timestamps and latest metrics."""
-    return service.get_job(session, tenant, job_id)
+    return await run_in_threadpool(service.get_job, session, tenant, job_id)
 
 
 @router.post("/{job_id}/cancel", responses={409: {"model": ErrorResponse}})
@@ -105,8 +112,8 @@ def job_events(
 
 
 @router.get("/{job_id}/metrics")
-def job_metrics(
-    session: SessionDep,
+async def job_metrics(
+    session: ReadSessionDep,
     tenant: CurrentTenant,
     job_id: str,
     max_points: Annotated[
@@ -122,4 +129,4 @@ def job_metrics(
     ] = None,
 ) -> MetricsOut:
     """Metric series per name (steps and values) for plotting."""
-    return output_service.get_metrics(session, tenant, job_id, max_points=max_points)
+    return await run_in_threadpool(output_service.get_metrics, session, tenant, job_id, max_points=max_points)

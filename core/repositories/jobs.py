@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CursorResult, Update, func, select, update
+from sqlalchemy import CursorResult, Update, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from core.models import FINISHED_STATUSES, Job, utcnow
@@ -24,12 +24,16 @@ def add_job(session: Session, job: Job) -> Job:
     return job
 
 
+# Built once: composing a select from ORM attributes costs a quarter of a job read's CPU.
+_JOB = select(Job).where(Job.id == bindparam("job_id"))
+_TENANT_JOB = _JOB.where(Job.tenant_id == bindparam("tenant_id"))
+
+
 def get_job(session: Session, job_id: str, *, tenant_id: str | None = None) -> Job | None:
     """The job, or None; with `tenant_id` another tenant's job is None too."""
-    stmt = select(Job).where(Job.id == job_id)
-    if tenant_id is not None:
-        stmt = stmt.where(Job.tenant_id == tenant_id)
-    return session.scalar(stmt)
+    if tenant_id is None:
+        return session.scalar(_JOB, {"job_id": job_id})
+    return session.scalar(_TENANT_JOB, {"job_id": job_id, "tenant_id": tenant_id})
 
 
 def get_job_by_idempotency_key(session: Session, *, tenant_id: str, key: str) -> Job | None:

@@ -242,7 +242,7 @@ def record(service: Service, job_id: str, events: list[Any]) -> None:
     recorder.close()
 
 
-def step(n: int) -> Step:
+def step(n: int, total_steps: int = 12) -> Step:
     metrics = {
         "loss": 0.5 / n,
         "chosen_loss": 0.4 / n,
@@ -251,7 +251,7 @@ def step(n: int) -> Step:
         "accuracy": min(1.0, 0.4 + 0.05 * n),
         "lr": 1e-4,
     }
-    return Step(step=n, total_steps=12, metrics=metrics)
+    return Step(step=n, total_steps=total_steps, metrics=metrics)
 
 
 def test_a_running_job_grows_its_curves_as_events_arrive(page: Page, service: Service) -> None:
@@ -278,6 +278,26 @@ def test_a_running_job_grows_its_curves_as_events_arrive(page: Page, service: Se
         event_repo.append_event(session, job_id, "succeeded", "job succeeded")
     page.wait_for_selector('h1 [data-status="succeeded"]')
     assert chart_points(page, "loss", "loss") == 6
+
+
+def test_a_long_job_draws_each_curve_from_at_most_480_points_though_its_log_replays_every_step(
+    page: Page, service: Service
+) -> None:
+    steps = 2000
+    with service.database.session_scope() as session:
+        job_id = create_job(session, tenant_id=service.tenant_id, total_steps=steps).id
+        job_repo.claim_job(session, job_id, worker_id="dashboard-test:4")
+    started = Started(steps, 0, 9, 3, "sd", 32, "no", 1234)
+    record(service, job_id, [started, *(step(n, steps) for n in range(1, steps + 1))])
+    with service.database.session_scope() as session:
+        job_repo.finish_job(session, job_id, status="succeeded")
+        event_repo.append_event(session, job_id, "succeeded", "job succeeded")
+
+    page.goto(f"{service.url}/ui/#/jobs/{job_id}")
+    page.wait_for_selector(f'#main[data-stream="ended"] h1:has-text("{job_id}") [data-status="succeeded"]')
+    assert page.locator("#step").inner_text() == f"step {steps} / {steps}"
+    for chart, metric in [("loss", "loss"), ("margin", "margin"), ("lr", "lr")]:
+        assert 2 < chart_points(page, chart, metric) <= 480, chart
 
 
 def test_a_failed_job_shows_its_error(page: Page, service: Service) -> None:

@@ -202,6 +202,19 @@ def test_metrics_checkpoints_and_samples(
     assert saved.read_bytes() == b"\x89PNG fake"
 
 
+def test_metrics_of_a_long_series_thinned_to_max_points_keep_the_first_and_last_step(
+    mapo: MapoClient, session: Session, tenant: Tenant
+) -> None:
+    job = finished_job(session, tenant)
+    metric_repo.add_metrics(session, job.id, [MetricPoint(s, "loss", 1.0 / s) for s in range(1, 101)])
+    session.commit()
+
+    thinned = mapo.metrics(job.id, max_points=10)["loss"]["steps"]
+    assert 2 <= len(thinned) <= 10
+    assert (thinned[0], thinned[-1]) == (1, 100)
+    assert len(mapo.metrics(job.id)["loss"]["steps"]) == 100
+
+
 def test_job_with_webhooks_and_the_signing_secret(mapo: MapoClient, demo_zip: Path) -> None:
     dataset_id = mapo.upload_dataset(demo_zip)["id"]
     hooks = [{"url": "https://example.test/hook", "events": ["started", "succeeded"]}]

@@ -112,3 +112,23 @@ def test_list_is_newest_first_filtered_and_paginated_per_tenant(session: Session
     cancelled = job_repo.list_jobs(session, tenant_id=tenant.id, status="cancelled", limit=10, after=None)
     assert [j.id for j in cancelled.items] == [ids[0]]
     assert job_repo.get_job(session, ids[0], tenant_id=other.id) is None
+
+
+def test_json_columns_read_back_exactly_as_written_in_both_kinds_of_session(database: Database) -> None:
+    metadata = {
+        "nested": {"list": [1, 2.5, None, True, "ü ✓ 猫"], "empty": {}},
+        "big": 12345678901234567890123,
+        "float": 0.30000000000000004,
+        "negative_zero": -0.0,
+        "escaped": 'quote " backslash \\ newline \n',
+    }
+    with database.session_scope() as s:
+        job_id = create_job(s, metadata_=metadata, latest_metrics={"loss": 1e-300, "lr": 3e-5}).id
+    for sessions in (database.sessions, database.read_sessions):
+        with sessions() as s:
+            job = job_repo.get_job(s, job_id)
+            assert job is not None
+            assert job.metadata_ == metadata
+            assert repr(job.metadata_["float"]) == "0.30000000000000004"
+            assert repr(job.metadata_["negative_zero"]) == "-0.0"
+            assert job.latest_metrics == {"loss": 1e-300, "lr": 3e-5}

@@ -41,12 +41,15 @@ const CHARTS = [
 ];
 const LOG_LIMIT = 300;
 const JOB_REFRESH_MS = 2000;
+// About one point per unit of a chart's width: the API thins longer series (`?max_points=`), so a
+// 100,000-step job's curves cost what a short one's do.
+const CURVE_POINTS = 480;
 
 export async function jobPage({ root, api, signal, showError }, jobId) {
   const base = `/v1/jobs/${encodeURIComponent(jobId)}`;
   const [job, metrics, samples, checkpoints] = await Promise.all([
     api.json(base, { signal }),
-    api.json(`${base}/metrics`, { signal }),
+    api.json(`${base}/metrics?max_points=${CURVE_POINTS}`, { signal }),
     api.json(`${base}/samples`, { signal }),
     api.json(`${base}/checkpoints`, { signal }),
   ]);
@@ -61,6 +64,7 @@ class JobView {
   constructor({ root, api, signal, showError, base, job }) {
     Object.assign(this, { root, api, signal, showError, base, job });
     this.series = new Map();
+    this.fetchedUntil = new Map(); // metric name → the last step of its fetched (thinned) curve
     this.lastEventId = 0;
     this.head = h("div", { class: "page-head" });
     this.summary = h("div", { class: "card summary", id: "summary" });
@@ -189,8 +193,18 @@ class JobView {
     for (const [name, { steps, values }] of Object.entries(series)) {
       const points = this.points(name);
       steps.forEach((step, i) => points.set(step, values[i]));
+      if (steps.length) this.fetchedUntil.set(name, steps.at(-1));
     }
     this.drawCharts();
+  }
+
+  // Points of step and evaluation events. The replayed log's steps are in the fetched curves already,
+  // thinned on purpose, so a curve only takes steps after its fetched end: else a long job's replay
+  // would put every one of its steps back (a run resumed below that step while the page is open shows
+  // its new values there on reload).
+  addEventPoints(step, metrics) {
+    const later = Object.entries(metrics).filter(([name]) => step > (this.fetchedUntil.get(name) ?? -Infinity));
+    this.addPoints(step, Object.fromEntries(later));
   }
 
   addPoints(step, metrics) {
@@ -305,11 +319,11 @@ class JobView {
         this.job.progress.total_steps = data.total_steps;
         Object.assign(this.job.latest_metrics, data.metrics);
       }
-      this.addPoints(data.step, data.metrics);
+      this.addEventPoints(data.step, data.metrics);
       this.showJobSoon();
       if (!FINISHED.has(this.job.status)) this.refreshJob();
     } else if (event.type === "evaluation") {
-      this.addPoints(data.step, data.metrics);
+      this.addEventPoints(data.step, data.metrics);
     } else if (event.type === "sample") {
       this.refreshSamples();
     } else if (event.type === "checkpoint") {
