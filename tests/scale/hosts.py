@@ -1,11 +1,11 @@
 """Service processes on the test's hosts (see netns.py), and the object store they share.
 
-`SharedStorage` is what every host is told about the object store. Until the S3 backend lands, a folder
-on this machine's filesystem stands in: namespaces share the filesystem, so every host sees it, but a
-host whose link is cut still reaches it too, which a real host's object store would not allow. So with a
-folder `cut_with_network` is False and the test freezes the cut host as well (its training cannot go on
-writing checkpoints that the host taking over now owns); with an S3 endpoint reached over the test
-network the link going down is enough.
+`SharedStorage` is what every host is told about the object store: a SeaweedFS S3 endpoint listening on
+the test network's bridge address, so hosts reach it over their links exactly as they reach PostgreSQL
+and Redis, and a host whose link goes down loses the store with everything else. (A folder on the shared
+filesystem would not do: every namespace would still see it after the cut, and the cut host's training
+would go on writing into the checkpoints that the host taking over now owns.) Each host has a data dir of
+its own, as real hosts have local disks, so a job resumed elsewhere can only come from the store.
 """
 
 from __future__ import annotations
@@ -25,21 +25,29 @@ import httpx
 
 from tests.conftest import TEST_PEPPER
 from tests.scale.netns import Host, Network
+from tests.servers import SeaweedFS
 
 
 @dataclass(frozen=True)
 class SharedStorage:
     env: dict[str, str]  # MAPO_* settings that point a host at the store
-    cut_with_network: bool  # True when a host whose link is down can no longer reach the store
 
 
 @contextmanager
-def local_folder_storage(network: Network, root: Path) -> Iterator[SharedStorage]:
-    """A folder every namespace sees through the shared filesystem (see the module docstring)."""
-    del network  # a folder needs no address; an S3 store listens on network.gateway
-    folder = root / "object-store"
-    folder.mkdir(parents=True)
-    yield SharedStorage(env={"MAPO_STORAGE_DIR": str(folder)}, cut_with_network=False)
+def s3_storage(network: Network, root: Path) -> Iterator[SharedStorage]:
+    """A SeaweedFS server on `network.gateway` (see the module docstring), removed afterwards."""
+    server = SeaweedFS(root / "object-store", address=network.gateway)
+    try:
+        yield SharedStorage(
+            env={
+                "MAPO_STORAGE_URL": f"s3://{server.BUCKET}/scale-{network.tag}",
+                "MAPO_S3_ENDPOINT_URL": server.endpoint_url,
+                "MAPO_S3_ACCESS_KEY_ID": "mapo-test",
+                "MAPO_S3_SECRET_ACCESS_KEY": "mapo-test-secret",
+            }
+        )
+    finally:
+        server.close()
 
 
 @dataclass
@@ -54,14 +62,10 @@ class HostProcess:
     def tail(self, chars: int = 3000) -> str:
         return f"--- {self.name} ({self.host.address})\n{self.log.read_text(errors='replace')[-chars:]}"
 
-    def freeze(self) -> None:
-        os.killpg(self.process.pid, signal.SIGSTOP)
-
     def stop(self, *, timeout: float = 15) -> None:
         """SIGTERM, then SIGKILL to the whole group (pool children too) after `timeout` seconds."""
         group = self.process.pid
         with suppress(ProcessLookupError):
-            os.killpg(group, signal.SIGCONT)  # a frozen group must run to see the signal
             os.killpg(group, signal.SIGTERM)
         with suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=timeout)

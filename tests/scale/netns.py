@@ -54,6 +54,7 @@ class Host:
     namespace: str
     address: str
     bridge_end: str  # the veth end on the bridge (root namespace): down = cut off
+    is_cut: bool = False
 
     def command(self, *argv: str) -> list[str]:
         """`argv` run inside this host's namespace."""
@@ -61,6 +62,11 @@ class Host:
 
     def cut(self) -> None:
         _ip("link", "set", self.bridge_end, "down")
+        self.is_cut = True
+
+    def pids(self) -> list[int]:
+        """Processes still running in this host's namespace."""
+        return [int(pid) for pid in _ip("netns", "pids", self.namespace).split()]
 
 
 @dataclass

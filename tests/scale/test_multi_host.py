@@ -1,15 +1,19 @@
 """Several hosts on one machine (network namespaces): an API host and two worker hosts sharing PostgreSQL,
-Redis and the object store. Jobs spread over both workers; a worker host cut off the network in the middle
-of a job loses it to the other host, which resumes it from its last checkpoint and finishes it.
+Redis and the object store (SeaweedFS over S3). Jobs spread over both workers; a worker host cut off the
+network in the middle of a job loses it to the other host, which resumes it from its last checkpoint in
+the object store and finishes it. The cut host is left running: losing its link must be enough.
 
-Prints the figures the team tracks: how the jobs spread, and the time from the cut to the job running on
-the other host.
+Prints the figures the team tracks: how the jobs spread, the time from the cut to the job running on
+the other host, and the step it resumed from.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,22 +29,21 @@ from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
 from core.repositories import tenants as tenant_repo
 from core.settings import Settings
+from core.storage import job_key
 from tests.conftest import TEST_PEPPER
 from tests.scale.hosts import (
     HostProcess,
     SharedStorage,
-    local_folder_storage,
+    s3_storage,
     service_env,
     start_api,
     start_worker,
 )
-from tests.scale.netns import Network, require_netns
+from tests.scale.netns import Host, Network, require_netns
 from tests.servers import PrivatePostgres, PrivateRedis
 from tests.trainer.specs import FAST_TRAINING
+from trainer.checkpoints import PREFIX
 from trainer.demo_data import write_demo_upload
-
-# The one line to change once the S3 backend is merged: the store every host shares.
-SHARED_STORAGE = local_folder_storage
 
 SHORT_JOBS = 4
 LONG_JOB_STEPS, CHECKPOINT_EVERY = 60, 5
@@ -53,7 +56,7 @@ class Cluster:
     key: str
     database: Database
     workers: dict[str, HostProcess]  # by Celery node name
-    storage: SharedStorage
+    data_dirs: dict[str, Path]  # each worker host's own MAPO_DATA_DIR, by Celery node name
     processes: list[HostProcess]
 
     def logs(self) -> str:
@@ -77,13 +80,30 @@ def cluster(network: Network, tmp_path: Path, tiny_sd: Path) -> Iterator[Cluster
     redis = PrivateRedis(tmp_path / "redis", address=network.gateway)
     processes: list[HostProcess] = []
     try:
-        with SHARED_STORAGE(network, tmp_path) as storage:
-            yield _start_cluster(network, tmp_path, tiny_sd, postgres, redis, storage, processes)
+        with s3_storage(network, tmp_path) as storage:
+            try:
+                yield _start_cluster(network, tmp_path, tiny_sd, postgres, redis, storage, processes)
+            finally:
+                _stop_all(processes, network.hosts)
     finally:
-        for process in processes:
-            process.stop()
         redis.close()
         postgres.close()
+
+
+def _stop_all(processes: list[HostProcess], hosts: list[Host]) -> None:
+    """Stop every service, then make sure no process is left on any host: a cut host's worker is still
+    running, and one that outlived the test would hold files and ports (and its job, were the link back)."""
+    for process in processes:
+        # A cut host's warm shutdown could only wait on its dead link to hand its job back: kill it now.
+        process.stop(timeout=0 if process.host.is_cut else 15)
+    deadline = time.monotonic() + 10
+    while any(host.pids() for host in hosts) and time.monotonic() < deadline:
+        time.sleep(0.2)  # killed children are still being reaped
+    left = {host.namespace: host.pids() for host in hosts if host.pids()}
+    for pid in [pid for pids in left.values() for pid in pids]:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes left running on the test's hosts: {left}"
 
 
 def _start_cluster(
@@ -116,11 +136,13 @@ def _start_cluster(
     api, api_url = start_api(api_host, env("api"), logs)
     processes.append(api)
     workers: dict[str, HostProcess] = {}
+    data_dirs: dict[str, Path] = {}
     for name in ("w1", "w2"):
         node = f"{name}-{network.tag}@scale"
         workers[node] = start_worker(network.add_host(name), node, env(name), logs)
+        data_dirs[node] = root / name
         processes.append(workers[node])
-    return Cluster(api_url, key, database, workers, storage, processes)
+    return Cluster(api_url, key, database, workers, data_dirs, processes)
 
 
 def _wait(what: str, probe: Callable[[], bool], cluster: Cluster, *, timeout: float = WAIT_S) -> None:
@@ -186,10 +208,10 @@ def test_jobs_spread_over_two_hosts_and_a_cut_host_s_job_resumes_on_the_other(
     (survivor_node,) = set(cluster.workers) - {victim_node}
     victim = cluster.workers[victim_node]
     checkpointed = max(c["step"] for c in mapo.checkpoints(long_id))
+    # The other host's own disk holds nothing of this job: what it resumes from must come from the store.
+    assert not _local_files_of(long_id, cluster.data_dirs[survivor_node])
     cut_at = time.monotonic()
     victim.host.cut()
-    if not cluster.storage.cut_with_network:
-        victim.freeze()  # the shared folder is not behind the link (see tests/scale/hosts.py)
 
     def running_elsewhere() -> bool:
         job = _job(cluster, long_id)
@@ -210,7 +232,20 @@ def test_jobs_spread_over_two_hosts_and_a_cut_host_s_job_resumes_on_the_other(
     assert types.count("requeued") == 1 and types.count("succeeded") == 1, types
     resumed = [e.data["resumed_from_step"] for e in events if e.type == "started"]
     assert resumed[0] == 0 and resumed[1] >= checkpointed > 0, resumed
+    survivor_log = cluster.workers[survivor_node].log.read_text(errors="replace")
+    restored = f"restored checkpoint {PREFIX}{resumed[1]:06d} of {_key_of(finished)} from storage"
+    assert restored in survivor_log, survivor_log[-3000:]
     print(f"resumed from the checkpoint of step {resumed[1]} (seen before the cut: step {checkpointed})")
+    # Not frozen, only cut off: the cut host is still running, yet nothing it did reached the job.
+    assert victim.process.poll() is None, victim.tail()
+
+
+def _local_files_of(job_id: str, data_dir: Path) -> list[Path]:
+    return [path for path in data_dir.rglob("*") if job_id in path.parts]
+
+
+def _key_of(job: Job) -> str:
+    return job_key(job.tenant_id, job.id)
 
 
 def _ids(mapo: MapoClient, status: str) -> set[str]:
