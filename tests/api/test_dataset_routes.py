@@ -36,11 +36,17 @@ def pairs_zip(*, missing_rejected: bool = False) -> bytes:
     ]
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w") as archive:
-        archive.writestr("pairs.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+        def add(name: str, data: str | bytes) -> None:
+            # A fixed timestamp: zip stores each member's time, and the idempotency test needs two calls
+            # to give the same bytes even when they straddle a (2-second) zip time step.
+            archive.writestr(zipfile.ZipInfo(name, date_time=(2026, 1, 1, 0, 0, 0)), data)
+
+        add("pairs.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         for i, color in enumerate([(200, 0, 0), (0, 0, 200)]):
-            archive.writestr(f"img/{i}c.png", png(color))
+            add(f"img/{i}c.png", png(color))
             if not (missing_rejected and i == 1):
-                archive.writestr(f"img/{i}r.png", png((90, 90, 90)))
+                add(f"img/{i}r.png", png((90, 90, 90)))
     return out.getvalue()
 
 
