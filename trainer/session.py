@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.data_loader import skip_first_batches
 from accelerate.utils import set_seed
 from diffusers import UNet2DConditionModel
 from diffusers.optimization import get_scheduler
@@ -46,6 +47,7 @@ class TrainingSession:
     optimizer: Any
     lr_scheduler: Any
     loader: Any
+    sampler: EpochSampler  # the loader's, which sets each epoch's order
     output_dir: Path
     resolution: int
     mixed_precision: str
@@ -68,15 +70,12 @@ class TrainingSession:
         """The loader for `epoch`, skipping the micro-batches of updates already done (on resume)."""
         # Epochs start on update boundaries, so accumulation restarts its micro-step count here.
         self.accelerator.step = 0
-        loader = self.loader
-        if skip_updates:
-            loader = self.accelerator.skip_first_batches(
-                loader, skip_updates * self.spec.gradient_accumulation_steps
-            )
-        # accelerate's loaders re-set their sampler's epoch from their own iteration counter when iterated,
-        # and a fresh skipping loader counts from 0: tell the loader itself which epoch this is.
-        loader.set_epoch(epoch)
-        return loader
+        return epoch_loader(
+            self.loader,
+            self.sampler,
+            epoch,
+            skip_batches=skip_updates * self.spec.gradient_accumulation_steps,
+        )
 
     def run_validation(self, *, step: int, emit: Callable[[Event], None], initial: bool = False) -> None:
         """Render the validation prompts: the base model's at the first call, the LoRA's at later ones."""
@@ -160,6 +159,7 @@ def open_session(spec: TrainSpec, dataset_dir: Path, output_dir: Path) -> Traini
         optimizer=optimizer,
         lr_scheduler=lr_scheduler,
         loader=loader,
+        sampler=data.sampler,
         output_dir=output_dir,
         resolution=resolution,
         mixed_precision=mixed,
@@ -170,6 +170,19 @@ def open_session(spec: TrainSpec, dataset_dir: Path, output_dir: Path) -> Traini
 
 
 LORA_STATE_FILE = "lora_state.safetensors"
+
+
+def epoch_loader(loader: Any, sampler: EpochSampler, epoch: int, *, skip_batches: int) -> Any:
+    """`loader` (as prepared by accelerate) set to `epoch`, without its first `skip_batches` batches."""
+    if skip_batches:
+        loader = skip_first_batches(loader, skip_batches)
+    # accelerate's loaders re-set their sampler's epoch from their own iteration counter when iterated,
+    # and a fresh skipping loader counts from 0: tell the loader itself which epoch this is. Its skipping
+    # batch sampler of several processes does not pass the epoch on, so tell our sampler too; without it
+    # a run resumed mid-epoch on 2 processes replayed the first epoch's order.
+    loader.set_epoch(epoch)
+    sampler.set_epoch(epoch)
+    return loader
 
 
 def _check_world_size(spec: TrainSpec, accelerator: Accelerator) -> None:
@@ -209,6 +222,7 @@ def _checkpoint_only_lora_weights(accelerator: Accelerator) -> None:
 @dataclass
 class _Data:
     loader: DataLoader[Any]
+    sampler: EpochSampler
     num_train_pairs: int
     eval_pairs: list[PairRecord]
 
@@ -235,7 +249,7 @@ def _build_data(spec: TrainSpec, model: DiffusionModel, dataset_dir: Path, resol
     loader = DataLoader(
         dataset, batch_size=spec.train_batch_size, sampler=sampler, collate_fn=collate, generator=generator
     )
-    return _Data(loader, len(train_pairs), [pairs[i] for i in eval_idx])
+    return _Data(loader, sampler, len(train_pairs), [pairs[i] for i in eval_idx])
 
 
 def _build_optimizer(
