@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from trainer.tiny import MAX_LENGTH, build_tokenizer
+from trainer.tiny import MAX_LENGTH, build_tokenizer, sd_scheduler
 
 SDXL_UNET: dict[str, Any] = {
     "sample_size": 128,
@@ -69,14 +69,7 @@ def build_full_sdxl(out_dir: Path, *, device: str = "cpu", seed: int = 0) -> Pat
         text_encoder_2=second,
         tokenizer=tokenizer,
         tokenizer_2=tokenizer,
-        scheduler=EulerDiscreteScheduler(
-            num_train_timesteps=1000,
-            beta_start=0.00085,
-            beta_end=0.012,
-            beta_schedule="scaled_linear",
-            timestep_spacing="leading",
-            steps_offset=1,
-        ),
+        scheduler=sd_scheduler(),
     )
     pipeline.save_pretrained(out_dir)
     return out_dir

@@ -69,7 +69,7 @@ def build_tiny_pipeline(family: Family, out_dir: Path, *, preset: Preset = "tiny
     components: dict[str, Any] = {
         "unet": _unet(family, shape),
         "vae": _vae(shape),
-        "scheduler": _scheduler(),
+        "scheduler": sd_scheduler(),
         "tokenizer": tokenizer,
         "text_encoder": CLIPTextModel(_text_config(tokenizer, shape.text_hidden[0], shape.text_layers)),
     }
@@ -234,7 +234,7 @@ def _make_latents_realistic(vae: AutoencoderKL) -> None:
     vae.register_to_config(scaling_factor=1.0 / std)
 
 
-def _scheduler() -> EulerDiscreteScheduler:
+def sd_scheduler() -> EulerDiscreteScheduler:
     # The SD/SDXL noise schedule; training reads it back as a DDPMScheduler, as the reference does.
     return EulerDiscreteScheduler(
         num_train_timesteps=1000,
