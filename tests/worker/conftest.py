@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from core.db import Database
 from core.models import Job
+from core.repositories import jobs as job_repo
 from core.settings import Settings
 from core.storage import Storage, build_storage
 from tests.conftest import TEST_PEPPER, create_dataset, create_job, create_tenant, storage_env
@@ -116,3 +119,21 @@ def running_worker(settings: Settings, log_path: Path, **extra_env: str) -> Iter
                 except subprocess.TimeoutExpired:
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
+
+
+def cancel_once_training(db: Database, job_id: str, *, timeout_s: float) -> threading.Thread:
+    """A started thread that asks to cancel `job_id` as soon as it has taken a step; join it after."""
+
+    def cancel() -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with db.session_scope() as session:
+                job = job_repo.get_job(session, job_id)
+                if job is not None and job.step > 0:
+                    job_repo.request_cancel(session, job_id)
+                    return
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=cancel)
+    thread.start()
+    return thread

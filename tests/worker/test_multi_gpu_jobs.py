@@ -4,8 +4,6 @@ MAPO_WORKER_GPUS=2), records them like any job, and refuses one that asks for mo
 from __future__ import annotations
 
 import dataclasses
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
 from core.repositories import outputs as output_repo
 from core.settings import Settings
-from tests.worker.conftest import running_worker
+from tests.worker.conftest import cancel_once_training, running_worker
 from tests.worker.test_celery_process import wait_finished
 from worker.context import WorkerContext
 from worker.runner import run_job
@@ -52,17 +50,7 @@ def test_cancelling_a_two_gpu_job_stops_both_processes_and_ends_cancelled(
     job = make_job(gpus=2, max_train_steps=10_000, checkpoint_every_n_steps=10_000, validation={})
     two_gpus = dataclasses.replace(ctx, settings=ctx.settings.model_copy(update={"worker_gpus": 2}))
 
-    def cancel_when_training() -> None:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            with ctx.db.session_scope() as s:
-                if (job_repo.get_job(s, job.id) or job).step > 0:
-                    job_repo.request_cancel(s, job.id)
-                    return
-            time.sleep(0.1)
-
-    canceller = threading.Thread(target=cancel_when_training)
-    canceller.start()
+    canceller = cancel_once_training(ctx.db, job.id, timeout_s=300)
     assert run_job(job.id, two_gpus) == "cancelled"
     canceller.join()
     job = _reload(session, job.id)

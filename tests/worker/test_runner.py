@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable
 
 import pytest
@@ -17,6 +15,7 @@ from core.repositories import metrics as metric_repo
 from core.repositories import outputs as output_repo
 from core.storage import job_key
 from tests.conftest import BOTH_STORAGE_BACKENDS
+from tests.worker.conftest import cancel_once_training
 from worker.context import WorkerContext
 from worker.recorder import Recorder
 from worker.runner import run_job
@@ -75,17 +74,7 @@ def test_cancel_while_running_ends_cancelled(
 ) -> None:
     job = make_job(max_train_steps=10_000, checkpoint_every_n_steps=10_000, validation={})
 
-    def cancel_when_training() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            with ctx.db.session_scope() as s:
-                if (job_repo.get_job(s, job.id) or job).step > 0:
-                    job_repo.request_cancel(s, job.id)
-                    return
-            time.sleep(0.1)
-
-    canceller = threading.Thread(target=cancel_when_training)
-    canceller.start()
+    canceller = cancel_once_training(ctx.db, job.id, timeout_s=120)
     assert run_job(job.id, ctx) == "cancelled"
     canceller.join()
     job = _reload(session, job.id)
