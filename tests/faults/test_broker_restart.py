@@ -3,8 +3,7 @@ and two queued: all three still run, once each."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,26 +15,9 @@ from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
 from core.settings import Settings
 from tests.servers import PrivateRedis
-from tests.worker.conftest import running_worker
+from tests.worker.conftest import running_worker, wait_until
 
 FAST_REAPER = {"MAPO_HEARTBEAT_TIMEOUT_SECONDS": "10", "MAPO_RECONCILE_INTERVAL_SECONDS": "1"}
-
-
-@pytest.fixture
-def redis_broker(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path / "redis")
-    yield server
-    server.close()
-
-
-def _wait(session: Session, probe: Callable[[], bool], *, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        session.expire_all()
-        if probe():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
@@ -55,10 +37,14 @@ def test_jobs_queued_and_running_survive_a_broker_restart(
         producer = make_producer(settings)
         for job in jobs:
             enqueue_train_job(producer, job.id)
-        _wait(session, lambda: (job_repo.get_job(session, running.id) or running).step >= 5)
+        wait_until(session, lambda: _reload(session, running).step >= 5, timeout=240)
         redis_broker.stop()  # the two queued messages, and the running one's, are gone
         redis_broker.start()
-        _wait(session, lambda: all((job_repo.get_job(session, j.id) or j).is_finished for j in jobs))
+        wait_until(
+            session,
+            lambda: all((job_repo.get_job(session, j.id) or j).is_finished for j in jobs),
+            timeout=240,
+        )
     text = log.read_text(errors="replace")
     for job in jobs:
         finished = job_repo.get_job(session, job.id)
@@ -66,3 +52,7 @@ def test_jobs_queued_and_running_survive_a_broker_restart(
         assert finished.step == finished.total_steps
         types = [e.type for e in event_repo.list_events(session, job.id, after=None, limit=200).items]
         assert types.count("running") == 1 and types.count("succeeded") == 1, types
+
+
+def _reload(session: Session, job: Job) -> Job:
+    return job_repo.get_job(session, job.id) or job

@@ -24,6 +24,7 @@ from core.repositories import jobs as job_repo
 from core.settings import Settings
 from core.storage import Storage, build_storage
 from tests.conftest import TEST_PEPPER, create_dataset, create_job, create_tenant, storage_env
+from tests.servers import PrivateRedis
 from tests.trainer.specs import FAST_TRAINING
 from trainer.dataset_format import MANIFEST_FILE
 from trainer.demo_data import make_demo_dataset
@@ -137,3 +138,22 @@ def cancel_once_training(db: Database, job_id: str, *, timeout_s: float) -> thre
     thread = threading.Thread(target=cancel)
     thread.start()
     return thread
+
+
+@pytest.fixture
+def redis_broker(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A Redis of its own: the shared test Redis's queues are consumed by other people's workers."""
+    server = PrivateRedis(tmp_path / "redis")
+    yield server
+    server.close()
+
+
+def wait_until(session: Session, probe: Callable[[], bool], *, timeout: float) -> None:
+    """Poll `probe` (re-reading rows through `session`) until it holds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        session.expire_all()
+        if probe():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"condition not met within {timeout} s")

@@ -3,8 +3,7 @@ a low-priority one starts first."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,16 +15,8 @@ from core.queue import enqueue_train_job, make_producer
 from core.repositories import jobs as job_repo
 from core.settings import Settings
 from tests.servers import PrivateRedis
-from tests.worker.conftest import running_worker
+from tests.worker.conftest import running_worker, wait_until
 from tests.worker.test_celery_process import wait_finished
-
-
-@pytest.fixture
-def redis_broker(tmp_path: Path) -> Iterator[PrivateRedis]:
-    # A server of its own: the shared test Redis's queues are consumed by other people's workers.
-    server = PrivateRedis(tmp_path / "redis")
-    yield server
-    server.close()
 
 
 def _job_at(session: Session, make_job: Callable[..., Job], priority: int, **spec: object) -> Job:
@@ -33,16 +24,6 @@ def _job_at(session: Session, make_job: Callable[..., Job], priority: int, **spe
     session.execute(update(Job).where(Job.id == job.id).values(priority=priority))
     session.commit()
     return job
-
-
-def _wait_running(session: Session, job_id: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        session.expire_all()
-        if job_repo.get_status(session, job_id) == "running":
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not start within {timeout} s")
 
 
 @pytest.mark.redis
@@ -61,7 +42,8 @@ def test_a_high_priority_job_sent_last_starts_before_a_low_one_waiting(
     log = tmp_path / "worker.log"
     with running_worker(settings, log):
         enqueue_train_job(producer, busy.id, priority=0)
-        _wait_running(session, busy.id)  # the worker holds one message at a time: the rest wait
+        wait_until(session, lambda: job_repo.get_status(session, busy.id) == "running", timeout=180)
+        # the worker holds one message at a time: the rest wait
         enqueue_train_job(producer, low.id, priority=0)
         enqueue_train_job(producer, high.id, priority=9)
         finished = {job.id: wait_finished(session, job.id, timeout=300) for job in (busy, low, high)}
