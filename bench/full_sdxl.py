@@ -59,8 +59,8 @@ def build_full_sdxl(out_dir: Path, *, device: str = "cpu", seed: int = 0) -> Pat
         tokenizer = build_tokenizer(Path(scratch))
     with torch.device(device):
         unet = UNet2DConditionModel(**SDXL_UNET).to(torch.bfloat16)
-        first = CLIPTextModel(_text_config(tokenizer, *TEXT_ENCODERS[0])).to(torch.bfloat16)
-        second = CLIPTextModelWithProjection(_text_config(tokenizer, *TEXT_ENCODERS[1])).to(torch.bfloat16)
+        first = CLIPTextModel(_text_config(TEXT_ENCODERS[0], tokenizer)).to(torch.bfloat16)
+        second = CLIPTextModelWithProjection(_text_config(TEXT_ENCODERS[1], tokenizer)).to(torch.bfloat16)
         vae = AutoencoderKL(**SDXL_VAE)
     pipeline = StableDiffusionXLPipeline(
         unet=unet,
@@ -76,41 +76,33 @@ def build_full_sdxl(out_dir: Path, *, device: str = "cpu", seed: int = 0) -> Pat
 
 
 def _text_config(
-    tokenizer: CLIPTokenizer, hidden: int, intermediate: int, layers: int, heads: int, activation: str
+    shape: tuple[int, int, int, int, str], tokenizer: CLIPTokenizer | None = None
 ) -> CLIPTextConfig:
+    """A text encoder of `shape` (see TEXT_ENCODERS) for `tokenizer`; without one, for parameter counting
+    (any vocabulary will do: the embedding is a rounding error next to the rest)."""
+    hidden, intermediate, layers, heads, activation = shape
+    special: dict[str, Any] = {}
+    if tokenizer is not None:
+        special = {key: getattr(tokenizer, key) for key in ("bos_token_id", "eos_token_id", "pad_token_id")}
     return CLIPTextConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=len(tokenizer) if tokenizer is not None else 512,
         hidden_size=hidden,
         intermediate_size=intermediate,
         num_attention_heads=heads,
         num_hidden_layers=layers,
         max_position_embeddings=MAX_LENGTH,
         projection_dim=hidden,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
         hidden_act=activation,
+        **special,
     )
 
 
 def parameter_counts() -> dict[str, int]:
     """Parameters per component, counted on the meta device (nothing is allocated)."""
     with torch.device("meta"):
-        tokenizer_size = 512  # any vocabulary: the embedding is a rounding error next to the rest
         counts = {"unet": _count(UNet2DConditionModel(**SDXL_UNET)), "vae": _count(AutoencoderKL(**SDXL_VAE))}
         for name, shape in zip(("text_encoder", "text_encoder_2"), TEXT_ENCODERS, strict=True):
-            hidden, intermediate, layers, heads, activation = shape
-            config = CLIPTextConfig(
-                vocab_size=tokenizer_size,
-                hidden_size=hidden,
-                intermediate_size=intermediate,
-                num_hidden_layers=layers,
-                num_attention_heads=heads,
-                max_position_embeddings=MAX_LENGTH,
-                projection_dim=hidden,
-                hidden_act=activation,
-            )
-            counts[name] = _count(CLIPTextModelWithProjection(config))
+            counts[name] = _count(CLIPTextModelWithProjection(_text_config(shape)))
     return counts
 
 
