@@ -99,7 +99,8 @@ def _start_webhook_sender(**_: Any) -> None:
 def _ask_running_jobs_to_checkpoint(**_: Any) -> None:
     from worker.shutdown import forward_to_children
 
-    forward_to_children()
+    sender = _reconciler.get("webhook_sender")
+    forward_to_children(exclude=frozenset() if sender is None else frozenset({sender.pid}))
 
 
 @worker_shutdown.connect
@@ -133,6 +134,9 @@ def _fresh_connections_after_fork(**_: Any) -> None:
     _reconciler.pop("stop", None)
     _reconciler.pop("worker_id", None)
     _reconciler.pop("webhook_sender", None)  # the main process's to stop, never a child's
+    from worker.shutdown import ignore_in_idle_child
+
+    ignore_in_idle_child()
     from worker.context import get_context
 
     get_context.cache_clear()

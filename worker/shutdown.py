@@ -7,6 +7,10 @@ children as SIGUSR2 (billiard uses SIGUSR1 for soft time limits). The child runn
 requeues the job with a fresh message for the next worker. The main process marks itself too, so a
 child forked during the shutdown (to run a message that was already on its way) inherits the mark and
 hands that message back instead of starting a job it would not be allowed to finish.
+
+An idle child ignores the signal (`ignore_in_idle_child`, at fork): billiard would otherwise exit it
+mid-shutdown and fork a replacement while the pool is being torn down, a race that once left a worker
+that did not stop. A child installs the real handler only when it starts a job.
 """
 
 from __future__ import annotations
@@ -26,6 +30,12 @@ def requested() -> bool:
     return _requested.is_set()
 
 
+def ignore_in_idle_child() -> None:
+    """At fork, in a pool child: ignore graceful-stop requests until a job starts. (Billiard leaves an
+    ignored signal alone when it installs its own exit handlers after the process-init hooks.)"""
+    signal.signal(GRACEFUL_STOP_SIGNAL, signal.SIG_IGN)
+
+
 def install_child_handler() -> None:
     """In a pool child: remember a graceful-stop request instead of dying on it."""
 
@@ -35,10 +45,13 @@ def install_child_handler() -> None:
     signal.signal(GRACEFUL_STOP_SIGNAL, on_signal)
 
 
-def forward_to_children() -> None:
-    """In the main process: ask every pool child to stop gracefully, and mark children forked later."""
+def forward_to_children(exclude: frozenset[int] = frozenset()) -> None:
+    """In the main process: ask every pool child to stop gracefully, and mark children forked later.
+    `exclude`: pids of children that are not pool processes (the webhook sender stops on SIGTERM)."""
     _requested.set()
     for child in psutil.Process().children():
+        if child.pid in exclude:
+            continue
         try:
             child.send_signal(GRACEFUL_STOP_SIGNAL)
         except psutil.NoSuchProcess:

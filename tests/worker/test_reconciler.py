@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -204,7 +205,17 @@ def test_a_worker_process_advertises_itself_and_says_when_it_stopped(
         assert row.queues == ["mapo.gpu"] and row.stopped_at is None, log.read_text(errors="replace")[-2000:]
         assert row.device in ("cpu", "cuda") and (row.gpu_count > 0) == (row.device == "cuda")
         process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
+        try:
+            returncode = process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("SIGTERM did not stop the idle worker:\n" + _tail(log)) from None
+    # The graceful stop is for a child running a job: an idle pool child must not die of it (billiard
+    # then forks a replacement in the middle of the pool's shutdown).
+    assert returncode == 0 and "ForkPoolWorker" not in log.read_text(errors="replace"), _tail(log)
     session.expire_all()
     (row,) = worker_repo.list_workers(session)
     assert row.stopped_at is not None
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:]
