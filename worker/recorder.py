@@ -4,7 +4,8 @@
 stalls a training step and each event row keeps the time it happened rather than the time of its batch.
 Every `flush_seconds` the flusher writes what has queued up in one transaction, stamps the job's
 heartbeat and reads its status back (files the events name are uploaded first, `JobOutputs.publish`, so a
-row never points at a file the store lacks): `cancelling` (or losing the job to another worker) sets
+row never points at a file the store lacks; the heartbeat goes on while they upload, so a slow upload
+of a big checkpoint never looks like a dead worker): `cancelling` (or losing the job to another worker) sets
 `stop_requested`, which the trainer polls through `should_stop`. A failed write is retried at the next
 tick with the same rows, and event ids come from the job row, so nothing is lost or written twice.
 """
@@ -15,6 +16,8 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 from celery import Celery
@@ -99,7 +102,9 @@ class Recorder:
         """Write the pending events (if any) and the heartbeat in one transaction."""
         events, times = [e for e, _ in self._pending], [at for _, at in self._pending]
         writes = translate(events, self.outputs.key_of, times=times)
-        self.outputs.publish(writes)
+        if self.outputs.remote and (writes.checkpoints or writes.samples or writes.artifacts):
+            with self._heartbeat_meanwhile():
+                self.outputs.publish(writes)
         with self.db.session_scope() as session:
             _apply(session, self.job_id, writes, self._eta.observe(writes))
             if writes.checkpoints:
@@ -111,10 +116,35 @@ class Recorder:
                 )
             status = job_repo.heartbeat(session, self.job_id, worker_id=self.worker_id)
         self._pending = []
+        self._observe_status(status)
+
+    def _observe_status(self, status: str | None) -> None:
         if status is None:
             self.lost_ownership = True
         if status != "running":
             self.stop_requested.set()
+
+    @contextmanager
+    def _heartbeat_meanwhile(self) -> Iterator[None]:
+        """Stamp the heartbeat every `flush_seconds` in a thread of its own while the block runs."""
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(self.flush_seconds):
+                try:
+                    with self.db.session_scope() as session:
+                        status = job_repo.heartbeat(session, self.job_id, worker_id=self.worker_id)
+                    self._observe_status(status)
+                except Exception:
+                    log.warning("job %s: heartbeat during an upload failed", self.job_id, exc_info=True)
+
+        thread = threading.Thread(target=beat, name=f"upload-heartbeat-{self.job_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
 
 class EtaEstimator:

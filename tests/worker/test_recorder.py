@@ -1,9 +1,14 @@
-"""The recorder writes events in batches, yet each event row keeps the time the trainer emitted it."""
+"""The recorder writes events in batches, yet each event row keeps the time it happened; the job stays
+alive (heartbeat) while its files upload."""
 
 from __future__ import annotations
 
 import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
 
+import pytest
 from sqlalchemy.orm import Session
 
 from core.db import Database
@@ -11,10 +16,12 @@ from core.models import utcnow
 from core.queue import make_producer
 from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
+from core.repositories import outputs as output_repo
 from core.settings import Settings
-from core.storage import LocalStorage, job_key
+from core.storage import LocalStorage, Storage, build_storage, job_key
 from tests.conftest import create_job
-from trainer.events import Step
+from trainer.checkpoints import CHECKPOINTS_DIR, PREFIX, STATE_FILE
+from trainer.events import Checkpoint, Step
 from worker.recorder import Recorder
 from worker.staging import JobOutputs
 
@@ -47,3 +54,61 @@ def test_an_event_row_keeps_the_time_it_happened_not_the_time_its_batch_was_writ
     assert before <= first.created_at <= emitted
     assert emitted < second.created_at <= written
     assert (second.created_at - first.created_at).total_seconds() >= 0.2
+
+
+class SlowUploads:
+    """The real object store behind a slow link: every checkpoint upload takes `seconds` longer."""
+
+    def __init__(self, store: Storage, seconds: float) -> None:
+        self.store, self.seconds = store, seconds
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def put_tree(self, key: str, source: Path, *, last: str | None = None) -> None:
+        time.sleep(self.seconds)
+        self.store.put_tree(key, source, last=last)
+
+
+@pytest.mark.parametrize("storage_backend", [pytest.param("s3", marks=pytest.mark.s3)], indirect=True)
+def test_the_heartbeat_goes_on_while_a_slow_checkpoint_upload_runs(
+    settings: Settings, database: Database, session: Session, tmp_path: Path
+) -> None:
+    job = create_job(session)
+    session.commit()
+    with database.session_scope() as s:
+        job_repo.claim_job(s, job.id, worker_id="w:1")
+    local = tmp_path / "work"
+    checkpoint = local / CHECKPOINTS_DIR / f"{PREFIX}4"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "adapter.safetensors").write_bytes(b"\0" * 1024)
+    (checkpoint / STATE_FILE).write_text("{}")
+    store = SlowUploads(build_storage(settings), seconds=3.0)
+    key = job_key(job.tenant_id, job.id)
+    recorder = Recorder(
+        database,
+        job.id,
+        worker_id="w:1",
+        outputs=JobOutputs(store, key, local),  # type: ignore[arg-type]
+        producer=make_producer(settings),
+        flush_seconds=0.2,
+    ).start()
+    recorder(Checkpoint(step=4, path=str(checkpoint)))
+    time.sleep(1.0)  # the flusher is now inside the 3 s upload
+    before = _heartbeat_at(session, job.id)
+    time.sleep(1.0)
+    during = _heartbeat_at(session, job.id)
+    assert not output_repo.list_checkpoints(session, job.id), "the upload is still running"
+    recorder.close()
+
+    assert during > before, "no heartbeat while the checkpoint uploaded"
+    assert [c.step for c in output_repo.list_checkpoints(session, job.id)] == [4]
+    assert store.exists(f"{key}/{CHECKPOINTS_DIR}/{PREFIX}4/{STATE_FILE}")
+    assert not recorder.stop_requested.is_set()
+
+
+def _heartbeat_at(session: Session, job_id: str) -> datetime:
+    session.expire_all()
+    job = job_repo.get_job(session, job_id)
+    assert job is not None and job.heartbeat_at is not None
+    return job.heartbeat_at
