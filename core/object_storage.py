@@ -44,31 +44,46 @@ def _is_missing(exc: ClientError) -> bool:
     return str(exc.response.get("Error", {}).get("Code")) in _MISSING
 
 
+def _client(settings: Settings, endpoint_url: str | None) -> Any:
+    secret = settings.s3_secret_access_key
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name=settings.s3_region,
+        aws_access_key_id=settings.s3_access_key_id,
+        aws_secret_access_key=secret.get_secret_value() if secret else None,
+        # Path-style URLs work with every S3-compatible server (virtual hosts need DNS per bucket).
+        config=Config(s3={"addressing_style": "path"}, retries={"mode": "standard", "max_attempts": 5}),
+    )
+
+
 class S3Storage:
     """A bucket (and a key prefix in it) of an S3-compatible object store."""
 
     def __init__(
-        self, client: Any, bucket: str, prefix: str = "", *, presign_seconds: int | None = None
+        self,
+        client: Any,
+        bucket: str,
+        prefix: str = "",
+        *,
+        presign_seconds: int | None = None,
+        presigner: Any = None,
     ) -> None:
         self.client, self.bucket = client, bucket
         self.prefix = prefix.strip("/")
         self.presign_seconds = presign_seconds
+        # A signature covers the host, so URLs for clients elsewhere are signed by a client of that host
+        # (presigning is local: this one never connects).
+        self.presigner = presigner or client
 
     @classmethod
     def from_settings(cls, settings: Settings) -> S3Storage:
         bucket, prefix = settings.s3_location
-        secret = settings.s3_secret_access_key
-        client = boto3.client(
-            "s3",
-            endpoint_url=settings.s3_endpoint_url,
-            region_name=settings.s3_region,
-            aws_access_key_id=settings.s3_access_key_id,
-            aws_secret_access_key=secret.get_secret_value() if secret else None,
-            # Path-style URLs work with every S3-compatible server (virtual hosts need DNS per bucket).
-            config=Config(s3={"addressing_style": "path"}, retries={"mode": "standard", "max_attempts": 5}),
-        )
+        client = _client(settings, settings.s3_endpoint_url)
         presign = settings.storage_presign_seconds if settings.storage_presign_downloads else None
-        return cls(client, bucket, prefix, presign_seconds=presign)
+        public = settings.s3_public_endpoint_url
+        presigner = _client(settings, public) if presign and public else None
+        return cls(client, bucket, prefix, presign_seconds=presign, presigner=presigner)
 
     def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist (where the credentials may; otherwise it must exist)."""
@@ -171,7 +186,7 @@ class S3Storage:
             "ResponseContentDisposition": f'attachment; filename="{filename}"',
             "ResponseContentType": media_type,
         }
-        url: str = self.client.generate_presigned_url(
+        url: str = self.presigner.generate_presigned_url(
             "get_object", Params=params, ExpiresIn=self.presign_seconds
         )
         return url

@@ -47,13 +47,19 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(
         default=None, description="S3 API endpoint (SeaweedFS, MinIO, ...); None means AWS S3."
     )
+    s3_public_endpoint_url: str | None = Field(
+        default=None,
+        description="Where clients reach the object store, when not at `s3_endpoint_url` (e.g. the API "
+        "and workers use an internal address): presigned download URLs are signed for this host.",
+    )
     s3_access_key_id: str | None = Field(default=None, description="S3 access key; None: boto3's own chain.")
     s3_secret_access_key: SecretStr | None = Field(default=None, description="S3 secret key.")
     s3_region: str = Field(default="us-east-1", description="S3 region (signing only, for most servers).")
     storage_presign_downloads: bool = Field(
         default=False,
         description="With object storage, file downloads answer 307 to a presigned URL of the object store "
-        "instead of streaming through the API (clients must be able to reach `s3_endpoint_url`).",
+        "instead of streaming through the API (clients must reach the store: `s3_public_endpoint_url`, else "
+        "`s3_endpoint_url`).",
     )
     storage_presign_seconds: int = Field(
         default=3600, ge=1, le=7 * 86400, description="How long a presigned download URL stays valid."

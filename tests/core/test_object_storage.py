@@ -129,5 +129,23 @@ def test_s3_presigned_download_url_serves_the_object_as_an_attachment(backend: S
     assert response.headers["content-disposition"] == 'attachment; filename="lora.safetensors"'
 
 
+@S3_ONLY
+def test_presigned_urls_name_the_public_endpoint_when_clients_reach_the_store_elsewhere(
+    backend: Settings,
+) -> None:
+    # The API reaches the store at 127.0.0.1; users reach the same server as `localhost` (in production:
+    # an internal service name versus a public host name). The URL must be signed for the public one.
+    assert backend.s3_endpoint_url is not None and "127.0.0.1" in backend.s3_endpoint_url
+    public = backend.s3_endpoint_url.replace("127.0.0.1", "localhost")
+    store = build_storage(
+        backend.model_copy(update={"storage_presign_downloads": True, "s3_public_endpoint_url": public})
+    )
+    store.write_stream("tenants/t/a.bin", io.BytesIO(b"adapter"))
+    url = store.download_url("tenants/t/a.bin", filename="a.bin", media_type="application/octet-stream")
+    assert url is not None and url.startswith(public + "/")
+    response = httpx.get(url)
+    assert response.status_code == 200 and response.content == b"adapter"
+
+
 def files_base(files: dict[str, bytes]) -> list[str]:
     return [name.rsplit("/", 1)[-1] for name in files]
