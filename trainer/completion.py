@@ -12,6 +12,10 @@ generation settings: a resumed job, or any later job with the same base model an
 folder and trains on it as it is. Each drawn image is stored (atomically) as soon as it is made, so an
 interrupted completion keeps what it drew. Uploaded images are hard-linked in (copied where the
 filesystem cannot link); the folder goes when the dataset is deleted.
+
+With an object store, the worker uploads a completed folder beside the dataset (worker.staging) so that
+other hosts find it too: `shared_files` leaves the uploaded images out (the store holds them once, as the
+dataset's own files), and a found folder has them linked in again from the host's copy of the dataset.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from trainer.dataset_format import (
+    GENERATED_DIR,
     IMAGES_DIR,
     MANIFEST_FILE,
     PAIRS_FILE,
@@ -47,7 +52,6 @@ from trainer.models import load_model
 from trainer.sampling import build_pipeline, generate_image
 from trainer.spec import TrainSpec
 
-GENERATED_DIR = "generated"
 GENERATION_RECORD = "generation.json"
 PROGRESS_EVENTS = 20  # about this many progress events per completion, however many images it draws
 _DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -109,6 +113,7 @@ def complete_dataset(
     )
     out = dataset_dir / GENERATED_DIR / key.digest()
     if (out / MANIFEST_FILE).is_file():
+        _link_uploaded(dataset_dir, out, rows, kind)  # a folder from the object store comes without them
         on_event(Preparing(kind=kind, total=len(rows), ready=len(rows), generated=0, reused=len(rows)))
         return out
     (out / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
@@ -116,6 +121,21 @@ def complete_dataset(
         return None
     _write_pairs(dataset_dir, out, rows, kind)
     return out
+
+
+def shared_files(dataset_dir: Path, out: Path) -> list[Path]:
+    """The files of `out`, a completed folder of the one-sided dataset at `dataset_dir`, that another
+    host needs to train on it, the manifest last: all but the uploaded images (and writers' temporaries).
+    Those are the dataset's own files, which that host has already; storing them again would double the
+    dataset's bytes in the store, and in every host's download of it, for each base model it is drawn for.
+    """
+    manifest = read_manifest(dataset_dir)
+    if manifest.kind == "pairs":
+        raise ValueError(f"{dataset_dir} is a pairs dataset: it has no drawn images")
+    kind: OneSided = manifest.kind
+    uploaded = {_uploaded_path(out, kind, i, row) for i, row in enumerate(read_targets(dataset_dir))}
+    files = sorted(p for p in out.rglob("*") if p.is_file() and p not in uploaded and not _is_temporary(p))
+    return sorted(files, key=lambda p: p == out / MANIFEST_FILE)
 
 
 def pair_seed(namespace: str, index: int) -> int:
@@ -213,12 +233,24 @@ def _write_record(out: Path, key: GenerationKey, drawer: _Drawer, rows: list[Tar
     _replace_text(out / GENERATION_RECORD, json.dumps(record, indent=2))
 
 
+def _uploaded_path(out: Path, kind: OneSided, index: int, row: TargetRecord) -> Path:
+    """Where pair `index`'s uploaded image is linked in: the side the base model does not draw."""
+    return out / IMAGES_DIR / f"{index:06d}_{UPLOADED_ROLE[kind]}{Path(row.image).suffix}"
+
+
+def _link_uploaded(dataset_dir: Path, out: Path, rows: list[TargetRecord], kind: OneSided) -> None:
+    """Link every uploaded image of `rows` into `out` that is not there yet."""
+    (out / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    for index, row in enumerate(rows):
+        _link(dataset_dir / row.image, _uploaded_path(out, kind, index, row))
+
+
 def _write_pairs(dataset_dir: Path, out: Path, rows: list[TargetRecord], kind: OneSided) -> None:
     """Link the uploaded images in, then write pairs.jsonl and, last, the manifest."""
+    _link_uploaded(dataset_dir, out, rows, kind)
     lines = []
     for index, row in enumerate(rows):
-        uploaded = f"{IMAGES_DIR}/{index:06d}_{UPLOADED_ROLE[kind]}{Path(row.image).suffix}"
-        _link(dataset_dir / row.image, out / uploaded)
+        uploaded = _uploaded_path(out, kind, index, row).relative_to(out).as_posix()
         drawn = drawn_image_path(out, kind, index).relative_to(out).as_posix()
         chosen, rejected = (uploaded, drawn) if UPLOADED_ROLE[kind] == "chosen" else (drawn, uploaded)
         lines.append(PairRecord(prompt=row.prompt, chosen=chosen, rejected=rejected).model_dump_json() + "\n")
@@ -244,14 +276,23 @@ def _link(source: Path, target: Path) -> None:
         return
     try:
         os.link(source, target)
+    except FileExistsError:
+        return  # another worker process linked it in meanwhile (they may share a cached dataset)
     except OSError:
-        shutil.copyfile(source, target)
+        tmp = _temporary(target)
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
 
 
 def _replace_text(path: Path, text: str) -> None:
     tmp = _temporary(path)
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _is_temporary(path: Path) -> bool:
+    """A file being written: ours (`_temporary`) or the manifest's (`write_manifest`)."""
+    return path.name.startswith(".") or path.name.endswith(".tmp")
 
 
 def _temporary(path: Path) -> Path:

@@ -35,6 +35,8 @@ MANIFEST_FILE = "manifest.json"
 PAIRS_FILE = "pairs.jsonl"
 TARGETS_FILE = "targets.jsonl"
 IMAGES_DIR = "images"
+# Under a targets or avoid dataset: its completed pairs datasets, one folder each (trainer.completion).
+GENERATED_DIR = "generated"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 DatasetKind = Literal["pairs", "targets", "avoid"]

@@ -18,7 +18,7 @@ from core.models import Job, WebhookEvent
 from core.queue import enqueue_train_job, make_producer
 from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
-from core.storage import dataset_key, job_key
+from core.storage import Storage, dataset_key, job_key
 from core.webhooks import outbox as webhook_outbox
 from trainer.errors import TrainingError
 from trainer.spec import TrainSpec
@@ -27,7 +27,7 @@ from worker.context import WorkerContext
 from worker.devices import available_gpus, check_fits
 from worker.recorder import Recorder
 from worker.retry import retry_transient
-from worker.staging import JobOutputs, local_dirs, staged_inputs
+from worker.staging import JobOutputs, local_dirs, share_generated, staged_inputs
 
 log = logging.getLogger(__name__)
 Outcome = Literal["skipped", "succeeded", "failed", "cancelled", "abandoned", "requeued"]
@@ -107,7 +107,9 @@ def _train(ctx: WorkerContext, job_id: str, plan: Plan) -> Outcome:
     try:
         status: Outcome = "succeeded"
         with staged_inputs(ctx.storage, ctx.settings, outputs, plan.dataset_key):
-            stopped = _prepare_and_train(plan, recorder, gpus=available_gpus(ctx.settings))
+            stopped = _prepare_and_train(
+                plan, recorder, storage=ctx.storage, gpus=available_gpus(ctx.settings)
+            )
         if stopped:
             status = "requeued" if shutdown.requested() else "cancelled"
     except TrainingError as exc:
@@ -134,10 +136,10 @@ def _train(ctx: WorkerContext, job_id: str, plan: Plan) -> Outcome:
     return _finish(ctx, job_id, status, code, message)
 
 
-def _prepare_and_train(plan: Plan, recorder: Recorder, *, gpus: int) -> bool:
+def _prepare_and_train(plan: Plan, recorder: Recorder, *, storage: Storage, gpus: int) -> bool:
     """Complete a targets or avoid dataset with the base model's images (or find them from an earlier
-    run), then train, in this process or (spec.gpus > 1) in one process per device, of the `gpus` this
-    worker has; True if a stop request ended either first."""
+    run) and store them for other hosts, then train, in this process or (spec.gpus > 1) in one process
+    per device, of the `gpus` this worker has; True if a stop request ended either first."""
     check_fits(plan.spec, gpus)
     from trainer.completion import complete_dataset  # torch loads here, in the worker process only
     from trainer.launch import train_data_parallel
@@ -155,6 +157,7 @@ def _prepare_and_train(plan: Plan, recorder: Recorder, *, gpus: int) -> bool:
     )
     if pairs_dir is None:
         return True
+    share_generated(storage, plan.dataset_key, plan.dataset_dir, pairs_dir)
     run = train if plan.spec.gpus == 1 else train_data_parallel
     return run(plan.spec, pairs_dir, plan.output_dir, on_event=recorder, should_stop=should_stop).stopped
 

@@ -6,19 +6,27 @@ the newest complete checkpoint in the object store so a job resumes on any host.
 `JobOutputs.publish` uploads what the trainer reported before the recorder records its rows: checkpoint
 folders with `state.json` last (a stored checkpoint without it is not complete and never restored), and
 checkpoints the trainer has rotated away are deleted from the store, marker first.
+
+The images the base model draws to complete a targets or avoid dataset (its folders under generated/, see
+trainer.completion) are shared through the store the same way: `share_generated` uploads a completed
+folder beside the dataset, manifest last, and `fetch_generated` brings the complete ones a cached copy
+lacks into it, so no host draws them again.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from core.settings import Settings
-from core.storage import InvalidStorageKey, Storage
+from core.storage import InvalidStorageKey, Storage, tree_files
 from trainer.checkpoints import CHECKPOINTS_DIR, PREFIX, STATE_FILE, complete_checkpoints
+from trainer.dataset_format import GENERATED_DIR, MANIFEST_FILE
 from worker.dataset_cache import DatasetCache
 from worker.translate import Writes
 
@@ -117,15 +125,91 @@ class JobOutputs:
             self.storage.delete_tree(f"{root}/{name}")
 
 
+def share_generated(storage: Storage, dataset_key: str, dataset_dir: Path, pairs_dir: Path) -> None:
+    """Upload `pairs_dir`, the folder `complete_dataset` returned for the cached dataset at `dataset_dir`,
+    to the same relative place under `dataset_key`, unless it is the dataset itself (a pairs dataset),
+    storage is a local directory (the folder is written there in place) or the store holds its manifest
+    already (another host uploaded it, or this copy came from there).
+
+    The manifest goes last, so a half-uploaded folder is only partial progress to whoever fetches it (its
+    drawn images are kept, the rest drawn). The uploaded images, hard-linked into the folder, stay out
+    (`shared_files`): the store has them as the dataset's own files. Best effort: a failure is logged and
+    the job trains on its local folder all the same (the next host draws the images again).
+    """
+    if storage.local_dir(dataset_key) is not None or pairs_dir == dataset_dir:
+        return
+    from trainer.completion import shared_files  # loaded already: the folder was just completed
+
+    key = f"{dataset_key}/{pairs_dir.relative_to(dataset_dir).as_posix()}"
+    try:
+        if storage.exists(f"{key}/{MANIFEST_FILE}"):
+            return
+        for path in shared_files(dataset_dir, pairs_dir):
+            with path.open("rb") as stream:
+                storage.write_stream(f"{key}/{path.relative_to(pairs_dir).as_posix()}", stream)
+    except Exception:  # boto3's errors or OSError: nothing the job depends on
+        log.warning(
+            "could not store the drawn images %s; other hosts will draw them again", key, exc_info=True
+        )
+    else:
+        log.info("stored the drawn images %s for other hosts", key)
+
+
+def fetch_generated(storage: Storage, dataset_key: str, dataset_dir: Path) -> None:
+    """Fetch into the cached dataset at `dataset_dir` every folder under generated/ whose manifest is in
+    the store but not here (uploaded by another host after this copy was cached).
+
+    Other worker processes may use the same cached copy meanwhile, even draw into a partial folder of the
+    same name: each file is fetched beside the folder, then renamed into it whole, the manifest last, so
+    they only ever see whole files and, once the manifest is there, a complete folder. Best effort: a
+    failure is logged and the job draws what it lacks.
+    """
+    root = f"{dataset_key}/{GENERATED_DIR}"
+    fetched = []
+    try:
+        for name in _stored_generated(storage, root):
+            if not (dataset_dir / GENERATED_DIR / name / MANIFEST_FILE).is_file():
+                _fetch_into(storage, f"{root}/{name}", dataset_dir / GENERATED_DIR / name)
+                fetched.append(name)
+    except Exception:  # boto3's errors or OSError: the job can still draw the images itself
+        log.warning("could not fetch the drawn images of %s", dataset_key, exc_info=True)
+    if fetched:
+        log.info("fetched the drawn images %s of %s from storage", fetched, dataset_key)
+
+
+def _stored_generated(storage: Storage, root: str) -> list[str]:
+    """Names of the folders under `root` whose manifest is stored (complete)."""
+    names = []
+    for key in storage.list_keys(root):
+        name, _, rest = key.removeprefix(root + "/").partition("/")
+        if rest == MANIFEST_FILE:
+            names.append(name)
+    return names
+
+
+def _fetch_into(storage: Storage, key: str, folder: Path) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".fetch-{folder.name}."))
+    try:
+        storage.fetch_tree(key, staging)
+        for path in tree_files(staging, last=MANIFEST_FILE):
+            target = folder / path.relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 @contextmanager
 def staged_inputs(
     storage: Storage, settings: Settings, outputs: JobOutputs, dataset_key: str
 ) -> Iterator[None]:
-    """While inside: the dataset is at its local folder (held in the cache) and the output folder holds
-    the newest stored checkpoint."""
+    """While inside: the dataset is at its local folder (held in the cache, with every complete folder of
+    drawn images the store has) and the output folder holds the newest stored checkpoint."""
     if storage.local_dir(dataset_key) is not None:
         yield
         return
-    with dataset_cache(settings).lease(storage, dataset_key):
+    with dataset_cache(settings).lease(storage, dataset_key) as dataset_dir:
+        fetch_generated(storage, dataset_key, dataset_dir)
         outputs.restore_checkpoint()
         yield
