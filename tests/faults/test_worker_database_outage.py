@@ -26,7 +26,10 @@ from tests.worker.conftest import FAST_SPEC, running_worker
 from trainer.demo_data import make_demo_dataset
 
 T = TypeVar("T")
-STEPS = 200
+# Long enough that training outlasts the outage by many steps (about 0.2-0.5 s a step on CI's CPU).
+RESTART_STEPS = 80
+# The job only has to run once the database is back.
+DELIVERY_STEPS = 10
 
 
 @pytest.fixture
@@ -57,14 +60,14 @@ def database(settings: Settings) -> Iterator[Database]:
     database.dispose()
 
 
-def queued_job(database: Database, settings: Settings) -> str:
+def queued_job(database: Database, settings: Settings, *, steps: int) -> str:
     storage = LocalStorage(settings.storage_root)
     with database.sessions() as session:
         tenant = create_tenant(session)
         dataset = create_dataset(session, tenant_id=tenant.id, num_pairs=6)
         make_demo_dataset(storage.local_path(dataset.storage_key), num_pairs=6, resolution=32)
-        spec = {**FAST_SPEC, "max_train_steps": STEPS, "checkpoint_every_n_steps": 50, "validation": {}}
-        job = create_job(session, tenant_id=tenant.id, dataset_id=dataset.id, spec=spec, total_steps=STEPS)
+        spec = {**FAST_SPEC, "max_train_steps": steps, "checkpoint_every_n_steps": 20, "validation": {}}
+        job = create_job(session, tenant_id=tenant.id, dataset_id=dataset.id, spec=spec, total_steps=steps)
         session.commit()
         return job.id
 
@@ -101,23 +104,23 @@ def all_events(session: Session, job_id: str) -> list[JobEvent]:
             return events
 
 
-def assert_recorded_exactly_once(database: Database, job_id: str) -> None:
+def assert_recorded_exactly_once(database: Database, job_id: str, *, steps: int) -> None:
     with database.sessions() as session:
         events = all_events(session, job_id)
         ids = [event.seq for event in events]
         assert ids == list(range(1, len(ids) + 1)), "event ids are gapless and unique"
-        steps = [event.data["step"] for event in events if event.type == "step"]
-        assert len(steps) == len(set(steps)), "no step event written twice"
+        step_events = [event.data["step"] for event in events if event.type == "step"]
+        assert len(step_events) == len(set(step_events)), "no step event written twice"
         assert [e.type for e in events].count("succeeded") == 1
         loss = metric_repo.metric_series(session, job_id)["loss"]
-        assert [step for step, _ in loss] == list(range(1, STEPS + 1)), "one loss point per step"
+        assert [step for step, _ in loss] == list(range(1, steps + 1)), "one loss point per step"
         assert len(output_repo.list_artifacts(session, job_id)) == 2
 
 
 def test_database_restart_mid_training_loses_and_duplicates_nothing(
     postgres: PrivatePostgres, settings: Settings, database: Database, tmp_path: Path
 ) -> None:
-    job_id = queued_job(database, settings)
+    job_id = queued_job(database, settings, steps=RESTART_STEPS)
     log = tmp_path / "worker.log"
     with running_worker(settings, log):
         enqueue_train_job(make_producer(settings), job_id)
@@ -127,15 +130,15 @@ def test_database_restart_mid_training_loses_and_duplicates_nothing(
         postgres.start()
         job = finished(database, job_id)
     text = log.read_text(errors="replace")
-    assert job.status == "succeeded" and job.step == STEPS, text[-3000:]
+    assert job.status == "succeeded" and job.step == RESTART_STEPS, text[-3000:]
     assert "writing events failed" in text, "the outage happened during training"
-    assert_recorded_exactly_once(database, job_id)
+    assert_recorded_exactly_once(database, job_id, steps=RESTART_STEPS)
 
 
 def test_a_job_delivered_while_the_database_is_down_runs_once_it_is_back(
     postgres: PrivatePostgres, settings: Settings, database: Database, tmp_path: Path
 ) -> None:
-    job_id = queued_job(database, settings)
+    job_id = queued_job(database, settings, steps=DELIVERY_STEPS)
     postgres.stop()
     log = tmp_path / "worker.log"
     with running_worker(settings, log):
@@ -144,6 +147,6 @@ def test_a_job_delivered_while_the_database_is_down_runs_once_it_is_back(
         postgres.start()
         job = finished(database, job_id)
     text = log.read_text(errors="replace")
-    assert job.status == "succeeded" and job.step == STEPS, text[-3000:]
+    assert job.status == "succeeded" and job.step == DELIVERY_STEPS, text[-3000:]
     assert "Retry in" in text, "the claim was retried, not dropped"
-    assert_recorded_exactly_once(database, job_id)
+    assert_recorded_exactly_once(database, job_id, steps=DELIVERY_STEPS)
