@@ -29,7 +29,7 @@ def test_jobs_queued_and_running_survive_a_broker_restart(
     tmp_path: Path,
 ) -> None:
     settings = worker_settings.model_copy(update={"broker_url": redis_broker.url})
-    running = make_job(max_train_steps=150, checkpoint_every_n_steps=25, validation={})
+    running = make_job(max_train_steps=60, checkpoint_every_n_steps=20, validation={})  # outlasts the restart
     waiting = [make_job(validation={}) for _ in range(2)]
     jobs = [running, *waiting]
     log = tmp_path / "worker.log"

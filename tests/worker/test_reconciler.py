@@ -24,6 +24,9 @@ from tests.worker.test_celery_process import wait_finished
 from worker.context import WorkerContext
 from worker.reconciler import reconcile
 
+# Still training, by many steps, when a test kills or stops its worker (about 0.1-0.3 s a step on CPU).
+LONG_JOB_STEPS = 80
+
 
 def _hold(session: Session, job: Job, *, status: str, heartbeat_age_s: float) -> None:
     session.execute(
@@ -67,7 +70,7 @@ def test_stale_cancelling_job_ends_cancelled(
 def test_worker_killed_mid_training_job_resumes_on_the_next_worker(
     worker_settings: Settings, make_job: Callable[..., Job], session: Session, tmp_path: Path
 ) -> None:
-    job = make_job(max_train_steps=300, checkpoint_every_n_steps=5, validation={})
+    job = make_job(max_train_steps=LONG_JOB_STEPS, checkpoint_every_n_steps=5, validation={})
     fast_reaper = {"MAPO_HEARTBEAT_TIMEOUT_SECONDS": "10", "MAPO_RECONCILE_INTERVAL_SECONDS": "1"}
     log = tmp_path / "workers.log"
     with running_worker(worker_settings, log, **fast_reaper) as first:
@@ -84,7 +87,7 @@ def test_worker_killed_mid_training_job_resumes_on_the_next_worker(
     with running_worker(worker_settings, log, **fast_reaper):
         finished = wait_finished(session, job.id, timeout=240)
     assert finished.status == "succeeded", log.read_text(errors="replace")[-3000:]
-    assert finished.step == 300
+    assert finished.step == LONG_JOB_STEPS
     events = event_repo.list_events(session, job.id, after=None, limit=1000).items
     assert "requeued" in [e.type for e in events]
     resumed = [e.data["resumed_from_step"] for e in events if e.type == "started"]
@@ -107,7 +110,7 @@ def test_sigterm_checkpoints_and_hands_the_job_to_the_next_worker(
 ) -> None:
     from core.queue import enqueue_train_job
 
-    job = make_job(max_train_steps=300, checkpoint_every_n_steps=1000, validation={})
+    job = make_job(max_train_steps=LONG_JOB_STEPS, checkpoint_every_n_steps=1000, validation={})
     log = tmp_path / "workers.log"
     with running_worker(worker_settings, log) as first:
         enqueue_train_job(make_producer(worker_settings), job.id)
@@ -122,7 +125,7 @@ def test_sigterm_checkpoints_and_hands_the_job_to_the_next_worker(
     assert [c.step for c in output_repo.list_checkpoints(session, job.id)] == [stopped_at], "no step lost"
     with running_worker(worker_settings, log):
         finished = wait_finished(session, job.id, timeout=240)
-    assert finished.status == "succeeded" and finished.step == 300
+    assert finished.status == "succeeded" and finished.step == LONG_JOB_STEPS
     events = event_repo.list_events(session, job.id, after=None, limit=1000).items
     resumed = [e.data["resumed_from_step"] for e in events if e.type == "started"]
     assert resumed == [0, stopped_at]
