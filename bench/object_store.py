@@ -82,8 +82,8 @@ def backends(stack: ExitStack, scratch: Path) -> dict[str, Settings]:
         data_dir=scratch / "s3",
         storage_url=f"s3://{server.BUCKET}/bench",
         s3_endpoint_url=server.endpoint_url,
-        s3_access_key_id="bench",
-        s3_secret_access_key="bench-secret",  # type: ignore[arg-type]
+        s3_access_key_id=server.ACCESS_KEY,
+        s3_secret_access_key=server.SECRET_KEY,  # type: ignore[arg-type]
     )
     return {"local directory": local, "S3, SeaweedFS on loopback": s3}
 

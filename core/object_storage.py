@@ -24,6 +24,7 @@ from core.storage import StoredFile, check_key, tree_files
 # 16 MiB parts: few enough requests for multi-GB checkpoints, small enough to retry cheaply.
 TRANSFER = TransferConfig(multipart_threshold=16 << 20, multipart_chunksize=16 << 20, max_concurrency=8)
 _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+_REFUSED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 _DELETE_BATCH = 1000  # the most keys one DeleteObjects request takes
 
 
@@ -40,8 +41,16 @@ class _HashingReader:
         return chunk
 
 
+class StorageAccessDenied(PermissionError):
+    """The object store refused our credentials (raised at start, so a misconfigured service says so)."""
+
+
 def _is_missing(exc: ClientError) -> bool:
-    return str(exc.response.get("Error", {}).get("Code")) in _MISSING
+    return _code(exc) in _MISSING
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code"))
 
 
 def _client(settings: Settings, endpoint_url: str | None) -> Any:
@@ -53,7 +62,14 @@ def _client(settings: Settings, endpoint_url: str | None) -> Any:
         aws_access_key_id=settings.s3_access_key_id,
         aws_secret_access_key=secret.get_secret_value() if secret else None,
         # Path-style URLs work with every S3-compatible server (virtual hosts need DNS per bucket).
-        config=Config(s3={"addressing_style": "path"}, retries={"mode": "standard", "max_attempts": 5}),
+        config=Config(
+            s3={"addressing_style": "path"},
+            # SigV4 for presigned URLs too (botocore would sign those with the legacy SigV2, which
+            # SeaweedFS rejects once a URL carries response-content-disposition, and newer AWS regions
+            # reject outright).
+            signature_version="s3v4",
+            retries={"mode": "standard", "max_attempts": 5},
+        ),
     )
 
 
@@ -90,6 +106,12 @@ class S3Storage:
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except ClientError as exc:
+            if _code(exc) in _REFUSED:
+                raise StorageAccessDenied(
+                    f"the object store at {self.client.meta.endpoint_url} refused access to bucket "
+                    f"{self.bucket!r} ({_code(exc)}): check MAPO_S3_ACCESS_KEY_ID and "
+                    "MAPO_S3_SECRET_ACCESS_KEY, and that the key may use the bucket"
+                ) from exc
             if not _is_missing(exc):
                 raise
             self.client.create_bucket(Bucket=self.bucket)

@@ -126,8 +126,8 @@ def s3_settings(server: Any) -> dict[str, Any]:
     return {
         "storage_url": f"s3://{server.BUCKET}/t-{uuid.uuid4().hex[:12]}",
         "s3_endpoint_url": server.endpoint_url,
-        "s3_access_key_id": "mapo-test",
-        "s3_secret_access_key": "mapo-test-secret",
+        "s3_access_key_id": server.ACCESS_KEY,
+        "s3_secret_access_key": server.SECRET_KEY,
     }
 
 

