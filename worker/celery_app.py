@@ -96,11 +96,19 @@ def _start_webhook_sender(**_: Any) -> None:
 
 
 @worker_shutting_down.connect
-def _ask_running_jobs_to_checkpoint(**_: Any) -> None:
+def _begin_graceful_stop(**_: Any) -> None:
+    """On SIGTERM: a running job checkpoints and goes back to the queue. An idle worker also stops its
+    webhook sender now, alongside its own shutdown (each takes seconds); a busy one keeps it until the
+    pool has stopped, so the webhooks of that hand-back go out from here."""
+    from celery.worker import state
+
     from worker.shutdown import forward_to_children
+    from worker.webhook_sidecar import ask_sender_to_stop
 
     sender = _reconciler.get("webhook_sender")
     forward_to_children(exclude=frozenset() if sender is None else frozenset({sender.pid}))
+    if sender is not None and not state.active_requests:
+        ask_sender_to_stop(sender)
 
 
 @worker_shutdown.connect

@@ -33,10 +33,17 @@ def start_sender(settings: Settings) -> subprocess.Popen[bytes] | None:
     return process
 
 
-def stop_sender(process: subprocess.Popen[bytes]) -> None:
-    """Warm shutdown (attempts in flight finish), then a kill after STOP_GRACE_S."""
+def ask_sender_to_stop(process: subprocess.Popen[bytes]) -> None:
+    """Start the sender's warm shutdown now (SIGTERM), so that it runs alongside the worker's own (each
+    takes seconds) instead of after it; `stop_sender` then waits for it."""
     if process.poll() is None:
         process.terminate()
+
+
+def stop_sender(process: subprocess.Popen[bytes]) -> None:
+    """Warm shutdown (attempts in flight finish), then a kill after STOP_GRACE_S. (A repeated SIGTERM
+    only asks Celery for the same warm shutdown again.)"""
+    ask_sender_to_stop(process)
     try:
         process.wait(timeout=STOP_GRACE_S)
     except subprocess.TimeoutExpired:
