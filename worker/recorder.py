@@ -7,7 +7,9 @@ heartbeat and reads its status back (files the events name are uploaded first, `
 row never points at a file the store lacks; the heartbeat goes on while they upload, so a slow upload
 of a big checkpoint never looks like a dead worker): `cancelling` (or losing the job to another worker) sets
 `stop_requested`, which the trainer polls through `should_stop`. A failed write is retried at the next
-tick with the same rows, and event ids come from the job row, so nothing is lost or written twice.
+tick with the same rows, and event ids come from the job row, so nothing is lost. Nor is anything written
+twice: a write whose COMMIT failed without an answer (the connection dropped while it was in flight) may
+have landed, so before writing those rows again the flusher looks for the first of them in the log.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class Recorder:
         self.lost_ownership = False
         self._queue: queue.SimpleQueue[tuple[Event, datetime]] = queue.SimpleQueue()
         self._pending: list[tuple[Event, datetime]] = []
+        self._in_doubt = 0  # how many of the pending events a failed write may have committed anyway
+        self._last_seq = 0  # the newest event id this recorder knows it wrote
         self._closing = threading.Event()
         self._eta = EtaEstimator()
         self._thread = threading.Thread(target=self._run, name=f"recorder-{job_id}", daemon=True)
@@ -100,23 +104,42 @@ class Recorder:
 
     def _flush(self) -> None:
         """Write the pending events (if any) and the heartbeat in one transaction."""
+        if self._in_doubt:
+            self._forget_what_landed()
         events, times = [e for e, _ in self._pending], [at for _, at in self._pending]
         writes = translate(events, self.outputs.key_of, times=times)
         if self.outputs.remote and (writes.checkpoints or writes.samples or writes.artifacts):
             with self._heartbeat_meanwhile():
                 self.outputs.publish(writes)
-        with self.db.session_scope() as session:
-            _apply(session, self.job_id, writes, self._eta.observe(writes))
-            if writes.checkpoints:
-                _forget_pruned_checkpoints(session, self.job_id, self.outputs.storage)
-            for checkpoint in writes.checkpoints:
-                details = {"checkpoint": {"step": checkpoint.step, "metrics": checkpoint.metrics}}
-                webhook_outbox.record_event(
-                    session, self.job_id, "checkpoint", producer=self.producer, details=details
-                )
-            status = job_repo.heartbeat(session, self.job_id, worker_id=self.worker_id)
-        self._pending = []
+        try:
+            with self.db.session_scope() as session:
+                ids = _apply(session, self.job_id, writes, self._eta.observe(writes))
+                if writes.checkpoints:
+                    _forget_pruned_checkpoints(session, self.job_id, self.outputs.storage)
+                for checkpoint in writes.checkpoints:
+                    details = {"checkpoint": {"step": checkpoint.step, "metrics": checkpoint.metrics}}
+                    webhook_outbox.record_event(
+                        session, self.job_id, "checkpoint", producer=self.producer, details=details
+                    )
+                status = job_repo.heartbeat(session, self.job_id, worker_id=self.worker_id)
+        except Exception:
+            self._in_doubt = len(self._pending)
+            raise
+        self._pending, self._last_seq = [], max(ids, default=self._last_seq)
         self._observe_status(status)
+
+    def _forget_what_landed(self) -> None:
+        """The last write failed, perhaps after its COMMIT reached the server: if its first event is in the
+        log, the whole transaction landed, so its events are dropped from the pending ones."""
+        event, happened_at = self._pending[0]
+        with self.db.session_scope() as session:
+            landed = event_repo.has_event(
+                session, self.job_id, after=self._last_seq, type=event.type, created_at=happened_at
+            )
+        if landed:
+            log.warning("job %s: the write that failed had landed; not writing it again", self.job_id)
+            del self._pending[: self._in_doubt]
+        self._in_doubt = 0
 
     def _observe_status(self, status: str | None) -> None:
         if status is None:
@@ -168,8 +191,9 @@ class EtaEstimator:
         return self.eta
 
 
-def _apply(session: Session, job_id: str, writes: Writes, eta: float | None) -> None:
-    event_repo.append_events(session, job_id, writes.events)
+def _apply(session: Session, job_id: str, writes: Writes, eta: float | None) -> list[int]:
+    """Write `writes` in `session`; returns the ids of the events appended."""
+    ids = event_repo.append_events(session, job_id, writes.events)
     metric_repo.add_metrics(session, job_id, writes.metrics)
     if writes.last_step is not None:
         step = writes.last_step
@@ -210,6 +234,7 @@ def _apply(session: Session, job_id: str, writes: Writes, eta: float | None) -> 
             size_bytes=stored.bytes,
             sha256=stored.sha256,
         )
+    return ids
 
 
 def _forget_pruned_checkpoints(session: Session, job_id: str, storage: Storage) -> None:

@@ -75,3 +75,15 @@ def list_events(session: Session, job_id: str, *, after: int | None, limit: int)
     """Oldest first, strictly after event id `after`."""
     stmt = select(JobEvent).where(JobEvent.job_id == job_id)
     return paginate(session, stmt, key=JobEvent.seq, after=after, limit=limit, newest_first=False)
+
+
+def has_event(session: Session, job_id: str, *, after: int, type: str, created_at: datetime) -> bool:
+    """Whether an event of `type` that happened at `created_at` was appended after event id `after`: how
+    a writer whose commit failed without an answer learns whether it landed all the same."""
+    stmt = select(JobEvent.seq).where(
+        JobEvent.job_id == job_id,
+        JobEvent.seq > after,
+        JobEvent.type == type,
+        JobEvent.created_at == created_at,
+    )
+    return session.execute(stmt.limit(1)).first() is not None

@@ -3,12 +3,16 @@ alive (heartbeat) while its files upload."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from core.db import Database
@@ -16,6 +20,7 @@ from core.models import utcnow
 from core.queue import make_producer
 from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
+from core.repositories import metrics as metric_repo
 from core.repositories import outputs as output_repo
 from core.settings import Settings
 from core.storage import LocalStorage, Storage, build_storage, job_key
@@ -54,6 +59,70 @@ def test_an_event_row_keeps_the_time_it_happened_not_the_time_its_batch_was_writ
     assert before <= first.created_at <= emitted
     assert emitted < second.created_at <= written
     assert (second.created_at - first.created_at).total_seconds() >= 0.2
+
+
+class LostAcknowledgement(Database):
+    """The real database, except that one commit's acknowledgement is lost on the way back: the
+    transaction lands, yet the caller gets the error a dropped connection gives (a COMMIT in flight when
+    the server restarts or the network breaks, whose outcome the client cannot know)."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.lose_next = threading.Event()
+        self.lost = threading.Event()
+
+    @contextmanager
+    def session_scope(self) -> Iterator[Session]:
+        with super().session_scope() as session:
+            yield session
+        if self.lose_next.is_set():
+            self.lose_next.clear()
+            self.lost.set()
+            raise OperationalError("COMMIT", {}, ConnectionError("server closed the connection unexpectedly"))
+
+
+@pytest.fixture
+def unreliable_database(settings: Settings) -> Iterator[LostAcknowledgement]:
+    database = LostAcknowledgement(settings)
+    yield database
+    database.dispose()
+
+
+def test_a_batch_whose_commit_landed_unacknowledged_is_not_written_twice(
+    settings: Settings, session: Session, unreliable_database: LostAcknowledgement
+) -> None:
+    database = unreliable_database
+    job = create_job(session)
+    session.commit()
+    with database.session_scope() as s:
+        job_repo.claim_job(s, job.id, worker_id="w:1")
+    storage, key = LocalStorage(settings.storage_root), job_key(job.tenant_id, job.id)
+    recorder = Recorder(
+        database,
+        job.id,
+        worker_id="w:1",
+        outputs=JobOutputs(storage, key, storage.local_path(key)),
+        producer=make_producer(settings),
+        flush_seconds=0.05,
+    )
+    recorder(Step(step=1, total_steps=3, metrics={"loss": 1.0}))
+    recorder(Step(step=2, total_steps=3, metrics={"loss": 0.8}))
+    database.lose_next.set()
+    recorder.start()
+    assert database.lost.wait(10), "the recorder never flushed"
+    recorder(Step(step=3, total_steps=3, metrics={"loss": 0.6}))  # queued behind the batch in doubt
+    recorder.close()
+
+    events = event_repo.list_events(session, job.id, after=None, limit=10).items
+    assert [(e.seq, e.type, e.data["step"]) for e in events] == [
+        (1, "step", 1),
+        (2, "step", 2),
+        (3, "step", 3),
+    ]
+    assert [step for step, _ in metric_repo.metric_series(session, job.id)["loss"]] == [1, 2, 3]
+    session.expire_all()
+    recorded = job_repo.get_job(session, job.id)
+    assert recorded is not None and recorded.step == 3
 
 
 class SlowUploads:
