@@ -11,7 +11,8 @@ Creates a database on the server (dropped at the end), fills it with 10,000 jobs
 the metrics of one 100,000-step job (bench/seed_jobs.py, COPY), and serves it with uvicorn exactly as the
 Dockerfile does (`uvicorn api.main:create_app --factory`, one process). Beside it run three more uvicorn
 processes: a bare FastAPI app (a constant from `async def` and from plain `def`, and one SELECT of the
-job's row from plain `def`), our app with authentication replaced by a fixed tenant, and our app with
+job's row from plain `def`, and from `async def` through SQLAlchemy's asyncio engine and through psycopg
+alone), our app with authentication replaced by a fixed tenant, and our app with
 MAPO_AUTH_CACHE_SECONDS=0 (an API-key lookup in the database on every request, as before the cache).
 A load generator in its own process (bench/http_load.py) keeps `--connections` keep-alive connections
 busy; endpoints take turns within each round so machine noise hits them alike; the table shows medians
@@ -24,6 +25,7 @@ server, the bare one too, as N uvicorn processes. Reading the whole 100k-step me
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import socket
 import statistics
@@ -31,9 +33,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -41,7 +43,9 @@ from typing import Any
 
 import httpx
 import psutil
+import psycopg
 from fastapi import FastAPI
+from psycopg.rows import dict_row
 
 from bench.http_load import LoadResult, run_load
 from bench.seed_jobs import Seeded, scratch_database, seed
@@ -124,8 +128,10 @@ def _parse() -> argparse.Namespace:
 
 
 def bare_app() -> FastAPI:
-    """The floors: FastAPI on uvicorn with nothing behind the route, and with one SELECT behind it."""
+    """The floors: FastAPI on uvicorn with nothing behind the route, and with one SELECT behind it (in the
+    thread pool as our routes do, and on the event loop through two async drivers)."""
     from sqlalchemy import create_engine, select
+    from sqlalchemy.ext.asyncio import create_async_engine
 
     from core.models import Job
 
@@ -146,7 +152,50 @@ def bare_app() -> FastAPI:
             row = conn.execute(select(Job.__table__).where(Job.__table__.c.id == job_id)).one()
         return dict(row._mapping)
 
+    # The same SELECT on the event loop, through SQLAlchemy's asyncio layer and through psycopg alone
+    # (a prepared statement on a few connections of its own): what an async read path could reach.
+    async_engine = create_async_engine(
+        os.environ["MAPO_DATABASE_URL"], pool_pre_ping=True, isolation_level="AUTOCOMMIT"
+    )
+
+    @app.get("/select-async/{job_id}")
+    async def one_select_async(job_id: str) -> dict[str, Any]:
+        async with async_engine.connect() as conn:
+            row = (await conn.execute(select(Job.__table__).where(Job.__table__.c.id == job_id))).one()
+        return dict(row._mapping)
+
+    connections = _PsycopgConnections(os.environ["MAPO_DATABASE_URL"].replace("+psycopg", ""), size=10)
+
+    @app.get("/select-psycopg/{job_id}")
+    async def one_select_psycopg(job_id: str) -> dict[str, Any]:
+        async with connections.connection() as conn:
+            cursor = await conn.execute("SELECT * FROM jobs WHERE id = %s", (job_id,), prepare=True)
+            row = await cursor.fetchone()
+        if row is None:
+            raise LookupError(job_id)
+        return row
+
     return app
+
+
+class _PsycopgConnections:
+    """Up to `size` autocommit psycopg connections, opened on first need, one request on each at a time."""
+
+    def __init__(self, url: str, *, size: int) -> None:
+        self._url, self._size, self._opened = url, size, 0
+        self._idle: asyncio.Queue[psycopg.AsyncConnection[dict[str, Any]]] = asyncio.Queue()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any]]]:
+        if self._idle.empty() and self._opened < self._size:
+            self._opened += 1
+            conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True, row_factory=dict_row)
+            self._idle.put_nowait(conn)
+        conn = await self._idle.get()
+        try:
+            yield conn
+        finally:
+            self._idle.put_nowait(conn)
 
 
 def app_without_auth() -> FastAPI:
@@ -176,6 +225,15 @@ def _targets(seeded: Seeded, *, compared: bool) -> list[Target]:
         Target("bare async def", "bare", ["/async"], authenticated=False),
         Target("bare def", "bare", ["/sync"], authenticated=False),
         Target("bare def, 1 SELECT", "bare", [f"/select/{i}" for i in ids], authenticated=False),
+        Target(
+            "bare async, 1 SELECT, SA async", "bare", [f"/select-async/{i}" for i in ids], authenticated=False
+        ),
+        Target(
+            "bare async, 1 SELECT, psycopg",
+            "bare",
+            [f"/select-psycopg/{i}" for i in ids],
+            authenticated=False,
+        ),
         Target("GET /healthz (our stack, no DB)", "app", ["/healthz"], authenticated=False),
         Target("GET /v1/jobs/{id}", "app", reads[0][1]),
         Target("GET /v1/jobs/{id}, no auth", "noauth", reads[0][1]),
