@@ -10,6 +10,8 @@ of a big checkpoint never looks like a dead worker): `cancelling` (or losing the
 tick with the same rows, and event ids come from the job row, so nothing is lost. Nor is anything written
 twice: a write whose COMMIT failed without an answer (the connection dropped while it was in flight) may
 have landed, so before writing those rows again the flusher looks for the first of them in the log.
+A job this worker no longer holds (it fell silent past the heartbeat timeout, say cut off the network,
+and the job was requeued) gets nothing more from it: no rows, no uploads; the trainer is told to stop.
 """
 
 from __future__ import annotations
@@ -109,10 +111,16 @@ class Recorder:
         events, times = [e for e, _ in self._pending], [at for _, at in self._pending]
         writes = translate(events, self.outputs.key_of, times=times)
         if self.outputs.remote and (writes.checkpoints or writes.samples or writes.artifacts):
+            if not self._still_ours():  # uploading would overwrite (and prune) the new owner's files
+                return
             with self._heartbeat_meanwhile():
                 self.outputs.publish(writes)
         try:
             with self.db.session_scope() as session:
+                # First: it locks the job row, and a job this worker no longer holds gets none of the rest.
+                status = job_repo.heartbeat(session, self.job_id, worker_id=self.worker_id)
+                if status is None:
+                    raise _TakenOver
                 ids = _apply(session, self.job_id, writes, self._eta.observe(writes))
                 if writes.checkpoints:
                     _forget_pruned_checkpoints(session, self.job_id, self.outputs.storage)
@@ -121,12 +129,31 @@ class Recorder:
                     webhook_outbox.record_event(
                         session, self.job_id, "checkpoint", producer=self.producer, details=details
                     )
-                status = job_repo.heartbeat(session, self.job_id, worker_id=self.worker_id)
+        except _TakenOver:
+            self._let_go()
+            return
         except Exception:
             self._in_doubt = len(self._pending)
             raise
         self._pending, self._last_seq = [], max(ids, default=self._last_seq)
         self._observe_status(status)
+
+    def _still_ours(self) -> bool:
+        """Stamp the heartbeat in a transaction of its own; if the job is no longer this worker's, let go."""
+        with self.db.session_scope() as session:
+            status = job_repo.heartbeat(session, self.job_id, worker_id=self.worker_id)
+        if status is None:
+            self._let_go()
+            return False
+        self._observe_status(status)
+        return True
+
+    def _let_go(self) -> None:
+        """The job was requeued (this worker fell silent for too long) and may run elsewhere by now: drop
+        what is pending, write nothing more into it, and have the trainer stop."""
+        log.warning("job %s is no longer this worker's; dropping %d events", self.job_id, len(self._pending))
+        self._pending, self._in_doubt = [], 0
+        self._observe_status(None)
 
     def _forget_what_landed(self) -> None:
         """The last write failed, perhaps after its COMMIT reached the server: if its first event is in the
@@ -168,6 +195,10 @@ class Recorder:
         finally:
             done.set()
             thread.join()
+
+
+class _TakenOver(Exception):
+    """Raised inside the write transaction to roll it back: the job is no longer this worker's."""
 
 
 class EtaEstimator:

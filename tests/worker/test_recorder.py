@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from core.repositories import metrics as metric_repo
 from core.repositories import outputs as output_repo
 from core.settings import Settings
 from core.storage import LocalStorage, Storage, build_storage, job_key
-from tests.conftest import create_job
+from tests.conftest import BOTH_STORAGE_BACKENDS, create_job
 from trainer.checkpoints import CHECKPOINTS_DIR, PREFIX, STATE_FILE
 from trainer.events import Checkpoint, Step
 from worker.recorder import Recorder
@@ -123,6 +123,51 @@ def test_a_batch_whose_commit_landed_unacknowledged_is_not_written_twice(
     session.expire_all()
     recorded = job_repo.get_job(session, job.id)
     assert recorded is not None and recorded.step == 3
+
+
+@BOTH_STORAGE_BACKENDS
+def test_a_recorder_whose_job_another_worker_took_over_writes_nothing_into_it_and_stops(
+    settings: Settings, database: Database, session: Session, tmp_path: Path
+) -> None:
+    # A host cut off for longer than the heartbeat timeout, whose job was requeued and resumed elsewhere,
+    # gets its link back: what it trained meanwhile must not land in the job the other worker now runs.
+    job = create_job(session)
+    session.commit()
+    with database.session_scope() as s:
+        job_repo.claim_job(s, job.id, worker_id="w:1")
+    store, key = build_storage(settings), job_key(job.tenant_id, job.id)
+    local = store.local_dir(key) or tmp_path / "work"
+    recorder = Recorder(
+        database,
+        job.id,
+        worker_id="w:1",
+        outputs=JobOutputs(store, key, local),
+        producer=make_producer(settings),
+        flush_seconds=3600,
+    )
+    with database.session_scope() as s:
+        assert job_repo.requeue_job(s, job.id, stale_before=utcnow() + timedelta(seconds=1))
+        assert job_repo.claim_job(s, job.id, worker_id="w:2")
+        event_repo.append_event(s, job.id, "started", "resumed on w:2")
+    checkpoint = local / CHECKPOINTS_DIR / f"{PREFIX}4"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "adapter.safetensors").write_bytes(b"\0" * 1024)
+    (checkpoint / STATE_FILE).write_text("{}")
+    recorder(Step(step=4, total_steps=10, metrics={"loss": 1.0}))
+    recorder(Checkpoint(step=4, path=str(checkpoint)))
+    recorder.start().close()
+
+    assert recorder.lost_ownership and recorder.stop_requested.is_set()
+    assert [e.type for e in event_repo.list_events(session, job.id, after=None, limit=10).items] == [
+        "started"
+    ]
+    assert not metric_repo.metric_series(session, job.id)
+    assert not output_repo.list_checkpoints(session, job.id)
+    session.expire_all()
+    taken = job_repo.get_job(session, job.id)
+    assert taken is not None and (taken.worker_id, taken.step) == ("w:2", 0)
+    if store.local_dir(key) is None:
+        assert not store.exists(f"{key}/{CHECKPOINTS_DIR}/{PREFIX}4/{STATE_FILE}"), "uploaded for w:2's job"
 
 
 class SlowUploads:
