@@ -129,8 +129,7 @@ def _train(ctx: WorkerContext, job_id: str, plan: Plan) -> Outcome:
                 status, code = "failed", "outputs_not_stored"
                 message = f"its last outputs could not be stored or recorded: {type(exc).__name__}: {exc}"
     if recorder.lost_ownership:
-        log.warning("job %s was taken over by another worker; leaving its state alone", job_id)
-        return "abandoned"
+        return _abandoned(job_id)
     if status == "requeued":
         return _hand_back(ctx, job_id)
     return _finish(ctx, job_id, status, code, message)
@@ -171,7 +170,8 @@ def _hand_back_once(ctx: WorkerContext, job_id: str) -> Outcome:
     queue with a fresh message, unless a cancel arrived meanwhile."""
     producer = make_producer(ctx.settings)
     with ctx.db.session_scope() as session:
-        job_repo.requeue_job(session, job_id, worker_id=ctx.worker_id)
+        if not job_repo.requeue_job(session, job_id, worker_id=ctx.worker_id):
+            return _abandoned(job_id)
         if job_repo.get_status(session, job_id) != "queued":
             event_repo.append_event(session, job_id, "cancelled", "job cancelled")
             webhook_outbox.record_event(session, job_id, "cancelled", producer=ctx.producer)
@@ -202,9 +202,17 @@ def _finish_once(
         ended = job_repo.finish_job(
             session, job_id, status=status, worker_id=ctx.worker_id, error_code=code, error_message=message
         )
+        if not ended:
+            return _abandoned(job_id)
         level = "error" if status == "failed" else "info"
         text = f"job {status}" + (f": {code}: {message}" if code else "")
         event_repo.append_event(session, job_id, status, text, level=level, data={"error_code": code})
-        if ended:
-            webhook_outbox.record_event(session, job_id, _ENDINGS[status], producer=ctx.producer)
+        webhook_outbox.record_event(session, job_id, _ENDINGS[status], producer=ctx.producer)
     return status
+
+
+def _abandoned(job_id: str) -> Outcome:
+    # Requeued while this worker was silent (and perhaps running elsewhere now), or ended meanwhile: its
+    # state, log and webhooks belong to whoever holds it.
+    log.warning("job %s is no longer this worker's; leaving its state alone", job_id)
+    return "abandoned"

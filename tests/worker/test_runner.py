@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import pytest
 from safetensors.torch import load
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from core.models import Job
@@ -13,12 +14,13 @@ from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
 from core.repositories import metrics as metric_repo
 from core.repositories import outputs as output_repo
+from core.repositories import webhooks as webhook_repo
 from core.storage import job_key
 from tests.conftest import BOTH_STORAGE_BACKENDS
 from tests.worker.conftest import cancel_once_training
 from worker.context import WorkerContext
 from worker.recorder import Recorder
-from worker.runner import run_job
+from worker.runner import _finish, _hand_back, run_job
 from worker.staging import JobOutputs
 
 
@@ -142,3 +144,26 @@ def test_recorder_retries_a_failed_write_without_losing_events(
 
 def _failing_scope():  # type: ignore[no-untyped-def]
     raise RuntimeError("database unavailable")
+
+
+def test_ending_or_handing_back_a_job_another_worker_now_holds_leaves_it_and_its_log_alone(
+    ctx: WorkerContext, make_job: Callable[..., Job], session: Session
+) -> None:
+    # E.g. a host cut off past the heartbeat timeout comes back while its job runs elsewhere: whatever it
+    # then records (its run's end, or a hand-back as it shuts down) must not reach the job or its owner.
+    job = make_job()
+    hooks = [{"url": "https://hooks.example/mapo", "events": ["succeeded", "cancelled"]}]
+    with ctx.db.session_scope() as s:
+        s.execute(update(Job).where(Job.id == job.id).values(webhooks=hooks))
+        assert job_repo.claim_job(s, job.id, worker_id="other-host:7")
+    before = [e.type for e in event_repo.list_events(session, job.id, after=None, limit=100).items]
+
+    assert _finish(ctx, job.id, "succeeded", None, None) == "abandoned"
+    assert _hand_back(ctx, job.id) == "abandoned"
+
+    after = [e.type for e in event_repo.list_events(session, job.id, after=None, limit=100).items]
+    assert after == before
+    held = _reload(session, job.id)
+    assert (held.status, held.worker_id) == ("running", "other-host:7")
+    with ctx.db.session_scope() as s:
+        assert not webhook_repo.list_deliveries(s, job.id, after=None, limit=10).items
