@@ -24,6 +24,7 @@ from core.storage import Storage
 log = logging.getLogger(__name__)
 COMPLETE = ".complete"
 LOCK_SUFFIX = ".lock"
+EVICT_LOCK = ".evict.lock"
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -76,7 +77,18 @@ class DatasetCache:
 
     def evict(self) -> list[Path]:
         """Remove least recently used entries not in use until the cache fits `max_bytes`; returns them.
-        Entries in use count towards the total but stay, so the cache may exceed its bound while they do."""
+        Entries in use count towards the total but stay, so the cache may exceed its bound while they do.
+        One process on the host evicts at a time: another's eviction would remove entries under this one
+        as it measures them."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / EVICT_LOCK, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return self._evict()
+        finally:
+            os.close(fd)
+
+    def _evict(self) -> list[Path]:
         entries = sorted(
             (p for p in self.root.iterdir() if (p / COMPLETE).exists()),
             key=lambda p: (p / COMPLETE).stat().st_mtime_ns,

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from core.storage import LocalStorage
-from worker.dataset_cache import DatasetCache
+from worker.dataset_cache import COMPLETE, DatasetCache
 
 DATASET_BYTES = 100_000
 
@@ -66,3 +70,31 @@ def test_a_missing_dataset_fails_and_leaves_no_entry(source: LocalStorage, tmp_p
         pass
     assert not cache.entry("datasets/none").exists()
     assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def _evict_when_released(root: Path, max_bytes: int, start: Any) -> list[str]:
+    start.wait()
+    return [p.name for p in DatasetCache(root, max_bytes=max_bytes).evict()]
+
+
+def test_worker_processes_evicting_at_once_all_succeed_and_remove_each_entry_once(tmp_path: Path) -> None:
+    # Several jobs starting together on one host each evict on lease: none may trip over an entry that
+    # another process is removing (that failed the job with internal_error).
+    root, entries, files = tmp_path / "cache", 40, 150
+    for n in range(entries):
+        entry = DatasetCache(root, max_bytes=0).entry(f"datasets/{n}")
+        (entry / "images").mkdir(parents=True)
+        for i in range(files):
+            (entry / "images" / f"{i}.png").write_bytes(b"x" * 100)
+        (entry / COMPLETE).touch()
+    context = get_context("spawn")
+    start = context.Manager().Event()
+    with ProcessPoolExecutor(4, mp_context=context) as pool:
+        futures = [pool.submit(_evict_when_released, root, 0, start) for _ in range(4)]
+        time.sleep(2)  # every process is up and waiting
+        start.set()
+        evicted = [name for future in futures for name in future.result(timeout=120)]
+    assert sorted(evicted) == sorted(
+        DatasetCache(root, 0).entry(f"datasets/{n}").name for n in range(entries)
+    )
+    assert not [p for p in root.iterdir() if p.is_dir()]
