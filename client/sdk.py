@@ -337,13 +337,16 @@ class MapoClient:
         default_name: str,
         verify: bool,
     ) -> Path:
-        with self._http.stream("GET", self._url(path), headers=self._headers, params=params) as response:
+        # A service with presigned downloads redirects to its object store (httpx drops our API key on
+        # the way there); its checksum then comes with the redirect.
+        url, headers = self._url(path), self._headers
+        with self._http.stream("GET", url, headers=headers, params=params, follow_redirects=True) as response:
             _raise_for_error(response)
             target = _target_path(dest, _filename(response) or default_name)
             partial = target.with_name(target.name + ".partial")
             try:
                 digest = _save(response, partial)
-                expected = response.headers.get("x-checksum-sha256")
+                expected = _reported_checksum(response)
                 if verify and digest != expected:
                     raise ChecksumMismatch(f"{path}: sha256 {digest} does not match the reported {expected}")
             except BaseException:
@@ -356,6 +359,15 @@ def _raise_for_error(response: httpx.Response) -> None:
     if response.is_error:
         response.read()
         raise MapoAPIError.from_response(response)
+
+
+def _reported_checksum(response: httpx.Response) -> str | None:
+    """The sha256 the API reported: on the file's response, or on the redirect that led to it."""
+    for each in (response, *reversed(response.history)):
+        checksum: str | None = each.headers.get("x-checksum-sha256")
+        if checksum:
+            return checksum
+    return None
 
 
 def _filename(response: httpx.Response) -> str | None:

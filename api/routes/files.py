@@ -12,19 +12,22 @@ from api.services.downloads import FileDownload
 REDIRECT_RESPONSE: dict[int | str, dict[str, Any]] = {
     307: {
         "description": "With object storage and MAPO_STORAGE_PRESIGN_DOWNLOADS=true: a time-limited "
-        "presigned URL of the object store in `Location`; follow it to get the file."
+        "presigned URL of the object store in `Location`; follow it to get the file. `X-Checksum-Sha256`, "
+        "when the file has one, is on this redirect."
     }
 }
 
 
 def file_response(download: FileDownload, *, attachment: bool = True) -> Response:
     """Stream the file with its length (and sha256 as `X-Checksum-Sha256` and `ETag` when known), or
-    redirect to its presigned URL."""
+    redirect to its presigned URL (with `X-Checksum-Sha256` when known)."""
+    checksum = {"X-Checksum-Sha256": download.sha256} if download.sha256 else {}
     if download.redirect_url is not None:
-        return RedirectResponse(download.redirect_url, status_code=307)
-    headers = {"Content-Length": str(download.size)}
+        # The store's answer carries no checksum of ours: the client reads it from this redirect.
+        return RedirectResponse(download.redirect_url, status_code=307, headers=checksum)
+    headers = {"Content-Length": str(download.size)} | checksum
     if attachment:
         headers["Content-Disposition"] = f'attachment; filename="{download.filename}"'
     if download.sha256:
-        headers |= {"X-Checksum-Sha256": download.sha256, "ETag": f'"{download.sha256}"'}
+        headers["ETag"] = f'"{download.sha256}"'
     return StreamingResponse(download.chunks, media_type=download.media_type, headers=headers)

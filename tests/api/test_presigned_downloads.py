@@ -2,17 +2,24 @@
 
 import hashlib
 import io
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from api.main import create_app
+from client.sdk import ChecksumMismatch, MapoClient
 from core.db import Database
 from core.repositories import outputs as output_repo
 from core.settings import Settings
 from core.storage import Storage, job_key
+from tests.client.conftest import free_port
 from tests.conftest import auth_headers, create_job, create_tenant
 
 pytestmark = pytest.mark.parametrize(
@@ -39,3 +46,51 @@ def test_adapter_download_redirects_to_a_presigned_url_that_serves_it(
     fetched = httpx.get(response.headers["location"])
     assert fetched.status_code == 200 and fetched.content == payload
     assert "pytorch_lora_weights.safetensors" in fetched.headers["content-disposition"]
+
+
+@pytest.fixture
+def served_presigning_api(settings: Settings, database: Database) -> Iterator[str]:
+    """Our app on a real loopback port (the SDK must follow the redirect out to the object store, which a
+    TestClient, answering every URL itself, cannot do)."""
+    presigning = settings.model_copy(update={"storage_presign_downloads": True})
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(presigning), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+def test_the_sdk_follows_the_redirect_and_checks_the_adapter_it_saves(
+    served_presigning_api: str, session: Session, storage: Storage, tmp_path: Path
+) -> None:
+    tenant = create_tenant(session)
+    job = create_job(session, tenant_id=tenant.id)
+    payload = b"lora" * 100_000
+    key = storage.write_stream(f"{job_key(tenant.id, job.id)}/adapter.safetensors", io.BytesIO(payload)).key
+    output_repo.add_artifact(
+        session,
+        job.id,
+        format="diffusers",
+        storage_key=key,
+        size_bytes=len(payload),
+        sha256=hashlib.sha256(payload).hexdigest(),
+    )
+    api_key = auth_headers(session, tenant)["Authorization"].removeprefix("Bearer ")
+    session.commit()
+    with MapoClient(served_presigning_api, api_key) as mapo:
+        saved = mapo.download_adapter(job.id, f"{tmp_path}/out/")
+        assert saved.name == "pytorch_lora_weights.safetensors" and saved.read_bytes() == payload
+
+        tampered = payload[:-1] + b"X"
+        storage.write_stream(key, io.BytesIO(tampered))
+        with pytest.raises(ChecksumMismatch):
+            mapo.download_adapter(job.id, f"{tmp_path}/again/")
+    assert not list((tmp_path / "again").iterdir()), "nothing kept of a file that fails its checksum"
