@@ -228,12 +228,17 @@ def test_a_finished_job_shows_its_curves_images_and_checkpoints_as_it_ended(
 
 
 def record(service: Service, job_id: str, events: list[Any]) -> None:
-    """Write `events` the way a worker does: through the recorder, flushed on close."""
+    """Write `events` the way a worker does: through the recorder of the worker holding the job, flushed
+    on close."""
     storage, key = LocalStorage(service.settings.storage_root), job_key(service.tenant_id, job_id)
+    with service.database.session_scope() as session:
+        job = job_repo.get_job(session, job_id)
+        assert job is not None and job.worker_id is not None, "claim the job first"
+        worker_id = job.worker_id
     recorder = Recorder(
         service.database,
         job_id,
-        worker_id="dashboard-test:2",
+        worker_id=worker_id,
         outputs=JobOutputs(storage, key, storage.local_path(key)),
         producer=make_producer(service.settings),
     ).start()
