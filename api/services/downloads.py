@@ -25,11 +25,13 @@ class FileDownload(NamedTuple):
 def stored_download(
     storage: Storage, key: str, *, media_type: str, filename: str, sha256: str | None = None
 ) -> FileDownload:
-    """The download of `key`; FileNotFoundError if it is not stored."""
+    """The download of `key`; FileNotFoundError if it is not stored (also before redirecting: a URL signed
+    for a missing object would send the client to the store's 404 instead of ours)."""
+    size = storage.size(key)
     url = storage.download_url(key, filename=filename, media_type=media_type)
     if url is not None:
-        return FileDownload(iter(()), 0, media_type, filename, sha256, redirect_url=url)
-    return FileDownload(_chunks(storage, key), storage.size(key), media_type, filename, sha256)
+        return FileDownload(iter(()), size, media_type, filename, sha256, redirect_url=url)
+    return FileDownload(_chunks(storage, key), size, media_type, filename, sha256)
 
 
 def _chunks(storage: Storage, key: str) -> Iterator[bytes]:

@@ -57,12 +57,16 @@ def sample_image(
 ) -> FileDownload:
     require_job(session, tenant, job_id)
     sample = output_repo.get_sample(session, job_id, sample_id)
-    if sample is None or not context.storage.exists(sample.storage_key):
-        raise NotFound(f"sample {sample_id} of job {job_id} not found", param="sample_id")
+    missing = NotFound(f"sample {sample_id} of job {job_id} not found", param="sample_id")
+    if sample is None:
+        raise missing
     suffix = "." + sample.storage_key.rsplit(".", 1)[-1].lower()
     name = sample.storage_key.rsplit("/", 1)[-1]
     media_type = IMAGE_MEDIA_TYPES.get(suffix, "image/png")
-    return stored_download(context.storage, sample.storage_key, media_type=media_type, filename=name)
+    try:
+        return stored_download(context.storage, sample.storage_key, media_type=media_type, filename=name)
+    except FileNotFoundError:
+        raise missing from None
 
 
 def adapter(
@@ -71,17 +75,21 @@ def adapter(
     """The trained LoRA in `format`; 404 until the job has produced it."""
     job = require_job(session, tenant, job_id)
     artifact = output_repo.get_artifact(session, job_id, format=format)
-    if artifact is None or not context.storage.exists(artifact.storage_key):
-        raise NotFound(
-            f"job {job_id} has no {format} adapter (status {job.status})",
-            param="format",
-            code="adapter_not_found",
-        )
-    filename = ADAPTER_FILE_NAMES[format].format(job_id=job_id)
-    return stored_download(
-        context.storage,
-        artifact.storage_key,
-        media_type="application/octet-stream",
-        filename=filename,
-        sha256=artifact.sha256,
+    missing = NotFound(
+        f"job {job_id} has no {format} adapter (status {job.status})",
+        param="format",
+        code="adapter_not_found",
     )
+    if artifact is None:
+        raise missing
+    filename = ADAPTER_FILE_NAMES[format].format(job_id=job_id)
+    try:
+        return stored_download(
+            context.storage,
+            artifact.storage_key,
+            media_type="application/octet-stream",
+            filename=filename,
+            sha256=artifact.sha256,
+        )
+    except FileNotFoundError:
+        raise missing from None

@@ -16,9 +16,11 @@ from sqlalchemy.orm import Session
 from api.main import create_app
 from client.sdk import ChecksumMismatch, MapoClient
 from core.db import Database
+from core.models import Dataset
 from core.repositories import outputs as output_repo
 from core.settings import Settings
 from core.storage import Storage, job_key
+from tests.api.test_dataset_routes import pairs_zip
 from tests.client.conftest import free_port
 from tests.conftest import auth_headers, create_job, create_tenant
 
@@ -94,3 +96,27 @@ def test_the_sdk_follows_the_redirect_and_checks_the_adapter_it_saves(
         with pytest.raises(ChecksumMismatch):
             mapo.download_adapter(job.id, f"{tmp_path}/again/")
     assert not list((tmp_path / "again").iterdir()), "nothing kept of a file that fails its checksum"
+
+
+def test_a_lost_dataset_image_is_404_not_a_redirect_to_nothing(
+    settings: Settings, database: Database, session: Session, storage: Storage
+) -> None:
+    headers = auth_headers(session)
+    presigning = settings.model_copy(update={"storage_presign_downloads": True})
+    with TestClient(create_app(presigning), follow_redirects=False) as client:
+        response = client.post("/v1/datasets", files={"file": ("pairs.zip", pairs_zip())}, headers=headers)
+        dataset = response.json()
+        chosen = client.get(dataset["preview"][0]["chosen_url"], headers=headers)
+        assert chosen.status_code == 307 and httpx.get(chosen.headers["location"]).status_code == 200
+
+        images = [k for k in storage.list_keys(dataset_key(session, dataset["id"])) if "/images/" in k]
+        for key in images:
+            storage.delete_tree(key)
+        lost = client.get(dataset["preview"][0]["chosen_url"], headers=headers)
+    assert (lost.status_code, lost.json()["error"]["param"]) == (404, "n")
+
+
+def dataset_key(session: Session, dataset_id: str) -> str:
+    dataset = session.get(Dataset, dataset_id)
+    assert dataset is not None
+    return dataset.storage_key
