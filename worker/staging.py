@@ -53,6 +53,7 @@ class JobOutputs:
         self.storage, self.key, self.local_dir = storage, key, local_dir
         # With a local storage directory the trainer writes in place: nothing to upload.
         self.remote = storage.local_dir(key) is None
+        self._uploaded: set[str] = set()  # keys stored by this run: a retried flush skips them
 
     def key_of(self, path: Path) -> str:
         """The storage key of a file or folder the trainer wrote under `local_dir`."""
@@ -65,17 +66,23 @@ class JobOutputs:
         return f"{self.key}/{relative.as_posix()}"
 
     def publish(self, writes: Writes) -> None:
-        """Upload the checkpoints, samples and adapters of `writes` (idempotent: a retried flush uploads
-        them again), then delete stored checkpoints the trainer no longer keeps."""
+        """Upload the checkpoints, samples and adapters of `writes`, then delete stored checkpoints the
+        trainer no longer keeps. A retried flush (its rows refused by a database that is down) calls this
+        again with the same writes: what this run has stored already is not uploaded again."""
         if not self.remote:
             return
         for checkpoint in writes.checkpoints:
             folder = self._local(checkpoint.storage_key)
-            if (folder / STATE_FILE).is_file():  # else already rotated away: nothing to keep
-                self.storage.put_tree(checkpoint.storage_key, folder, last=STATE_FILE)
+            if checkpoint.storage_key in self._uploaded or not (folder / STATE_FILE).is_file():
+                continue  # stored already, or already rotated away: nothing to keep
+            self.storage.put_tree(checkpoint.storage_key, folder, last=STATE_FILE)
+            self._uploaded.add(checkpoint.storage_key)
         for key in [s.storage_key for s in writes.samples] + [a.storage_key for a in writes.artifacts]:
+            if key in self._uploaded:
+                continue
             with self._local(key).open("rb") as stream:
                 self.storage.write_stream(key, stream)
+            self._uploaded.add(key)
         if writes.checkpoints:
             self._prune_checkpoints()
 

@@ -26,9 +26,10 @@ from core.settings import Settings
 from core.storage import LocalStorage, Storage, build_storage, job_key
 from tests.conftest import BOTH_STORAGE_BACKENDS, create_job
 from trainer.checkpoints import CHECKPOINTS_DIR, PREFIX, STATE_FILE
-from trainer.events import Checkpoint, Step
+from trainer.events import Checkpoint, Sample, SampleImage, Step
 from worker.recorder import Recorder
 from worker.staging import JobOutputs
+from worker.translate import translate
 
 
 def test_an_event_row_keeps_the_time_it_happened_not_the_time_its_batch_was_written(
@@ -226,3 +227,51 @@ def _heartbeat_at(session: Session, job_id: str) -> datetime:
     job = job_repo.get_job(session, job_id)
     assert job is not None and job.heartbeat_at is not None
     return job.heartbeat_at
+
+
+class CountedUploads:
+    """The real object store, counting what is uploaded to it."""
+
+    def __init__(self, store: Storage) -> None:
+        self.store, self.uploads = store, []  # type: ignore[var-annotated]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def put_tree(self, key: str, source: Path, *, last: str | None = None) -> None:
+        self.uploads.append(key)
+        self.store.put_tree(key, source, last=last)
+
+    def write_stream(self, key: str, stream: Any) -> Any:
+        self.uploads.append(key)
+        return self.store.write_stream(key, stream)
+
+
+@pytest.mark.parametrize("storage_backend", [pytest.param("s3", marks=pytest.mark.s3)], indirect=True)
+def test_a_flush_retried_while_the_database_is_down_does_not_upload_its_files_again(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # During a database restart the recorder retries its write every second; the checkpoint it
+    # uploaded before the first failure (hundreds of MB at real size) must not go up again each time.
+    local, key = tmp_path / "work", "tenants/t/jobs/j"
+    checkpoint = local / CHECKPOINTS_DIR / f"{PREFIX}4"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "adapter.safetensors").write_bytes(b"\0" * 1024)
+    (checkpoint / STATE_FILE).write_text("{}")
+    (local / "samples").mkdir()
+    (local / "samples" / "4-0.png").write_bytes(b"png")
+    store = CountedUploads(build_storage(settings))
+    outputs = JobOutputs(store, key, local)  # type: ignore[arg-type]
+    writes = translate(
+        [
+            Checkpoint(step=4, path=str(checkpoint)),
+            Sample(4, [SampleImage("a red square", str(local / "samples" / "4-0.png"), True)]),
+        ],
+        outputs.key_of,
+    )
+    outputs.publish(writes)
+    outputs.publish(writes)  # the same rows, retried after the database refused them
+    assert store.uploads == [f"{key}/{CHECKPOINTS_DIR}/{PREFIX}4", f"{key}/samples/4-0.png"]
+    assert store.exists(f"{key}/{CHECKPOINTS_DIR}/{PREFIX}4/{STATE_FILE}") and store.exists(
+        f"{key}/samples/4-0.png"
+    )
