@@ -4,6 +4,8 @@ Each dataset is one folder `<root>/<hash of its key>/`, complete once its `.comp
 marker's mtime is its last use). A process using an entry holds a shared `flock` on `<entry>.lock` for as
 long as it trains on it; eviction takes the lock exclusively without waiting, so an entry in use by any
 worker process on this machine is never removed, and one being downloaded is never used half-done.
+A download goes to `<root>/.fetch-<hash>/` and is renamed into place whole; what a killed download left
+there is removed by the next eviction (its entry's lock is free) or the next download of that dataset.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 COMPLETE = ".complete"
 LOCK_SUFFIX = ".lock"
 EVICT_LOCK = ".evict.lock"
+FETCH_PREFIX = ".fetch-"
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -62,9 +64,15 @@ class DatasetCache:
         finally:
             os.close(fd)
 
+    def fetching(self, key: str) -> Path:
+        """Where the dataset at `key` is downloaded to before it becomes its entry (under its lock)."""
+        return self.root / f"{FETCH_PREFIX}{self.entry(key).name}"
+
     def _fetch(self, storage: Storage, key: str, entry: Path) -> None:
         shutil.rmtree(entry, ignore_errors=True)
-        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=".fetch-"))
+        staging = self.fetching(key)
+        shutil.rmtree(staging, ignore_errors=True)  # what a killed download of it left
+        staging.mkdir()
         try:
             copied = storage.fetch_tree(key, staging)
             if not any(staging.iterdir()):
@@ -89,6 +97,7 @@ class DatasetCache:
             os.close(fd)
 
     def _evict(self) -> list[Path]:
+        self._remove_dead_downloads()
         entries = sorted(
             (p for p in self.root.iterdir() if (p / COMPLETE).exists()),
             key=lambda p: (p / COMPLETE).stat().st_mtime_ns,
@@ -102,6 +111,22 @@ class DatasetCache:
                 total -= sizes[entry]
                 evicted.append(entry)
         return evicted
+
+    def _remove_dead_downloads(self) -> None:
+        """Download folders whose entry is not locked: their process died mid-download (a live one holds
+        the entry's lock exclusively until it has renamed the folder into place)."""
+        for staging in self.root.glob(f"{FETCH_PREFIX}*"):
+            entry = self.root / staging.name.removeprefix(FETCH_PREFIX)
+            fd = os.open(f"{entry}{LOCK_SUFFIX}", os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            else:
+                shutil.rmtree(staging, ignore_errors=True)
+                log.info("removed the folder of an interrupted download, %s", staging.name)
+            finally:
+                os.close(fd)
 
     def _remove_unless_used(self, entry: Path) -> bool:
         fd = os.open(f"{entry}{LOCK_SUFFIX}", os.O_CREAT | os.O_RDWR, 0o600)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from core.storage import LocalStorage
-from worker.dataset_cache import COMPLETE, DatasetCache
+from worker.dataset_cache import COMPLETE, LOCK_SUFFIX, DatasetCache
 
 DATASET_BYTES = 100_000
 
@@ -98,3 +99,23 @@ def test_worker_processes_evicting_at_once_all_succeed_and_remove_each_entry_onc
         DatasetCache(root, 0).entry(f"datasets/{n}").name for n in range(entries)
     )
     assert not [p for p in root.iterdir() if p.is_dir()]
+
+
+def test_a_download_left_half_done_by_a_killed_worker_is_removed_but_not_one_in_progress(
+    source: LocalStorage, tmp_path: Path
+) -> None:
+    cache = DatasetCache(tmp_path / "cache", max_bytes=10 * DATASET_BYTES)
+    dead, live = cache.fetching("datasets/a"), cache.fetching("datasets/b")
+    for folder in (dead, live):
+        (folder / "images").mkdir(parents=True)
+        (folder / "images" / "0.png").write_bytes(b"x" * 1000)
+    # Another process is downloading b right now: it holds b's lock exclusively.
+    fd = os.open(f"{cache.entry('datasets/b')}{LOCK_SUFFIX}", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with cache.lease(source, "datasets/c"):
+            pass
+        assert not dead.exists(), "a killed download's folder stays forever"
+        assert live.exists(), "a download in progress was removed under its process"
+    finally:
+        os.close(fd)
