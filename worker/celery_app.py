@@ -84,6 +84,7 @@ def _start_reconciler(sender: Any, **_: Any) -> None:
         heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
         interval_seconds=settings.reconcile_interval_seconds,
         advertisement=advertisement(sender.hostname, queues),
+        work_dir=settings.work_dir,
     )
 
 

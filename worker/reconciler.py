@@ -13,7 +13,8 @@ duplicate is harmless: the first delivery claims the row, the others find it cla
 Every worker checks every queue, so jobs of a GPU class whose workers are all gone are kept too.
 
 Each tick also stamps this worker's row in `workers` (its advertisement: queues, GPUs), so the API can
-show which workers are alive.
+show which workers are alive, and removes this host's local copies of the outputs of jobs that ended
+without their worker cleaning up (killed, lost, taken over; `worker.staging.sweep_work_dir`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -32,6 +34,7 @@ from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
 from core.repositories import workers as worker_repo
 from core.webhooks import outbox as webhook_outbox
+from worker.staging import sweep_work_dir
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +110,12 @@ def start_reconciler(
     heartbeat_timeout_seconds: float,
     interval_seconds: float,
     advertisement: dict[str, Any] | None = None,
+    work_dir: Path | None = None,
 ) -> threading.Event:
     """In a daemon thread, now and every `interval_seconds`: stamp this worker's `advertisement` (if
-    given), requeue jobs whose worker died (`reconcile`) and re-send queued jobs whose message was lost
-    (`resend_lost_jobs`); set the returned event to stop it."""
+    given), requeue jobs whose worker died (`reconcile`), re-send queued jobs whose message was lost
+    (`resend_lost_jobs`) and remove this host's local outputs of ended jobs from `work_dir` (if given,
+    `sweep_work_dir`); set the returned event to stop it."""
     stop = threading.Event()
 
     def loop() -> None:
@@ -120,6 +125,8 @@ def start_reconciler(
                     advertise(db, advertisement)
                 reconcile(db, producer, heartbeat_timeout_seconds=heartbeat_timeout_seconds)
                 resend_lost_jobs(db, producer, waited_seconds=heartbeat_timeout_seconds)
+                if work_dir is not None:
+                    sweep_work_dir(db, work_dir)
             except Exception:
                 log.exception("reconciling jobs failed; trying again in %.0f s", interval_seconds)
             if stop.wait(interval_seconds):

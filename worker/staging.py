@@ -23,6 +23,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from core.db import Database
+from core.models import FINISHED_STATUSES
+from core.repositories import jobs as job_repo
 from core.settings import Settings
 from core.storage import InvalidStorageKey, Storage, tree_files
 from trainer.checkpoints import CHECKPOINTS_DIR, PREFIX, STATE_FILE, complete_checkpoints
@@ -220,3 +223,24 @@ def staged_inputs(
         fetch_generated(storage, dataset_key, dataset_dir)
         outputs.restore_checkpoint()
         yield
+
+
+def sweep_work_dir(db: Database, work_dir: Path) -> list[Path]:
+    """Remove the local output copies (`work_dir/tenants/*/jobs/<job>`) of jobs that ended, or no longer
+    exist, without their worker cleaning up: it was killed, its host was lost, or another worker took
+    the job over. Kept: jobs still queued or running (a resume on this host starts from them), and a
+    job that failed with `outputs_not_stored`, whose adapter may exist nowhere else. Returns what went."""
+    folders = [f for f in work_dir.glob("tenants/*/jobs/*") if f.is_dir()]
+    if not folders:
+        return []
+    with db.session_scope() as session:
+        endings = job_repo.endings(session, [f.name for f in folders])
+    removed = []
+    for folder in folders:
+        ending = endings.get(folder.name)  # None: the job no longer exists
+        if ending is None or (ending[0] in FINISHED_STATUSES and ending[1] != "outputs_not_stored"):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    if removed:
+        log.info("removed the local outputs of %d ended jobs from %s", len(removed), work_dir)
+    return removed

@@ -55,6 +55,12 @@ def get_status(session: Session, job_id: str) -> str | None:
     return session.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
 
 
+def endings(session: Session, job_ids: list[str]) -> dict[str, tuple[str, str | None]]:
+    """(status, error_code) of each of `job_ids` that exists."""
+    rows = session.execute(select(Job.id, Job.status, Job.error_code).where(Job.id.in_(job_ids)))
+    return {job_id: (status, code) for job_id, status, code in rows}
+
+
 def _changed(session: Session, stmt: Update) -> bool:
     result = session.execute(stmt, execution_options={"synchronize_session": False})
     assert isinstance(result, CursorResult)
