@@ -16,7 +16,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from core.db import Database
-from core.models import utcnow
+from core.models import Job, utcnow
 from core.queue import make_producer
 from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
@@ -32,22 +32,55 @@ from worker.staging import JobOutputs
 from worker.translate import translate
 
 
-def test_an_event_row_keeps_the_time_it_happened_not_the_time_its_batch_was_written(
-    settings: Settings, database: Database, session: Session
-) -> None:
+def claimed_job(session: Session, database: Database) -> Job:
+    """A job that worker "w:1" is running."""
     job = create_job(session)
     session.commit()
     with database.session_scope() as s:
         job_repo.claim_job(s, job.id, worker_id="w:1")
-    storage, key = LocalStorage(settings.storage_root), job_key(job.tenant_id, job.id)
-    recorder = Recorder(
+    return job
+
+
+def recorder_of(
+    job: Job,
+    database: Database,
+    settings: Settings,
+    *,
+    flush_seconds: float,
+    store: Storage | None = None,
+    local: Path | None = None,
+) -> Recorder:
+    """Worker "w:1"'s recorder of `job`, its outputs in `store` (default: the local storage directory,
+    written in place) staged in `local`."""
+    store = store or LocalStorage(settings.storage_root)
+    key = job_key(job.tenant_id, job.id)
+    local = local or store.local_dir(key)
+    assert local is not None, "an object store needs a local staging folder"
+    outputs = JobOutputs(store, key, local)
+    return Recorder(
         database,
         job.id,
         worker_id="w:1",
-        outputs=JobOutputs(storage, key, storage.local_path(key)),
+        outputs=outputs,
         producer=make_producer(settings),
-        flush_seconds=3600,
+        flush_seconds=flush_seconds,
     )
+
+
+def checkpoint_on_disk(local: Path, step: int = 4) -> Path:
+    """A complete checkpoint folder as the trainer leaves it."""
+    checkpoint = local / CHECKPOINTS_DIR / f"{PREFIX}{step}"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "adapter.safetensors").write_bytes(b"\0" * 1024)
+    (checkpoint / STATE_FILE).write_text("{}")
+    return checkpoint
+
+
+def test_an_event_row_keeps_the_time_it_happened_not_the_time_its_batch_was_written(
+    settings: Settings, database: Database, session: Session
+) -> None:
+    job = claimed_job(session, database)
+    recorder = recorder_of(job, database, settings, flush_seconds=3600)
     before = utcnow()
     recorder(Step(step=1, total_steps=2, metrics={"loss": 1.0}))
     emitted = utcnow()
@@ -93,19 +126,8 @@ def test_a_batch_whose_commit_landed_unacknowledged_is_not_written_twice(
     settings: Settings, session: Session, unreliable_database: LostAcknowledgement
 ) -> None:
     database = unreliable_database
-    job = create_job(session)
-    session.commit()
-    with database.session_scope() as s:
-        job_repo.claim_job(s, job.id, worker_id="w:1")
-    storage, key = LocalStorage(settings.storage_root), job_key(job.tenant_id, job.id)
-    recorder = Recorder(
-        database,
-        job.id,
-        worker_id="w:1",
-        outputs=JobOutputs(storage, key, storage.local_path(key)),
-        producer=make_producer(settings),
-        flush_seconds=0.05,
-    )
+    job = claimed_job(session, database)
+    recorder = recorder_of(job, database, settings, flush_seconds=0.05)
     recorder(Step(step=1, total_steps=3, metrics={"loss": 1.0}))
     recorder(Step(step=2, total_steps=3, metrics={"loss": 0.8}))
     database.lose_next.set()
@@ -132,28 +154,15 @@ def test_a_recorder_whose_job_another_worker_took_over_writes_nothing_into_it_an
 ) -> None:
     # A host cut off for longer than the heartbeat timeout, whose job was requeued and resumed elsewhere,
     # gets its link back: what it trained meanwhile must not land in the job the other worker now runs.
-    job = create_job(session)
-    session.commit()
-    with database.session_scope() as s:
-        job_repo.claim_job(s, job.id, worker_id="w:1")
+    job = claimed_job(session, database)
     store, key = build_storage(settings), job_key(job.tenant_id, job.id)
     local = store.local_dir(key) or tmp_path / "work"
-    recorder = Recorder(
-        database,
-        job.id,
-        worker_id="w:1",
-        outputs=JobOutputs(store, key, local),
-        producer=make_producer(settings),
-        flush_seconds=3600,
-    )
+    recorder = recorder_of(job, database, settings, flush_seconds=3600, store=store, local=local)
     with database.session_scope() as s:
         assert job_repo.requeue_job(s, job.id, stale_before=utcnow() + timedelta(seconds=1))
         assert job_repo.claim_job(s, job.id, worker_id="w:2")
         event_repo.append_event(s, job.id, "started", "resumed on w:2")
-    checkpoint = local / CHECKPOINTS_DIR / f"{PREFIX}4"
-    checkpoint.mkdir(parents=True)
-    (checkpoint / "adapter.safetensors").write_bytes(b"\0" * 1024)
-    (checkpoint / STATE_FILE).write_text("{}")
+    checkpoint = checkpoint_on_disk(local)
     recorder(Step(step=4, total_steps=10, metrics={"loss": 1.0}))
     recorder(Checkpoint(step=4, path=str(checkpoint)))
     recorder.start().close()
@@ -189,25 +198,13 @@ class SlowUploads:
 def test_the_heartbeat_goes_on_while_a_slow_checkpoint_upload_runs(
     settings: Settings, database: Database, session: Session, tmp_path: Path
 ) -> None:
-    job = create_job(session)
-    session.commit()
-    with database.session_scope() as s:
-        job_repo.claim_job(s, job.id, worker_id="w:1")
+    job = claimed_job(session, database)
     local = tmp_path / "work"
-    checkpoint = local / CHECKPOINTS_DIR / f"{PREFIX}4"
-    checkpoint.mkdir(parents=True)
-    (checkpoint / "adapter.safetensors").write_bytes(b"\0" * 1024)
-    (checkpoint / STATE_FILE).write_text("{}")
+    checkpoint = checkpoint_on_disk(local)
     store = SlowUploads(build_storage(settings), seconds=3.0)
     key = job_key(job.tenant_id, job.id)
-    recorder = Recorder(
-        database,
-        job.id,
-        worker_id="w:1",
-        outputs=JobOutputs(store, key, local),  # type: ignore[arg-type]
-        producer=make_producer(settings),
-        flush_seconds=0.2,
-    ).start()
+    slow: Any = store
+    recorder = recorder_of(job, database, settings, flush_seconds=0.2, store=slow, local=local).start()
     recorder(Checkpoint(step=4, path=str(checkpoint)))
     time.sleep(1.0)  # the flusher is now inside the 3 s upload
     before = _heartbeat_at(session, job.id)
@@ -254,10 +251,7 @@ def test_a_flush_retried_while_the_database_is_down_does_not_upload_its_files_ag
     # During a database restart the recorder retries its write every second; the checkpoint it
     # uploaded before the first failure (hundreds of MB at real size) must not go up again each time.
     local, key = tmp_path / "work", "tenants/t/jobs/j"
-    checkpoint = local / CHECKPOINTS_DIR / f"{PREFIX}4"
-    checkpoint.mkdir(parents=True)
-    (checkpoint / "adapter.safetensors").write_bytes(b"\0" * 1024)
-    (checkpoint / STATE_FILE).write_text("{}")
+    checkpoint = checkpoint_on_disk(local)
     (local / "samples").mkdir()
     (local / "samples" / "4-0.png").write_bytes(b"png")
     store = CountedUploads(build_storage(settings))
