@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from api.main import create_app
 from client.sdk import ChecksumMismatch, MapoClient
 from core.db import Database
-from core.models import Dataset
+from core.models import Dataset, Job, Tenant
 from core.repositories import outputs as output_repo
 from core.settings import Settings
 from core.storage import Storage, job_key
@@ -29,17 +29,23 @@ pytestmark = pytest.mark.parametrize(
 )
 
 
-def test_adapter_download_redirects_to_a_presigned_url_that_serves_it(
-    settings: Settings, database: Database, session: Session, storage: Storage
-) -> None:
+def job_with_adapter(session: Session, storage: Storage, payload: bytes) -> tuple[Tenant, Job, str]:
+    """A job of a new tenant whose stored diffusers adapter is `payload`; returns its storage key too."""
     tenant = create_tenant(session)
     job = create_job(session, tenant_id=tenant.id)
-    payload = b"lora" * 1000
     key = storage.write_stream(f"{job_key(tenant.id, job.id)}/adapter.safetensors", io.BytesIO(payload)).key
     digest = hashlib.sha256(payload).hexdigest()
     output_repo.add_artifact(
         session, job.id, format="diffusers", storage_key=key, size_bytes=len(payload), sha256=digest
     )
+    return tenant, job, key
+
+
+def test_adapter_download_redirects_to_a_presigned_url_that_serves_it(
+    settings: Settings, database: Database, session: Session, storage: Storage
+) -> None:
+    payload = b"lora" * 1000
+    tenant, job, _ = job_with_adapter(session, storage, payload)
     headers = auth_headers(session, tenant)
     presigning = settings.model_copy(update={"storage_presign_downloads": True})
     with TestClient(create_app(presigning), follow_redirects=False) as client:
@@ -73,18 +79,8 @@ def served_presigning_api(settings: Settings, database: Database) -> Iterator[st
 def test_the_sdk_follows_the_redirect_and_checks_the_adapter_it_saves(
     served_presigning_api: str, session: Session, storage: Storage, tmp_path: Path
 ) -> None:
-    tenant = create_tenant(session)
-    job = create_job(session, tenant_id=tenant.id)
     payload = b"lora" * 100_000
-    key = storage.write_stream(f"{job_key(tenant.id, job.id)}/adapter.safetensors", io.BytesIO(payload)).key
-    output_repo.add_artifact(
-        session,
-        job.id,
-        format="diffusers",
-        storage_key=key,
-        size_bytes=len(payload),
-        sha256=hashlib.sha256(payload).hexdigest(),
-    )
+    tenant, job, key = job_with_adapter(session, storage, payload)
     api_key = auth_headers(session, tenant)["Authorization"].removeprefix("Bearer ")
     session.commit()
     with MapoClient(served_presigning_api, api_key) as mapo:
