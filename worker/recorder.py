@@ -139,14 +139,18 @@ class Recorder:
         self._observe_status(status)
 
     def _still_ours(self) -> bool:
-        """Stamp the heartbeat in a transaction of its own; if the job is no longer this worker's, let go."""
-        with self.db.session_scope() as session:
-            status = job_repo.heartbeat(session, self.job_id, worker_id=self.worker_id)
-        if status is None:
+        """Stamp the heartbeat; if the job is no longer this worker's, let go."""
+        if self._stamp_heartbeat() is None:
             self._let_go()
             return False
-        self._observe_status(status)
         return True
+
+    def _stamp_heartbeat(self) -> str | None:
+        """Stamp the heartbeat in a transaction of its own and act on the status read back."""
+        with self.db.session_scope() as session:
+            status = job_repo.heartbeat(session, self.job_id, worker_id=self.worker_id)
+        self._observe_status(status)
+        return status
 
     def _let_go(self) -> None:
         """The job was requeued (this worker fell silent for too long) and may run elsewhere by now: drop
@@ -182,9 +186,7 @@ class Recorder:
         def beat() -> None:
             while not done.wait(self.flush_seconds):
                 try:
-                    with self.db.session_scope() as session:
-                        status = job_repo.heartbeat(session, self.job_id, worker_id=self.worker_id)
-                    self._observe_status(status)
+                    self._stamp_heartbeat()
                 except Exception:
                     log.warning("job %s: heartbeat during an upload failed", self.job_id, exc_info=True)
 
