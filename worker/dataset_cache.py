@@ -116,29 +116,33 @@ class DatasetCache:
         """Download folders whose entry is not locked: their process died mid-download (a live one holds
         the entry's lock exclusively until it has renamed the folder into place)."""
         for staging in self.root.glob(f"{FETCH_PREFIX}*"):
-            entry = self.root / staging.name.removeprefix(FETCH_PREFIX)
-            fd = os.open(f"{entry}{LOCK_SUFFIX}", os.O_CREAT | os.O_RDWR, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue
-            else:
-                shutil.rmtree(staging, ignore_errors=True)
-                log.info("removed the folder of an interrupted download, %s", staging.name)
-            finally:
-                os.close(fd)
+            with _locked_unless_busy(self.root / staging.name.removeprefix(FETCH_PREFIX)) as free:
+                if free:
+                    shutil.rmtree(staging, ignore_errors=True)
+                    log.info("removed the folder of an interrupted download, %s", staging.name)
 
     def _remove_unless_used(self, entry: Path) -> bool:
-        fd = os.open(f"{entry}{LOCK_SUFFIX}", os.O_CREAT | os.O_RDWR, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+        with _locked_unless_busy(entry) as free:
+            if not free:
                 return False
             # The marker goes first: a crash halfway leaves an incomplete entry, refetched on next use.
             (entry / COMPLETE).unlink(missing_ok=True)
             shutil.rmtree(entry, ignore_errors=True)
             log.info("evicted cached dataset %s", entry.name)
             return True
-        finally:
-            os.close(fd)
+
+
+@contextmanager
+def _locked_unless_busy(entry: Path) -> Iterator[bool]:
+    """Hold `entry`'s lock exclusively if no process (a lease, a download) holds it: yields whether it
+    was free."""
+    fd = os.open(f"{entry}{LOCK_SUFFIX}", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
