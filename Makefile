@@ -25,7 +25,7 @@ check: lint typecheck test
 bench:
 	.venv/bin/python -m bench.trainer_step
 
-# Re-make the shipped pre-trained tiny models (trainer/base_models/; a few CPU minutes each).
+# Re-make the shipped pre-trained tiny models (trainer/synthetic/base_models/; a few CPU minutes each).
 base-models: setup
-	.venv/bin/python -m trainer pretrain-tiny --family sd --half --denoiser-steps 3000 --out trainer/base_models/shapes-sd
-	.venv/bin/python -m trainer pretrain-tiny --family sdxl --half --out trainer/base_models/shapes-sdxl
+	.venv/bin/python -m trainer pretrain-tiny --family sd --half --denoiser-steps 3000 --out trainer/synthetic/base_models/shapes-sd
+	.venv/bin/python -m trainer pretrain-tiny --family sdxl --half --out trainer/synthetic/base_models/shapes-sdxl

@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 from diffusers import DiffusionPipeline
 
-from trainer.base_models import shipped_base_models
 from trainer.events import Evaluation, Event
 from trainer.loop import train
-from trainer.shape_preferences import prefer_red_pairs, write_dataset
-from trainer.shape_samples import every_caption_drawing, judge
 from trainer.spec import TrainSpec
+from trainer.synthetic.base_models import shipped_base_models
+from trainer.synthetic.shape_preferences import prefer_red_pairs, write_dataset
+from trainer.synthetic.shape_samples import every_caption_drawing, judge
 
 
 def main(out: Path) -> int:

@@ -18,7 +18,7 @@ import torch
 from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from trainer.tiny import MAX_LENGTH, build_tokenizer, sd_scheduler
+from trainer.synthetic.tiny import MAX_LENGTH, build_tokenizer, sd_scheduler
 
 SDXL_UNET: dict[str, Any] = {
     "sample_size": 128,

@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 from bench.trainer_step import WORK, _model
-from trainer.demo_data import make_demo_dataset
 from trainer.events import Evaluation
 from trainer.loop import train
 from trainer.spec import TrainSpec
+from trainer.synthetic.demo_data import make_demo_dataset
 
 METHODS = ("mapo", "dpo", "sft")
 

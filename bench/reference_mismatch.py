@@ -3,11 +3,13 @@
     python -m bench.reference_mismatch [--base PATH] [--shifts 15 30 60] [--seeds 0 1 2] [--steps 150]
         [--plot docs/images/reference_mismatch.png] [--json results.json] [--sheets DIR]
 
-The reference is a tiny SDXL pre-trained by the script on the shapes domain (trainer/pretrain.py; cached,
+The reference is a tiny SDXL pre-trained by the script on the shapes domain
+(trainer/synthetic/pretrain.py; cached,
 or `--base`): it draws "a red circle on a black background" as captioned. Each target moves the shape's
 hue by `shift` degrees (15 small, 30 medium, 60 large: 60 is as far from the red/green/blue palette as a
 hue gets). Per target, 48 pairs: full caption, chosen = the shifted drawing, rejected = the drawing as
-captioned (trainer/shape_preferences.py); 12 held out. Per target, method and seed: the same LoRA job
+captioned (trainer/synthetic/shape_preferences.py); 12 held out. Per target, method and seed: the same LoRA
+job
 (rank 8, lr 1e-3, batch 4, `--steps`), then
 - held-out accuracy: share of held-out (pair, timestep) where the chosen image is denoised better;
 - in target: share of 27 images (every full caption) whose shape hue the exact classifier finds nearer
@@ -30,10 +32,10 @@ from typing import Any
 import torch
 
 from bench.shape_jobs import RESOLUTION, JobSettings, judge_base, pretrained_base, run_job
-from trainer.shape_preferences import hue_shift_pairs, moved_towards, signed_hue_move, write_dataset
-from trainer.shape_samples import Judged, contact_sheet, every_caption_drawing
-from trainer.shapes import render
 from trainer.spec import Method
+from trainer.synthetic.shape_preferences import hue_shift_pairs, moved_towards, signed_hue_move, write_dataset
+from trainer.synthetic.shape_samples import Judged, contact_sheet, every_caption_drawing
+from trainer.synthetic.shapes import render
 
 METHODS: tuple[Method, ...] = ("mapo", "dpo", "sft")
 FIGURES = ("reference_gap", "accuracy_before", "accuracy", "in_target", "off_caption", "hue_moved")

@@ -143,7 +143,7 @@ def _service(tmp: Path, model: Path, args: argparse.Namespace) -> Iterator[tuple
 
 
 def _upload_demo(url: str, key: str, tmp: Path) -> str:
-    from trainer.demo_data import write_demo_upload
+    from trainer.synthetic.demo_data import write_demo_upload
 
     upload = write_demo_upload(tmp / "demo.zip", kind="zip", num_pairs=PAIRS, resolution=RESOLUTION)
     with upload.open("rb") as stream:
@@ -159,7 +159,7 @@ def _upload_demo(url: str, key: str, tmp: Path) -> str:
 
 
 def _cli_dataset(tmp: Path) -> Path:
-    from trainer.demo_data import make_demo_dataset
+    from trainer.synthetic.demo_data import make_demo_dataset
 
     make_demo_dataset(tmp / "cli-dataset", num_pairs=PAIRS, resolution=RESOLUTION)
     return tmp / "cli-dataset"

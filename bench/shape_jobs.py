@@ -18,11 +18,11 @@ from diffusers import DiffusionPipeline
 
 from trainer.events import Evaluation, Event
 from trainer.loop import train
-from trainer.pretrain import PretrainConfig, pretrain_tiny, progress_printer
-from trainer.shape_samples import Judged, judge
-from trainer.shapes import Drawing
 from trainer.spec import Method, TrainSpec
-from trainer.tiny import Family
+from trainer.synthetic.pretrain import PretrainConfig, pretrain_tiny, progress_printer
+from trainer.synthetic.shape_samples import Judged, judge
+from trainer.synthetic.shapes import Drawing
+from trainer.synthetic.tiny import Family
 
 _SOURCES = ("shapes.py", "shape_autoencoder.py", "pretrain.py", "tiny.py")
 _TRAINER = Path(__file__).resolve().parents[1] / "trainer"

@@ -3,10 +3,12 @@
     python -m bench.shapes_demo [--base PATH] [--steps 150] [--seeds 0 1 2] [--sheet docs/images/x.png]
 
 The dataset: 48 pairs whose prompts leave the colour open ("a circle on a white background"), the chosen
-image red, the rejected one green or blue (trainer/shape_preferences.py); 12 pairs are held out. Each
+image red, the rejected one green or blue (trainer/synthetic/shape_preferences.py); 12 pairs are held out.
+Each
 base model gets the same MaPO job (LoRA rank 8, lr 1e-3, batch 4). Printed per base model and seed:
 held-out accuracy at step 0 and at the end, and the share of red shapes among 27 images generated for
-colour-less prompts before and after (the classifier of trainer/shapes.py reads them). `--sheet` saves
+colour-less prompts before and after (the classifier of trainer/synthetic/shapes.py reads them). `--sheet`
+saves
 the pre-trained model's images before (top rows) and after (bottom rows) the first seed's job.
 """
 
@@ -20,9 +22,9 @@ from pathlib import Path
 import torch
 
 from bench.shape_jobs import JobSettings, judge_base, pretrained_base, run_job
-from trainer.shape_preferences import PREFERRED_COLOUR, prefer_red_pairs, write_dataset
-from trainer.shape_samples import Judged, contact_sheet, every_caption_drawing
-from trainer.tiny import build_tiny_pipeline
+from trainer.synthetic.shape_preferences import PREFERRED_COLOUR, prefer_red_pairs, write_dataset
+from trainer.synthetic.shape_samples import Judged, contact_sheet, every_caption_drawing
+from trainer.synthetic.tiny import build_tiny_pipeline
 
 DRAWINGS = every_caption_drawing()  # colour-less prompts: each (kind, background) three times
 

@@ -2,8 +2,8 @@
 
     python -m bench.shapes_pretraining [--seeds 0 1] [--sheet docs/images/shapes-pretraining.png]
 
-For each family, the random `tiny` pipeline (trainer/tiny.py) and the pre-trained `shapes-*` one
-(trainer/base_models/) generate every full caption of the shapes domain (27) per seed, 20 steps,
+For each family, the random `tiny` pipeline (trainer/synthetic/tiny.py) and the pre-trained `shapes-*` one
+(trainer/synthetic/base_models/) generate every full caption of the shapes domain (27) per seed, 20 steps,
 guidance 4; the exact classifier reads kind, colour and background back. `--sheet` saves the SDXL
 images of the first seed: the random model's on top, the pre-trained model's below, same captions.
 """
@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from bench.shape_jobs import pipeline
-from trainer.base_models import shipped_base_models
-from trainer.shape_samples import caption_accuracy, contact_sheet, every_caption_drawing, judge
-from trainer.tiny import build_tiny_pipeline
+from trainer.synthetic.base_models import shipped_base_models
+from trainer.synthetic.shape_samples import caption_accuracy, contact_sheet, every_caption_drawing, judge
+from trainer.synthetic.tiny import build_tiny_pipeline
 
 
 def main() -> None:

@@ -122,7 +122,7 @@ def _model(preset: str) -> Path:
 def _dataset(resolution: int, pairs: int) -> Path:
     path = WORK / f"demo-{resolution}-{pairs}"
     if not (path / "manifest.json").is_file():
-        from trainer.demo_data import make_demo_dataset
+        from trainer.synthetic.demo_data import make_demo_dataset
 
         make_demo_dataset(path, num_pairs=pairs, resolution=resolution)
     return path

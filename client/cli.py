@@ -256,7 +256,7 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
     """Write the synthetic warm-vs-cool demo dataset in the upload format its suffix names."""
-    from trainer.demo_data import write_demo_upload
+    from trainer.synthetic.demo_data import write_demo_upload
 
     name = args.file.name.lower()
     kind: Literal["zip", "tar", "parquet"]

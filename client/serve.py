@@ -26,7 +26,7 @@ import httpx
 
 from client import admin
 from core.settings import Settings
-from trainer.base_models import shipped_base_models
+from trainer.synthetic.base_models import shipped_base_models
 
 TINY_MODELS = {"tiny-sd": "sd", "tiny-sdxl": "sdxl"}
 BUILT_MARKER = ".mapo-built"

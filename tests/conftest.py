@@ -192,14 +192,14 @@ def client(settings: Settings, database: Database) -> Iterator[TestClient]:
 
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from trainer.tiny import build_tiny_pipeline  # torch loads only for tests that need a model
+    from trainer.synthetic.tiny import build_tiny_pipeline  # torch loads only for tests that need a model
 
     return build_tiny_pipeline("sd", tmp_path_factory.mktemp("tiny-sd"))
 
 
 @pytest.fixture(scope="session")
 def tiny_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from trainer.tiny import build_tiny_pipeline  # torch loads only for tests that need a model
+    from trainer.synthetic.tiny import build_tiny_pipeline  # torch loads only for tests that need a model
 
     return build_tiny_pipeline("sdxl", tmp_path_factory.mktemp("tiny-sdxl"))
 

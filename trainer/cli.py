@@ -103,14 +103,14 @@ def _install_stop_handlers() -> Any:
 
 
 def _make_tiny(args: argparse.Namespace) -> int:
-    from trainer.tiny import build_tiny_pipeline
+    from trainer.synthetic.tiny import build_tiny_pipeline
 
     print(build_tiny_pipeline(args.family, args.out, preset=args.preset))
     return 0
 
 
 def _make_demo(args: argparse.Namespace) -> int:
-    from trainer.demo_data import make_demo_dataset
+    from trainer.synthetic.demo_data import make_demo_dataset
 
     manifest = make_demo_dataset(args.out, num_pairs=args.pairs, resolution=args.resolution, seed=args.seed)
     print(f"{args.out}: {manifest.num_pairs} pairs")
@@ -120,7 +120,7 @@ def _make_demo(args: argparse.Namespace) -> int:
 def _pretrain(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from trainer.pretrain import PretrainConfig, pretrain_tiny, progress_printer
+    from trainer.synthetic.pretrain import PretrainConfig, pretrain_tiny, progress_printer
 
     config = PretrainConfig(seed=args.seed)
     for name in ("autoencoder_steps", "denoiser_steps"):

@@ -32,8 +32,8 @@ from tests.api.test_ingest_targets import target_files
 from tests.client.conftest import free_port
 from tests.conftest import TEST_PEPPER, auth_headers, create_dataset, create_job, create_tenant, unavailable
 from tests.trainer.specs import FAST_TRAINING
-from trainer.demo_data import make_demo_dataset
 from trainer.events import Evaluation, Started, Step
+from trainer.synthetic.demo_data import make_demo_dataset
 from worker.context import WorkerContext
 from worker.recorder import Recorder
 from worker.staging import JobOutputs

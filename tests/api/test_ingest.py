@@ -19,7 +19,7 @@ from PIL import Image
 
 from api.services.ingest import IngestLimits, IngestRejected, IngestReport, Problem, ingest_upload
 from trainer.dataset_format import MANIFEST_FILE, read_pairs
-from trainer.demo_data import demo_pairs, write_demo_upload
+from trainer.synthetic.demo_data import demo_pairs, write_demo_upload
 
 WARM = (220, 60, 40)
 COOL = (40, 80, 220)

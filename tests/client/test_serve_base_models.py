@@ -6,7 +6,7 @@ from pathlib import Path
 
 from client.serve import BUILT_MARKER, TINY_MODELS, offered_base_models
 from core.settings import Settings
-from trainer.base_models import FOLDER
+from trainer.synthetic.base_models import FOLDER
 
 
 def test_the_shipped_pretrained_models_are_offered_beside_the_tiny_ones(tmp_path: Path) -> None:

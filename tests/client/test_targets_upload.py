@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from client.sdk import MapoAPIError, MapoClient
 from tests.client.conftest import ApiServer, mapo
 from tests.conftest import create_api_key, create_tenant
-from trainer.demo_data import demo_pairs
+from trainer.synthetic.demo_data import demo_pairs
 
 
 def one_sided_zip(path: Path, *, generation_prompt: str | None) -> Path:

@@ -24,7 +24,7 @@ import pytest
 
 from client.sdk import JSON, MapoClient
 from tests.trainer.specs import FAST_TRAINING
-from trainer.demo_data import write_demo_upload
+from trainer.synthetic.demo_data import write_demo_upload
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 240  # first start builds both tiny models

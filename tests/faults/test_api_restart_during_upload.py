@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 
 from tests.client.conftest import REPO_ROOT, free_port, is_ready, mapo, service_env
-from trainer.demo_data import write_demo_upload
+from trainer.synthetic.demo_data import write_demo_upload
 
 BOUNDARY = "mapo-test-boundary"
 

@@ -23,7 +23,7 @@ from core.storage import LocalStorage
 from tests.conftest import TEST_PEPPER, create_dataset, create_job, create_tenant
 from tests.servers import PrivatePostgres
 from tests.worker.conftest import FAST_SPEC, running_worker
-from trainer.demo_data import make_demo_dataset
+from trainer.synthetic.demo_data import make_demo_dataset
 
 T = TypeVar("T")
 # Long enough that training outlasts the outage by many steps (about 0.2-0.5 s a step on CI's CPU).

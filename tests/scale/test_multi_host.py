@@ -43,7 +43,7 @@ from tests.scale.netns import Host, Network, require_netns
 from tests.servers import PrivatePostgres, PrivateRedis
 from tests.trainer.specs import FAST_TRAINING
 from trainer.checkpoints import PREFIX
-from trainer.demo_data import write_demo_upload
+from trainer.synthetic.demo_data import write_demo_upload
 
 SHORT_JOBS = 4
 LONG_JOB_STEPS, CHECKPOINT_EVERY = 60, 5

@@ -11,14 +11,14 @@ import torch
 from diffusers import DiffusionPipeline
 
 from tests.trainer.specs import tiny_spec
-from trainer.base_models import SHIPPED, shipped_base_models
 from trainer.events import Evaluation, Event
 from trainer.loop import train
 from trainer.models import load_model
-from trainer.pretrain import REPORT_FILE
 from trainer.sampling import build_pipeline
-from trainer.shape_preferences import prefer_red_pairs, write_dataset
-from trainer.shape_samples import caption_accuracy, every_caption_drawing, judge
+from trainer.synthetic.base_models import SHIPPED, shipped_base_models
+from trainer.synthetic.pretrain import REPORT_FILE
+from trainer.synthetic.shape_preferences import prefer_red_pairs, write_dataset
+from trainer.synthetic.shape_samples import caption_accuracy, every_caption_drawing, judge
 
 
 @pytest.mark.slow

@@ -23,9 +23,9 @@ from trainer.dataset_format import (
     read_manifest,
     read_pairs,
 )
-from trainer.demo_data import demo_pairs
 from trainer.errors import InvalidDatasetError
 from trainer.events import Event, Preparing
+from trainer.synthetic.demo_data import demo_pairs
 
 NUM_ROWS = 3
 AVOID_PROMPT = "a large circle at the centre, flat illustration"

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from trainer.dataset_format import MANIFEST_FILE, read_pairs
-from trainer.demo_data import (
+from trainer.synthetic.demo_data import (
     COOL_BACKGROUND,
     WARM_BACKGROUND,
     demo_pairs,

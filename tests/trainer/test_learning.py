@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from tests.trainer.specs import tiny_spec
-from trainer.base_models import shipped_base_models
-from trainer.demo_data import make_demo_dataset
 from trainer.events import Evaluation, Event
 from trainer.loop import train
+from trainer.synthetic.base_models import shipped_base_models
+from trainer.synthetic.demo_data import make_demo_dataset
 
 
 @pytest.mark.slow

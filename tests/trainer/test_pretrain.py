@@ -10,9 +10,9 @@ import torch
 
 from trainer.cli import main
 from trainer.models import load_model
-from trainer.pretrain import REPORT_FILE, PretrainConfig, pretrain_tiny
-from trainer.shape_autoencoder import target_latents
-from trainer.shapes import COLOURS, Drawing, render, shape_rgb
+from trainer.synthetic.pretrain import REPORT_FILE, PretrainConfig, pretrain_tiny
+from trainer.synthetic.shape_autoencoder import target_latents
+from trainer.synthetic.shapes import COLOURS, Drawing, render, shape_rgb
 
 SHORT = PretrainConfig(autoencoder_batch_size=8, autoencoder_steps=40, batch_size=8, denoiser_steps=40)
 

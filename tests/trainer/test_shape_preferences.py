@@ -7,14 +7,14 @@ from pathlib import Path
 from PIL import Image
 
 from trainer.dataset_format import read_pairs
-from trainer.shape_preferences import (
+from trainer.synthetic.shape_preferences import (
     hue_shift_pairs,
     moved_towards,
     prefer_red_pairs,
     signed_hue_move,
     write_dataset,
 )
-from trainer.shapes import COLOURS, Drawing, classify, hue_distance, render
+from trainer.synthetic.shapes import COLOURS, Drawing, classify, hue_distance, render
 
 
 def read(root: Path, relative: str) -> Image.Image:

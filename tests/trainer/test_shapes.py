@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainer.shapes import (
+from trainer.synthetic.shapes import (
     BACKGROUNDS,
     COLOURS,
     KINDS,

@@ -27,7 +27,7 @@ from tests.conftest import TEST_PEPPER, create_dataset, create_job, create_tenan
 from tests.servers import PrivateRedis
 from tests.trainer.specs import FAST_TRAINING
 from trainer.dataset_format import MANIFEST_FILE
-from trainer.demo_data import make_demo_dataset
+from trainer.synthetic.demo_data import make_demo_dataset
 from worker.context import WorkerContext
 
 FAST_SPEC: dict[str, Any] = {

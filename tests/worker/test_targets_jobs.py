@@ -22,7 +22,7 @@ from tests.trainer.test_completion import base_model_image, file_states, pixels
 from tests.worker.conftest import FAST_SPEC
 from trainer.completion import GENERATION_RECORD
 from trainer.dataset_format import DatasetKind, read_pairs
-from trainer.demo_data import demo_pairs
+from trainer.synthetic.demo_data import demo_pairs
 from worker.context import WorkerContext
 from worker.runner import run_job
 

@@ -3,7 +3,8 @@
 A random tiny model is no denoiser, and preference training on it shows nothing. This turns one into a
 small but real text-to-image model, in two stages on freshly rendered images (never the same one twice):
 1. the VAE (a random decoder cannot draw anything), taught a latent space fixed by construction
-   (trainer/shape_autoencoder.py), then its scaling factor measured so the latents are unit-variance;
+   (trainer/synthetic/shape_autoencoder.py), then its scaling factor measured so the latents are
+   unit-variance;
 2. the whole UNet with the plain denoising loss (epsilon, the pipeline's own noise schedule, a little
    offset noise so that plain backgrounds come from the caption), the text encoders frozen; a share of
    captions leaves the colour out, and a share is dropped to the unconditional embedding the pipeline
@@ -28,15 +29,15 @@ from diffusers.optimization import get_scheduler
 from trainer.evaluation import EVAL_TIMESTEPS
 from trainer.models import Conditioning, DiffusionModel, encode_prompts, load_model
 from trainer.sampling import build_pipeline
-from trainer.shape_autoencoder import (
+from trainer.synthetic.shape_autoencoder import (
     calibrate_scaling,
     colour_capable_vae,
     reconstruction_error,
     train_autoencoder,
 )
-from trainer.shape_samples import caption_accuracy, every_caption_drawing, judge
-from trainer.shapes import Drawing, caption, random_drawing, render
-from trainer.tiny import Family, build_tiny_pipeline, build_tokenizer
+from trainer.synthetic.shape_samples import caption_accuracy, every_caption_drawing, judge
+from trainer.synthetic.shapes import Drawing, caption, random_drawing, render
+from trainer.synthetic.tiny import Family, build_tiny_pipeline, build_tokenizer
 
 REPORT_FILE = "pretrain.json"
 HELD_OUT = 64

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from trainer.models import inference_mode
-from trainer.shapes import BACKGROUNDS, COLOURS, KINDS, Drawing, Reading, caption, classify
+from trainer.synthetic.shapes import BACKGROUNDS, COLOURS, KINDS, Drawing, Reading, caption, classify
 
 ATTRIBUTES = ("kind", "colour", "background")
 SAMPLE_STEPS = 20

@@ -1,7 +1,8 @@
 """Base models shipped with the project: the tiny SD and SDXL pipelines pre-trained on the shapes domain.
 
 Made by `make base-models` (`python -m trainer pretrain-tiny ... --half`, a few CPU minutes each; see
-trainer/pretrain.py), weights stored in half precision (diffusers loads them as float32). Each folder's
+trainer/synthetic/pretrain.py), weights stored in half precision (diffusers loads them as float32). Each
+folder's
 `pretrain.json` holds the figures measured while it was made. Torch-free: the supervisor reads this.
 """
 

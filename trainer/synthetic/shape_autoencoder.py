@@ -17,7 +17,7 @@ import torch
 from diffusers import AutoencoderKL
 from diffusers.optimization import get_scheduler
 
-from trainer.tiny import LATENT_LOGVAR
+from trainer.synthetic.tiny import LATENT_LOGVAR
 
 NORM_GROUPS = 2
 

@@ -1,4 +1,4 @@
-"""Preference datasets on the shapes domain, for a model pre-trained on it (trainer/pretrain.py).
+"""Preference datasets on the shapes domain, for a model pre-trained on it (trainer/synthetic/pretrain.py).
 
 - "prefer red": the prompt leaves the colour open ("a circle on a white background"); the chosen image
   draws the shape red, the rejected one green or blue, same shape, place, size and background. The
@@ -21,7 +21,7 @@ from typing import NamedTuple
 from PIL import Image
 
 from trainer.dataset_format import DatasetWriter, EncodedImage, Manifest, read_manifest
-from trainer.shapes import COLOURS, Drawing, Reading, caption, hue_distance, random_drawing, render
+from trainer.synthetic.shapes import COLOURS, Drawing, Reading, caption, hue_distance, random_drawing, render
 
 PREFERRED_COLOUR = "red"
 
