@@ -2,15 +2,18 @@
 
     python -m bench.trainer_step                    # tiny and small SDXL, 64 and 128 px, cached or not
     python -m bench.trainer_step --presets small --resolutions 128 --steps 30
+    python -m bench.trainer_step --families sd3 flux --presets small --resolutions 128
     python -m bench.trainer_step --presets full --resolutions 1024 --gradient-checkpointing   # on a GPU
 
 Every configuration runs in a fresh child process (so peak memory is its own) through the real
 `trainer.train()` on the synthetic demo pairs, with 2 pairs per batch and LoRA rank 4 (the setting the
 reference scripts were measured in). The first `--warmup` steps are dropped; the table shows the median
-of the rest. "floor" is one bare forward + backward of the LoRA UNet on the same 2B latents: no data
+of the rest. "floor" is one bare forward + backward of the LoRA denoiser (UNet or transformer, through
+its family's `predict`) on the same 2B latents: no data
 loading, no VAE, no text encoders, no optimizer — what a step cannot go below.
 Methods run interleaved per configuration, so machine noise hits all of them alike.
-`full` is a real-size SDXL (bench/full_sdxl.py, random weights; meant for a GPU). On CUDA the table adds
+`full` is a real-size model with random weights (bench/full_sdxl.py, bench/full_flux.py; meant for a GPU).
+On CUDA the table adds
 peak GPU memory and the achieved TFLOP/s: the floor's forward + backward FLOPs (counted once with
 torch's FlopCounterMode) divided by each row's step time, so a row's figure is the policy pass's useful
 work per second (DPO's extra reference forward counts as overhead), against the card's bf16 dense peak.
@@ -31,8 +34,10 @@ from pathlib import Path
 from typing import Any
 
 # Keyed by the tiny-model builder's source, so a change to it never benchmarks a stale model.
-_BUILDER = Path(__file__).resolve().parents[1] / "trainer" / "tiny.py"
-WORK = Path(tempfile.gettempdir()) / f"mapo-bench-{hashlib.sha256(_BUILDER.read_bytes()).hexdigest()[:10]}"
+_BUILDERS = [Path(__file__).resolve().parents[1] / "trainer" / "synthetic" / f for f in ("tiny.py", "tiny_flow.py")]
+_BUILDER_HASH = hashlib.sha256(b"".join(p.read_bytes() for p in _BUILDERS)).hexdigest()[:10]
+WORK = Path(tempfile.gettempdir()) / f"mapo-bench-{_BUILDER_HASH}"
+FULL_BUILDERS = {"sdxl": "bench.full_sdxl", "flux": "bench.full_flux"}
 METHODS = ("mapo", "dpo", "sft")
 # bf16 dense tensor-core peak (TFLOP/s) of the cards we are lent; the H200 has the H100's compute.
 BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
@@ -41,8 +46,8 @@ BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
 def main() -> None:
     args = _parse()
     rows = []
-    for preset in args.presets:
-        model = _model(preset)
+    for family, preset in ((f, p) for f in args.families for p in args.presets):
+        model = _model(family, preset)
         for resolution in args.resolutions:
             data = _dataset(resolution, args.pairs)
             for cache in (False, True):
@@ -59,6 +64,7 @@ def main() -> None:
                                 "steps": args.steps,
                                 "warmup": args.warmup,
                                 "preset": preset,
+                                "family": family,
                                 "gradient_checkpointing": args.gradient_checkpointing,
                             }
                         )
@@ -72,6 +78,7 @@ def main() -> None:
                         "steps": args.steps,
                         "warmup": args.warmup,
                         "preset": preset,
+                        "family": family,
                         "gradient_checkpointing": args.gradient_checkpointing,
                     }
                 )
@@ -84,6 +91,7 @@ def main() -> None:
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["tiny", "small"], choices=["tiny", "small", "full"])
+    parser.add_argument("--families", nargs="+", default=["sdxl"], choices=["sd", "sdxl", "sd3", "flux"])
     parser.add_argument("--resolutions", nargs="+", type=int, default=[64, 128])
     parser.add_argument("--steps", type=int, default=20, help="measured steps per configuration")
     parser.add_argument("--warmup", type=int, default=3, help="steps dropped before measuring")
@@ -94,11 +102,11 @@ def _parse() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def _model(preset: str) -> Path:
-    path = WORK / f"{preset}-sdxl"
+def _model(family: str, preset: str) -> Path:
+    path = WORK / f"{preset}-{family}"
     if preset == "full" and not (path / "model_index.json").is_file():
         # In a child, so this process never holds GPU memory the measured children could use.
-        subprocess.run([sys.executable, "-m", "bench.full_sdxl", str(path)], check=True)
+        subprocess.run([sys.executable, "-m", FULL_BUILDERS[family], str(path)], check=True)
     if not (path / "model_index.json").is_file():
         subprocess.run(
             [
@@ -107,7 +115,7 @@ def _model(preset: str) -> Path:
                 "trainer",
                 "make-tiny-model",
                 "--family",
-                "sdxl",
+                family,
                 "--preset",
                 preset,
                 "--out",
@@ -147,7 +155,7 @@ def _child(config: dict[str, Any]) -> dict[str, Any] | None:
         return None
     row: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     print(
-        f"  {row['preset']:5} {row['resolution']:4}px {row['label']:14} {row['step_ms']:8.1f} ms",
+        f"  {row['family']:4} {row['preset']:5} {row['resolution']:4}px {row['label']:14} {row['step_ms']:8.1f} ms",
         file=sys.stderr,
     )
     return row
@@ -165,6 +173,7 @@ def _run_one(config: dict[str, Any]) -> dict[str, Any]:
     measured = times[config["warmup"] :]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
+        "family": config.get("family", "sdxl"),
         "preset": config["preset"],
         "resolution": config["resolution"],
         "label": label,
@@ -208,31 +217,33 @@ def _train_times(config: dict[str, Any]) -> list[float]:
 
 
 def _floor_times(config: dict[str, Any]) -> tuple[list[float], float, dict[str, Any]]:
-    """Bare forward + backward times of the LoRA UNet on 2B latents, the FLOPs of one such pass, and the
-    GPU facts (peak memory) of the timed passes."""
+    """Bare forward + backward times of the LoRA denoiser on 2B latents, the FLOPs of one such pass, and
+    the GPU facts (peak memory) of the timed passes."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from trainer.models import attach_lora, encode_prompts, load_model, sdxl_time_ids
+    from trainer.families.base import ImageGeometry
+    from trainer.families.registry import load_family
+    from trainer.lora import attach_lora
 
     device = torch.device(_device_name())
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = load_model(config["model"], device=device, weight_dtype=dtype)
-    attach_lora(model.unet, rank=4, alpha=4, dropout=0.0, targets=["to_q", "to_k", "to_v", "to_out.0"])
+    family = load_family(config["model"], device=device, weight_dtype=dtype)
+    denoiser = family.denoiser
+    attach_lora(denoiser, rank=4, alpha=4, dropout=0.0, targets=list(family.default_lora_targets))
     if config.get("gradient_checkpointing"):
-        model.unet.enable_gradient_checkpointing()
-        model.unet.train()
-    side = config["resolution"] // model.vae_scale_factor
-    latents = torch.randn(4, 4, side, side, device=device, dtype=dtype)
-    cond = encode_prompts(model, ["a red circle", "a blue square"]).repeat_for_pairs().to(device, dtype)
-    size = config["resolution"]
-    ids = sdxl_time_ids(torch.tensor([[size, size]] * 4), torch.zeros(4, 2, dtype=torch.long), size)
-    added = {"text_embeds": cond.pooled, "time_ids": ids.to(device, dtype)}
-    timesteps = torch.randint(0, 1000, (4,), device=device)
+        denoiser.enable_gradient_checkpointing()
+        denoiser.train()
+    side = config["resolution"] // family.vae_scale_factor
+    channels = int(family.vae.config.latent_channels)
+    latents = torch.randn(4, channels, side, side, device=device, dtype=dtype)
+    cond = family.encode_prompts(["a red circle", "a blue square"]).repeat_for_pairs().to(device, dtype)
+    geometry = ImageGeometry.uncropped(2, config["resolution"])
+    levels = family.draw_levels(2, latents=latents).repeat(2)
 
     def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            pred = model.unet(latents, timesteps, cond.prompt_embeds, added_cond_kwargs=added).sample
+            pred = family.predict(denoiser, latents, levels, cond, geometry)
         pred.float().pow(2).mean().backward()
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -268,11 +279,12 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     on_gpu = any("cuda_peak_mb" in row for row in rows)
     if on_gpu:
         print(f"\ndevice: {rows[0]['device']}, bf16 peak {_peak_tflops(rows[0]['device'])} TFLOP/s")
-    header = f"{'model':6} {'px':>4} {'method':14} {'ms/step':>9} {'÷ floor':>8} {'÷ dpo':>7}"
+    header = f"{'model':11} {'px':>4} {'method':14} {'ms/step':>9} {'÷ floor':>8} {'÷ dpo':>7}"
     header += f" {'peak RSS MB':>12}"
     print("\n" + header + (f" {'GPU peak MB':>12} {'TFLOP/s':>8} {'% peak':>7}" if on_gpu else ""))
     for row in rows:
-        same = [r for r in rows if (r["preset"], r["resolution"]) == (row["preset"], row["resolution"])]
+        key = (row.get("family", "sdxl"), row["preset"], row["resolution"])
+        same = [r for r in rows if (r.get("family", "sdxl"), r["preset"], r["resolution"]) == key]
         floor = next(
             (r for r in same if r["label"] == "floor"), {"step_ms": float("nan"), "flops_per_step": 0}
         )
@@ -280,7 +292,7 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
         dpo = next((r["step_ms"] for r in same if r["label"] == "dpo" + (" cached" if cached else "")), None)
         ratio = f"{row['step_ms'] / dpo:7.2f}" if dpo and row["label"] != "floor" else f"{'':7}"
         line = (
-            f"{row['preset']:6} {row['resolution']:4} {row['label']:14} {row['step_ms']:9.1f} "
+            f"{row.get('family', 'sdxl') + '-' + row['preset']:11} {row['resolution']:4} {row['label']:14} {row['step_ms']:9.1f} "
             f"{row['step_ms'] / floor['step_ms']:8.2f} {ratio} {row['peak_rss_mb']:12.0f}"
         )
         if on_gpu:

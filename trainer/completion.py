@@ -48,8 +48,8 @@ from trainer.dataset_format import (
 )
 from trainer.errors import GenerationError, InvalidDatasetError
 from trainer.events import Event, Preparing
-from trainer.models import load_model
-from trainer.sampling import build_pipeline, generate_image
+from trainer.families.registry import load_family
+from trainer.sampling import Renderer
 from trainer.spec import TrainSpec
 
 GENERATION_RECORD = "generation.json"
@@ -187,15 +187,17 @@ class _Drawer:
         cuda = torch.cuda.is_available()
         self.device = torch.device("cuda" if cuda else "cpu")
         self.dtype = _DTYPES[spec.mixed_precision if cuda else "no"]
-        model = load_model(spec.base_model, device=self.device, weight_dtype=self.dtype)
-        self.resolution = spec.resolution or model.native_resolution
+        family = load_family(
+            spec.base_model, device=self.device, weight_dtype=self.dtype, options=spec.family_options()
+        )
+        self.resolution = spec.resolution or family.native_resolution
         self.settings = spec.generation
-        self.pipeline: Any = build_pipeline(model, model.unet)
+        self.renderer: Renderer | None = Renderer.build(family, family.denoiser)
 
     def draw(self, prompt: str, *, seed: int) -> Any:
         try:
-            return generate_image(
-                self.pipeline,
+            assert self.renderer is not None, "draw after release"
+            return self.renderer.image(
                 prompt,
                 seed=seed,
                 resolution=self.resolution,
@@ -207,7 +209,7 @@ class _Drawer:
 
     def release(self) -> None:
         """Free the pipeline before training loads the model again."""
-        self.pipeline = None
+        self.renderer = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 

@@ -16,6 +16,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
+from trainer.batch import PairBatch
 from trainer.dataset_format import DatasetFormatError, PairRecord, read_pairs
 from trainer.errors import InvalidDatasetError
 
@@ -103,16 +104,16 @@ class PairDataset(Dataset[dict[str, Any]]):
         }
 
 
-def collate_pairs(items: list[dict[str, Any]]) -> dict[str, Any]:
+def collate_pairs(items: list[dict[str, Any]]) -> PairBatch:
     """Batch B pairs into the [chosen_1..B; rejected_1..B] layout the loss expects."""
     pixels = torch.stack([item["pixels"] for item in items])  # (B, 2, 3, R, R)
-    return {
-        "pixels": torch.cat([pixels[:, 0], pixels[:, 1]]),
-        "prompts": [item["prompt"] for item in items],
-        "original_sizes": torch.stack([item["original_size"] for item in items]),
-        "crop_top_lefts": torch.stack([item["crop_top_left"] for item in items]),
-        "indices": torch.tensor([item["index"] for item in items]),
-    }
+    return PairBatch(
+        indices=torch.tensor([item["index"] for item in items]),
+        original_sizes=torch.stack([item["original_size"] for item in items]),
+        crop_top_lefts=torch.stack([item["crop_top_left"] for item in items]),
+        prompts=[item["prompt"] for item in items],
+        pixels=torch.cat([pixels[:, 0], pixels[:, 1]]),
+    )
 
 
 def augmentation_rng(seed: int, draw: int) -> torch.Generator:

@@ -3,10 +3,12 @@
 The cache stores each image's latent *distribution* (mean and std) rather than one sample, and draws a
 fresh sample every step, so cached training sees the same latent noise as uncached training. With hflip,
 both the image and its mirror are encoded; crops are center crops (spec forbids random_crop with cache).
+Images and prompts are encoded in batches of ENCODE_BATCH.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,11 +17,13 @@ import torch
 from diffusers import AutoencoderKL
 from torch.utils.data import Dataset
 
-from trainer.data import Augment, augmentation_rng, prepare_image
+from trainer.batch import PairBatch
+from trainer.data import Augment, PreparedImage, augmentation_rng, prepare_image
 from trainer.dataset_format import PairRecord
-from trainer.models import DiffusionModel, encode_prompts
+from trainer.families.base import Conditioning, ModelFamily
 
 ENCODE_BATCH = 8
+CacheProgress = Callable[[int, int], None]  # pairs encoded, pairs in all
 
 
 @torch.no_grad()
@@ -29,10 +33,9 @@ def encode_pixels(vae: AutoencoderKL, pixels: torch.Tensor) -> tuple[torch.Tenso
     return dist.mean, dist.std
 
 
-def sample_latents(vae: AutoencoderKL, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """One draw from the latent distribution, scaled as the UNet was trained on."""
-    sample = mean + std * torch.randn_like(mean)
-    return sample * float(vae.config.scaling_factor)
+def sample_latents(family: ModelFamily, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """One draw from the latent distribution, shifted and scaled as the denoiser was trained on."""
+    return family.to_latents(mean + std * torch.randn_like(mean))
 
 
 @dataclass
@@ -41,50 +44,64 @@ class LatentCache:
 
     means: list[torch.Tensor]
     stds: list[torch.Tensor]
-    prompt_embeds: torch.Tensor  # (N, 77, D)
-    pooled: torch.Tensor | None  # (N, P) for SDXL
+    conditioning: Conditioning  # of the N prompts
+    prompts: list[str]
     original_sizes: torch.Tensor  # (N, 2)
     crop_top_lefts: torch.Tensor  # (N, 2)
 
 
-def build_cache(model: DiffusionModel, root: Path, pairs: list[PairRecord], augment: Augment) -> LatentCache:
-    """Encode every pair (and its mirror when hflip) and every prompt once."""
+def build_cache(
+    family: ModelFamily,
+    root: Path,
+    pairs: list[PairRecord],
+    augment: Augment,
+    *,
+    on_progress: CacheProgress | None = None,
+) -> LatentCache:
+    """Encode every pair (and its mirror when hflip) and every prompt once, ENCODE_BATCH pairs at a time."""
     flips = (False, True) if augment.hflip else (False,)
     means: list[torch.Tensor] = []
     stds: list[torch.Tensor] = []
     sizes, crops = [], []
-    for pair in pairs:
-        images = [
-            prepare_image(root / rel, resolution=augment.resolution, flip=flip, crop_fraction=(0.5, 0.5))
-            for flip in flips
-            for rel in (pair.chosen, pair.rejected)
-        ]
-        mean, std = encode_pixels(model.vae, torch.stack([im.pixels for im in images]))
-        means.append(mean.cpu().reshape(len(flips), 2, *mean.shape[1:]))
-        stds.append(std.cpu().reshape(len(flips), 2, *std.shape[1:]))
-        sizes.append(images[0].original_size)
-        crops.append(images[0].crop_top_left)
-    embeds, pooled = _encode_all_prompts(model, [p.prompt for p in pairs])
-    return LatentCache(means, stds, embeds, pooled, torch.tensor(sizes), torch.tensor(crops))
-
-
-def _encode_all_prompts(
-    model: DiffusionModel, prompts: list[str]
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    parts = [
-        encode_prompts(model, prompts[i : i + ENCODE_BATCH]) for i in range(0, len(prompts), ENCODE_BATCH)
-    ]
-    embeds = torch.cat([c.prompt_embeds.cpu() for c in parts])
-    pooled = (
-        None
-        if parts[0].pooled is None
-        else torch.cat([c.pooled.cpu() for c in parts if c.pooled is not None])
+    for start in range(0, len(pairs), ENCODE_BATCH):
+        chunk = pairs[start : start + ENCODE_BATCH]
+        images = [_pair_images(root, pair, augment, flips) for pair in chunk]
+        mean, std = encode_pixels(family.vae, torch.stack([im.pixels for row in images for im in row]))
+        per_pair = (len(chunk), len(flips), 2, *mean.shape[1:])
+        means += list(mean.cpu().reshape(per_pair).unbind(0))
+        stds += list(std.cpu().reshape(per_pair).unbind(0))
+        sizes += [row[0].original_size for row in images]
+        crops += [row[0].crop_top_left for row in images]
+        if on_progress is not None:
+            on_progress(start + len(chunk), len(pairs))
+    prompts = [p.prompt for p in pairs]
+    return LatentCache(
+        means, stds, encode_all_prompts(family, prompts), prompts, torch.tensor(sizes), torch.tensor(crops)
     )
-    return embeds, pooled
+
+
+def _pair_images(
+    root: Path, pair: PairRecord, augment: Augment, flips: tuple[bool, ...]
+) -> list[PreparedImage]:
+    """[chosen, rejected] for each flip, in that order."""
+    return [
+        prepare_image(root / rel, resolution=augment.resolution, flip=flip, crop_fraction=(0.5, 0.5))
+        for flip in flips
+        for rel in (pair.chosen, pair.rejected)
+    ]
+
+
+def encode_all_prompts(family: ModelFamily, prompts: list[str]) -> Conditioning:
+    """The conditioning of every prompt, encoded ENCODE_BATCH at a time, on the CPU."""
+    parts = [
+        family.encode_prompts(prompts[i : i + ENCODE_BATCH]).to(torch.device("cpu"))
+        for i in range(0, len(prompts), ENCODE_BATCH)
+    ]
+    return Conditioning.cat(parts)
 
 
 class CachedPairDataset(Dataset[dict[str, Any]]):
-    """Cached counterpart of `PairDataset`: latent mean/std and text embeddings instead of pixels."""
+    """Cached counterpart of `PairDataset`: latent mean/std and text conditioning instead of pixels."""
 
     def __init__(self, cache: LatentCache, *, hflip: bool, seed: int) -> None:
         self.cache, self.hflip, self.seed = cache, hflip, seed
@@ -95,31 +112,27 @@ class CachedPairDataset(Dataset[dict[str, Any]]):
     def __getitem__(self, draw: int) -> dict[str, Any]:
         index = draw % len(self)
         flip = int(self.hflip and bool(torch.rand((), generator=augmentation_rng(self.seed, draw)) < 0.5))
-        item: dict[str, Any] = {
+        return {
             "latent_mean": self.cache.means[index][flip],
             "latent_std": self.cache.stds[index][flip],
-            "prompt_embeds": self.cache.prompt_embeds[index],
+            "conditioning": self.cache.conditioning.select(index),
+            "prompt": self.cache.prompts[index],
             "original_size": self.cache.original_sizes[index],
             "crop_top_left": self.cache.crop_top_lefts[index],
             "index": index,
         }
-        if self.cache.pooled is not None:
-            item["pooled"] = self.cache.pooled[index]
-        return item
 
 
-def collate_cached(items: list[dict[str, Any]]) -> dict[str, Any]:
+def collate_cached(items: list[dict[str, Any]]) -> PairBatch:
     """Batch cached pairs into the [chosen; rejected] layout; conditioning stays per pair (B)."""
     mean = torch.stack([item["latent_mean"] for item in items])  # (B, 2, C, h, w)
     std = torch.stack([item["latent_std"] for item in items])
-    batch: dict[str, Any] = {
-        "latent_mean": torch.cat([mean[:, 0], mean[:, 1]]),
-        "latent_std": torch.cat([std[:, 0], std[:, 1]]),
-        "prompt_embeds": torch.stack([item["prompt_embeds"] for item in items]),
-        "original_sizes": torch.stack([item["original_size"] for item in items]),
-        "crop_top_lefts": torch.stack([item["crop_top_left"] for item in items]),
-        "indices": torch.tensor([item["index"] for item in items]),
-    }
-    if "pooled" in items[0]:
-        batch["pooled"] = torch.stack([item["pooled"] for item in items])
-    return batch
+    return PairBatch(
+        indices=torch.tensor([item["index"] for item in items]),
+        original_sizes=torch.stack([item["original_size"] for item in items]),
+        crop_top_lefts=torch.stack([item["crop_top_left"] for item in items]),
+        prompts=[item["prompt"] for item in items],
+        latent_mean=torch.cat([mean[:, 0], mean[:, 1]]),
+        latent_std=torch.cat([std[:, 0], std[:, 1]]),
+        conditioning=Conditioning.cat([item["conditioning"] for item in items]),
+    )

@@ -9,6 +9,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from trainer.families import FamilyName
+
 
 @dataclass(frozen=True)
 class Preparing:
@@ -38,7 +40,7 @@ class Started:
     resumed_from_step: int
     num_train_pairs: int
     num_eval_pairs: int
-    model_family: Literal["sd", "sdxl"]
+    model_family: FamilyName
     resolution: int
     mixed_precision: str
     trainable_parameters: int

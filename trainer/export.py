@@ -1,21 +1,21 @@
 """Write the trained LoRA: diffusers format (what `pipeline.load_lora_weights` reads) and kohya/ComfyUI keys.
 
-diffusers: `pytorch_lora_weights.safetensors`, keys `unet.<module>.lora.down.weight` / `.lora.up.weight`, with
-the peft LoraConfig stored in the file's metadata so lora_alpha survives the round trip.
-kohya: `lora_unet_<module with _>.lora_down.weight`, `.lora_up.weight` and a scalar `.alpha` per module.
+diffusers: `pytorch_lora_weights.safetensors`, written by the family's pipeline class (`unet.` keys in the
+`lora.down` / `lora.up` naming for the UNet families, `transformer.` keys in peft's `lora_A` / `lora_B`
+naming for the transformers), with the peft LoraConfig in the file's metadata so lora_alpha survives.
+kohya (UNet families): `lora_unet_<module with _>.lora_down.weight`, `.lora_up.weight` and a scalar
+`.alpha` per module. The flow families' ComfyUI file is their own (trainer/families/*.kohya_state).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
-from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
-from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
+
+from trainer.families.base import ModelFamily
 
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
 KOHYA_FILE = "lora_kohya.safetensors"
@@ -23,22 +23,12 @@ KOHYA_PREFIX = "lora_unet_"
 _DOWN, _UP = ".lora_down.weight", ".lora_up.weight"
 
 
-def lora_state_dict(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
-    """The adapter's weights keyed `<module>.lora.down.weight` / `.lora.up.weight`, float32, on the CPU."""
-    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    return {key: value.detach().float().cpu().contiguous() for key, value in state.items()}
-
-
-def save_diffusers_lora(unet: UNet2DConditionModel, config: LoraConfig, family: str, out_dir: Path) -> Path:
+def save_diffusers_lora(
+    denoiser: torch.nn.Module, config: LoraConfig, family: ModelFamily, out_dir: Path
+) -> Path:
     """Save `pytorch_lora_weights.safetensors` under out_dir; returns the file's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    pipeline_cls: Any = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
-    pipeline_cls.save_lora_weights(
-        out_dir,
-        unet_lora_layers=lora_state_dict(unet),
-        unet_lora_adapter_metadata=config.to_dict(),
-        weight_name=DIFFUSERS_FILE,
-    )
+    family.save_lora(family.lora_state(denoiser), config, out_dir, DIFFUSERS_FILE)
     return out_dir / DIFFUSERS_FILE
 
 
@@ -75,10 +65,16 @@ def from_kohya(
     return state, alphas.pop()
 
 
-def save_kohya_lora(unet: UNet2DConditionModel, alpha: float, out_dir: Path) -> Path:
+def save_kohya_lora(
+    denoiser: torch.nn.Module, family: ModelFamily, alpha: float, out_dir: Path
+) -> Path | None:
+    """Save the ComfyUI/kohya file under out_dir; None where the family has no such format yet."""
+    state = family.kohya_state(family.lora_state(denoiser), alpha)
+    if state is None:
+        return None
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / KOHYA_FILE
-    save_file(to_kohya(lora_state_dict(unet), alpha), str(path), metadata={"ss_network_alpha": str(alpha)})
+    save_file(state, str(path), metadata={"ss_network_alpha": str(alpha)})
     return path
 
 

@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from trainer import checkpoints
+from trainer.batch import PairBatch
 from trainer.errors import CheckpointError, NonFiniteLossError
 from trainer.events import Artifact, Checkpoint, Event, Finished, Started, Step
 from trainer.export import save_diffusers_lora, save_kohya_lora
@@ -119,11 +119,11 @@ def _stop_agreed(session: TrainingSession, should_stop: Callable[[], bool]) -> b
     return bool(votes > 0)
 
 
-def _micro_step(session: TrainingSession, batch: dict[str, Any], step: int) -> dict[str, float]:
+def _micro_step(session: TrainingSession, batch: PairBatch, step: int) -> dict[str, float]:
     accelerator = session.accelerator
-    with accelerator.accumulate(session.unet):
+    with accelerator.accumulate(session.denoiser):
         inputs = prepare_inputs(session.model, batch, session.resolution)
-        loss, metrics = training_loss(session.spec, session.unet, session.model, inputs)
+        loss, metrics = training_loss(session.spec, session.denoiser, session.model, inputs)
         if not torch.isfinite(loss.detach()):
             raise NonFiniteLossError(
                 f"loss is {loss.item()} at step {step + 1}; the newest good checkpoint is step "
@@ -196,7 +196,7 @@ def _checkpoint(
         accelerator.save_state(str(checkpoints.temporary_folder(output_dir, step) / "state"))
         accelerator.wait_for_everyone()
         if tmp is not None:
-            save_diffusers_lora(session.lora_unet, session.lora_config, session.model.family, tmp / "lora")
+            save_diffusers_lora(session.lora_denoiser, session.lora_config, session.model, tmp / "lora")
     except Exception as exc:
         # A full disk or a storage error surfaces as OSError, torch's RuntimeError or a SafetensorError;
         # whichever it is, the job fails as a checkpoint failure and the earlier checkpoints stay as they are.
@@ -229,10 +229,11 @@ def _export(
     if not session.accelerator.is_main_process:
         return None, None
     out = output_dir / ADAPTER_DIR
-    adapter = save_diffusers_lora(session.lora_unet, session.lora_config, session.model.family, out)
-    kohya = save_kohya_lora(session.lora_unet, session.spec.effective_lora_alpha, out)
+    adapter = save_diffusers_lora(session.lora_denoiser, session.lora_config, session.model, out)
+    kohya = save_kohya_lora(session.lora_denoiser, session.model, session.spec.effective_lora_alpha, out)
     emit(Artifact(path=str(adapter), format="diffusers"))
-    emit(Artifact(path=str(kohya), format="kohya"))
+    if kohya is not None:
+        emit(Artifact(path=str(kohya), format="kohya"))
     return adapter, kohya
 
 
@@ -243,7 +244,7 @@ def _started_event(session: TrainingSession, start_step: int) -> Started:
         resumed_from_step=start_step,
         num_train_pairs=session.num_train_pairs,
         num_eval_pairs=session.num_eval_pairs,
-        model_family=session.model.family,
+        model_family=session.model.name,
         resolution=session.resolution,
         mixed_precision=session.mixed_precision,
         trainable_parameters=sum(p.numel() for p in session.trainable),

@@ -59,7 +59,7 @@ def mapo_loss(
     *,
     beta: float = 0.1,
     gamma: float = 0.5,
-    num_train_timesteps: int = 1000,
+    num_train_timesteps: float = 1000.0,
 ) -> MapoResult:
     """Margin-aware preference loss (MaPO): denoising on the chosen images plus a reference-free margin.
 
@@ -67,7 +67,8 @@ def mapo_loss(
         chosen_err, rejected_err: shape (B,), per-pair mean squared errors m_w and m_l (float32 or 64).
         beta: weight of the preference term.
         gamma: scale of the errors inside the bounded score.
-        num_train_timesteps: T, the scheduler's training timesteps; it sharpens the log-sigmoid.
+        num_train_timesteps: T, the margin scale that sharpens the log-sigmoid (the UNet families use
+            the scheduler's training timesteps, 1000; the flow families their own, see the spec).
 
     Returns:
         loss = mean(m_w) - beta * mean(logsigmoid(T * (s(gamma m_w) - s(gamma m_l)))), and its terms;

@@ -1,93 +1,88 @@
-"""One training objective evaluation: batch -> per-pair denoising errors -> the method's loss.
+"""One training objective evaluation: batch -> per-pair errors -> the method's loss.
 
-The batch is laid out [chosen_1..B; rejected_1..B]; both halves share timesteps, noise and conditioning.
+The family turns latents, noise and noise levels into the denoiser's input and target (noise
+prediction for the UNet families, velocity for the flow-matching ones); everything after the per-sample
+errors is the same for every family. Both halves of [chosen; rejected] share noise, level and prompt.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-from diffusers import UNet2DConditionModel
 
 from trainer import losses
+from trainer.batch import PairBatch
 from trainer.encoding import encode_pixels, sample_latents
-from trainer.models import Conditioning, DiffusionModel, encode_prompts, sdxl_time_ids
+from trainer.families.base import Conditioning, ImageGeometry, ModelFamily
+from trainer.lora import frozen_dtype
 from trainer.spec import TrainSpec
 
 
 @dataclass
 class PairInputs:
-    """Model inputs of B pairs: latents (2B, C, h, w), conditioning of B prompts, SDXL time ids (B, 6)."""
+    """Model inputs of B pairs: latents (2B, C, h, w), conditioning of B prompts, the pairs' geometry."""
 
     latents: torch.Tensor
     conditioning: Conditioning
-    time_ids: torch.Tensor | None
+    geometry: ImageGeometry
 
 
-def prepare_inputs(model: DiffusionModel, batch: dict[str, Any], resolution: int) -> PairInputs:
-    """Latents (fresh VAE sample, cached or not) and text conditioning for a collated batch."""
-    if "latent_mean" in batch:
-        mean, std = batch["latent_mean"], batch["latent_std"]
-        conditioning = Conditioning(batch["prompt_embeds"], batch.get("pooled"))
+def prepare_inputs(family: ModelFamily, batch: PairBatch, resolution: int) -> PairInputs:
+    """Latents (a fresh sample of the VAE posterior, cached or not) and text conditioning of a batch."""
+    if batch.latent_mean is not None and batch.latent_std is not None and batch.conditioning is not None:
+        mean, std, conditioning = batch.latent_mean, batch.latent_std, batch.conditioning
     else:
-        mean, std = encode_pixels(model.vae, batch["pixels"])
-        conditioning = encode_prompts(model, batch["prompts"])
-    latents = sample_latents(model.vae, mean, std)
-    time_ids = None
-    if model.family == "sdxl":
-        time_ids = sdxl_time_ids(batch["original_sizes"], batch["crop_top_lefts"], resolution)
-    return PairInputs(latents, conditioning, time_ids)
+        assert batch.pixels is not None, "a batch holds pixels or cached latents"
+        mean, std = encode_pixels(family.vae, batch.pixels)
+        conditioning = family.encode_prompts(batch.prompts)
+    geometry = ImageGeometry(batch.original_sizes, batch.crop_top_lefts, resolution)
+    return PairInputs(sample_latents(family, mean, std), conditioning, geometry)
 
 
 def denoising_errors(
-    unet: UNet2DConditionModel,
-    model: DiffusionModel,
+    denoiser: torch.nn.Module,
+    family: ModelFamily,
     inputs: PairInputs,
     *,
     noise: torch.Tensor,
-    timesteps: torch.Tensor,
+    levels: torch.Tensor,
 ) -> torch.Tensor:
-    """Per-sample mean squared error of the UNet's prediction, float32, shape (2B,).
+    """Per-sample weighted mean squared error of the prediction, float32, shape (2B,).
 
-    noise: (B, C, h, w) and timesteps: (B,) are shared by the chosen and rejected image of each pair.
+    noise: (B, C, h, w) and levels: (B,) are shared by the chosen and rejected image of each pair.
     """
-    dtype = next(p for p in unet.parameters() if not p.requires_grad).dtype
-    noise2, t2 = noise.repeat(2, 1, 1, 1), timesteps.repeat(2)
-    scheduler = model.noise_scheduler
-    noisy = scheduler.add_noise(inputs.latents, noise2, t2)
-    cond = inputs.conditioning.repeat_for_pairs().to(noisy.device, dtype)
-    added = None
-    if cond.pooled is not None and inputs.time_ids is not None:
-        added = {"text_embeds": cond.pooled, "time_ids": inputs.time_ids.repeat(2, 1).to(noisy.device, dtype)}
-    pred = unet(noisy.to(dtype), t2, cond.prompt_embeds, added_cond_kwargs=added).sample
-    if model.prediction_type == "v_prediction":
-        target = scheduler.get_velocity(inputs.latents, noise2, t2)
-    else:
-        target = noise2
-    errors: torch.Tensor = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
+    dtype = frozen_dtype(denoiser)
+    noise2 = noise.repeat(2, *([1] * (noise.ndim - 1)))
+    levels2 = levels.repeat(2)
+    noised = family.add_noise(inputs.latents, noise2, levels2)
+    cond = inputs.conditioning.repeat_for_pairs().to(noised.noisy.device, dtype)
+    pred = family.predict(denoiser, noised.noisy.to(dtype), levels2, cond, inputs.geometry)
+    errors = (pred.float() - noised.target.float()).pow(2).mean(dim=tuple(range(1, pred.ndim)))
+    if noised.weighting is not None:
+        errors = errors * noised.weighting.float()
     return errors
 
 
 def training_loss(
-    spec: TrainSpec, unet: UNet2DConditionModel, model: DiffusionModel, inputs: PairInputs
+    spec: TrainSpec, denoiser: torch.nn.Module, family: ModelFamily, inputs: PairInputs
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Draw timesteps and noise, then the spec's loss and every logged term (as floats)."""
+    """Draw noise and noise levels, then the spec's loss and every logged term (as floats)."""
     num_pairs = inputs.latents.shape[0] // 2
-    device = inputs.latents.device
     noise = torch.randn_like(inputs.latents[:num_pairs])
-    timesteps = torch.randint(0, model.num_train_timesteps, (num_pairs,), device=device)
-    errors = denoising_errors(unet, model, inputs, noise=noise, timesteps=timesteps)
+    levels = family.draw_levels(num_pairs, latents=inputs.latents)
+    errors = denoising_errors(denoiser, family, inputs, noise=noise, levels=levels)
     chosen, rejected = errors.chunk(2)
     result: losses.MapoResult | losses.DpoResult | losses.SftResult
     if spec.method == "mapo":
+        margin_scale = family.margin_scale if spec.margin_scale is None else spec.margin_scale
         result = losses.mapo_loss(
-            chosen, rejected, beta=spec.beta, gamma=spec.gamma, num_train_timesteps=model.num_train_timesteps
+            chosen, rejected, beta=spec.beta, gamma=spec.gamma, num_train_timesteps=margin_scale
         )
     elif spec.method == "dpo":
-        ref_chosen, ref_rejected = _reference_errors(unet, model, inputs, noise, timesteps).chunk(2)
-        result = losses.dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=spec.beta_dpo)
+        ref_chosen, ref_rejected = _reference_errors(denoiser, family, inputs, noise, levels).chunk(2)
+        beta = family.dpo_beta if spec.beta_dpo is None else spec.beta_dpo
+        result = losses.dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=beta)
     else:
         result = losses.sft_loss(chosen)
     metrics = {name: float(value.detach()) for name, value in result._asdict().items()}
@@ -96,18 +91,18 @@ def training_loss(
 
 @torch.no_grad()
 def _reference_errors(
-    unet: UNet2DConditionModel,
-    model: DiffusionModel,
+    denoiser: torch.nn.Module,
+    family: ModelFamily,
     inputs: PairInputs,
     noise: torch.Tensor,
-    timesteps: torch.Tensor,
+    levels: torch.Tensor,
 ) -> torch.Tensor:
-    """The frozen reference is the base model: the same UNet with its LoRA adapters switched off.
+    """The frozen reference is the base model: the same denoiser with its LoRA adapters switched off.
 
     Runs on the unwrapped module: no gradients flow, so a distributed wrapper has nothing to sync."""
-    base: UNet2DConditionModel = getattr(unet, "module", unet)
-    base.disable_adapters()
+    base: torch.nn.Module = getattr(denoiser, "module", denoiser)
+    base.disable_adapters()  # type: ignore[operator]
     try:
-        return denoising_errors(base, model, inputs, noise=noise, timesteps=timesteps)
+        return denoising_errors(base, family, inputs, noise=noise, levels=levels)
     finally:
-        base.enable_adapters()
+        base.enable_adapters()  # type: ignore[operator]

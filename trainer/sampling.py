@@ -6,37 +6,95 @@ reported at step 0; the LoRA's images are rendered at each validation step and a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DiffusionPipeline, UNet2DConditionModel
+from diffusers import DiffusionPipeline
 
 from trainer.events import SampleImage
-from trainer.models import DiffusionModel, inference_mode
+from trainer.families.base import ModelFamily
+from trainer.lora import inference_mode
 from trainer.spec import ValidationSpec
 
 
-def build_pipeline(model: DiffusionModel, unet: UNet2DConditionModel) -> Any:
-    """A text-to-image pipeline sharing the loaded modules; only the inference scheduler is read anew."""
-    components: dict[str, Any] = {
-        "unet": unet,
-        "vae": model.vae,
-        "text_encoder": model.text_encoders[0],
-        "tokenizer": model.tokenizers[0],
-    }
-    if model.family == "sdxl":
-        components |= {"text_encoder_2": model.text_encoders[1], "tokenizer_2": model.tokenizers[1]}
-    else:
-        components |= {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-    pipeline = DiffusionPipeline.from_pretrained(model.source, **components)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
+@dataclass
+class Renderer:
+    """A family's text-to-image pipeline sharing the loaded modules (only the inference scheduler is
+    read anew), with `denoiser` (the LoRA-carrying one while training)."""
+
+    family: ModelFamily
+    pipeline: Any
+
+    @staticmethod
+    def build(family: ModelFamily, denoiser: torch.nn.Module) -> Renderer:
+        pipeline = DiffusionPipeline.from_pretrained(family.source, **family.pipeline_components(denoiser))
+        pipeline.set_progress_bar_config(disable=True)
+        return Renderer(family, pipeline)
+
+    @property
+    def denoiser(self) -> Any:
+        """The pipeline's UNet or transformer."""
+        return self.pipeline.unet if hasattr(self.pipeline, "unet") else self.pipeline.transformer
+
+    @torch.no_grad()
+    def image(
+        self, prompt: str, *, seed: int, resolution: int, num_inference_steps: int, guidance_scale: float
+    ) -> Any:
+        """One `resolution`² PIL image of `prompt`, its noise drawn from a CPU generator seeded `seed` (so
+        a seed means the same starting noise on any device)."""
+        return self.images(
+            [prompt],
+            seeds=[seed],
+            resolution=resolution,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+        )[0]
+
+    @torch.no_grad()
+    def images(
+        self,
+        prompts: list[str],
+        *,
+        seeds: list[int],
+        resolution: int,
+        num_inference_steps: int,
+        guidance_scale: float,
+    ) -> list[Any]:
+        """One PIL image per prompt, in one pipeline call; prompt i's noise from a CPU generator seeded
+        seeds[i]."""
+        latents = self.pipeline(
+            prompts,
+            num_inference_steps=num_inference_steps,
+            height=resolution,
+            width=resolution,
+            generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+            output_type="latent",
+            **self.family.sampling_arguments(guidance_scale),
+        ).images
+        return self._decode(self.family.pipeline_latents(latents, resolution))
+
+    def _decode(self, latents: torch.Tensor) -> list[Any]:
+        """Decode in float32 whatever the denoiser's dtype: the VAE is kept in float32 (SDXL's overflows
+        in fp16), and the pipeline would otherwise hand it half-precision latents."""
+        vae = self.family.vae
+        pixels = vae.decode(self.family.from_latents(latents.to(vae.device, torch.float32))).sample
+        decoded: list[Any] = self.pipeline.image_processor.postprocess(pixels, output_type="pil")
+        return decoded
+
+
+def load_renderer(source: str, *, device: torch.device, dtype: torch.dtype = torch.float32) -> Renderer:
+    """The base model at `source` loaded as its family, ready to draw (benchmarks, tests, the demo)."""
+    from trainer.families.registry import load_family
+
+    family = load_family(source, device=device, weight_dtype=dtype)
+    return Renderer.build(family, family.denoiser)
 
 
 @torch.no_grad()
 def render(
-    pipeline: Any,
+    renderer: Renderer,
     validation: ValidationSpec,
     *,
     resolution: int,
@@ -45,29 +103,34 @@ def render(
 ) -> list[SampleImage]:
     """Render every prompt with its own fixed-seed generator; PNGs go to out_dir/NN.png."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    unet = pipeline.unet
+    denoiser = renderer.denoiser
     if not with_lora:
-        unet.disable_adapters()
+        denoiser.disable_adapters()
     try:
-        with inference_mode(unet):
+        with inference_mode(denoiser):
             return [
                 _render_one(
-                    pipeline, validation, index, resolution=resolution, out_dir=out_dir, with_lora=with_lora
+                    renderer, validation, index, resolution=resolution, out_dir=out_dir, with_lora=with_lora
                 )
                 for index in range(len(validation.prompts))
             ]
     finally:
         if not with_lora:
-            unet.enable_adapters()
+            denoiser.enable_adapters()
 
 
 def _render_one(
-    pipeline: Any, validation: ValidationSpec, index: int, *, resolution: int, out_dir: Path, with_lora: bool
+    renderer: Renderer,
+    validation: ValidationSpec,
+    index: int,
+    *,
+    resolution: int,
+    out_dir: Path,
+    with_lora: bool,
 ) -> SampleImage:
     """Prompt `index` from its own generator, seeded `validation.seed + index`, saved as out_dir/NN.png."""
     prompt = validation.prompts[index]
-    image = generate_image(
-        pipeline,
+    image = renderer.image(
         prompt,
         seed=validation.seed + index,
         resolution=resolution,
@@ -77,29 +140,3 @@ def _render_one(
     path = out_dir / f"{index:02d}.png"
     image.save(path)
     return SampleImage(prompt=prompt, path=str(path), with_lora=with_lora)
-
-
-@torch.no_grad()
-def generate_image(
-    pipeline: Any, prompt: str, *, seed: int, resolution: int, num_inference_steps: int, guidance_scale: float
-) -> Any:
-    """One `resolution`² PIL image of `prompt`, its noise drawn from a CPU generator seeded `seed` (so a
-    seed means the same starting noise on any device)."""
-    latents = pipeline(
-        prompt,
-        num_inference_steps=num_inference_steps,
-        guidance_scale=guidance_scale,
-        height=resolution,
-        width=resolution,
-        generator=torch.Generator("cpu").manual_seed(seed),
-        output_type="latent",
-    ).images
-    return _decode(pipeline, latents)
-
-
-def _decode(pipeline: Any, latents: torch.Tensor) -> Any:
-    """Decode in float32 whatever the UNet's dtype: the VAE is kept in float32 (SDXL's overflows in fp16),
-    and the pipeline would otherwise hand it half-precision latents."""
-    vae = pipeline.vae
-    pixels = vae.decode(latents.to(vae.device, torch.float32) / vae.config.scaling_factor).sample
-    return pipeline.image_processor.postprocess(pixels, output_type="pil")[0]

@@ -16,21 +16,23 @@ import torch
 from accelerate import Accelerator
 from accelerate.data_loader import skip_first_batches
 from accelerate.utils import set_seed
-from diffusers import UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 
+from trainer.batch import PairBatch
 from trainer.data import Augment, EpochSampler, PairDataset, collate_pairs, load_pairs, split_pairs
 from trainer.dataset_format import PairRecord
 from trainer.encoding import CachedPairDataset, build_cache, collate_cached
 from trainer.errors import CheckpointError, WorldSizeError
 from trainer.evaluation import HeldOutEvaluator
 from trainer.events import Evaluation, Event, Sample
-from trainer.models import DiffusionModel, attach_lora, load_model, trainable_parameters
-from trainer.sampling import build_pipeline, render
+from trainer.families.base import ModelFamily
+from trainer.families.registry import load_family
+from trainer.lora import attach_lora, trainable_parameters
+from trainer.sampling import Renderer, render
 from trainer.spec import TrainSpec
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -40,8 +42,8 @@ DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 class TrainingSession:
     spec: TrainSpec
     accelerator: Accelerator
-    model: DiffusionModel
-    unet: Any  # the prepared (possibly distributed-wrapped) UNet
+    model: ModelFamily
+    denoiser: Any  # the prepared (possibly distributed-wrapped) UNet or transformer
     lora_config: LoraConfig
     trainable: list[torch.nn.Parameter]
     optimizer: Any
@@ -55,11 +57,12 @@ class TrainingSession:
     num_eval_pairs: int
     evaluator: HeldOutEvaluator | None
     last_checkpoint_step: int = 0
-    _pipeline: Any = field(default=None, repr=False)
+    _renderer: Renderer | None = field(default=None, repr=False)
 
     @property
-    def lora_unet(self) -> UNet2DConditionModel:
-        unwrapped: UNet2DConditionModel = self.accelerator.unwrap_model(self.unet)
+    def lora_denoiser(self) -> torch.nn.Module:
+        """The denoiser carrying the LoRA, without accelerate's wrapper."""
+        unwrapped: torch.nn.Module = self.accelerator.unwrap_model(self.denoiser)
         return unwrapped
 
     @property
@@ -82,27 +85,18 @@ class TrainingSession:
         validation = self.spec.validation
         if not validation.prompts or not self.accelerator.is_main_process:
             return
-        if self._pipeline is None:
-            self._pipeline = build_pipeline(self.model, self.lora_unet)
-        samples = self.output_dir / "samples"
-        if initial:
-            images = render(
-                self._pipeline,
-                validation,
-                resolution=self.resolution,
-                out_dir=samples / "base",
-                with_lora=False,
-            )
-            emit(Sample(step=0, images=images))
-            return
+        if self._renderer is None:
+            self._renderer = Renderer.build(self.model, self.lora_denoiser)
+        # The base model's images (LoRA off) never change: rendered once, reported at step 0.
+        folder, shown_step = ("base", 0) if initial else (f"step-{step:06d}", step)
         images = render(
-            self._pipeline,
+            self._renderer,
             validation,
             resolution=self.resolution,
-            out_dir=samples / f"step-{step:06d}",
-            with_lora=True,
+            out_dir=self.output_dir / "samples" / folder,
+            with_lora=not initial,
         )
-        emit(Sample(step=step, images=images))
+        emit(Sample(step=shown_step, images=images))
 
     def run_evaluation(self, *, step: int, emit: Callable[[Event], None], force: bool = False) -> None:
         """Held-out preference metrics at the spec's interval (or now, if `force`)."""
@@ -110,7 +104,7 @@ class TrainingSession:
         due = force or (every is not None and step % every == 0)
         if self.evaluator is None or not due or not self.accelerator.is_main_process:
             return
-        emit(Evaluation(step=step, metrics=self.evaluator.evaluate(self.lora_unet)))
+        emit(Evaluation(step=step, metrics=self.evaluator.evaluate(self.lora_denoiser)))
 
 
 def open_session(spec: TrainSpec, dataset_dir: Path, output_dir: Path) -> TrainingSession:
@@ -121,24 +115,26 @@ def open_session(spec: TrainSpec, dataset_dir: Path, output_dir: Path) -> Traini
     )
     _check_world_size(spec, accelerator)
     set_seed(spec.seed)  # the same on every process: one LoRA init, one train/eval split
-    model = load_model(spec.base_model, device=accelerator.device, weight_dtype=DTYPES[mixed])
+    model = load_family(
+        spec.base_model, device=accelerator.device, weight_dtype=DTYPES[mixed], options=spec.family_options()
+    )
     resolution = spec.resolution or model.native_resolution
     lora_config = attach_lora(
-        model.unet,
+        model.denoiser,
         rank=spec.lora_rank,
         alpha=spec.effective_lora_alpha,
         dropout=spec.lora_dropout,
-        targets=spec.lora_target_modules,
+        targets=spec.lora_target_modules or list(model.default_lora_targets),
     )
     if spec.gradient_checkpointing:
-        model.unet.enable_gradient_checkpointing()
+        model.denoiser.enable_gradient_checkpointing()
     data = _build_data(spec, model, dataset_dir, resolution)
-    trainable = trainable_parameters(model.unet)
+    trainable = trainable_parameters(model.denoiser)
     optimizer, lr_scheduler = _build_optimizer(spec, trainable, accelerator.num_processes)
     _checkpoint_only_lora_weights(accelerator)
     # The loader is sharded here: each process iterates its own batches of the same epoch order.
-    unet, optimizer, loader, lr_scheduler = accelerator.prepare(
-        model.unet, optimizer, data.loader, lr_scheduler
+    denoiser, optimizer, loader, lr_scheduler = accelerator.prepare(
+        model.denoiser, optimizer, data.loader, lr_scheduler
     )
     if accelerator.num_processes > 1:
         # Noise and timesteps of each process from a stream of its own (seed + rank), or every process
@@ -153,7 +149,7 @@ def open_session(spec: TrainSpec, dataset_dir: Path, output_dir: Path) -> Traini
         spec=spec,
         accelerator=accelerator,
         model=model,
-        unet=unet,
+        denoiser=denoiser,
         lora_config=lora_config,
         trainable=trainable,
         optimizer=optimizer,
@@ -227,14 +223,14 @@ class _Data:
     eval_pairs: list[PairRecord]
 
 
-def _build_data(spec: TrainSpec, model: DiffusionModel, dataset_dir: Path, resolution: int) -> _Data:
+def _build_data(spec: TrainSpec, model: ModelFamily, dataset_dir: Path, resolution: int) -> _Data:
     """Split off the held-out pairs, then a loader over the rest: pixels, or cached latents."""
     pairs = load_pairs(dataset_dir)
     train_idx, eval_idx = split_pairs(len(pairs), spec.eval_fraction, spec.seed)
     train_pairs = [pairs[i] for i in train_idx]
     augment = Augment(resolution, spec.random_crop, spec.hflip)
     dataset: Dataset[dict[str, Any]]
-    collate: Callable[[list[dict[str, Any]]], dict[str, Any]]
+    collate: Callable[[list[dict[str, Any]]], PairBatch]
     if spec.cache_latents:
         dataset = CachedPairDataset(
             build_cache(model, dataset_dir, train_pairs, augment), hflip=spec.hflip, seed=spec.seed

@@ -7,15 +7,17 @@ never a crash on the GPU) and the trainer (which runs it). Defaults follow the M
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from trainer.families import FAMILIES, FAMILY_SPECIFIC_FIELDS, FamilyName
 
 Method = Literal["mapo", "dpo", "sft"]
 MixedPrecision = Literal["no", "fp16", "bf16"]
 LRScheduler = Literal["constant", "constant_with_warmup", "linear", "cosine"]
-
-DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+# The flow families' noise-level schemes (trainer/families/flow.py reads them; no torch here).
+WeightingScheme = Literal["logit_normal", "mode", "uniform", "sigma_sqrt", "cosmap"]
 
 
 class SpecConflict(ValueError):
@@ -131,14 +133,57 @@ class TrainSpec(BaseModel):
     gamma: float = Field(
         default=0.5, gt=0.0, description="MaPO: scale of the errors inside the bounded score s(gamma*m)."
     )
-    beta_dpo: float = Field(default=5000.0, gt=0.0, description="Diffusion-DPO: KL strength beta.")
+    margin_scale: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1e6,
+        description="MaPO: T, the scale of the margin inside the log-sigmoid. None: the family's default, "
+        "1000 (the scheduler's timesteps, as the reference) for SD/SDXL and 100 for SD3/FLUX, whose "
+        "velocity errors are about ten times larger (docs/experiments.md, flow-matching defaults).",
+    )
+    beta_dpo: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1e7,
+        description="Diffusion-DPO: KL strength beta. None: the family's default, 5000 for SD/SDXL (the "
+        "reference) and 500 for SD3/FLUX (scaled like margin_scale).",
+    )
+    weighting_scheme: WeightingScheme | None = Field(
+        default=None,
+        description="SD3/FLUX only: how the noise level sigma is drawn per pair (logit_normal, mode, "
+        "uniform) or the loss weighted (sigma_sqrt, cosmap; levels uniform), as in diffusers' scripts. "
+        "None: logit_normal.",
+    )
+    logit_mean: float | None = Field(
+        default=None, ge=-10.0, le=10.0, description="SD3/FLUX, logit_normal: mean of the normal (0)."
+    )
+    logit_std: float | None = Field(
+        default=None, gt=0.0, le=10.0, description="SD3/FLUX, logit_normal: std of the normal (1)."
+    )
+    mode_scale: float | None = Field(
+        default=None, ge=0.0, le=2.0, description="SD3/FLUX, mode weighting: its scale (1.29)."
+    )
+    guidance: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=100.0,
+        description="FLUX only: the guidance value given to a guidance-distilled transformer (FLUX.1-dev) "
+        "while training. None: 3.5, as diffusers' FLUX scripts.",
+    )
+    use_t5: bool | None = Field(
+        default=None,
+        description="SD3 only: false trains without the T5 encoder (its tokens are zeros, as the "
+        "pipeline does without text_encoder_3), saving its memory. None: true.",
+    )
     lora_rank: int = Field(default=8, ge=1, le=1024, description="LoRA rank r.")
     lora_alpha: float | None = Field(default=None, gt=0.0, description="LoRA alpha; None means alpha = r.")
     lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
-    lora_target_modules: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_LORA_TARGETS),
+    lora_target_modules: list[str] | None = Field(
+        default=None,
         min_length=1,
-        description="UNet module names (suffixes) that receive LoRA adapters.",
+        description="Module names (suffixes) of the denoiser that receive LoRA adapters. None: the family's "
+        "default, the attention projections (to_q, to_k, to_v, to_out.0; SD3/FLUX also add_q_proj, "
+        "add_k_proj, add_v_proj, to_add_out of the joint attention).",
     )
     mixed_precision: MixedPrecision = Field(
         default="fp16",
@@ -187,9 +232,21 @@ class TrainSpec(BaseModel):
             )
         if self.eval_every_n_steps is not None and self.eval_fraction == 0.0:
             raise SpecConflict("eval_every_n_steps", "eval_every_n_steps needs eval_fraction > 0")
-        if any(not m.strip() for m in self.lora_target_modules):
+        if any(not m.strip() for m in self.lora_target_modules or ()):
             raise SpecConflict("lora_target_modules", "lora_target_modules must not contain empty names")
         return self
+
+    def family_options(self) -> dict[str, Any]:
+        """The family-specific fields, for the family to read its settings from (None where unset)."""
+        return {name: getattr(self, name) for name in sorted(FAMILY_SPECIFIC_FIELDS)}
+
+    def check_family(self, family: FamilyName) -> None:
+        """Raise SpecConflict naming the first family-specific field set that `family` does not take."""
+        accepted = FAMILIES[family].fields
+        for name in sorted(FAMILY_SPECIFIC_FIELDS - accepted):
+            if getattr(self, name) is not None:
+                takers = ", ".join(f for f, facts in FAMILIES.items() if name in facts.fields)
+                raise SpecConflict(name, f"{name} applies to {takers} base models, not to {family}")
 
     @property
     def effective_lora_alpha(self) -> float:

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import DiffusionPipeline
 
 from tests.trainer.specs import tiny_spec
 from trainer.events import Evaluation, Event
+from trainer.families.registry import load_family
 from trainer.loop import train
-from trainer.models import load_model
-from trainer.sampling import build_pipeline
+from trainer.sampling import Renderer, load_renderer
 from trainer.synthetic.base_models import SHIPPED, shipped_base_models
 from trainer.synthetic.pretrain import REPORT_FILE
 from trainer.synthetic.shape_preferences import prefer_red_pairs, write_dataset
@@ -25,10 +24,10 @@ from trainer.synthetic.shape_samples import caption_accuracy, every_caption_draw
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_shipped_model_draws_the_captioned_colour_shape_and_background(name: str) -> None:
     path = shipped_base_models()[name]
-    model = load_model(path, device=torch.device("cpu"), weight_dtype=torch.float32)
-    assert model.family == SHIPPED[name] and model.unet.dtype == torch.float32
+    model = load_family(path, device=torch.device("cpu"), weight_dtype=torch.float32)
+    assert model.name == SHIPPED[name] and model.denoiser.dtype == torch.float32
 
-    judged = judge(build_pipeline(model, model.unet), every_caption_drawing(), seed=0, resolution=64)
+    judged = judge(Renderer.build(model, model.denoiser), every_caption_drawing(), seed=0, resolution=64)
     accuracy = caption_accuracy(judged)
 
     # A random tiny model scores a third on each (chance among three); see docs/experiments.md.
@@ -57,8 +56,8 @@ def test_a_mapo_job_on_shapes_sdxl_learns_the_prefer_red_demo(tmp_path: Path) ->
     before, after = (e.metrics["heldout_accuracy"] for e in events if isinstance(e, Evaluation))
     assert before < 0.6 and after >= 0.9
     assert result.adapter_path is not None
-    pipeline = DiffusionPipeline.from_pretrained(base, torch_dtype=torch.float32)
-    pipeline.load_lora_weights(str(result.adapter_path.parent))
-    judged = judge(pipeline, every_caption_drawing(), seed=0, resolution=64, with_colour=False)
+    renderer = load_renderer(base, device=torch.device("cpu"))
+    renderer.pipeline.load_lora_weights(str(result.adapter_path.parent))
+    judged = judge(renderer, every_caption_drawing(), seed=0, resolution=64, with_colour=False)
     red = sum(j.read.colour == "red" for j in judged) / len(judged)
     assert red >= 0.8  # of the colour-less prompts; about a third before the job

@@ -47,8 +47,8 @@ def test_collate_puts_all_chosen_before_all_rejected() -> None:
         for i in (1, 2)
     ]
     batch = collate_pairs(items)
-    assert batch["pixels"][:, 0, 0, 0].tolist() == [1.0, 2.0, -1.0, -2.0]
-    assert batch["prompts"] == ["p1", "p2"]
+    assert batch.pixels is not None and batch.pixels[:, 0, 0, 0].tolist() == [1.0, 2.0, -1.0, -2.0]
+    assert batch.prompts == ["p1", "p2"]
 
 
 def test_split_is_deterministic_and_disjoint() -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from trainer.cli import main
-from trainer.models import load_model
+from trainer.families.registry import load_family
 from trainer.synthetic.pretrain import REPORT_FILE, PretrainConfig, pretrain_tiny
 from trainer.synthetic.shape_autoencoder import target_latents
 from trainer.synthetic.shapes import COLOURS, Drawing, render, shape_rgb
@@ -43,8 +43,8 @@ def test_a_short_pretraining_lowers_held_out_errors_and_loads_as_a_base_model(tm
     assert json.loads((tmp_path / "shapes-sd" / REPORT_FILE).read_text())["denoising_loss"] == list(
         report.denoising_loss
     )
-    model = load_model(str(tmp_path / "shapes-sd"), device=torch.device("cpu"), weight_dtype=torch.float32)
-    assert model.family == "sd" and model.native_resolution == 64
+    model = load_family(str(tmp_path / "shapes-sd"), device=torch.device("cpu"), weight_dtype=torch.float32)
+    assert model.name == "sd" and model.native_resolution == 64
 
 
 @pytest.mark.slow
@@ -57,4 +57,4 @@ def test_pretrain_tiny_command_writes_an_sdxl_model_and_prints_its_figures(
 
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["out"] == str(out) and printed["family"] == "sdxl"
-    assert load_model(str(out), device=torch.device("cpu"), weight_dtype=torch.float32).family == "sdxl"
+    assert load_family(str(out), device=torch.device("cpu"), weight_dtype=torch.float32).name == "sdxl"

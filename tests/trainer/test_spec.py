@@ -7,6 +7,7 @@ import sys
 import pytest
 from pydantic import ValidationError
 
+from trainer.families.unet import SDXLFamily
 from trainer.spec import SpecConflict, TrainSpec
 
 
@@ -24,7 +25,9 @@ def test_defaults_follow_the_reference_recipe() -> None:
     assert (spec.method, spec.beta, spec.gamma, spec.learning_rate) == ("mapo", 0.1, 0.5, 1e-5)
     assert (spec.train_batch_size, spec.gradient_accumulation_steps, spec.max_train_steps) == (8, 2, 2000)
     assert (spec.lora_rank, spec.effective_lora_alpha, spec.mixed_precision) == (8, 8.0, "fp16")
-    assert spec.lora_target_modules == ["to_q", "to_k", "to_v", "to_out.0"]
+    # None: the family's targets, which for the UNet families are the reference's.
+    assert spec.lora_target_modules is None
+    assert SDXLFamily.default_lora_targets == ("to_q", "to_k", "to_v", "to_out.0")
 
 
 @pytest.mark.parametrize(

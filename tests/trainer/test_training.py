@@ -74,9 +74,9 @@ def test_only_lora_parameters_change(tiny_sdxl: Path, color_pairs: Path, tmp_pat
     from trainer.session import open_session
 
     session = open_session(tiny_spec(tiny_sdxl, max_train_steps=2), color_pairs, tmp_path)
-    before = {k: v.clone() for k, v in session.lora_unet.state_dict().items()}
+    before = {k: v.clone() for k, v in session.lora_denoiser.state_dict().items()}
     _run_steps(session, 0, lambda event: None, lambda: False)
-    after = session.lora_unet.state_dict()
+    after = session.lora_denoiser.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed, "training moved nothing"
     assert all(".lora_A." in k or ".lora_B." in k for k in changed), sorted(changed - {"lora"})[:3]

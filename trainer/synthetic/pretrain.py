@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from diffusers.optimization import get_scheduler
 
-from trainer.evaluation import EVAL_TIMESTEPS
-from trainer.models import Conditioning, DiffusionModel, encode_prompts, load_model
-from trainer.sampling import build_pipeline
+from trainer.families.base import Conditioning, ImageGeometry, ModelFamily
+from trainer.families.registry import load_family
+from trainer.sampling import Renderer
 from trainer.synthetic.shape_autoencoder import (
     calibrate_scaling,
     colour_capable_vae,
@@ -38,6 +38,7 @@ from trainer.synthetic.shape_autoencoder import (
 from trainer.synthetic.shape_samples import caption_accuracy, every_caption_drawing, judge
 from trainer.synthetic.shapes import Drawing, caption, random_drawing, render
 from trainer.synthetic.tiny import Family, build_tiny_pipeline, build_tokenizer
+from trainer.synthetic.tiny_flow import build_flow_pipeline
 
 REPORT_FILE = "pretrain.json"
 HELD_OUT = 64
@@ -113,8 +114,13 @@ def pretrain_tiny(
     stores the UNet and VAE weights in float16 (half the size; diffusers loads them as float32)."""
     started = time.perf_counter()
     torch.manual_seed(config.seed)
-    build_tiny_pipeline(family, out_dir, seed=config.seed)
-    model = load_model(str(out_dir), device=torch.device("cpu"), weight_dtype=torch.float32)
+    if family == "flux":
+        # Like FLUX.1-schnell, without a guidance embedding: a guidance-distilled model needs a teacher
+        # with classifier-free guidance first, so the shapes base samples with true guidance instead.
+        build_flow_pipeline("flux", out_dir, guidance_embeds=False)
+    else:
+        build_tiny_pipeline(family, out_dir, seed=config.seed)
+    model = load_family(str(out_dir), device=torch.device("cpu"), weight_dtype=torch.float32)
     report = PretrainReport(family=family, config=asdict(config))
     report.caption_accuracy_before = measure_captions(model, config)
     rng = random.Random(f"held-out-{config.seed}")
@@ -133,15 +139,17 @@ def pretrain_tiny(
     return report
 
 
-def _save(model: DiffusionModel, out_dir: Path, *, half: bool) -> None:
+def _save(model: ModelFamily, out_dir: Path, *, half: bool) -> None:
     dtype = torch.float16 if half else torch.float32
-    for name, module in (("unet", model.unet), ("vae", model.vae)):
+    modules: tuple[tuple[str, Any], ...] = ((model.facts.denoiser, model.denoiser), ("vae", model.vae))
+    for name, module in modules:
         module.to(dtype).save_pretrained(out_dir / name)
         module.to(torch.float32)
     # transformers 5 saves tokenizer.json only; transformers 4's CLIPTokenizer reads vocab.json +
     # merges.txt, so both are kept beside it and the folder loads with either.
     for name in ("tokenizer", "tokenizer_2"):
-        if (out_dir / name).is_dir():
+        config = out_dir / name / "tokenizer_config.json"
+        if config.is_file() and "CLIPTokenizer" in config.read_text(encoding="utf-8"):
             build_tokenizer(out_dir / name)
 
 
@@ -151,7 +159,7 @@ def _images(drawings: list[Drawing], config: PretrainConfig) -> torch.Tensor:
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def _train_vae(model: DiffusionModel, config: PretrainConfig, on_progress: Progress) -> None:
+def _train_vae(model: ModelFamily, config: PretrainConfig, on_progress: Progress) -> None:
     rng = random.Random(f"autoencoder-{config.seed}")
     train_autoencoder(
         model.vae,
@@ -164,13 +172,14 @@ def _train_vae(model: DiffusionModel, config: PretrainConfig, on_progress: Progr
     calibrate_scaling(model.vae, _images([random_drawing(rng) for _ in range(256)], config))
 
 
-def train_denoiser(model: DiffusionModel, config: PretrainConfig, on_progress: Progress) -> None:
-    """Full UNet training with the plain epsilon loss on fresh images and (mostly) their captions."""
-    unet, rng = model.unet, random.Random(f"denoiser-{config.seed}")
+def train_denoiser(model: ModelFamily, config: PretrainConfig, on_progress: Progress) -> None:
+    """Full denoiser training with the family's plain loss (epsilon or velocity) on fresh images and
+    (mostly) their captions."""
+    denoiser, rng = model.denoiser, random.Random(f"denoiser-{config.seed}")
     captions = CaptionEmbeddings(model)
-    unet.requires_grad_(True)
-    unet.train()
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.denoiser_lr, weight_decay=1e-2)
+    denoiser.requires_grad_(True)
+    denoiser.train()
+    optimizer = torch.optim.AdamW(denoiser.parameters(), lr=config.denoiser_lr, weight_decay=1e-2)
     schedule = get_scheduler(
         "cosine", optimizer, num_warmup_steps=50, num_training_steps=config.denoiser_steps
     )
@@ -179,16 +188,16 @@ def train_denoiser(model: DiffusionModel, config: PretrainConfig, on_progress: P
         prompts = [_training_caption(d, rng, config) for d in drawings]
         latents = _latents(model, _images(drawings, config))
         noise = _offset_noise(latents, config.offset_noise)
-        timesteps = torch.randint(0, model.num_train_timesteps, (len(latents),))
-        loss = _denoising_error(model, captions.of(prompts), latents, noise, timesteps).mean()
+        levels = model.draw_levels(len(latents), latents=latents)
+        loss = _denoising_error(model, captions.of(prompts), latents, noise, levels).mean()
         torch.autograd.backward(loss)
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(denoiser.parameters(), 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         on_progress("denoiser", step, config.denoiser_steps, float(loss.detach()))
-    unet.requires_grad_(False)
-    unet.eval()
+    denoiser.requires_grad_(False)
+    denoiser.eval()
 
 
 def _offset_noise(latents: torch.Tensor, offset: float) -> torch.Tensor:
@@ -210,75 +219,56 @@ def _training_caption(drawing: Drawing, rng: random.Random, config: PretrainConf
 
 
 class CaptionEmbeddings:
-    """The frozen text encoders' output per caption, computed once (the domain has 37 captions)."""
+    """The frozen text encoders' output per caption, computed once (the domain has 37 captions); ""
+    is what the family's pipeline guides against."""
 
-    def __init__(self, model: DiffusionModel) -> None:
+    def __init__(self, model: ModelFamily) -> None:
         self.model = model
         self._cache: dict[str, Conditioning] = {}
 
     def of(self, prompts: list[str]) -> Conditioning:
         for prompt in set(prompts) - self._cache.keys():
-            self._cache[prompt] = self._encode(prompt)
-        parts = [self._cache[p] for p in prompts]
-        pooled = [p.pooled for p in parts if p.pooled is not None]
-        return Conditioning(
-            torch.cat([p.prompt_embeds for p in parts]), torch.cat(pooled) if pooled else None
-        )
-
-    def _encode(self, prompt: str) -> Conditioning:
-        encoded = encode_prompts(self.model, [prompt])
-        # SDXL pipelines (force_zeros_for_empty_prompt) guide against zeros, not against the encoded "".
-        if prompt == "" and self.model.family == "sdxl":
-            pooled = None if encoded.pooled is None else torch.zeros_like(encoded.pooled)
-            return Conditioning(torch.zeros_like(encoded.prompt_embeds), pooled)
-        return encoded
+            encoded = self.model.unconditional(1) if prompt == "" else self.model.encode_prompts([prompt])
+            self._cache[prompt] = encoded
+        return Conditioning.cat([self._cache[p] for p in prompts])
 
 
 @torch.no_grad()
-def _latents(model: DiffusionModel, pixels: torch.Tensor) -> torch.Tensor:
-    sample: torch.Tensor = model.vae.encode(pixels).latent_dist.sample()
-    return sample * float(model.vae.config.scaling_factor)
+def _latents(model: ModelFamily, pixels: torch.Tensor) -> torch.Tensor:
+    return model.to_latents(model.vae.encode(pixels).latent_dist.sample())
 
 
 def _denoising_error(
-    model: DiffusionModel,
+    model: ModelFamily,
     conditioning: Conditioning,
     latents: torch.Tensor,
     noise: torch.Tensor,
-    timesteps: torch.Tensor,
+    levels: torch.Tensor,
 ) -> torch.Tensor:
-    """Per-image mean squared error of the predicted noise, shape (N,)."""
-    noisy = model.noise_scheduler.add_noise(latents, noise, timesteps)
-    added = None
-    if model.family == "sdxl":
-        size = latents.shape[-1] * model.vae_scale_factor
-        time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=latents.dtype).repeat(len(latents), 1)
-        added = {"text_embeds": conditioning.pooled, "time_ids": time_ids}
-    pred: torch.Tensor = model.unet(
-        noisy, timesteps, conditioning.prompt_embeds, added_cond_kwargs=added
-    ).sample
-    errors: torch.Tensor = (pred - noise).pow(2).mean(dim=(1, 2, 3))
-    return errors
+    """Per-image (weighted) mean squared error of the denoiser's prediction, shape (N,)."""
+    noised = model.add_noise(latents, noise, levels)
+    geometry = ImageGeometry.uncropped(len(latents), latents.shape[-1] * model.vae_scale_factor)
+    pred = model.predict(model.denoiser, noised.noisy, levels, conditioning, geometry)
+    errors = (pred - noised.target).pow(2).mean(dim=(1, 2, 3))
+    return errors if noised.weighting is None else errors * noised.weighting
 
 
 @torch.no_grad()
-def denoising_loss(model: DiffusionModel, drawings: list[Drawing], config: PretrainConfig) -> float:
+def denoising_loss(model: ModelFamily, drawings: list[Drawing], config: PretrainConfig) -> float:
     """Mean denoising error on held-out images with their full captions, at fixed timesteps and noise."""
     conditioning = CaptionEmbeddings(model).of([caption(d) for d in drawings])
-    latents = model.vae.encode(_images(drawings, config)).latent_dist.mean * float(
-        model.vae.config.scaling_factor
-    )
+    latents = model.to_latents(model.vae.encode(_images(drawings, config)).latent_dist.mean)
     generator = torch.Generator().manual_seed(config.seed)
     errors = []
-    for t in EVAL_TIMESTEPS:
+    for level in model.evaluation_levels(latents=latents):
         noise = torch.randn(latents.shape, generator=generator)
-        timesteps = torch.full((len(latents),), t, dtype=torch.long)
-        errors.append(_denoising_error(model, conditioning, latents, noise, timesteps).mean())
+        levels = level.expand(len(latents))
+        errors.append(_denoising_error(model, conditioning, latents, noise, levels).mean())
     return float(torch.stack(errors).mean())
 
 
-def measure_captions(model: DiffusionModel, config: PretrainConfig) -> dict[str, float]:
+def measure_captions(model: ModelFamily, config: PretrainConfig) -> dict[str, float]:
     """Caption accuracy of samples of every full caption, from two fixed seeds."""
-    pipeline = build_pipeline(model, model.unet)
+    renderer = Renderer.build(model, model.denoiser)
     drawings = every_caption_drawing() * 2
-    return caption_accuracy(judge(pipeline, drawings, seed=config.seed, resolution=config.resolution))
+    return caption_accuracy(judge(renderer, drawings, seed=config.seed, resolution=config.resolution))

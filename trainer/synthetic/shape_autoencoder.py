@@ -30,11 +30,13 @@ def colour_capable_vae(vae: AutoencoderKL, *, seed: int) -> AutoencoderKL:
     return fresh
 
 
-def target_latents(pixels: torch.Tensor, factor: int) -> torch.Tensor:
-    """(N, 3, R, R) pixels in [-1, 1] -> (N, 4, R/f, R/f): f×f means of R, G, B and chroma, in [-1, 1]."""
+def target_latents(pixels: torch.Tensor, factor: int, channels: int = 4) -> torch.Tensor:
+    """(N, 3, R, R) pixels in [-1, 1] -> (N, channels, R/f, R/f): f×f means of R, G, B and chroma, in
+    [-1, 1], repeated to fill `channels` (a multiple of 4: SD3 and FLUX latents have 16)."""
     unit = (pixels + 1.0) / 2.0
     chroma = unit.amax(dim=1, keepdim=True) - unit.amin(dim=1, keepdim=True)
-    return torch.nn.functional.avg_pool2d(torch.cat([pixels, chroma * 2.0 - 1.0], dim=1), factor)
+    features = torch.nn.functional.avg_pool2d(torch.cat([pixels, chroma * 2.0 - 1.0], dim=1), factor)
+    return features.repeat(1, channels // 4, 1, 1)
 
 
 def train_autoencoder(
@@ -55,7 +57,7 @@ def train_autoencoder(
     )
     for step in range(1, steps + 1):
         pixels = batches()
-        target = target_latents(pixels, factor)
+        target = target_latents(pixels, factor, vae.config.latent_channels)
         drawn = torch.nn.functional.mse_loss(vae.decode(target).sample, pixels)
         computed = torch.nn.functional.mse_loss(vae.encode(pixels).latent_dist.mean, target)
         loss = drawn + computed
@@ -71,9 +73,13 @@ def train_autoencoder(
 
 @torch.no_grad()
 def calibrate_scaling(vae: AutoencoderKL, pixels: torch.Tensor) -> None:
-    """Set the scaling factor that makes the latents of `pixels` unit-variance, as the schedule assumes."""
-    std = float(vae.encode(pixels).latent_dist.mean.std())
-    vae.register_to_config(scaling_factor=1.0 / std)
+    """Set the scaling factor that makes the latents of `pixels` unit-variance, as the schedule assumes
+    (and, for a VAE with a shift factor, the shift that centres them)."""
+    latents = vae.encode(pixels).latent_dist.mean
+    if vae.config.get("shift_factor") is not None:
+        vae.register_to_config(shift_factor=float(latents.mean()))
+        latents = latents - float(latents.mean())
+    vae.register_to_config(scaling_factor=1.0 / float(latents.std()))
 
 
 @torch.no_grad()

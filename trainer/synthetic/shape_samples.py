@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from PIL import Image
 
-from trainer.models import inference_mode
+from trainer.lora import inference_mode
+from trainer.sampling import Renderer
 from trainer.synthetic.shapes import BACKGROUNDS, COLOURS, KINDS, Drawing, Reading, caption, classify
 
 ATTRIBUTES = ("kind", "colour", "background")
@@ -44,7 +44,7 @@ def every_caption_drawing() -> list[Drawing]:
 
 @torch.no_grad()
 def generate(
-    pipeline: Any,
+    renderer: Renderer,
     prompts: Sequence[str],
     *,
     seed: int,
@@ -54,32 +54,21 @@ def generate(
 ) -> list[Image.Image]:
     """One image per prompt; prompt i uses the generator seeded `seed + i`, whatever the batching."""
     images: list[Image.Image] = []
-    with inference_mode(pipeline.unet):
+    with inference_mode(renderer.denoiser):
         for start in range(0, len(prompts), BATCH):
             chunk = list(prompts[start : start + BATCH])
-            generators = [torch.Generator("cpu").manual_seed(seed + start + i) for i in range(len(chunk))]
-            latents = pipeline(
+            images += renderer.images(
                 chunk,
+                seeds=[seed + start + i for i in range(len(chunk))],
+                resolution=resolution,
                 num_inference_steps=steps,
                 guidance_scale=guidance,
-                height=resolution,
-                width=resolution,
-                generator=generators,
-                output_type="latent",
-            ).images
-            images.extend(_decode(pipeline, latents))
+            )
     return images
 
 
-def _decode(pipeline: Any, latents: torch.Tensor) -> list[Image.Image]:
-    vae = pipeline.vae
-    pixels = vae.decode(latents.to(vae.device, torch.float32) / vae.config.scaling_factor).sample
-    decoded: list[Image.Image] = pipeline.image_processor.postprocess(pixels, output_type="pil")
-    return decoded
-
-
 def judge(
-    pipeline: Any,
+    renderer: Renderer,
     drawings: Sequence[Drawing],
     *,
     seed: int,
@@ -89,7 +78,7 @@ def judge(
 ) -> list[Judged]:
     """Generate each drawing's caption and classify the result."""
     prompts = [caption(d, with_colour=with_colour) for d in drawings]
-    images = generate(pipeline, prompts, seed=seed, resolution=resolution, guidance=guidance)
+    images = generate(renderer, prompts, seed=seed, resolution=resolution, guidance=guidance)
     return [
         Judged(prompt, drawing, classify(image), image)
         for prompt, drawing, image in zip(prompts, drawings, images, strict=True)

@@ -26,7 +26,9 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-Family = Literal["sd", "sdxl"]
+from trainer.families import FamilyName
+
+Family = FamilyName
 Preset = Literal["tiny", "small"]
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -63,12 +65,16 @@ PRESETS: dict[Preset, PresetShape] = {
 def build_tiny_pipeline(family: Family, out_dir: Path, *, preset: Preset = "tiny", seed: int = 0) -> Path:
     """Build a random-weight pipeline of `family` and save it as a diffusers folder at `out_dir`."""
     torch.manual_seed(seed)
+    if family in ("sd3", "flux"):
+        from trainer.synthetic.tiny_flow import build_flow_pipeline
+
+        return build_flow_pipeline(family, out_dir, preset=preset)
     shape = PRESETS[preset]
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer = build_tokenizer(Path(scratch))
     components: dict[str, Any] = {
         "unet": _unet(family, shape),
-        "vae": _vae(shape),
+        "vae": tiny_vae(shape),
         "scheduler": sd_scheduler(),
         "tokenizer": tokenizer,
         "text_encoder": CLIPTextModel(_text_config(tokenizer, shape.text_hidden[0], shape.text_layers)),
@@ -194,7 +200,9 @@ def _unet(family: Family, shape: PresetShape) -> UNet2DConditionModel:
     )
 
 
-def _vae(shape: PresetShape) -> AutoencoderKL:
+def tiny_vae(shape: PresetShape, *, latent_channels: int = 4, shifted: bool = False) -> AutoencoderKL:
+    """A random VAE of the preset's widths; `shifted` also records the latents' mean as shift_factor
+    (SD3 and FLUX latents are (sample - shift_factor) * scaling_factor)."""
     n = len(shape.vae_channels)
     vae = AutoencoderKL(
         in_channels=3,
@@ -203,11 +211,12 @@ def _vae(shape: PresetShape) -> AutoencoderKL:
         up_block_types=("UpDecoderBlock2D",) * n,
         block_out_channels=shape.vae_channels,
         layers_per_block=1,
-        latent_channels=4,
+        latent_channels=latent_channels,
         norm_num_groups=8,
         sample_size=shape.sample_size * 2 ** (n - 1),
+        use_quant_conv=True,
     )
-    _make_latents_realistic(vae)
+    _make_latents_realistic(vae, shifted=shifted)
     return vae
 
 
@@ -215,7 +224,7 @@ LATENT_LOGVAR = -12.0  # posterior std exp(-6) ~ 0.0025, as narrow as a trained 
 
 
 @torch.no_grad()
-def _make_latents_realistic(vae: AutoencoderKL) -> None:
+def _make_latents_realistic(vae: AutoencoderKL, *, shifted: bool = False) -> None:
     """Give the random VAE the two properties of a trained one that training depends on.
 
     A random encoder's posterior has log-variance ~0, so a latent sample is mostly the VAE's own noise and
@@ -230,8 +239,11 @@ def _make_latents_realistic(vae: AutoencoderKL) -> None:
     generator = torch.Generator().manual_seed(0)
     blocks = torch.rand(16, 3, 8, 8, generator=generator) * 2 - 1
     images = torch.nn.functional.interpolate(blocks, size=(size, size), mode="nearest")
-    std = float(vae.encode(images).latent_dist.mean.std())
-    vae.register_to_config(scaling_factor=1.0 / std)
+    latents = vae.encode(images).latent_dist.mean
+    if shifted:
+        vae.register_to_config(shift_factor=float(latents.mean()), scaling_factor=1.0 / float(latents.std()))
+    else:
+        vae.register_to_config(scaling_factor=1.0 / float(latents.std()))
 
 
 def sd_scheduler() -> EulerDiscreteScheduler:

@@ -1,0 +1,223 @@
+"""The interface every model family implements, and the text conditioning it hands the engine.
+
+The engine (loop, objective, cache, evaluation, sampling, export) holds a `ModelFamily` and calls only
+these methods, so it never branches on a family. A batch of B pairs is always laid out as 2B images,
+[chosen_1..B; rejected_1..B], and both images of a pair share noise, noise level and conditioning.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import diffusers
+import torch
+from diffusers import AutoencoderKL
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+
+from trainer.errors import ModelLoadError
+from trainer.families import FAMILIES, FamilyFacts, FamilyName
+
+
+@dataclass
+class Conditioning:
+    """Text conditioning of N prompts: named tensors, each with the prompt axis first.
+
+    Which names a family uses is its own business (SD: prompt_embeds; SDXL, SD3, FLUX: prompt_embeds and
+    pooled); the engine only batches, repeats and moves them.
+    """
+
+    tensors: dict[str, torch.Tensor]
+
+    def repeat(self, times: int) -> Conditioning:
+        """The N prompts' conditioning `times` over along the prompt axis: (times * N, ...)."""
+        return Conditioning({k: v.repeat(times, *([1] * (v.ndim - 1))) for k, v in self.tensors.items()})
+
+    def repeat_for_pairs(self) -> Conditioning:
+        """Duplicate along the batch for the [chosen; rejected] layout: both images share a prompt."""
+        return self.repeat(2)
+
+    def to(self, device: torch.device, dtype: torch.dtype | None = None) -> Conditioning:
+        return Conditioning({k: v.to(device, dtype) for k, v in self.tensors.items()})
+
+    def select(self, index: int) -> Conditioning:
+        """Prompt `index` alone, still with a prompt axis of 1."""
+        return Conditioning({k: v[index : index + 1] for k, v in self.tensors.items()})
+
+    @staticmethod
+    def cat(parts: list[Conditioning]) -> Conditioning:
+        return Conditioning({k: torch.cat([p.tensors[k] for p in parts]) for k in parts[0].tensors})
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.tensors[name]
+
+
+@dataclass
+class ImageGeometry:
+    """Per pair: (h, w) before resizing and the (top, left) of the crop, as SDXL's time ids record."""
+
+    original_sizes: torch.Tensor  # (B, 2)
+    crop_top_lefts: torch.Tensor  # (B, 2)
+    resolution: int
+
+    @staticmethod
+    def uncropped(num: int, resolution: int) -> ImageGeometry:
+        sizes = torch.full((num, 2), resolution, dtype=torch.long)
+        return ImageGeometry(sizes, torch.zeros((num, 2), dtype=torch.long), resolution)
+
+
+@dataclass
+class Noised:
+    """What the denoiser sees and must predict, for 2B images.
+
+    noisy, target: (2B, C, h, w). weighting: (2B,) per-image loss weights, or None for all ones.
+    """
+
+    noisy: torch.Tensor
+    target: torch.Tensor
+    weighting: torch.Tensor | None = None
+
+
+class ModelFamily(ABC):
+    """A loaded base model: frozen VAE, text encoders and denoiser, and how training talks to them.
+
+    Noise levels are a (B,) tensor in the family's own units: integer timesteps for the UNet families,
+    sigmas in [0, 1] for the flow-matching ones. `draw_levels` samples them for training,
+    `evaluation_levels` gives the fixed ones held-out scoring uses.
+    """
+
+    name: ClassVar[FamilyName]
+    default_lora_targets: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0")
+    lora_layers_argument: ClassVar[str] = "transformer_lora_layers"
+
+    def __init__(
+        self,
+        *,
+        source: str,
+        denoiser: Any,
+        vae: AutoencoderKL,
+        text_encoders: list[Any],
+        tokenizers: list[Any],
+        scheduler: Any,
+    ) -> None:
+        # The ML libraries' modules are untyped for mypy (pyproject), so these are Any.
+        self.source, self.denoiser, self.vae = source, denoiser, vae
+        self.text_encoders, self.tokenizers, self.scheduler = text_encoders, tokenizers, scheduler
+
+    @classmethod
+    @abstractmethod
+    def load(cls, source: str, *, weight_dtype: torch.dtype, options: dict[str, Any]) -> ModelFamily:
+        """Load the components of `source` (a diffusers folder or hub id), on the CPU; `options` are the
+        spec's family-specific fields (None where unset)."""
+
+    @property
+    def facts(self) -> FamilyFacts:
+        return FAMILIES[self.name]
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return int(2 ** (len(self.vae.config.block_out_channels) - 1))
+
+    @property
+    @abstractmethod
+    def native_resolution(self) -> int:
+        """The square size the base model was trained at, in pixels."""
+
+    @property
+    @abstractmethod
+    def prediction_type(self) -> str:
+        """epsilon, v_prediction or flow (velocity)."""
+
+    @property
+    @abstractmethod
+    def margin_scale(self) -> float:
+        """MaPO's default T, which sharpens the log-sigmoid of the margin (1000 for the UNet families)."""
+
+    @property
+    @abstractmethod
+    def dpo_beta(self) -> float:
+        """Diffusion-DPO's default beta for this family's errors."""
+
+    @abstractmethod
+    def encode_prompts(self, prompts: list[str]) -> Conditioning:
+        """The frozen text encoders' conditioning of `prompts` (no gradients)."""
+
+    def unconditional(self, num: int) -> Conditioning:
+        """What the pipeline's classifier-free guidance conditions the unconditional branch on: by
+        default the encoded empty prompt, `num` times."""
+        return self.encode_prompts([""]).repeat(num)
+
+    def to_latents(self, sample: torch.Tensor) -> torch.Tensor:
+        """A VAE posterior sample -> the latents the denoiser is trained on."""
+        shift = self.vae.config.get("shift_factor") or 0.0
+        return (sample - float(shift)) * float(self.vae.config.scaling_factor)
+
+    def from_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Inverse of `to_latents`: what the VAE decoder takes."""
+        shift = self.vae.config.get("shift_factor") or 0.0
+        return latents / float(self.vae.config.scaling_factor) + float(shift)
+
+    @abstractmethod
+    def draw_levels(self, num: int, *, latents: torch.Tensor) -> torch.Tensor:
+        """(num,) noise levels for training, drawn from the global RNG; `latents` (2num, C, h, w) give
+        device and size (FLUX's shift depends on the image's token count)."""
+
+    @abstractmethod
+    def evaluation_levels(self, *, latents: torch.Tensor) -> list[torch.Tensor]:
+        """Fixed noise levels for held-out scoring, each a 0-d tensor."""
+
+    @abstractmethod
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, levels: torch.Tensor) -> Noised:
+        """Noisy input and regression target; all three arguments have the image axis first (2B)."""
+
+    @abstractmethod
+    def predict(
+        self,
+        denoiser: torch.nn.Module,
+        noisy: torch.Tensor,
+        levels: torch.Tensor,
+        conditioning: Conditioning,
+        geometry: ImageGeometry,
+    ) -> torch.Tensor:
+        """The denoiser's prediction for `noisy` (2B, C, h, w), same shape. `denoiser` is this family's
+        denoiser or a wrapper of it (accelerate's distributed one), with or without LoRA enabled."""
+
+    @abstractmethod
+    def pipeline_components(self, denoiser: torch.nn.Module) -> dict[str, Any]:
+        """The components of this family's pipeline, sharing the loaded modules, with `denoiser`."""
+
+    def sampling_arguments(self, guidance_scale: float) -> dict[str, Any]:
+        """Keyword arguments of the pipeline's __call__ for classifier-free guidance at `guidance_scale`
+        (and whatever else the family's pipeline needs, a text length, say)."""
+        return {"guidance_scale": guidance_scale}
+
+    def pipeline_latents(self, latents: torch.Tensor, resolution: int) -> torch.Tensor:
+        """A pipeline's output_type='latent' result -> (B, C, h, w) latents (FLUX's come packed)."""
+        return latents
+
+    def lora_state(self, denoiser: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The adapter's weights as this family's diffusers LoRA file keys them (without the component
+        prefix), float32, on the CPU. Default: peft's naming (`<module>.lora_A.weight`)."""
+        state = get_peft_model_state_dict(denoiser)
+        return {key: value.detach().float().cpu().contiguous() for key, value in state.items()}
+
+    def kohya_state(self, state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor] | None:
+        """`state` (from `lora_state`) in the ComfyUI/kohya naming, or None where the family has none."""
+        return None
+
+    def save_lora(self, state: dict[str, torch.Tensor], config: LoraConfig, out_dir: Path, name: str) -> None:
+        """Write a diffusers LoRA file that this family's pipeline `load_lora_weights` reads."""
+        pipeline_cls = getattr(diffusers, self.facts.pipeline_class)
+        metadata_argument = self.lora_layers_argument.replace("_layers", "_adapter_metadata")
+        pipeline_cls.save_lora_weights(
+            out_dir,
+            weight_name=name,
+            **{self.lora_layers_argument: state, metadata_argument: config.to_dict()},
+        )
+
+
+def load_error(source: str, exc: Exception) -> ModelLoadError:
+    return ModelLoadError(f"cannot load base model {source!r}: {exc}")

@@ -1,0 +1,164 @@
+"""FLUX.1 (dev and schnell): a rectified-flow transformer over 2x2-packed 16-channel latents.
+
+Latents (B, 16, h, w) are packed into (B, h/2 * w/2, 64) tokens, with position ids (0, row, column) per
+token and zeros for the text tokens. Conditioning: CLIP-L's pooled output and T5's hidden states. The
+transformer takes timestep = sigma (it multiplies by 1000 itself) and, for FLUX.1-dev (guidance_embeds),
+a guidance value (3.5 by default, as diffusers' FLUX scripts use; `guidance` in the spec). Sigmas carry the
+resolution-dependent shift of the scheduler's `use_dynamic_shifting`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+
+from trainer.families import FamilyName
+from trainer.families.base import Conditioning, ImageGeometry, ModelFamily, load_error
+from trainer.families.flow import FlowFamily
+from trainer.families.sd3 import FLOW_DPO_BETA, FLOW_MARGIN_SCALE, JOINT_TARGETS
+from trainer.families.text import clip_ids, t5_length, token_ids
+
+DEFAULT_GUIDANCE = 3.5
+
+
+class FluxFamily(FlowFamily):
+    name: ClassVar[FamilyName] = "flux"
+    default_lora_targets: ClassVar[tuple[str, ...]] = JOINT_TARGETS
+
+    def __init__(self, *, options: dict[str, Any], **components: Any) -> None:
+        super().__init__(options=options, **components)
+        guidance = options.get("guidance")
+        self.guidance = DEFAULT_GUIDANCE if guidance is None else float(guidance)
+
+    @classmethod
+    def load(cls, source: str, *, weight_dtype: torch.dtype, options: dict[str, Any]) -> ModelFamily:
+        try:
+            transformer = FluxTransformer2DModel.from_pretrained(
+                source, subfolder="transformer", torch_dtype=weight_dtype
+            )
+            vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32)
+            scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(source, subfolder="scheduler")
+            encoders: list[torch.nn.Module] = [
+                CLIPTextModel.from_pretrained(source, subfolder="text_encoder", torch_dtype=weight_dtype),
+                T5EncoderModel.from_pretrained(source, subfolder="text_encoder_2", torch_dtype=weight_dtype),
+            ]
+            tokenizers: list[Any] = [
+                CLIPTokenizer.from_pretrained(source, subfolder="tokenizer"),
+                T5TokenizerFast.from_pretrained(source, subfolder="tokenizer_2"),
+            ]
+        except (OSError, ValueError, KeyError) as exc:
+            raise load_error(source, exc) from exc
+        return cls(
+            source=source,
+            denoiser=transformer,
+            vae=vae,
+            text_encoders=encoders,
+            tokenizers=tokenizers,
+            scheduler=scheduler,
+            options=options,
+        )
+
+    @property
+    def guidance_embeds(self) -> bool:
+        return bool(self.denoiser.config.guidance_embeds)
+
+    @property
+    def native_resolution(self) -> int:
+        # The transformer records no image size; FLUX's VAE config does (1024).
+        return int(self.vae.config.sample_size)
+
+    @property
+    def margin_scale(self) -> float:
+        return FLOW_MARGIN_SCALE
+
+    @property
+    def dpo_beta(self) -> float:
+        return FLOW_DPO_BETA
+
+    @property
+    def text_length(self) -> int:
+        # FLUX.1-dev was trained with 512 T5 tokens, schnell with 256.
+        return t5_length(self.tokenizers[1], 512 if self.guidance_embeds else 256)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> Conditioning:
+        clip, t5 = self.text_encoders
+        pooled = clip(clip_ids(self.tokenizers[0], prompts).to(clip.device)).pooler_output
+        hidden = t5(token_ids(self.tokenizers[1], prompts, self.text_length).to(t5.device))[0]
+        return Conditioning({"prompt_embeds": hidden, "pooled": pooled.to(hidden.dtype)})
+
+    def predict(
+        self,
+        denoiser: torch.nn.Module,
+        noisy: torch.Tensor,
+        levels: torch.Tensor,
+        conditioning: Conditioning,
+        geometry: ImageGeometry,
+    ) -> torch.Tensor:
+        embeds = conditioning["prompt_embeds"]
+        guidance = None
+        if self.guidance_embeds:
+            guidance = torch.full((len(noisy),), self.guidance, device=noisy.device, dtype=noisy.dtype)
+        packed = denoiser(
+            hidden_states=pack_latents(noisy),
+            timestep=levels.to(noisy.dtype),
+            guidance=guidance,
+            pooled_projections=conditioning["pooled"],
+            encoder_hidden_states=embeds,
+            txt_ids=embeds.new_zeros((embeds.shape[1], 3)),
+            img_ids=image_ids(
+                noisy.shape[-2] // 2, noisy.shape[-1] // 2, device=noisy.device, dtype=noisy.dtype
+            ),
+            return_dict=False,
+        )[0]
+        return unpack_latents(packed, noisy.shape[-2], noisy.shape[-1])
+
+    def pipeline_components(self, denoiser: torch.nn.Module) -> dict[str, Any]:
+        return {
+            "transformer": denoiser,
+            "vae": self.vae,
+            "text_encoder": self.text_encoders[0],
+            "tokenizer": self.tokenizers[0],
+            "text_encoder_2": self.text_encoders[1],
+            "tokenizer_2": self.tokenizers[1],
+        }
+
+    def sampling_arguments(self, guidance_scale: float) -> dict[str, Any]:
+        """FLUX.1-dev takes the guidance as an input (distilled guidance); a model without a guidance
+        embedding (schnell, the shapes base) gets true classifier-free guidance against "" instead."""
+        if self.guidance_embeds or guidance_scale <= 1.0:
+            return {"guidance_scale": guidance_scale, "max_sequence_length": self.text_length}
+        return {
+            "true_cfg_scale": guidance_scale,
+            "negative_prompt": "",
+            "max_sequence_length": self.text_length,
+        }
+
+    def pipeline_latents(self, latents: torch.Tensor, resolution: int) -> torch.Tensor:
+        size = 2 * (resolution // (self.vae_scale_factor * 2))
+        return unpack_latents(latents, size, size)
+
+
+def pack_latents(latents: torch.Tensor) -> torch.Tensor:
+    """(N, C, h, w) -> (N, h/2 * w/2, 4C): each 2x2 patch becomes one token, row-major."""
+    n, c, h, w = latents.shape
+    patches = latents.view(n, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return patches.reshape(n, (h // 2) * (w // 2), c * 4)
+
+
+def unpack_latents(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Inverse of `pack_latents` for latents of `height` x `width`."""
+    n, _, features = tokens.shape
+    patches = tokens.view(n, height // 2, width // 2, features // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return patches.reshape(n, features // 4, height, width)
+
+
+def image_ids(rows: int, cols: int, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(rows * cols, 3) position ids of the packed tokens: (0, row, column)."""
+    ids = torch.zeros(rows, cols, 3, device=device, dtype=dtype)
+    ids[..., 1] += torch.arange(rows, device=device, dtype=dtype)[:, None]
+    ids[..., 2] += torch.arange(cols, device=device, dtype=dtype)[None, :]
+    return ids.reshape(rows * cols, 3)

@@ -1,0 +1,146 @@
+"""SD3 and SD3.5: an MMDiT over 16-channel latents, conditioned on CLIP-L + CLIP-G + (optionally) T5.
+
+Text conditioning as the SD3 pipeline builds it: the two CLIP encoders' penultimate hidden states side by
+side (768 + 1280), zero-padded to T5's width and followed by T5's tokens on the sequence axis; pooled =
+both CLIP projections side by side. Without T5 (`use_t5: false`, saving its ~9 GB) its tokens are zeros,
+as the pipeline does when text_encoder_3 is None. The transformer takes timestep = sigma * 1000.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+
+from trainer.families import FamilyName
+from trainer.families.base import Conditioning, ImageGeometry, ModelFamily, load_error
+from trainer.families.flow import FlowFamily
+from trainer.families.text import clip_ids, t5_length, token_ids
+
+T5_CAP = 256  # the SD3 pipeline's max_sequence_length
+JOINT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+
+
+class SD3Family(FlowFamily):
+    name: ClassVar[FamilyName] = "sd3"
+    default_lora_targets: ClassVar[tuple[str, ...]] = JOINT_TARGETS
+
+    @classmethod
+    def load(cls, source: str, *, weight_dtype: torch.dtype, options: dict[str, Any]) -> ModelFamily:
+        use_t5 = options.get("use_t5") is not False
+        try:
+            transformer = SD3Transformer2DModel.from_pretrained(
+                source, subfolder="transformer", torch_dtype=weight_dtype
+            )
+            vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32)
+            scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(source, subfolder="scheduler")
+            encoders: list[torch.nn.Module] = [
+                CLIPTextModelWithProjection.from_pretrained(source, subfolder=sub, torch_dtype=weight_dtype)
+                for sub in ("text_encoder", "text_encoder_2")
+            ]
+            tokenizers: list[Any] = [
+                CLIPTokenizer.from_pretrained(source, subfolder=sub) for sub in ("tokenizer", "tokenizer_2")
+            ]
+            if use_t5:
+                encoders.append(
+                    T5EncoderModel.from_pretrained(
+                        source, subfolder="text_encoder_3", torch_dtype=weight_dtype
+                    )
+                )
+                tokenizers.append(T5TokenizerFast.from_pretrained(source, subfolder="tokenizer_3"))
+        except (OSError, ValueError, KeyError) as exc:
+            raise load_error(source, exc) from exc
+        return cls(
+            source=source,
+            denoiser=transformer,
+            vae=vae,
+            text_encoders=encoders,
+            tokenizers=tokenizers,
+            scheduler=scheduler,
+            options=options,
+        )
+
+    @property
+    def has_t5(self) -> bool:
+        return len(self.text_encoders) == 3
+
+    @property
+    def native_resolution(self) -> int:
+        return int(self.denoiser.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def margin_scale(self) -> float:
+        return FLOW_MARGIN_SCALE
+
+    @property
+    def dpo_beta(self) -> float:
+        return FLOW_DPO_BETA
+
+    @property
+    def text_length(self) -> int:
+        return t5_length(self.tokenizers[2], T5_CAP) if self.has_t5 else 77
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> Conditioning:
+        hidden, pooled = [], []
+        for tokenizer, encoder in zip(self.tokenizers[:2], self.text_encoders[:2], strict=True):
+            out = encoder(clip_ids(tokenizer, prompts).to(encoder.device), output_hidden_states=True)
+            hidden.append(out.hidden_states[-2])
+            pooled.append(out[0])
+        clip = torch.cat(hidden, dim=-1)
+        width = int(self.denoiser.config.joint_attention_dim)
+        if self.has_t5:
+            encoder = self.text_encoders[2]
+            t5 = encoder(token_ids(self.tokenizers[2], prompts, self.text_length).to(encoder.device))[0]
+        else:
+            t5 = clip.new_zeros((len(prompts), self.text_length, width))
+        clip = F.pad(clip, (0, width - clip.shape[-1]))
+        return Conditioning(
+            {
+                "prompt_embeds": torch.cat([clip, t5.to(clip.dtype)], dim=-2),
+                "pooled": torch.cat(pooled, dim=-1),
+            }
+        )
+
+    def predict(
+        self,
+        denoiser: torch.nn.Module,
+        noisy: torch.Tensor,
+        levels: torch.Tensor,
+        conditioning: Conditioning,
+        geometry: ImageGeometry,
+    ) -> torch.Tensor:
+        prediction: torch.Tensor = denoiser(
+            hidden_states=noisy,
+            timestep=levels * 1000.0,
+            encoder_hidden_states=conditioning["prompt_embeds"],
+            pooled_projections=conditioning["pooled"],
+            return_dict=False,
+        )[0]
+        return prediction
+
+    def pipeline_components(self, denoiser: torch.nn.Module) -> dict[str, Any]:
+        t5 = (self.text_encoders[2], self.tokenizers[2]) if self.has_t5 else (None, None)
+        return {
+            "transformer": denoiser,
+            "vae": self.vae,
+            "text_encoder": self.text_encoders[0],
+            "tokenizer": self.tokenizers[0],
+            "text_encoder_2": self.text_encoders[1],
+            "tokenizer_2": self.tokenizers[1],
+            "text_encoder_3": t5[0],
+            "tokenizer_3": t5[1],
+        }
+
+    def sampling_arguments(self, guidance_scale: float) -> dict[str, Any]:
+        return {"guidance_scale": guidance_scale, "max_sequence_length": self.text_length}
+
+
+# Measured on the shapes bases (docs/experiments.md, "Flow-matching defaults"): velocity errors are about
+# ten times a trained UNet's epsilon errors, so T and DPO's beta are scaled down to keep the log-sigmoid's
+# argument in the same range.
+FLOW_MARGIN_SCALE = 100.0
+FLOW_DPO_BETA = 500.0

@@ -1,0 +1,53 @@
+"""The trainable LoRA adapter on a family's denoiser (UNet or transformer), and modes around it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from peft import LoraConfig
+
+from trainer.errors import ModelLoadError
+
+
+def attach_lora(
+    denoiser: torch.nn.Module, *, rank: int, alpha: float, dropout: float, targets: list[str]
+) -> LoraConfig:
+    """Add a trainable LoRA adapter (gaussian init, so B = 0 and the model is unchanged at step 0) and
+    keep its weights in float32 whatever the base dtype, as mixed-precision training needs."""
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights="gaussian", target_modules=targets
+    )
+    try:
+        denoiser.add_adapter(config)  # type: ignore[operator]
+    except ValueError as exc:
+        raise ModelLoadError(f"lora_target_modules {targets} match no module of the denoiser: {exc}") from exc
+    for param in denoiser.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()
+    return config
+
+
+@contextmanager
+def inference_mode(module: torch.nn.Module) -> Iterator[None]:
+    """Every submodule in eval mode for the block, then each back in the mode it had.
+
+    The base model is loaded in eval mode, but the LoRA layers peft adds afterwards start in train mode,
+    so their dropout would otherwise also act on held-out scoring and validation images."""
+    modes = [(sub, sub.training) for sub in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for sub, training in modes:
+            sub.train(training)
+
+
+def trainable_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def frozen_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The dtype of the frozen base weights (the LoRA's stay float32): what inputs are cast to."""
+    return next(p for p in module.parameters() if not p.requires_grad).dtype

@@ -1,0 +1,174 @@
+"""Tiny SD3 and FLUX pipelines built offline: an MMDiT or FLUX transformer, a 16-channel VAE, CLIP
+encoders with tiny.py's BPE tokenizer, and a T5 encoder whose sentencepiece-style (Unigram) tokenizer is
+trained here on the fly with `tokenizers`. Random, seeded weights; saved with `save_pretrained`, so they
+load exactly like a real checkpoint.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from diffusers import (
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+)
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel, T5TokenizerFast
+
+from trainer.synthetic import tiny
+
+FlowFamilyName = Literal["sd3", "flux"]
+LATENT_CHANNELS = 16
+T5_LENGTH = 32  # the tiny T5 tokenizer's model_max_length: the shapes captions need fewer tokens
+T5_VOCAB = 400
+
+
+@dataclass(frozen=True)
+class FlowShape:
+    heads: int
+    head_dim: int
+    layers: int  # SD3 joint blocks / FLUX double-stream blocks
+    single_layers: int  # FLUX single-stream blocks
+    clip_hidden: int
+    t5_hidden: int
+    t5_layers: int
+    rope_axes: tuple[int, int, int]  # FLUX: sums to head_dim
+
+
+FLOW_PRESETS: dict[tiny.Preset, FlowShape] = {
+    "tiny": FlowShape(2, 16, 2, 2, 32, 32, 2, (4, 6, 6)),
+    # ~25M-parameter transformers for the CPU benchmark (bench.trainer_step --preset small).
+    "small": FlowShape(4, 64, 5, 6, 64, 128, 2, (16, 24, 24)),
+}
+
+
+def build_flow_pipeline(
+    family: FlowFamilyName, out_dir: Path, *, preset: tiny.Preset = "tiny", guidance_embeds: bool = True
+) -> Path:
+    """Build and save a random tiny SD3 or FLUX pipeline at `out_dir`; `guidance_embeds` makes the FLUX
+    transformer a guidance-distilled one like FLUX.1-dev (False: like schnell)."""
+    shape, unet_shape = FLOW_PRESETS[preset], tiny.PRESETS[preset]
+    with tempfile.TemporaryDirectory() as scratch:
+        clip_tokenizer = tiny.build_tokenizer(Path(scratch) / "clip")
+        t5_tokenizer = build_t5_tokenizer(Path(scratch) / "t5")
+    t5 = T5EncoderModel(_t5_config(t5_tokenizer, shape))
+    vae = tiny.tiny_vae(unet_shape, latent_channels=LATENT_CHANNELS, shifted=True)
+    clip_config = tiny._text_config(clip_tokenizer, shape.clip_hidden, shape.t5_layers)
+    pipeline: Any
+    if family == "sd3":
+        pipeline = StableDiffusion3Pipeline(
+            transformer=_sd3_transformer(shape, unet_shape.sample_size),
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+            vae=vae,
+            text_encoder=CLIPTextModelWithProjection(clip_config),
+            tokenizer=clip_tokenizer,
+            text_encoder_2=CLIPTextModelWithProjection(clip_config),
+            tokenizer_2=clip_tokenizer,
+            text_encoder_3=t5,
+            tokenizer_3=t5_tokenizer,
+        )
+    else:
+        pipeline = FluxPipeline(
+            transformer=_flux_transformer(shape, guidance_embeds=guidance_embeds),
+            scheduler=flux_scheduler(),
+            vae=vae,
+            text_encoder=CLIPTextModel(clip_config),
+            tokenizer=clip_tokenizer,
+            text_encoder_2=t5,
+            tokenizer_2=t5_tokenizer,
+        )
+    pipeline.save_pretrained(out_dir)
+    return out_dir
+
+
+def flux_scheduler() -> FlowMatchEulerDiscreteScheduler:
+    """FLUX.1's scheduler config: the shift grows with the image's token count."""
+    return FlowMatchEulerDiscreteScheduler(
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+
+
+def build_t5_tokenizer(directory: Path) -> T5TokenizerFast:
+    """A Unigram (sentencepiece-style) tokenizer trained on tiny.CORPUS, wrapped as T5's, saved and
+    read back from `directory` (tokenizer.json), so it loads as a real T5 tokenizer does."""
+    model = Tokenizer(models.Unigram())
+    model.normalizer = normalizers.NFKC()
+    model.pre_tokenizer = pre_tokenizers.Metaspace()
+    model.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(
+        vocab_size=T5_VOCAB, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"
+    )
+    model.train_from_iterator([tiny.CORPUS] * 4, trainer)
+    eos = model.token_to_id("</s>")
+    model.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)]
+    )
+    wrapped = T5TokenizerFast(
+        tokenizer_object=model,
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        extra_ids=0,
+        model_max_length=T5_LENGTH,
+    )
+    wrapped.save_pretrained(directory)
+    loaded: T5TokenizerFast = T5TokenizerFast.from_pretrained(str(directory))
+    return loaded
+
+
+def _t5_config(tokenizer: T5TokenizerFast, shape: FlowShape) -> T5Config:
+    return T5Config(
+        vocab_size=len(tokenizer),
+        d_model=shape.t5_hidden,
+        d_ff=shape.t5_hidden * 2,
+        d_kv=shape.t5_hidden // 4,
+        num_layers=shape.t5_layers,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _sd3_transformer(shape: FlowShape, latent_size: int) -> SD3Transformer2DModel:
+    width = shape.heads * shape.head_dim
+    return SD3Transformer2DModel(
+        sample_size=latent_size,
+        patch_size=2,
+        in_channels=LATENT_CHANNELS,
+        out_channels=LATENT_CHANNELS,
+        num_layers=shape.layers,
+        attention_head_dim=shape.head_dim,
+        num_attention_heads=shape.heads,
+        joint_attention_dim=shape.t5_hidden,
+        caption_projection_dim=width,
+        pooled_projection_dim=2 * shape.clip_hidden,
+        pos_embed_max_size=max(32, latent_size),
+    )
+
+
+def _flux_transformer(shape: FlowShape, *, guidance_embeds: bool) -> FluxTransformer2DModel:
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=LATENT_CHANNELS * 4,
+        num_layers=shape.layers,
+        num_single_layers=shape.single_layers,
+        attention_head_dim=shape.head_dim,
+        num_attention_heads=shape.heads,
+        joint_attention_dim=shape.t5_hidden,
+        pooled_projection_dim=shape.clip_hidden,
+        guidance_embeds=guidance_embeds,
+        axes_dims_rope=shape.rope_axes,
+    )
