@@ -11,7 +11,7 @@ from api import metrics
 from api.body_limit import BodyLimitMiddleware
 from api.deps import AppContext
 from api.errors import install_error_handlers
-from api.routes import artifacts, datasets, health, jobs, web, webhooks, workers
+from api.routes import artifacts, base_models, datasets, health, jobs, web, webhooks, workers
 from api.services import datasets as datasets_service
 from api.tenant_cache import TenantCache
 from core.db import Database
@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.context = context
     install_error_handlers(app)
     metrics.install(app, context.database)
-    for module in (health, datasets, jobs, artifacts, webhooks, workers):
+    for module in (health, datasets, jobs, artifacts, webhooks, workers, base_models):
         app.include_router(module.router)
     web.install(app)
     return app

@@ -19,6 +19,7 @@ from pydantic import (
 from core.models import DeliveryStatus, WebhookEvent
 from core.queue import MAX_PRIORITY, MIN_PRIORITY
 from trainer.dataset_format import DatasetKind
+from trainer.families import FamilyName, Objective
 from trainer.spec import Method, SpecConflict, TrainSpec, ValidationSpec
 
 T = TypeVar("T")
@@ -343,3 +344,24 @@ class WorkerOut(BaseModel):
     )
     started_at: datetime
     last_seen_at: datetime
+
+
+class BaseModelOut(BaseModel):
+    """A base model this server trains on, as its operator configured it (MAPO_BASE_MODELS)."""
+
+    name: str = Field(description="What a job's `base_model` names.", examples=["shapes-flux"])
+    family: FamilyName | None = Field(
+        description="sd (1.x/2.x), sdxl, sd3 (SD3/SD3.5) or flux (FLUX.1), read from the model's "
+        "model_index.json; null where the API cannot read it (a hub id not in this host's cache): the "
+        "worker then checks the job's fields when it loads the model."
+    )
+    objective: Objective | None = Field(
+        description="noise_prediction (the UNet families) or flow_matching (SD3, FLUX)."
+    )
+    prediction_type: str | None = Field(description="epsilon, v_prediction or flow (velocity).")
+    native_resolution: int | None = Field(description="The square size it was trained at; a job's default.")
+    methods: list[Method] = Field(description="Training methods it accepts.")
+    fields: list[str] = Field(
+        description="Family-specific hyperparameters it accepts besides the common ones (a job that sets "
+        "one it does not accept is a 422 naming the field)."
+    )

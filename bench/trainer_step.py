@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 # Keyed by the tiny-model builder's source, so a change to it never benchmarks a stale model.
-_BUILDERS = [Path(__file__).resolve().parents[1] / "trainer" / "synthetic" / f for f in ("tiny.py", "tiny_flow.py")]
+_BUILDERS = [
+    Path(__file__).resolve().parents[1] / "trainer" / "synthetic" / f for f in ("tiny.py", "tiny_flow.py")
+]
 _BUILDER_HASH = hashlib.sha256(b"".join(p.read_bytes() for p in _BUILDERS)).hexdigest()[:10]
 WORK = Path(tempfile.gettempdir()) / f"mapo-bench-{_BUILDER_HASH}"
 FULL_BUILDERS = {"sdxl": "bench.full_sdxl", "flux": "bench.full_flux"}
@@ -155,7 +157,8 @@ def _child(config: dict[str, Any]) -> dict[str, Any] | None:
         return None
     row: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     print(
-        f"  {row['family']:4} {row['preset']:5} {row['resolution']:4}px {row['label']:14} {row['step_ms']:8.1f} ms",
+        f"  {row['family']:4} {row['preset']:5} {row['resolution']:4}px {row['label']:14} "
+        f"{row['step_ms']:8.1f} ms",
         file=sys.stderr,
     )
     return row
@@ -292,7 +295,8 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
         dpo = next((r["step_ms"] for r in same if r["label"] == "dpo" + (" cached" if cached else "")), None)
         ratio = f"{row['step_ms'] / dpo:7.2f}" if dpo and row["label"] != "floor" else f"{'':7}"
         line = (
-            f"{row.get('family', 'sdxl') + '-' + row['preset']:11} {row['resolution']:4} {row['label']:14} {row['step_ms']:9.1f} "
+            f"{row.get('family', 'sdxl') + '-' + row['preset']:11} {row['resolution']:4} {row['label']:14} "
+            f"{row['step_ms']:9.1f} "
             f"{row['step_ms'] / floor['step_ms']:8.2f} {ratio} {row['peak_rss_mb']:12.0f}"
         )
         if on_gpu:

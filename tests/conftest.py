@@ -204,6 +204,20 @@ def tiny_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_pipeline("sdxl", tmp_path_factory.mktemp("tiny-sdxl"))
 
 
+@pytest.fixture(scope="session")
+def tiny_sd3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from trainer.synthetic.tiny import build_tiny_pipeline  # torch loads only for tests that need a model
+
+    return build_tiny_pipeline("sd3", tmp_path_factory.mktemp("tiny-sd3"))
+
+
+@pytest.fixture(scope="session")
+def tiny_flux(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from trainer.synthetic.tiny import build_tiny_pipeline  # torch loads only for tests that need a model
+
+    return build_tiny_pipeline("flux", tmp_path_factory.mktemp("tiny-flux"))
+
+
 def create_tenant(session: Session, **overrides: Any) -> Tenant:
     return tenant_repo.create_tenant(session, overrides.pop("name", f"tenant-{uuid.uuid4().hex[:8]}"))
 

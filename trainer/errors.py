@@ -39,3 +39,9 @@ class WorldSizeError(TrainingError):
     """The run has a different number of processes than the spec's `gpus` asks for."""
 
     code = "world_size_mismatch"
+
+
+class SpecMismatchError(TrainingError):
+    """The spec sets a field that the base model's family does not take (the API could not tell)."""
+
+    code = "invalid_spec"

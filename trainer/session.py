@@ -26,14 +26,14 @@ from trainer.batch import PairBatch
 from trainer.data import Augment, EpochSampler, PairDataset, collate_pairs, load_pairs, split_pairs
 from trainer.dataset_format import PairRecord
 from trainer.encoding import CachedPairDataset, build_cache, collate_cached
-from trainer.errors import CheckpointError, WorldSizeError
+from trainer.errors import CheckpointError, SpecMismatchError, WorldSizeError
 from trainer.evaluation import HeldOutEvaluator
 from trainer.events import Evaluation, Event, Sample
 from trainer.families.base import ModelFamily
 from trainer.families.registry import load_family
 from trainer.lora import attach_lora, trainable_parameters
 from trainer.sampling import Renderer, render
-from trainer.spec import TrainSpec
+from trainer.spec import SpecConflict, TrainSpec
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -118,6 +118,10 @@ def open_session(spec: TrainSpec, dataset_dir: Path, output_dir: Path) -> Traini
     model = load_family(
         spec.base_model, device=accelerator.device, weight_dtype=DTYPES[mixed], options=spec.family_options()
     )
+    try:
+        spec.check_family(model.name)
+    except SpecConflict as exc:
+        raise SpecMismatchError(str(exc)) from exc
     resolution = spec.resolution or model.native_resolution
     lora_config = attach_lora(
         model.denoiser,

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from api.deps import AppContext
 from api.errors import Conflict, InvalidRequest, NotFound
 from api.schemas import HYPERPARAMETER_FIELDS, JobCreate, JobError, JobOut, ListResponse, Progress
+from api.services.base_models import check_fields_apply
 from api.services.datasets import require_dataset
 from core.db import after_commit
 from core.models import Job, Tenant
@@ -30,6 +31,7 @@ def create_job(
         allowed = ", ".join(sorted(context.settings.base_models)) or "none configured"
         message = f"unknown base_model {body.base_model!r} (allowed: {allowed})"
         raise InvalidRequest(message, param="base_model", code="unknown_base_model")
+    check_fields_apply(context, body)
     queue = _require_queue(context, body.queue)
     request_hash = hashlib.sha256(
         json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()
