@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     workers = commands.add_parser("workers", parents=[common], help="the training workers and their GPUs")
     workers.add_argument("--status", choices=["online", "offline", "stopped"])
     workers.set_defaults(handler=cmd_workers)
+    base_models = commands.add_parser(
+        "base-models", parents=[common], help="the base models jobs can train on, with their families"
+    )
+    base_models.set_defaults(handler=cmd_base_models)
     return parser
 
 
@@ -321,8 +325,10 @@ def cmd_jobs_create(args: argparse.Namespace) -> int:
         raise UsageError(f"jobs create needs {' and '.join(missing)} (or the field in --spec)")
     with client_from(args) as mapo:
         job = mapo.create_job(**body, idempotency_key=args.idempotency_key)
+        families = {m["name"]: m["family"] for m in mapo.list_base_models()}
     steps = job["progress"]["total_steps"]
-    print(f"{job['id']} {job['status']}: {job['method']} on {job['base_model']}, {steps} steps")
+    family = families.get(job["base_model"]) or "family unknown"
+    print(f"{job['id']} {job['status']}: {job['method']} on {job['base_model']} ({family}), {steps} steps")
     return EXIT_OK
 
 
@@ -343,6 +349,16 @@ def cmd_workers(args: argparse.Namespace) -> int:
     with client_from(args) as mapo:
         workers = mapo.list_workers(status=args.status)
     _console().print(workers_table(workers))
+    return EXIT_OK
+
+
+def cmd_base_models(args: argparse.Namespace) -> int:
+    """A table of base models: name, family, prediction type, native size, family-specific fields."""
+    from client.output import base_models_table
+
+    with client_from(args) as mapo:
+        models = mapo.list_base_models()
+    _console().print(base_models_table(models))
     return EXIT_OK
 
 

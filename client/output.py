@@ -45,6 +45,16 @@ def workers_table(workers: list[JSON]) -> Table:
     return table
 
 
+def base_models_table(models: list[JSON]) -> Table:
+    """name, family, prediction type, native resolution and family-specific fields of each base model."""
+    table = Table("name", "family", "predicts", "native px", "family fields")
+    for m in models:
+        native = str(m["native_resolution"]) if m["native_resolution"] else "-"
+        fields = ", ".join(m["fields"]) or "-"
+        table.add_row(m["name"], m["family"] or "unknown", m["prediction_type"] or "-", native, fields)
+    return table
+
+
 def keys_table(keys: list[JSON]) -> Table:
     """id, tenant, public prefix, label, creation, last use and revocation of each API key."""
     table = Table("id", "tenant", "prefix", "label", "created", "last used", "revoked")

@@ -200,6 +200,11 @@ class MapoClient:
         ]
         return data
 
+    def list_base_models(self) -> list[JSON]:
+        """The base models this server offers: name, family, native resolution and accepted fields."""
+        data: list[JSON] = self._json("GET", "/v1/base-models")["data"]
+        return data
+
     def cancel_job(self, job_id: str) -> JSON:
         """Request cancellation (idempotent); MapoAPIError 409 once the job has succeeded or failed."""
         return self._json("POST", f"/v1/jobs/{job_id}/cancel")

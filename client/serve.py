@@ -28,7 +28,7 @@ from client import admin
 from core.settings import Settings
 from trainer.synthetic.base_models import shipped_base_models
 
-TINY_MODELS = {"tiny-sd": "sd", "tiny-sdxl": "sdxl"}
+TINY_MODELS = {"tiny-sd": "sd", "tiny-sdxl": "sdxl", "tiny-sd3": "sd3", "tiny-flux": "flux"}
 BUILT_MARKER = ".mapo-built"
 FIRST_TENANT = "default"
 POLL_S = 0.5

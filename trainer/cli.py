@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from trainer.families import FAMILIES
 from trainer.spec import TrainSpec
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 1, 2, 130
@@ -38,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--output", type=Path, required=True, help="output dir (same dir = resume)")
     train.set_defaults(handler=_train)
     tiny = commands.add_parser("make-tiny-model", help="build an offline random-weight SD or SDXL pipeline")
-    tiny.add_argument("--family", choices=["sd", "sdxl"], default="sdxl")
+    tiny.add_argument("--family", choices=sorted(FAMILIES), default="sdxl")
     tiny.add_argument("--preset", choices=["tiny", "small"], default="tiny")
     tiny.add_argument("--out", type=Path, required=True)
     tiny.set_defaults(handler=_make_tiny)
@@ -56,7 +57,7 @@ def _add_pretrain_parser(commands: Any) -> None:
     pretrain = commands.add_parser(
         "pretrain-tiny", help="pre-train a tiny SD or SDXL pipeline to draw captioned shapes (CPU minutes)"
     )
-    pretrain.add_argument("--family", choices=["sd", "sdxl"], default="sdxl")
+    pretrain.add_argument("--family", choices=sorted(FAMILIES), default="sdxl")
     pretrain.add_argument("--out", type=Path, required=True)
     pretrain.add_argument("--autoencoder-steps", type=int, default=None, help="VAE steps (default: preset)")
     pretrain.add_argument("--denoiser-steps", type=int, default=None, help="UNet steps (default: preset)")

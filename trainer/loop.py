@@ -232,8 +232,7 @@ def _export(
     adapter = save_diffusers_lora(session.lora_denoiser, session.lora_config, session.model, out)
     kohya = save_kohya_lora(session.lora_denoiser, session.model, session.spec.effective_lora_alpha, out)
     emit(Artifact(path=str(adapter), format="diffusers"))
-    if kohya is not None:
-        emit(Artifact(path=str(kohya), format="kohya"))
+    emit(Artifact(path=str(kohya), format="kohya"))
     return adapter, kohya
 
 

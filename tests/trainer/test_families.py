@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import DiffusionPipeline
+from safetensors.torch import load_file
 
 from trainer import losses
 from trainer.errors import ModelLoadError
-from trainer.export import save_diffusers_lora
+from trainer.export import from_kohya, save_diffusers_lora, save_kohya_lora
 from trainer.families.base import ImageGeometry, ModelFamily
 from trainer.families.registry import load_family
 from trainer.lora import attach_lora, trainable_parameters
@@ -136,34 +137,60 @@ def test_a_field_of_another_family_is_refused_naming_it() -> None:
     TrainSpec(base_model="x", weighting_scheme="cosmap", guidance=1.0).check_family("flux")
 
 
+def lora_with_weights(folder: Path, tmp_path: Path) -> tuple[ModelFamily, Path, Path]:
+    """A family's model with a non-zero LoRA, exported in both formats: (family, diffusers, kohya)."""
+    family = load_family(str(folder), device=CPU, weight_dtype=torch.float32)
+    config = attach_lora(
+        family.denoiser, rank=4, alpha=2.0, dropout=0.0, targets=list(family.default_lora_targets)
+    )
+    with torch.no_grad():
+        for param in trainable_parameters(family.denoiser):
+            param.normal_(std=0.3)
+    out = tmp_path / "adapter"
+    return (
+        family,
+        save_diffusers_lora(family.denoiser, config, family, out),
+        save_kohya_lora(family.denoiser, family, 2.0, out),
+    )
+
+
+def draw(folder: Path, adapter: Path | None) -> torch.Tensor:
+    pipeline = DiffusionPipeline.from_pretrained(str(folder))
+    if adapter is not None:
+        pipeline.load_lora_weights(str(adapter.parent), weight_name=adapter.name)
+    generator = torch.Generator().manual_seed(0)
+    kwargs = {"height": 32, "width": 32, "num_inference_steps": 2, "max_sequence_length": 16}
+    images: torch.Tensor = pipeline("a red circle", output_type="pt", generator=generator, **kwargs).images
+    return images
+
+
 @pytest.mark.parametrize("name", ["sd3", "flux"])
 def test_the_diffusers_adapter_loads_into_the_family_s_pipeline_and_changes_its_images(
     name: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     folder: Path = request.getfixturevalue(f"tiny_{name}")
-    family = load_family(str(folder), device=CPU, weight_dtype=torch.float32)
-    config = attach_lora(
-        family.denoiser, rank=4, alpha=4.0, dropout=0.0, targets=list(family.default_lora_targets)
-    )
-    with torch.no_grad():
-        for param in trainable_parameters(family.denoiser):
-            param.normal_(std=0.3)
-    adapter = save_diffusers_lora(family.denoiser, config, family, tmp_path / "adapter")
-
-    def draw(with_adapter: bool) -> torch.Tensor:
-        pipeline = DiffusionPipeline.from_pretrained(str(folder))
-        if with_adapter:
-            pipeline.load_lora_weights(str(adapter.parent))
-        out = pipeline(
-            "a red circle",
-            height=32,
-            width=32,
-            num_inference_steps=2,
-            output_type="pt",
-            generator=torch.Generator().manual_seed(0),
-            max_sequence_length=16,
-        )
-        return out.images
-
+    family, adapter, _ = lora_with_weights(folder, tmp_path)
     assert type(DiffusionPipeline.from_pretrained(str(folder))).__name__ == family.facts.pipeline_class
-    assert not torch.allclose(draw(True), draw(False))
+    assert not torch.allclose(draw(folder, adapter), draw(folder, None))
+
+
+def test_the_flux_comfyui_file_converts_in_diffusers_to_identical_images(
+    tiny_flux: Path, tmp_path: Path
+) -> None:
+    _, adapter, kohya = lora_with_weights(tiny_flux, tmp_path)
+    assert all(k.startswith("lora_transformer_") for k in load_file(str(kohya)))
+    torch.testing.assert_close(draw(tiny_flux, kohya), draw(tiny_flux, adapter))
+
+
+def test_the_sd3_comfyui_file_names_every_adapted_module_and_round_trips(
+    tiny_sd3: Path, tmp_path: Path
+) -> None:
+    # diffusers' SD3 loader reads no ComfyUI naming, so the file is checked against the model itself.
+    family, adapter, kohya = lora_with_weights(tiny_sd3, tmp_path)
+    modules = [name for name, _ in family.denoiser.named_modules()]
+    state, alpha = from_kohya(load_file(str(kohya)), modules, prefix="lora_transformer_")
+    diffusers = load_file(str(adapter))
+    assert alpha == 2.0 and len(state) == len(diffusers)
+    for key, value in diffusers.items():
+        module = key.removeprefix("transformer.").replace(".lora_A.weight", ".lora.down.weight")
+        torch.testing.assert_close(state[module.replace(".lora_B.weight", ".lora.up.weight")], value)

@@ -85,6 +85,21 @@ def test_one_adapter_is_written_and_diffusers_loads_it(straight: Run, tiny_sd: P
 
 
 @pytest.mark.slow
+def test_two_processes_train_a_flux_job_to_one_adapter_that_loads(
+    tiny_flux: Path, color_pairs: Path, tmp_path: Path
+) -> None:
+    from diffusers import FluxPipeline
+
+    run = _launch(tiny_flux, color_pairs, tmp_path)
+    [started] = run.of(Started)
+    assert (started.world_size, started.model_family) == (2, "flux")  # type: ignore[attr-defined]
+    assert [e.step for e in run.of(Step)] == list(range(1, STEPS + 1))  # type: ignore[attr-defined]
+    pipeline = FluxPipeline.from_pretrained(tiny_flux)
+    pipeline.load_lora_weights(tmp_path / "adapter")
+    assert pipeline.get_active_adapters(), "the LoRA is attached to the pipeline"
+
+
+@pytest.mark.slow
 def test_a_stopped_run_resumes_to_the_adapter_of_the_uninterrupted_one(
     straight: Run, tiny_sd: Path, color_pairs: Path, tmp_path: Path
 ) -> None:

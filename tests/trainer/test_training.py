@@ -22,9 +22,9 @@ def _run(spec, dataset: Path, out: Path, should_stop=None) -> tuple[object, list
     return result, events
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl"])
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux"])
 @pytest.mark.parametrize("method", ["mapo", "dpo", "sft"])
-def test_every_method_trains_both_families_to_the_last_step(
+def test_every_method_trains_every_family_to_the_last_step(
     family: str, method: str, request: pytest.FixtureRequest, color_pairs: Path, tmp_path: Path
 ) -> None:
     base = request.getfixturevalue(f"tiny_{family}")
@@ -94,10 +94,12 @@ def test_checkpoints_hold_the_lora_not_the_whole_unet(
     assert saved and all("lora_" in k for k in saved)
 
 
+@pytest.mark.parametrize("family", ["sd", "flux"])
 def test_resume_reproduces_the_uninterrupted_run_exactly(
-    tiny_sd: Path, color_pairs: Path, tmp_path: Path
+    family: str, request: pytest.FixtureRequest, color_pairs: Path, tmp_path: Path
 ) -> None:
-    spec = tiny_spec(tiny_sd, max_train_steps=6, gradient_accumulation_steps=2, checkpoint_every_n_steps=3)
+    base = request.getfixturevalue(f"tiny_{family}")
+    spec = tiny_spec(base, max_train_steps=6, gradient_accumulation_steps=2, checkpoint_every_n_steps=3)
     straight, _ = _run(spec, color_pairs, tmp_path / "straight")
     seen: list[Event] = []
     train(

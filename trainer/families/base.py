@@ -204,9 +204,9 @@ class ModelFamily(ABC):
         state = get_peft_model_state_dict(denoiser)
         return {key: value.detach().float().cpu().contiguous() for key, value in state.items()}
 
-    def kohya_state(self, state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor] | None:
-        """`state` (from `lora_state`) in the ComfyUI/kohya naming, or None where the family has none."""
-        return None
+    @abstractmethod
+    def kohya_state(self, state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+        """`state` (from `lora_state`) in the ComfyUI/kohya naming."""
 
     def save_lora(self, state: dict[str, torch.Tensor], config: LoraConfig, out_dir: Path, name: str) -> None:
         """Write a diffusers LoRA file that this family's pipeline `load_lora_weights` reads."""

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from trainer.export import to_kohya
 from trainer.families.base import ModelFamily, Noised
 from trainer.spec import WeightingScheme
 
@@ -76,6 +77,9 @@ def flow_noise(
     return (1 - s) * latents + s * noise, noise - latents
 
 
+KOHYA_TRANSFORMER_PREFIX = "lora_transformer_"
+
+
 class FlowFamily(ModelFamily):
     """A flow-matching transformer family; subclasses say how to encode text and call the model."""
 
@@ -91,6 +95,9 @@ class FlowFamily(ModelFamily):
     @property
     def prediction_type(self) -> str:
         return "flow"
+
+    def kohya_state(self, state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+        return to_kohya(state, alpha, prefix=KOHYA_TRANSFORMER_PREFIX)
 
     @property
     def num_train_timesteps(self) -> int:

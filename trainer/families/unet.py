@@ -92,7 +92,7 @@ class UNetFamily(ModelFamily):
         converted: dict[str, torch.Tensor] = convert_state_dict_to_diffusers(super().lora_state(denoiser))
         return converted
 
-    def kohya_state(self, state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor] | None:
+    def kohya_state(self, state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
         return to_kohya(state, alpha)
 
     def pipeline_components(self, denoiser: torch.nn.Module) -> dict[str, Any]:

@@ -47,13 +47,15 @@ const CURVE_POINTS = 480;
 
 export async function jobPage({ root, api, signal, showError }, jobId) {
   const base = `/v1/jobs/${encodeURIComponent(jobId)}`;
-  const [job, metrics, samples, checkpoints] = await Promise.all([
+  const [job, metrics, samples, checkpoints, models] = await Promise.all([
     api.json(base, { signal }),
     api.json(`${base}/metrics?max_points=${CURVE_POINTS}`, { signal }),
     api.json(`${base}/samples`, { signal }),
     api.json(`${base}/checkpoints`, { signal }),
+    api.json("/v1/base-models", { signal }),
   ]);
-  const page = new JobView({ root, api, signal, showError, base, job });
+  const family = models.data.find((m) => m.name === job.base_model)?.family ?? "family unknown";
+  const page = new JobView({ root, api, signal, showError, base, job, family });
   page.addSeries(metrics.series);
   page.showSamples(samples.data);
   page.showCheckpoints(checkpoints.data);
@@ -61,8 +63,8 @@ export async function jobPage({ root, api, signal, showError }, jobId) {
 }
 
 class JobView {
-  constructor({ root, api, signal, showError, base, job }) {
-    Object.assign(this, { root, api, signal, showError, base, job });
+  constructor({ root, api, signal, showError, base, job, family }) {
+    Object.assign(this, { root, api, signal, showError, base, job, family });
     this.series = new Map();
     this.fetchedUntil = new Map(); // metric name → the last step of its fetched (thinned) curve
     this.lastEventId = 0;
@@ -128,7 +130,7 @@ class JobView {
         h("span", { class: "mono", id: "eta" }, `${timing[0]} ${timing[1]}`)),
       h("dl", { class: "facts" }, [
         ["Method", job.method],
-        ["Base model", job.base_model],
+        ["Base model", `${job.base_model} (${this.family})`],
         ["Dataset", job.dataset_id ? h("a", { href: `#/datasets/${job.dataset_id}`, class: "mono" }, job.dataset_id) : "deleted"],
         ["Loss", formatNumber(job.latest_metrics.loss)],
         ["Created", formatTime(job.created_at)],
