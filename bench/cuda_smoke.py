@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 import torch
-from diffusers import DiffusionPipeline
 
 from trainer.events import Evaluation, Event
 from trainer.loop import train
+from trainer.sampling import load_renderer
 from trainer.spec import TrainSpec
 from trainer.synthetic.base_models import shipped_base_models
 from trainer.synthetic.shape_preferences import prefer_red_pairs, write_dataset
@@ -65,10 +65,10 @@ def main(out: Path) -> int:
 
 
 def _red_share(base: str, adapter: Path | None, device: str) -> float:
-    pipeline = DiffusionPipeline.from_pretrained(base, torch_dtype=torch.float32).to(device)
+    renderer = load_renderer(base, device=torch.device(device))
     if adapter is not None:
-        pipeline.load_lora_weights(str(adapter))
-    judged = judge(pipeline, every_caption_drawing(), seed=0, resolution=64, with_colour=False)
+        renderer.pipeline.load_lora_weights(str(adapter))
+    judged = judge(renderer, every_caption_drawing(), seed=0, resolution=64, with_colour=False)
     return sum(j.read.colour == "red" for j in judged) / len(judged)
 
 

@@ -11,21 +11,20 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from diffusers import DiffusionPipeline
 
 from trainer.events import Evaluation, Event
 from trainer.loop import train
+from trainer.sampling import Renderer, load_renderer
 from trainer.spec import Method, TrainSpec
 from trainer.synthetic.pretrain import PretrainConfig, pretrain_tiny, progress_printer
 from trainer.synthetic.shape_samples import Judged, judge
 from trainer.synthetic.shapes import Drawing
 from trainer.synthetic.tiny import Family
 
-_SOURCES = ("shapes.py", "shape_autoencoder.py", "pretrain.py", "tiny.py")
-_TRAINER = Path(__file__).resolve().parents[1] / "trainer"
+_SOURCES = ("shapes.py", "shape_autoencoder.py", "pretrain.py", "tiny.py", "tiny_flow.py")
+_TRAINER = Path(__file__).resolve().parents[1] / "trainer" / "synthetic"
 # Keyed by the pre-training code, so a change to it never measures a stale base model.
 WORK = Path(tempfile.gettempdir()) / (
     "mapo-bench-shapes-"
@@ -43,6 +42,8 @@ class JobSettings:
     lora_rank: int = 8
     batch_size: int = 4
     eval_fraction: float = 0.25
+    margin_scale: float | None = None  # None: the family's default
+    beta_dpo: float | None = None
 
 
 @dataclass
@@ -64,13 +65,12 @@ def pretrained_base(family: Family = "sdxl", seed: int = 0) -> Path:
     return out
 
 
-def pipeline(base: Path, adapter_dir: Path | None = None) -> Any:
-    """A fresh text-to-image pipeline of `base`, with the job's LoRA loaded when given."""
-    loaded = DiffusionPipeline.from_pretrained(str(base), torch_dtype=torch.float32)
-    loaded.set_progress_bar_config(disable=True)
+def pipeline(base: Path, adapter_dir: Path | None = None) -> Renderer:
+    """A fresh text-to-image renderer of `base`, with the job's LoRA loaded when given."""
+    renderer = load_renderer(str(base), device=torch.device("cpu"))
     if adapter_dir is not None:
-        loaded.load_lora_weights(str(adapter_dir))
-    return loaded
+        renderer.pipeline.load_lora_weights(str(adapter_dir))
+    return renderer
 
 
 def run_job(
@@ -99,6 +99,8 @@ def run_job(
         eval_fraction=settings.eval_fraction,
         eval_every_n_steps=max(1, settings.steps // 3),
         seed=seed,
+        margin_scale=settings.margin_scale,
+        beta_dpo=settings.beta_dpo,
     )
     evaluations: dict[int, dict[str, float]] = {}
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check a session runs when it is lent a GPU (docs/benchmarks.md, "On a GPU"): versions, a CUDA
 # smoke test of the trainer (bf16 MaPO job that must learn; adapter loaded with load_lora_weights), then
-# the trainer-step benchmark on the small SDXL-shaped model at 128 px and on a real-size SDXL at 1024 px.
+# the trainer-step benchmark on the small SDXL-shaped model at 128 px and on a real-size SDXL at 1024 px,
+# and the same for the flow-matching families (small SD3 and FLUX; a real-size FLUX.1-dev).
 # Writes logs and JSON rows to $OUT (default ./gpu-check). Run from the repository root:
 #     OUT=/tmp/gpu scripts/gpu_check.sh
 set -euo pipefail
@@ -22,3 +23,9 @@ print("torch", torch.__version__, "cuda", torch.version.cuda, "diffusers", diffu
 # Real size: 2 pairs of 1024 px images per step need gradient checkpointing to stay well inside 80 GB.
 "$PYTHON" -m bench.trainer_step --presets full --resolutions 1024 --steps 8 --warmup 2 --pairs 8 \
     --gradient-checkpointing --json "$OUT/full.json" 2>&1 | tee "$OUT/full.log"
+# The flow-matching families: the small SD3- and FLUX-shaped transformers at 128 px, then a real-size
+# FLUX.1-dev (bench/full_flux.py, 11.9B transformer, random weights) at 1024 px.
+"$PYTHON" -m bench.trainer_step --families sd3 flux --presets small --resolutions 128 \
+    --json "$OUT/small-flow.json" 2>&1 | tee "$OUT/small-flow.log"
+"$PYTHON" -m bench.trainer_step --families flux --presets full --resolutions 1024 --steps 6 --warmup 2 \
+    --pairs 8 --gradient-checkpointing --json "$OUT/full-flux.json" 2>&1 | tee "$OUT/full-flux.log"

@@ -83,7 +83,8 @@ class TrainSpec(BaseModel):
 
     base_model: str = Field(
         min_length=1,
-        description="Diffusers folder (local path) or hub id of an SD 1.x/2.x or SDXL base model.",
+        description="Diffusers folder (local path) or hub id of an SD 1.x/2.x, SDXL, SD3/SD3.5 or FLUX.1 "
+        "base model; its family is read from its model_index.json.",
         examples=["stabilityai/stable-diffusion-xl-base-1.0"],
     )
     method: Method = Field(

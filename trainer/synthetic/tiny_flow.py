@@ -43,17 +43,26 @@ class FlowShape:
 
 FLOW_PRESETS: dict[tiny.Preset, FlowShape] = {
     "tiny": FlowShape(2, 16, 2, 2, 32, 32, 2, (4, 6, 6)),
-    # ~25M-parameter transformers for the CPU benchmark (bench.trainer_step --preset small).
-    "small": FlowShape(4, 64, 5, 6, 64, 128, 2, (16, 24, 24)),
+    # The CPU benchmark's transformers (bench.trainer_step --presets small): SD3 25.2M, FLUX 32.8M.
+    "small": FlowShape(5, 64, 7, 4, 64, 128, 2, (16, 24, 24)),
 }
+# The pre-trained shapes bases' transformers (SD3 1.0M, FLUX 1.5M parameters): about the shapes UNets'
+# size (1.0M); the `tiny` ones (0.1M) learnt colour and background but drew shapes at chance.
+SHAPES_FLOW = FlowShape(4, 24, 3, 3, 32, 32, 2, (8, 8, 8))
 
 
 def build_flow_pipeline(
-    family: FlowFamilyName, out_dir: Path, *, preset: tiny.Preset = "tiny", guidance_embeds: bool = True
+    family: FlowFamilyName,
+    out_dir: Path,
+    *,
+    preset: tiny.Preset = "tiny",
+    shape: FlowShape | None = None,
+    guidance_embeds: bool = True,
 ) -> Path:
-    """Build and save a random tiny SD3 or FLUX pipeline at `out_dir`; `guidance_embeds` makes the FLUX
-    transformer a guidance-distilled one like FLUX.1-dev (False: like schnell)."""
-    shape, unet_shape = FLOW_PRESETS[preset], tiny.PRESETS[preset]
+    """Build and save a random tiny SD3 or FLUX pipeline at `out_dir` (the preset's transformer, or
+    `shape`); `guidance_embeds` makes the FLUX transformer guidance-distilled like FLUX.1-dev (False:
+    like schnell)."""
+    shape, unet_shape = shape or FLOW_PRESETS[preset], tiny.PRESETS[preset]
     with tempfile.TemporaryDirectory() as scratch:
         clip_tokenizer = tiny.build_tokenizer(Path(scratch) / "clip")
         t5_tokenizer = build_t5_tokenizer(Path(scratch) / "t5")

@@ -1,0 +1,129 @@
+"""A flow-matching model (the tiny FLUX) through the worker: the same guarantees as the UNet families,
+on SQLite and PostgreSQL: validation images with and without the LoRA, held-out accuracy from step 0,
+both adapter formats stored, cancel, and a targets dataset whose rejected side FLUX draws."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FluxPipeline
+from PIL import Image
+from sqlalchemy.orm import Session
+
+from core.models import Dataset, Job
+from core.repositories import events as event_repo
+from core.repositories import metrics as metric_repo
+from core.repositories import outputs as output_repo
+from core.settings import Settings
+from tests.conftest import create_dataset, create_job, create_tenant
+from tests.worker.conftest import FAST_SPEC, cancel_once_training, store_demo_dataset
+from tests.worker.test_targets_jobs import NUM_TARGETS, generated_folder, one_sided_dataset  # noqa: F401
+from trainer.dataset_format import read_pairs
+from trainer.synthetic.demo_data import demo_pairs
+from worker.context import WorkerContext
+from worker.runner import run_job
+
+FLUX_SPEC: dict[str, Any] = {**FAST_SPEC, "base_model": "tiny-flux", "eval_fraction": 0.34}
+
+
+@pytest.fixture
+def worker_settings(settings: Settings, tiny_sd: Path, tiny_flux: Path) -> Settings:
+    return settings.model_copy(update={"base_models": {"tiny-sd": str(tiny_sd), "tiny-flux": str(tiny_flux)}})
+
+
+def flux_job(
+    session: Session, ctx: WorkerContext, tmp_path: Path, *, dataset: Dataset | None = None, **spec: Any
+) -> Job:
+    """A committed queued job on tiny-flux (on a new 6-pair demo dataset unless given one)."""
+    if dataset is None:
+        dataset = create_dataset(session, tenant_id=create_tenant(session).id, num_pairs=6)
+        store_demo_dataset(ctx.storage, dataset.storage_key, tmp_path, num_pairs=6, resolution=32)
+    full = {**FLUX_SPEC, **spec}
+    job = create_job(
+        session,
+        tenant_id=dataset.tenant_id,
+        dataset_id=dataset.id,
+        base_model="tiny-flux",
+        spec=full,
+        total_steps=full["max_train_steps"],
+    )
+    session.commit()
+    return job
+
+
+def test_a_flux_mapo_job_succeeds_with_samples_held_out_accuracy_and_both_adapters(
+    ctx: WorkerContext, session: Session, tmp_path: Path, tiny_flux: Path
+) -> None:
+    job = flux_job(session, ctx, tmp_path)
+    assert run_job(job.id, ctx) == "succeeded"
+
+    events = event_repo.list_events(session, job.id, after=None, limit=500).items
+    [started] = [e for e in events if e.type == "started"]
+    assert started.data["model_family"] == "flux" and "training flux" in started.message
+    samples = output_repo.list_samples(session, job.id)
+    assert {(s.step, s.with_lora) for s in samples} == {(0, False), (4, True)}
+    accuracy = metric_repo.metric_series(session, job.id)["heldout_accuracy"]
+    assert [step for step, _ in accuracy] == [0, 4], "held-out accuracy from step 0 and at the end"
+    stored = {fmt: output_repo.get_artifact(session, job.id, format=fmt) for fmt in ("diffusers", "kohya")}
+    assert all(a is not None and len(a.sha256) == 64 for a in stored.values())
+    adapter_dir = tmp_path / "downloaded"
+    adapter_dir.mkdir()
+    with ctx.storage.open_read(stored["diffusers"].storage_key) as stream:  # type: ignore[union-attr]
+        (adapter_dir / "pytorch_lora_weights.safetensors").write_bytes(stream.read())
+    pipeline = FluxPipeline.from_pretrained(tiny_flux)
+    pipeline.load_lora_weights(adapter_dir)
+    assert pipeline.get_active_adapters()
+
+
+def test_cancelling_a_running_flux_job_ends_it_cancelled(
+    ctx: WorkerContext, session: Session, tmp_path: Path
+) -> None:
+    job = flux_job(
+        session, ctx, tmp_path, max_train_steps=10_000, checkpoint_every_n_steps=10_000, validation={}
+    )
+    canceller = cancel_once_training(ctx.db, job.id, timeout_s=120)
+    assert run_job(job.id, ctx) == "cancelled"
+    canceller.join()
+    session.refresh(job)
+    assert job.status == "cancelled" and 0 < job.step < 10_000
+
+
+def test_a_targets_job_on_flux_trains_against_what_flux_draws(
+    ctx: WorkerContext,
+    session: Session,
+    tmp_path: Path,
+    tiny_flux: Path,
+    one_sided_dataset: Callable[[str], Dataset],  # noqa: F811
+) -> None:
+    dataset = one_sided_dataset("targets")
+    job = flux_job(
+        session, ctx, tmp_path, dataset=dataset, eval_fraction=0.0, generation={"num_inference_steps": 2}
+    )
+    assert run_job(job.id, ctx) == "succeeded"
+
+    folder = generated_folder(ctx, dataset)
+    pipeline = FluxPipeline.from_pretrained(tiny_flux)
+    uploads = list(demo_pairs(num_pairs=NUM_TARGETS, resolution=32, seed=5))
+    seeds = [entry["seed"] for entry in json.loads((folder / "generation.json").read_text())["pairs"]]
+    for pair, upload, seed in zip(read_pairs(folder), uploads, seeds, strict=True):
+        assert (folder / pair.chosen).read_bytes() == upload.chosen
+        drawn = pipeline(
+            upload.prompt,
+            num_inference_steps=2,
+            guidance_scale=5.0,
+            height=32,
+            width=32,
+            max_sequence_length=32,
+            generator=torch.Generator("cpu").manual_seed(seed),
+        ).images[0]
+        ours = np.asarray(
+            Image.open(io.BytesIO((folder / pair.rejected).read_bytes())).convert("RGB"), np.int16
+        )
+        assert np.abs(ours - np.asarray(drawn, np.int16)).max() <= 1
