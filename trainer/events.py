@@ -29,6 +29,15 @@ class Preparing:
 
 
 @dataclass(frozen=True)
+class Caching:
+    """Progress of encoding the training pairs and prompts into the latent cache, before the first step."""
+
+    ready: int
+    total: int
+    type: Literal["caching"] = "caching"
+
+
+@dataclass(frozen=True)
 class Started:
     """Training began (or resumed: `resumed_from_step` > 0).
 
@@ -46,6 +55,8 @@ class Started:
     trainable_parameters: int
     world_size: int = 1
     effective_batch_size: int | None = None
+    cache_latents: bool = False
+    cache_reason: str = ""
     type: Literal["started"] = "started"
 
 
@@ -114,11 +125,12 @@ class Finished:
     type: Literal["finished"] = "finished"
 
 
-Event = Preparing | Started | Step | Checkpoint | Sample | Evaluation | Artifact | Finished
+Event = Preparing | Caching | Started | Step | Checkpoint | Sample | Evaluation | Artifact | Finished
 
 
 _TYPES: dict[str, type[Any]] = {
-    cls.type: cls for cls in (Preparing, Started, Step, Checkpoint, Sample, Evaluation, Artifact, Finished)
+    cls.type: cls
+    for cls in (Preparing, Caching, Started, Step, Checkpoint, Sample, Evaluation, Artifact, Finished)
 }
 
 

@@ -55,7 +55,7 @@ def train(
     `output_dir`. `should_stop()` is polled before every micro-step; when it answers True the run saves a
     checkpoint and returns with `stopped=True`. Raises `trainer.errors.TrainingError` subclasses."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    session = open_session(spec, dataset_dir, output_dir)
+    session = open_session(spec, dataset_dir, output_dir, on_event=on_event)
     emit = on_event if session.accelerator.is_main_process else (lambda event: None)
     start_step = _resume(session, output_dir)
     emit(_started_event(session, start_step))
@@ -238,6 +238,7 @@ def _export(
 
 def _started_event(session: TrainingSession, start_step: int) -> Started:
     spec = session.spec
+    cached, reason = spec.latent_cache()
     return Started(
         total_steps=spec.max_train_steps,
         resumed_from_step=start_step,
@@ -251,6 +252,8 @@ def _started_event(session: TrainingSession, start_step: int) -> Started:
         effective_batch_size=spec.train_batch_size
         * session.accelerator.num_processes
         * spec.gradient_accumulation_steps,
+        cache_latents=cached,
+        cache_reason=reason,
     )
 
 

@@ -28,7 +28,7 @@ from trainer.dataset_format import PairRecord
 from trainer.encoding import CachedPairDataset, build_cache, collate_cached
 from trainer.errors import CheckpointError, SpecMismatchError, WorldSizeError
 from trainer.evaluation import HeldOutEvaluator
-from trainer.events import Evaluation, Event, Sample
+from trainer.events import Caching, Evaluation, Event, Sample
 from trainer.families.base import ModelFamily
 from trainer.families.registry import load_family
 from trainer.lora import attach_lora, trainable_parameters
@@ -107,8 +107,11 @@ class TrainingSession:
         emit(Evaluation(step=step, metrics=self.evaluator.evaluate(self.lora_denoiser)))
 
 
-def open_session(spec: TrainSpec, dataset_dir: Path, output_dir: Path) -> TrainingSession:
-    """Load the model, attach LoRA, split and load the data, and prepare it all with accelerate."""
+def open_session(
+    spec: TrainSpec, dataset_dir: Path, output_dir: Path, *, on_event: Callable[[Event], None] | None = None
+) -> TrainingSession:
+    """Load the model, attach LoRA, split and load the data, and prepare it all with accelerate. The main
+    process reports the latent cache's progress to `on_event`."""
     mixed = spec.mixed_precision if torch.cuda.is_available() else "no"
     accelerator = Accelerator(
         mixed_precision=mixed, gradient_accumulation_steps=spec.gradient_accumulation_steps
@@ -132,7 +135,8 @@ def open_session(spec: TrainSpec, dataset_dir: Path, output_dir: Path) -> Traini
     )
     if spec.gradient_checkpointing:
         model.denoiser.enable_gradient_checkpointing()
-    data = _build_data(spec, model, dataset_dir, resolution)
+    report = on_event if on_event is not None and accelerator.is_main_process else None
+    data = _build_data(spec, model, dataset_dir, resolution, on_event=report)
     trainable = trainable_parameters(model.denoiser)
     optimizer, lr_scheduler = _build_optimizer(spec, trainable, accelerator.num_processes)
     _checkpoint_only_lora_weights(accelerator)
@@ -227,7 +231,14 @@ class _Data:
     eval_pairs: list[PairRecord]
 
 
-def _build_data(spec: TrainSpec, model: ModelFamily, dataset_dir: Path, resolution: int) -> _Data:
+def _build_data(
+    spec: TrainSpec,
+    model: ModelFamily,
+    dataset_dir: Path,
+    resolution: int,
+    *,
+    on_event: Callable[[Event], None] | None = None,
+) -> _Data:
     """Split off the held-out pairs, then a loader over the rest: pixels, or cached latents."""
     pairs = load_pairs(dataset_dir)
     train_idx, eval_idx = split_pairs(len(pairs), spec.eval_fraction, spec.seed)
@@ -235,10 +246,9 @@ def _build_data(spec: TrainSpec, model: ModelFamily, dataset_dir: Path, resoluti
     augment = Augment(resolution, spec.random_crop, spec.hflip)
     dataset: Dataset[dict[str, Any]]
     collate: Callable[[list[dict[str, Any]]], PairBatch]
-    if spec.cache_latents:
-        dataset = CachedPairDataset(
-            build_cache(model, dataset_dir, train_pairs, augment), hflip=spec.hflip, seed=spec.seed
-        )
+    if spec.latent_cache()[0]:
+        cache = build_cache(model, dataset_dir, train_pairs, augment, on_progress=_cache_progress(on_event))
+        dataset = CachedPairDataset(cache, hflip=spec.hflip, seed=spec.seed)
         collate = collate_cached
     else:
         dataset, collate = PairDataset(dataset_dir, train_pairs, augment, seed=spec.seed), collate_pairs
@@ -250,6 +260,23 @@ def _build_data(spec: TrainSpec, model: ModelFamily, dataset_dir: Path, resoluti
         dataset, batch_size=spec.train_batch_size, sampler=sampler, collate_fn=collate, generator=generator
     )
     return _Data(loader, sampler, len(train_pairs), [pairs[i] for i in eval_idx])
+
+
+CACHE_PROGRESS_EVENTS = 10  # about this many progress events per cache build, however many pairs
+
+
+def _cache_progress(on_event: Callable[[Event], None] | None) -> Callable[[int, int], None] | None:
+    """A build_cache progress callback: a Caching event every tenth of the way, and at the end."""
+    if on_event is None:
+        return None
+    reported = [0]
+
+    def progress(ready: int, total: int) -> None:
+        if ready == total or ready - reported[0] >= max(1, total // CACHE_PROGRESS_EVENTS):
+            reported[0] = ready
+            on_event(Caching(ready=ready, total=total))
+
+    return progress
 
 
 def _build_optimizer(

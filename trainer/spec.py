@@ -213,9 +213,11 @@ class TrainSpec(BaseModel):
     )
     random_crop: bool = Field(default=False, description="Random instead of center crop.")
     hflip: bool = Field(default=True, description="Flip both images of a pair together with p = 0.5.")
-    cache_latents: bool = Field(
-        default=False,
-        description="Encode each image (and its flip) and each prompt once and reuse them every epoch.",
+    cache_latents: bool | None = Field(
+        default=None,
+        description="Encode each image (and its flip) and each prompt once and reuse them every epoch, so "
+        "a step is one denoiser pass without the VAE and text encoders. None: on, unless random_crop (a "
+        "cached latent is a center crop); the started event says whether it is on and why.",
     )
 
     @model_validator(mode="after")
@@ -248,6 +250,14 @@ class TrainSpec(BaseModel):
             if getattr(self, name) is not None:
                 takers = ", ".join(f for f, facts in FAMILIES.items() if name in facts.fields)
                 raise SpecConflict(name, f"{name} applies to {takers} base models, not to {family}")
+
+    def latent_cache(self) -> tuple[bool, str]:
+        """Whether this run caches latents and text embeddings, and why (for the started event)."""
+        if self.cache_latents is not None:
+            return self.cache_latents, f"cache_latents is {str(self.cache_latents).lower()} in the spec"
+        if self.random_crop:
+            return False, "random_crop draws a new crop every step, which cached latents cannot"
+        return True, "on by default"
 
     @property
     def effective_lora_alpha(self) -> float:

@@ -15,6 +15,7 @@ from core.repositories.events import NewEvent
 from core.repositories.metrics import MetricPoint
 from trainer.events import (
     Artifact,
+    Caching,
     Checkpoint,
     Evaluation,
     Event,
@@ -104,13 +105,16 @@ def describe(event: Event) -> str:
             f"{event.ready}/{event.total} {side} images of the base model ready "
             f"({event.generated} drawn now, {event.reused} from an earlier run)"
         )
+    if isinstance(event, Caching):
+        return f"{event.ready}/{event.total} training pairs encoded into the latent cache"
     if isinstance(event, Started):
         if event.resumed_from_step:
             return f"resumed from the checkpoint of step {event.resumed_from_step}/{event.total_steps}"
         parallel = f" on {event.world_size} processes" if event.world_size > 1 else ""
         return (
             f"training {event.model_family} at {event.resolution}px on {event.num_train_pairs} pairs "
-            f"({event.num_eval_pairs} held out){parallel}, {event.trainable_parameters:,} LoRA parameters"
+            f"({event.num_eval_pairs} held out){parallel}, {event.trainable_parameters:,} LoRA parameters, "
+            f"latent cache {'on' if event.cache_latents else 'off'} ({event.cache_reason})"
         )
     if isinstance(event, Step):
         return f"step {event.step}/{event.total_steps} loss {event.metrics.get('loss', float('nan')):.4f}"

@@ -60,3 +60,13 @@ def test_spec_module_does_not_import_torch() -> None:
     code = "import trainer.spec, trainer.dataset_format, trainer.events, sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_latent_cache_is_on_unless_the_spec_makes_it_impossible_or_turns_it_off() -> None:
+    assert TrainSpec(base_model="m").latent_cache() == (True, "on by default")
+    cached, reason = TrainSpec(base_model="m", random_crop=True).latent_cache()
+    assert not cached and "random_crop" in reason
+    assert TrainSpec(base_model="m", cache_latents=False).latent_cache() == (
+        False,
+        "cache_latents is false in the spec",
+    )

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from tests.trainer.specs import tiny_spec
 from trainer.checkpoints import complete_checkpoints
 from trainer.errors import NonFiniteLossError
-from trainer.events import Artifact, Checkpoint, Event, Finished, Started, Step
+from trainer.events import Artifact, Caching, Checkpoint, Evaluation, Event, Finished, Started, Step
 from trainer.loop import train
 
 
@@ -211,3 +211,25 @@ def test_validation_images_are_rendered_for_the_base_and_the_lora(
             assert png.size == (32, 32)
     base, final = (Image.open(s.images[0].path).tobytes() for s in (samples[0], samples[-1]))
     assert base != final, "the trained LoRA changes what the model draws from the same seed"
+
+
+def test_the_cache_is_built_with_progress_before_the_first_step_and_the_start_says_so(
+    tiny_sdxl: Path, color_pairs: Path, tmp_path: Path
+) -> None:
+    _, events = _run(tiny_spec(tiny_sdxl, eval_fraction=0.25), color_pairs, tmp_path)
+    caching = [e for e in events if isinstance(e, Caching)]
+    started_at = next(i for i, e in enumerate(events) if isinstance(e, Started))
+    assert caching and all(events.index(e) < started_at for e in caching)
+    assert (caching[-1].ready, caching[-1].total) == (6, 6)
+    started = events[started_at]
+    assert started.cache_latents and started.cache_reason == "on by default"  # type: ignore[attr-defined]
+    assert any(isinstance(e, Evaluation) for e in events), "held-out evaluation runs beside the cache"
+
+
+def test_random_crop_trains_uncached_and_the_start_says_why(
+    tiny_sd: Path, color_pairs: Path, tmp_path: Path
+) -> None:
+    _, events = _run(tiny_spec(tiny_sd, random_crop=True), color_pairs, tmp_path)
+    started = next(e for e in events if isinstance(e, Started))
+    assert not started.cache_latents and "random_crop" in started.cache_reason
+    assert not any(isinstance(e, Caching) for e in events)
