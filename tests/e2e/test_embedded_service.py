@@ -117,7 +117,7 @@ def wait_until_ready(service: Service) -> tuple[str, str]:
     return ready.group(1), key.group(1)
 
 
-def render(pipeline: Any) -> Any:
+def render(pipeline: Any, **options: Any) -> Any:
     import numpy as np
     import torch
 
@@ -129,6 +129,7 @@ def render(pipeline: Any) -> Any:
         width=32,
         generator=generator,
         output_type="np",
+        **options,
     ).images
     return np.asarray(images)
 
@@ -144,11 +145,28 @@ def assert_adapter_changes_the_pipeline(model_dir: Path, adapter_dir: Path) -> N
     assert np.abs(after - before).max() > 1e-4
 
 
-def run_job(mapo: MapoClient, dataset_id: str) -> tuple[JSON, list[JSON], float]:
+def assert_flux_adapters_load_alike(model_dir: Path, diffusers_file: Path, comfyui_file: Path) -> None:
+    """Both formats of a FLUX adapter load with FluxPipeline.load_lora_weights and draw the same images,
+    which differ from the base model's."""
+    import numpy as np
+    from diffusers import FluxPipeline
+
+    drawn = []
+    for adapter in (None, diffusers_file, comfyui_file):
+        pipeline = FluxPipeline.from_pretrained(str(model_dir))
+        if adapter is not None:
+            pipeline.load_lora_weights(str(adapter.parent), weight_name=adapter.name)
+        drawn.append(render(pipeline, max_sequence_length=32))
+    base, from_diffusers, from_comfyui = drawn
+    assert np.abs(from_diffusers - base).max() > 1e-4
+    np.testing.assert_allclose(from_comfyui, from_diffusers, atol=1e-5)
+
+
+def run_job(mapo: MapoClient, dataset_id: str, **overrides: Any) -> tuple[JSON, list[JSON], float]:
     """Submit the job, follow its events to the end; returns the job, its events, and submit → end secs."""
     events: list[JSON] = []
     submitted = time.monotonic()
-    job = mapo.create_job(dataset_id=dataset_id, **JOB_SPEC)
+    job = mapo.create_job(dataset_id=dataset_id, **(JOB_SPEC | overrides))
     finished = mapo.wait(job["id"], timeout=JOB_TIMEOUT_S, on_event=events.append)
     return finished, events, time.monotonic() - submitted
 
@@ -184,6 +202,7 @@ def test_embedded_service_trains_a_tiny_sdxl_job_end_to_end(
     loading = time.monotonic()
     assert_adapter_changes_the_pipeline(service.data_dir / "models" / "tiny-sdxl", adapter.parent)
     load_s = time.monotonic() - loading
+    flux_s = run_flux_job(url, key, dataset["id"], service.data_dir / "models" / "tiny-flux", tmp_path)
 
     children = set(service.child_pids())
     stopping = time.monotonic()
@@ -196,5 +215,23 @@ def test_embedded_service_trains_a_tiny_sdxl_job_end_to_end(
         print(
             f"\n[e2e] wall {time.monotonic() - started:.1f}s: first start to ready {ready_s:.1f}s, "
             f"job submit → succeeded {job_s:.1f}s ({len(events)} events), "
-            f"load_lora_weights check {load_s:.1f}s, SIGTERM → exit {stop_s:.1f}s"
+            f"load_lora_weights check {load_s:.1f}s, a tiny-flux job and both its adapters {flux_s:.1f}s, "
+            f"SIGTERM → exit {stop_s:.1f}s"
         )
+
+
+def run_flux_job(url: str, key: str, dataset_id: str, model_dir: Path, tmp_path: Path) -> float:
+    """A MaPO job on the flow-matching tiny-flux through the same service; both adapters checked."""
+    started = time.monotonic()
+    with MapoClient(url, key) as mapo:
+        offered = {m["name"]: m for m in mapo.list_base_models()}
+        assert offered["tiny-flux"]["family"] == "flux" and offered["tiny-sd3"]["family"] == "sd3"
+        job, events, _ = run_job(mapo, dataset_id, base_model="tiny-flux")
+        assert job["status"] == "succeeded", job
+        assert "training flux" in next(e["message"] for e in events if e["type"] == "started")
+        folder = tmp_path / "flux"
+        folder.mkdir()
+        diffusers_file = mapo.download_adapter(job["id"], folder)
+        comfyui_file = mapo.download_adapter(job["id"], folder, format="kohya")
+    assert_flux_adapters_load_alike(model_dir, diffusers_file, comfyui_file)
+    return time.monotonic() - started
