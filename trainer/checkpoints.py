@@ -40,11 +40,6 @@ def latest_checkpoint(output_dir: Path) -> tuple[int, Path] | None:
     return complete[-1] if complete else None
 
 
-def read_state(path: Path) -> dict[str, Any]:
-    state: dict[str, Any] = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
-    return state
-
-
 def remove_incomplete(output_dir: Path) -> None:
     root = checkpoints_root(output_dir)
     if root.is_dir():

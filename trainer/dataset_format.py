@@ -19,11 +19,10 @@ allowed for targets only), into a pairs dataset of its own under generated/.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Literal, NamedTuple, TypeVar
 
@@ -243,25 +242,37 @@ class StoredPair(NamedTuple):
     rejected: str | None
 
 
-def iter_stored_pairs(root: Path) -> Iterator[StoredPair]:
-    """Yield every pair of a dataset of any kind in file order, with the image paths it holds."""
-    kind = read_manifest(root).kind
-    if kind == "pairs":
-        yield from (StoredPair(p.prompt, p.chosen, p.rejected) for p in iter_pairs(root))
+def stored_pairs(lines: Iterable[str | bytes], manifest: Manifest) -> Iterator[StoredPair]:
+    """Every pair of a dataset of any kind in file order, with the image paths it holds, from the lines
+    of its rows file read from any stream (a local file, an object-store body)."""
+    if manifest.kind == "pairs":
+        for _, pair in parse_rows(lines, manifest, PairRecord):
+            yield StoredPair(pair.prompt, pair.chosen, pair.rejected)
         return
-    for row in iter_targets(root):
-        chosen = row.image if UPLOADED_ROLE[kind] == "chosen" else None
-        yield StoredPair(row.prompt, chosen, None if chosen else row.image)
+    uploaded_chosen = UPLOADED_ROLE[manifest.kind] == "chosen"
+    for _, target in parse_rows(lines, manifest, TargetRecord):
+        yield StoredPair(
+            target.prompt,
+            target.image if uploaded_chosen else None,
+            None if uploaded_chosen else target.image,
+        )
+
+
+def parse_rows(
+    lines: Iterable[str | bytes], manifest: Manifest, model: type[_Row]
+) -> Iterator[tuple[int, _Row]]:
+    """(row, record) of each non-blank line, rows counted from 0; DatasetFormatError names the row."""
+    for row, line in enumerate(line for line in lines if line.strip()):
+        try:
+            record = model.model_validate_json(line)
+        except ValueError as exc:
+            raise DatasetFormatError(f"{manifest.pairs_file} row {row}: {exc}") from exc
+        yield row, record
 
 
 def _iter_rows(root: Path, manifest: Manifest, model: type[_Row]) -> Iterator[tuple[int, _Row]]:
     with (root / manifest.pairs_file).open(encoding="utf-8") as lines:
-        for row, line in enumerate(lines):
-            try:
-                record = model.model_validate(json.loads(line))
-            except ValueError as exc:
-                raise DatasetFormatError(f"{manifest.pairs_file} row {row}: {exc}") from exc
-            yield row, record
+        yield from parse_rows(lines, manifest, model)
 
 
 def read_pairs(root: Path) -> list[PairRecord]:

@@ -11,12 +11,10 @@ from core.storage import CHUNK_BYTES, InvalidStorageKey, Storage, check_key
 from trainer.dataset_format import (
     IMAGES_DIR,
     MANIFEST_FILE,
-    UPLOADED_ROLE,
     DatasetFormatError,
     Manifest,
-    PairRecord,
     StoredPair,
-    TargetRecord,
+    stored_pairs,
 )
 
 
@@ -34,20 +32,9 @@ def read_stored_manifest(storage: Storage, key: str) -> Manifest:
 
 def iter_uploaded_pairs(storage: Storage, key: str, manifest: Manifest) -> Iterator[StoredPair]:
     """Every pair of the dataset in file order with the image paths it holds (None for a side the base
-    model draws at job start), read line by line."""
-    model = PairRecord if manifest.kind == "pairs" else TargetRecord
+    model draws at job start), read line by line as `trainer.dataset_format` parses them."""
     with storage.open_read(f"{key}/{manifest.pairs_file}") as stream:
-        for row, line in enumerate(_lines(stream)):
-            try:
-                record = model.model_validate_json(line)
-            except ValueError as exc:
-                raise DatasetFormatError(f"{manifest.pairs_file} row {row}: {exc}") from exc
-            if isinstance(record, PairRecord):
-                yield StoredPair(record.prompt, record.chosen, record.rejected)
-            elif UPLOADED_ROLE[manifest.kind] == "chosen":
-                yield StoredPair(record.prompt, record.image, None)
-            else:
-                yield StoredPair(record.prompt, None, record.image)
+        yield from stored_pairs(_lines(stream), manifest)
 
 
 def image_key(key: str, relative: str) -> str:
