@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, Self, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -20,9 +20,15 @@ from core.models import DeliveryStatus, WebhookEvent
 from core.queue import MAX_PRIORITY, MIN_PRIORITY
 from trainer.dataset_format import DatasetKind
 from trainer.families import FamilyName, Objective
-from trainer.spec import Method, SpecConflict, TrainSpec, ValidationSpec
+from trainer.spec import MAX_SEED, Method, SpecConflict, TrainSpec, ValidationSpec
 
 T = TypeVar("T")
+# The largest integer the database stores (BIGINT): ids, cursors and indices past it are a 422.
+INT64_MAX = 2**63 - 1
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 512
+MetadataKey = Annotated[str, Field(min_length=1, max_length=MAX_METADATA_KEY_CHARS)]
+MetadataValue = Annotated[str, Field(max_length=MAX_METADATA_VALUE_CHARS)]
 
 # TrainSpec fields that the job body carries at the top level rather than in `hyperparameters`.
 TOP_LEVEL_SPEC_FIELDS = frozenset({"base_model", "method", "validation", "seed"})
@@ -138,8 +144,10 @@ class JobCreate(BaseModel):
         },
     )
 
-    dataset_id: str = Field(description="A ready dataset of yours.")
-    base_model: str = Field(description="One of the base models this server allows.", examples=["tiny-sdxl"])
+    dataset_id: str = Field(max_length=100, description="A ready dataset of yours.")
+    base_model: str = Field(
+        max_length=200, description="One of the base models this server allows.", examples=["tiny-sdxl"]
+    )
     method: Method = Field(default="mapo", description="mapo, dpo or sft.")
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     validation: ValidationSpec = Field(default_factory=ValidationSpec)
@@ -148,8 +156,18 @@ class JobCreate(BaseModel):
         max_length=MAX_WEBHOOKS_PER_JOB,
         description=f"Up to {MAX_WEBHOOKS_PER_JOB} URLs that receive this job's events, each URL once.",
     )
-    metadata: dict[str, str] = Field(default_factory=dict, max_length=50, description="Your own labels.")
-    seed: int = Field(default=0, ge=0, description="Seed of data order, noise, timesteps and LoRA init.")
+    metadata: dict[MetadataKey, MetadataValue] = Field(
+        default_factory=dict,
+        max_length=50,
+        description=f"Your own labels: up to 50, keys of 1-{MAX_METADATA_KEY_CHARS} and values of up to "
+        f"{MAX_METADATA_VALUE_CHARS} characters; echoed in every read of the job and in its webhooks.",
+    )
+    seed: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_SEED,
+        description="Seed of data order, noise, timesteps and LoRA init (32 bits).",
+    )
     queue: str | None = Field(
         default=None,
         max_length=100,

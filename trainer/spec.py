@@ -7,13 +7,20 @@ never a crash on the GPU) and the trainer (which runs it). Defaults follow the M
 
 from __future__ import annotations
 
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from trainer.families import FAMILIES, FAMILY_SPECIFIC_FIELDS, FamilyName
 
 Method = Literal["mapo", "dpo", "sft"]
+# numpy and torch seed with 32 bits; a larger seed would pass here and fail the job on the GPU.
+MAX_SEED = 2**32 - 1
+MAX_STEPS = 1_000_000
+MAX_PROMPT_CHARS = 2000
+MAX_MODULE_NAME_CHARS = 200
+# Every float of a spec is finite: inf or nan would pass a bound and then train on nonsense.
+FINITE = ConfigDict(extra="forbid", allow_inf_nan=False)
 MixedPrecision = Literal["no", "fp16", "bf16"]
 LRScheduler = Literal["constant", "constant_with_warmup", "linear", "cosine"]
 # The flow families' noise-level schemes (trainer/families/flow.py reads them; no torch here).
@@ -32,9 +39,9 @@ class SpecConflict(ValueError):
 class ValidationSpec(BaseModel):
     """Validation images generated during training, with and without the LoRA, from a fixed seed."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = FINITE
 
-    prompts: list[str] = Field(
+    prompts: list[Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]] = Field(
         default_factory=list,
         max_length=16,
         description="Prompts to render; empty disables validation images.",
@@ -42,11 +49,14 @@ class ValidationSpec(BaseModel):
     every_n_steps: int | None = Field(
         default=None,
         ge=1,
+        le=MAX_STEPS,
         description="Render every N optimizer steps (and always at the end); None renders only at the end.",
     )
     num_inference_steps: int = Field(default=25, ge=1, le=200, description="Denoising steps per image.")
     guidance_scale: float = Field(default=5.0, ge=0.0, le=30.0, description="Classifier-free guidance scale.")
-    seed: int = Field(default=0, ge=0, description="Seed of the sampling noise; fixed so images compare.")
+    seed: int = Field(
+        default=0, ge=0, le=MAX_SEED, description="Seed of the sampling noise; fixed so images compare."
+    )
 
     @model_validator(mode="after")
     def _prompts_needed_for_schedule(self) -> Self:
@@ -67,7 +77,7 @@ class GenerationSpec(BaseModel):
     model, so a resumed job, or any later job with the same base model and settings, reuses them.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     num_inference_steps: int = Field(default=25, ge=1, le=200, description="Denoising steps per image.")
     guidance_scale: float = Field(default=5.0, ge=0.0, le=30.0, description="Classifier-free guidance scale.")
@@ -79,10 +89,11 @@ class TrainSpec(BaseModel):
     Invalid combinations raise `pydantic.ValidationError` whose message names the offending field.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     base_model: str = Field(
         min_length=1,
+        max_length=1000,
         description="Diffusers folder (local path) or hub id of an SD 1.x/2.x, SDXL, SD3/SD3.5 or FLUX.1 "
         "base model; its family is read from its model_index.json.",
         examples=["stabilityai/stable-diffusion-xl-base-1.0"],
@@ -121,18 +132,27 @@ class TrainSpec(BaseModel):
         "More than 1 runs the trainer under `accelerate launch`; a worker with fewer devices fails the "
         "job with error `not_enough_gpus`. Logged metrics are averages over the processes.",
     )
-    max_train_steps: int = Field(default=2000, ge=1, le=1_000_000, description="Optimizer steps in all.")
+    max_train_steps: int = Field(default=2000, ge=1, le=MAX_STEPS, description="Optimizer steps in all.")
     learning_rate: float = Field(default=1e-5, gt=0.0, le=1.0, description="Peak learning rate (AdamW).")
     lr_scheduler: LRScheduler = Field(default="constant", description="Learning-rate schedule after warmup.")
-    lr_warmup_steps: int = Field(default=0, ge=0, description="Linear warmup steps (not with 'constant').")
+    lr_warmup_steps: int = Field(
+        default=0, ge=0, le=MAX_STEPS, description="Linear warmup steps (not with 'constant')."
+    )
     adam_beta1: float = Field(default=0.9, ge=0.0, lt=1.0, description="AdamW beta1.")
     adam_beta2: float = Field(default=0.999, ge=0.0, lt=1.0, description="AdamW beta2.")
-    adam_weight_decay: float = Field(default=1e-2, ge=0.0, description="AdamW decoupled weight decay.")
-    adam_epsilon: float = Field(default=1e-8, gt=0.0, description="AdamW epsilon.")
-    max_grad_norm: float = Field(default=1.0, gt=0.0, description="Gradient-norm clipping threshold.")
-    beta: float = Field(default=0.1, gt=0.0, description="MaPO: weight of the preference (margin) term.")
+    adam_weight_decay: float = Field(
+        default=1e-2, ge=0.0, le=10.0, description="AdamW decoupled weight decay."
+    )
+    adam_epsilon: float = Field(default=1e-8, gt=0.0, le=1.0, description="AdamW epsilon.")
+    max_grad_norm: float = Field(default=1.0, gt=0.0, le=1e6, description="Gradient-norm clipping threshold.")
+    beta: float = Field(
+        default=0.1, gt=0.0, le=1e4, description="MaPO: weight of the preference (margin) term."
+    )
     gamma: float = Field(
-        default=0.5, gt=0.0, description="MaPO: scale of the errors inside the bounded score s(gamma*m)."
+        default=0.5,
+        gt=0.0,
+        le=1e4,
+        description="MaPO: scale of the errors inside the bounded score s(gamma*m).",
     )
     margin_scale: float | None = Field(
         default=None,
@@ -177,11 +197,14 @@ class TrainSpec(BaseModel):
         "pipeline does without text_encoder_3), saving its memory. None: true.",
     )
     lora_rank: int = Field(default=8, ge=1, le=1024, description="LoRA rank r.")
-    lora_alpha: float | None = Field(default=None, gt=0.0, description="LoRA alpha; None means alpha = r.")
+    lora_alpha: float | None = Field(
+        default=None, gt=0.0, le=1e5, description="LoRA alpha; None means alpha = r."
+    )
     lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
-    lora_target_modules: list[str] | None = Field(
+    lora_target_modules: list[Annotated[str, Field(max_length=MAX_MODULE_NAME_CHARS)]] | None = Field(
         default=None,
         min_length=1,
+        max_length=256,
         description="Module names (suffixes) of the denoiser that receive LoRA adapters. None: the family's "
         "default, the attention projections (to_q, to_k, to_v, to_out.0; SD3/FLUX also add_q_proj, "
         "add_k_proj, add_v_proj, to_add_out of the joint attention).",
@@ -192,9 +215,11 @@ class TrainSpec(BaseModel):
         "On a machine without CUDA training runs in float32 and the Started event says so.",
     )
     gradient_checkpointing: bool = Field(default=False, description="Trade compute for UNet memory.")
-    seed: int = Field(default=0, ge=0, description="Seed of data order, noise, timesteps and LoRA init.")
+    seed: int = Field(
+        default=0, ge=0, le=MAX_SEED, description="Seed of data order, noise, timesteps and LoRA init."
+    )
     checkpoint_every_n_steps: int = Field(
-        default=500, ge=1, description="Save a resumable checkpoint every N optimizer steps."
+        default=500, ge=1, le=MAX_STEPS, description="Save a resumable checkpoint every N optimizer steps."
     )
     keep_checkpoints: int = Field(default=3, ge=1, le=100, description="Newest checkpoints kept on disk.")
     validation: ValidationSpec = Field(default_factory=ValidationSpec, description="Validation images.")
@@ -209,7 +234,10 @@ class TrainSpec(BaseModel):
         description="Fraction of pairs held out (never trained on) to measure preference accuracy on.",
     )
     eval_every_n_steps: int | None = Field(
-        default=None, ge=1, description="Measure held-out accuracy every N steps (and at 0 and the end)."
+        default=None,
+        ge=1,
+        le=MAX_STEPS,
+        description="Measure held-out accuracy every N steps (and at 0 and the end).",
     )
     random_crop: bool = Field(default=False, description="Random instead of center crop.")
     hflip: bool = Field(default=True, description="Flip both images of a pair together with p = 0.5.")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response, StreamingResponse
 
 from api.deps import ContextDep, CurrentTenant, SessionDep
 from api.routes.files import REDIRECT_RESPONSE, file_response
-from api.schemas import CheckpointOut, ErrorResponse, ListResponse, SampleOut
+from api.schemas import INT64_MAX, CheckpointOut, ErrorResponse, ListResponse, SampleOut
 from api.services import outputs as service
 
 router = APIRouter(prefix="/v1/jobs", tags=["artifacts"], responses={404: {"model": ErrorResponse}})
@@ -33,7 +33,11 @@ def list_samples(session: SessionDep, tenant: CurrentTenant, job_id: str) -> Lis
     responses={200: {"content": {"image/png": {}}}, **REDIRECT_RESPONSE},
 )
 def sample_image(
-    session: SessionDep, context: ContextDep, tenant: CurrentTenant, job_id: str, sample_id: int
+    session: SessionDep,
+    context: ContextDep,
+    tenant: CurrentTenant,
+    job_id: str,
+    sample_id: Annotated[int, Path(ge=0, le=INT64_MAX, description="The sample's id (GET .../samples).")],
 ) -> Response:
     """One validation image."""
     return file_response(service.sample_image(session, context, tenant, job_id, sample_id))

@@ -9,13 +9,14 @@ from fastapi.responses import Response, StreamingResponse
 
 from api.deps import ContextDep, CurrentTenant, SessionDep
 from api.routes.files import REDIRECT_RESPONSE, file_response
-from api.schemas import DatasetOut, ErrorResponse, ListResponse, PreviewPairOut
+from api.schemas import INT64_MAX, DatasetOut, ErrorResponse, ListResponse, PreviewPairOut
 from api.services import datasets as service
 from trainer.dataset_format import DatasetKind
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses={404: {"model": ErrorResponse}})
 
 Limit = Annotated[int, Query(ge=1, le=200, description="Page size.")]
+MAX_NAME_CHARS = 200
 After = Annotated[str | None, Query(description="Id of the last item of the previous page.")]
 
 
@@ -33,7 +34,11 @@ def upload_dataset(
         File(description="A .zip or .tar(.gz) with pairs.jsonl or pairs.csv and images, or a parquet."),
     ],
     name: Annotated[
-        str | None, Form(max_length=200, description="Display name; defaults to the file name.")
+        str | None,
+        Form(
+            max_length=MAX_NAME_CHARS,
+            description="Display name; defaults to the file name (its last 200 characters).",
+        ),
     ] = None,
     kind: Annotated[
         DatasetKind,
@@ -55,7 +60,8 @@ def upload_dataset(
     ] = None,
 ) -> DatasetOut:
     """Upload a preference dataset; every problem is listed with its row and field."""
-    filename = file.filename or "upload"
+    # The file name becomes the display name when none is given, so it has the name's bound too.
+    filename = (file.filename or "upload")[-MAX_NAME_CHARS:]
     return service.upload_dataset(
         session,
         context,
@@ -100,7 +106,7 @@ def list_pairs(
     dataset_id: str,
     limit: Limit = 20,
     after: Annotated[
-        int | None, Query(ge=0, description="Index of the last pair of the previous page.")
+        int | None, Query(ge=0, le=INT64_MAX, description="Index of the last pair of the previous page.")
     ] = None,
 ) -> ListResponse[PreviewPairOut]:
     """Page through a dataset's pairs in file order: prompt and the URLs of its two images."""
@@ -117,7 +123,7 @@ def pair_image(
     context: ContextDep,
     tenant: CurrentTenant,
     dataset_id: str,
-    n: Annotated[int, Path(ge=0, description="0-based pair index.")],
+    n: Annotated[int, Path(ge=0, le=INT64_MAX, description="0-based pair index.")],
     role: Literal["chosen", "rejected"],
 ) -> Response:
     """One image of pair `n`, for the dashboard."""

@@ -71,6 +71,7 @@ def calls(owned: Owned) -> dict[tuple[str, str], Call]:
         ("GET", "/v1/webhooks/secret"): Call("GET", "/v1/webhooks/secret", {}),
         ("POST", "/v1/webhooks/secret/rotate"): Call("POST", "/v1/webhooks/secret/rotate", {}),
         ("GET", "/v1/workers"): Call("GET", "/v1/workers", {}),
+        ("GET", "/v1/base-models"): Call("GET", "/v1/base-models", {}),
     }
     return table
 
@@ -80,7 +81,7 @@ CREATES = {("POST", "/v1/datasets")}
 # Lists answer 200 with only the caller's rows.
 LISTS = {("GET", "/v1/datasets"), ("GET", "/v1/jobs")}
 # Shared infrastructure every key may read: it holds no tenant's data.
-SHARED = {("GET", "/v1/workers")}
+SHARED = {("GET", "/v1/workers"), ("GET", "/v1/base-models")}
 # The caller's own webhook secret: a stranger gets (and rotates) theirs, never the owner's.
 OWN_SECRET = {("GET", "/v1/webhooks/secret"), ("POST", "/v1/webhooks/secret/rotate")}
 
