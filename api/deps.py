@@ -14,7 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.errors import Unauthenticated
-from api.tenant_cache import TenantCache
+from api.tenant_cache import SingleFlight, TenantCache
 from core.db import Database, commit, rollback
 from core.models import Tenant
 from core.repositories import tenants as tenant_repo
@@ -31,6 +31,7 @@ class AppContext:
     storage: Storage
     producer: Celery
     tenants: TenantCache
+    key_lookups: SingleFlight
 
 
 async def get_context(request: Request) -> AppContext:
@@ -108,7 +109,9 @@ async def get_current_tenant(
     if tenant is not None:
         return tenant
     key, pepper = credentials.credentials, context.settings.api_key_pepper.get_secret_value()
-    tenant = await run_in_threadpool(_authenticate, context.database, key, pepper)
+    tenant = await context.key_lookups.lookup(
+        key, lambda: run_in_threadpool(_authenticate, context.database, key, pepper)
+    )
     if tenant is None:
         raise Unauthenticated("invalid or revoked API key")
     context.tenants.put(key, tenant)

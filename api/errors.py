@@ -11,6 +11,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from trainer.spec import SpecConflict
@@ -141,6 +142,14 @@ async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
     return error_response(503, body, {"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)})
 
 
+async def _database_busy(_: Request, exc: Exception) -> JSONResponse:
+    # Every pooled connection stayed busy for database_pool_timeout_seconds: a burst larger than the pool.
+    # Telling the client to come back keeps the wait bounded; the requests in flight finish normally.
+    log.warning("database pool exhausted: %s", exc)
+    body = {"code": "database_busy", "message": "the service is busy; retry shortly", "param": None}
+    return error_response(503, body, {"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)})
+
+
 async def _unstorable_value(_: Request, exc: Exception) -> JSONResponse:
     # The database refused a value the request carried (a NUL character in a text, a number out of range):
     # the client's input, not a fault of ours. Only the database's first line is shown, never the SQL.
@@ -167,5 +176,6 @@ def install_error_handlers(app: FastAPI) -> None:
     # OperationalError: connection refused or cut, server shutting down; InterfaceError: a dead connection.
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(InterfaceError, _database_unavailable)
+    app.add_exception_handler(PoolTimeout, _database_busy)
     app.add_exception_handler(DataError, _unstorable_value)
     app.add_exception_handler(Exception, _unexpected)

@@ -13,7 +13,7 @@ from api.deps import AppContext
 from api.errors import install_error_handlers
 from api.routes import artifacts, base_models, datasets, health, jobs, web, webhooks, workers
 from api.services import datasets as datasets_service
-from api.tenant_cache import TenantCache
+from api.tenant_cache import SingleFlight, TenantCache
 from core.db import Database
 from core.queue import make_producer
 from core.settings import Settings
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         storage=build_storage(settings),
         producer=make_producer(settings),
         tenants=TenantCache(settings.auth_cache_seconds, pepper=settings.api_key_pepper.get_secret_value()),
+        key_lookups=SingleFlight(settings.api_key_pepper.get_secret_value()),
     )
 
     @asynccontextmanager

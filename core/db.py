@@ -18,13 +18,15 @@ _AFTER_COMMIT = "mapo_after_commit"
 _AFTER_ROLLBACK = "mapo_after_rollback"
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, pool_timeout: float = 30.0) -> Engine:
     """An engine for `url`; SQLite gets WAL (readers never block the writer), foreign keys and a busy wait.
 
     JSON columns are parsed by pydantic-core's parser: the same values as the `json` module's, 5-15 times
     faster, which matters when a page of 50 jobs parses 250 of them (bench/api_load.py)."""
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True, json_deserializer=from_json)
+        return create_engine(
+            url, pool_pre_ping=True, pool_timeout=pool_timeout, json_deserializer=from_json
+        )
     engine = create_engine(
         url, connect_args={"check_same_thread": False, "timeout": 30}, json_deserializer=from_json
     )
@@ -49,7 +51,9 @@ class Database:
     """An engine and its session factories, built once per process from Settings."""
 
     def __init__(self, settings: Settings) -> None:
-        self.engine = make_engine(settings.sqlalchemy_url)
+        self.engine = make_engine(
+            settings.sqlalchemy_url, pool_timeout=settings.database_pool_timeout_seconds
+        )
         self.sessions = make_session_factory(self.engine)
         # For reads that need no transaction (the API's hot reads): on the same pool, every statement
         # commits by itself, so no BEGIN or COMMIT goes to the server and ending the session sends nothing.

@@ -87,6 +87,13 @@ class Settings(BaseSettings):
         description="How long an API process trusts an API key it has checked: a revoked key still works "
         "for at most this long on each API process. 0 checks the database on every request.",
     )
+    database_pool_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=120,
+        description="How long a request waits for a pooled database connection before the API answers 503 "
+        "database_busy with Retry-After (a burst beyond the pool is told to come back, never left waiting).",
+    )
     sse_poll_seconds: float = Field(default=0.5, gt=0, description="How often an event stream polls the DB.")
     heartbeat_timeout_seconds: float = Field(
         default=120.0, gt=0, description="A running job whose heartbeat is older than this is requeued."
