@@ -1,9 +1,10 @@
-"""Base models shipped with the project: the tiny SD and SDXL pipelines pre-trained on the shapes domain.
+"""Base models shipped with the project: tiny SD, SDXL, SD3 and FLUX pipelines pre-trained on the shapes
+domain.
 
 Made by `make base-models` (`python -m trainer pretrain-tiny ... --half`, a few CPU minutes each; see
 trainer/synthetic/pretrain.py), weights stored in half precision (diffusers loads them as float32). Each
-folder's
-`pretrain.json` holds the figures measured while it was made. Torch-free: the supervisor reads this.
+folder's `pretrain.json` holds the figures measured while it was made. Torch-free: the supervisor reads
+this.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 FOLDER = Path(__file__).resolve().parent
-SHIPPED = {"shapes-sd": "sd", "shapes-sdxl": "sdxl"}
+SHIPPED = {"shapes-sd": "sd", "shapes-sdxl": "sdxl", "shapes-sd3": "sd3", "shapes-flux": "flux"}
 
 
 def shipped_base_models() -> dict[str, str]:
