@@ -5,22 +5,29 @@ migrates the database, builds the offline tiny models on first start (allowed as
 `tiny-sdxl` beside the shipped pre-trained `shapes-sd` and `shapes-sdxl` and the operator's
 MAPO_BASE_MODELS), prints a first API key, then supervises two child processes: the API (uvicorn) and
 one Celery worker. A worker that dies is restarted; if the API dies everything stops with exit code 1.
-SIGTERM/SIGINT stop both children and exit 0.
+SIGTERM/SIGINT stop both children and exit 0. The children never outlive the supervisor: each is asked
+(Linux's parent-death signal) to get SIGTERM when it dies, even by SIGKILL, so the worker still hands
+its job back. One instance per data directory (a lock file) and per port: a second one refuses to start.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import fcntl
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import httpx
 
@@ -38,6 +45,8 @@ API_GRACEFUL_SHUTDOWN_S = 5
 # A worker that ran this long before dying was healthy: restart it at once, not after a back-off.
 HEALTHY_RUN_S = 60.0
 MAX_RESTART_DELAY_S = 30.0
+LOCK_FILE = "serve.lock"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class ServeError(Exception):
@@ -46,16 +55,23 @@ class ServeError(Exception):
 
 def serve(*, host: str, port: int) -> int:
     """Run until a signal (exit 0) or until the API process dies (exit 1)."""
-    try:
-        settings = embedded_settings()
-        log(f"data in {settings.data_dir}")
-        admin.migrate(settings)
-        base_models = offered_base_models(settings)
-        log(f"base models: {', '.join(sorted(base_models))}")
-        announce_first_key(settings)
-    except ServeError as exc:
-        log(f"cannot start: {exc}")
-        return 1
+    with contextlib.ExitStack() as held:
+        try:
+            settings = embedded_settings()
+            held.enter_context(instance_lock(settings.data_dir))
+            check_port_free(host, port)
+            log(f"data in {settings.data_dir}")
+            admin.migrate(settings)
+            base_models = offered_base_models(settings)
+            log(f"base models: {', '.join(sorted(base_models))}")
+            announce_first_key(settings)
+        except ServeError as exc:
+            log(f"cannot start: {exc}")
+            return 1
+        return _supervise(settings, base_models, host=host, port=port)
+
+
+def _supervise(settings: Settings, base_models: dict[str, str], *, host: str, port: int) -> int:
     supervisor = Supervisor(
         api=Child("api", api_command(host, port)),
         worker=Child("worker", worker_command(settings.queues)),
@@ -65,6 +81,56 @@ def serve(*, host: str, port: int) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, supervisor.request_stop)
     return supervisor.run()
+
+
+@contextlib.contextmanager
+def instance_lock(data_dir: Path) -> Iterator[None]:
+    """Hold `data_dir`/serve.lock for the block; ServeError if another `mapo serve` holds it. The kernel
+    drops the lock when its holder dies, however it dies, so a stale file never blocks a start."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / LOCK_FILE
+    with path.open("a+", encoding="utf-8") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ServeError(f"another `mapo serve` (pid {_holder(lock)}) is running on {data_dir}") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
+
+
+def _holder(lock: TextIO) -> str:
+    lock.seek(0)
+    return lock.read().strip() or "unknown"
+
+
+def check_port_free(host: str, port: int) -> None:
+    """ServeError if something already listens on (host, port), before any child starts: otherwise the
+    readiness probe would reach that server and call this instance ready."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host or "0.0.0.0", port))
+        except OSError as exc:
+            raise ServeError(
+                f"{host}:{port} is in use ({exc.strerror}); is another server running?"
+            ) from None
+
+
+def die_with_parent(parent: int) -> Callable[[], None]:
+    """A preexec_fn: the child gets SIGTERM when the supervisor dies (Linux; elsewhere a no-op), and
+    exits at once if the supervisor is already gone."""
+
+    def arrange() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return arrange
 
 
 def log(message: str) -> None:
@@ -211,7 +277,9 @@ class Supervisor:
             self._stop_children()
 
     def _start(self, child: Child) -> None:
-        child.process = subprocess.Popen(child.command, env=self.env, start_new_session=True)
+        child.process = subprocess.Popen(
+            child.command, env=self.env, start_new_session=True, preexec_fn=die_with_parent(os.getpid())
+        )
         child.started_at, child.restart_at = time.monotonic(), None
         log(f"started the {child.name} (pid {child.process.pid})")
 

@@ -23,9 +23,9 @@ CHILD = re.compile(r"started the (api|worker) \(pid (\d+)\)")
 class Serve:
     """A running `python -m client serve` with its output in a file."""
 
-    def __init__(self, data_dir: Path, log: Path) -> None:
+    def __init__(self, data_dir: Path, log: Path, *, port: int | None = None) -> None:
         self.log = log
-        command = [sys.executable, "-m", "client", "serve", "--port", str(free_port())]
+        command = [sys.executable, "-m", "client", "serve", "--port", str(port or free_port())]
         with log.open("wb") as out:
             self.process = subprocess.Popen(
                 command, cwd=REPO_ROOT, env=service_env(data_dir), stdout=out, stderr=subprocess.STDOUT
@@ -117,3 +117,31 @@ def test_a_half_built_model_is_rebuilt_and_a_built_one_kept(tmp_path: Path) -> N
     assert sorted(p.name for p in (tmp_path / "tiny-sd").iterdir()) == [BUILT_MARKER]
     rebuilt = {p.name for p in (tmp_path / "tiny-sdxl").iterdir()}
     assert "leftover" not in rebuilt and {BUILT_MARKER, "model_index.json", "unet"} <= rebuilt
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_supervisor_takes_its_children_down(started: Serve) -> None:
+    started.wait_for("ready at")
+    children = started.pids("api") + started.pids("worker")
+    started.process.kill()
+    started.process.wait()
+    deadline = time.monotonic() + 60
+    while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(pid) for pid in children), "a child outlived `mapo serve`"
+
+
+@pytest.mark.slow
+def test_a_second_instance_on_the_same_data_dir_or_port_refuses_to_start(
+    started: Serve, data_dir: Path, tmp_path: Path
+) -> None:
+    started.wait_for("ready at")
+    second = Serve(data_dir, tmp_path / "second.log")
+    assert second.process.wait(timeout=60) == 1
+    assert f"another `mapo serve` (pid {started.process.pid}) is running" in second.output()
+    assert "ready at" not in second.output()
+
+    port = int(re.findall(r"ready at http://[^:]+:(\d+)", started.output())[0])
+    elsewhere = Serve(tmp_path / "other-data", tmp_path / "third.log", port=port)
+    assert elsewhere.process.wait(timeout=60) == 1
+    assert f":{port} is in use" in elsewhere.output() and "ready at" not in elsewhere.output()
