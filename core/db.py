@@ -24,9 +24,7 @@ def make_engine(url: str, *, pool_timeout: float = 30.0) -> Engine:
     JSON columns are parsed by pydantic-core's parser: the same values as the `json` module's, 5-15 times
     faster, which matters when a page of 50 jobs parses 250 of them (bench/api_load.py)."""
     if not url.startswith("sqlite"):
-        return create_engine(
-            url, pool_pre_ping=True, pool_timeout=pool_timeout, json_deserializer=from_json
-        )
+        return create_engine(url, pool_pre_ping=True, pool_timeout=pool_timeout, json_deserializer=from_json)
     engine = create_engine(
         url, connect_args={"check_same_thread": False, "timeout": 30}, json_deserializer=from_json
     )

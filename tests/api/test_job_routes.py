@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from core.db import Database
 from core.models import Tenant
-from core.queue import GPU_QUEUE, TRAIN_JOB_TASK, broker_transport_options
+from core.queue import GPU_QUEUE, TRAIN_JOB_TASK, broker_transport_options, enqueue_train_job
 from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
 from core.settings import Settings
@@ -58,8 +58,24 @@ def received_task_args(settings: Settings, queue_name: str = GPU_QUEUE) -> list[
 
 
 def test_create_job_queues_it_and_enqueues_the_task_after_commit(
-    client: TestClient, headers: dict[str, str], dataset_id: str, settings: Settings
+    client: TestClient,
+    headers: dict[str, str],
+    dataset_id: str,
+    settings: Settings,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from api.services import jobs as job_service
+
+    committed_at_enqueue: list[bool] = []
+
+    def enqueue_and_check(producer: Any, job_id: str, **options: Any) -> None:
+        # A worker that gets the message at once must find the row: look from another connection.
+        with database.sessions() as other:
+            committed_at_enqueue.append(job_repo.get_job(other, job_id) is not None)
+        enqueue_train_job(producer, job_id, **options)
+
+    monkeypatch.setattr(job_service, "enqueue_train_job", enqueue_and_check)
     response = client.post("/v1/jobs", json=job_body(dataset_id, seed=3), headers=headers)
     assert response.status_code == 201, response.text
     job = response.json()
@@ -67,6 +83,7 @@ def test_create_job_queues_it_and_enqueues_the_task_after_commit(
     assert job["progress"] == {"step": 0, "total_steps": 5, "eta_seconds": None}
     assert job["hyperparameters"]["max_train_steps"] == 5 and job["seed"] == 3
     assert received_task_args(settings) == [[job["id"]]]
+    assert committed_at_enqueue == [True], "the task was sent before the job's row was committed"
     assert client.get(f"/v1/jobs/{job['id']}", headers=headers).json()["status"] == "queued"
 
 
