@@ -160,14 +160,14 @@ class TrainSpec(BaseModel):
         le=1e6,
         description="MaPO: T, the scale of the margin inside the log-sigmoid. None: the family's default, "
         "1000 (the scheduler's timesteps, as the reference) for SD/SDXL and 100 for SD3/FLUX, whose "
-        "velocity errors are about ten times larger (docs/experiments.md, flow-matching defaults).",
+        "velocity errors are larger (measured by a sweep: docs/experiments.md, section 2b).",
     )
     beta_dpo: float | None = Field(
         default=None,
         gt=0.0,
         le=1e7,
         description="Diffusion-DPO: KL strength beta. None: the family's default, 5000 for SD/SDXL (the "
-        "reference) and 500 for SD3/FLUX (scaled like margin_scale).",
+        "reference) and 500 for SD3/FLUX (measured by a sweep: docs/experiments.md, section 2b).",
     )
     weighting_scheme: WeightingScheme | None = Field(
         default=None,
