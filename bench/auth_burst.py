@@ -25,10 +25,10 @@ from typing import Any
 
 import httpx
 import uvicorn
-from sqlalchemy import create_engine, event, make_url, text
+from sqlalchemy import event
 
-import migrations
 from api.main import create_app
+from bench.seed_jobs import scratch_database
 from core.db import Database
 from core.repositories import tenants as tenant_repo
 from core.settings import Settings
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pool-timeout", type=float, default=5.0, help="MAPO_DATABASE_POOL_TIMEOUT_SECONDS")
     args = parser.parse_args()
-    with _database(args.server_url) as url:
+    with scratch_database(args.server_url) as url:
         settings = Settings(
             environment="test",
             database_url=url,
@@ -59,23 +59,6 @@ def main() -> None:
                     key_queries.clear()
                     result = asyncio.run(_burst(base_url, key, args.connections))
                     _print_row(name, round_, result, len(key_queries))
-
-
-@contextmanager
-def _database(server_url: str) -> Iterator[str]:
-    server = make_url(server_url)
-    name = f"mapo_burst_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = server.set(database=name).render_as_string(hide_password=False)
-    try:
-        migrations.upgrade(url)
-        yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def _new_key(settings: Settings) -> str:

@@ -90,6 +90,8 @@ class ModelFamily(ABC):
     """
 
     name: ClassVar[FamilyName]
+    denoiser_class: ClassVar[Any]  # UNet2DConditionModel, SD3Transformer2DModel, ...
+    scheduler_class: ClassVar[Any]
     default_lora_targets: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0")
     lora_layers_argument: ClassVar[str] = "transformer_lora_layers"
 
@@ -102,16 +104,43 @@ class ModelFamily(ABC):
         text_encoders: list[Any],
         tokenizers: list[Any],
         scheduler: Any,
+        options: dict[str, Any],
     ) -> None:
         # The ML libraries' modules are untyped for mypy (pyproject), so these are Any.
         self.source, self.denoiser, self.vae = source, denoiser, vae
         self.text_encoders, self.tokenizers, self.scheduler = text_encoders, tokenizers, scheduler
 
     @classmethod
-    @abstractmethod
     def load(cls, source: str, *, weight_dtype: torch.dtype, options: dict[str, Any]) -> ModelFamily:
-        """Load the components of `source` (a diffusers folder or hub id), on the CPU; `options` are the
-        spec's family-specific fields (None where unset)."""
+        """Load the components of `source` (a diffusers folder or hub id), on the CPU: the denoiser and
+        text encoders in `weight_dtype`, the VAE in float32. `options` are the spec's family-specific
+        fields (None where unset)."""
+        try:
+            subfolder = FAMILIES[cls.name].denoiser
+            denoiser = cls.denoiser_class.from_pretrained(
+                source, subfolder=subfolder, torch_dtype=weight_dtype
+            )
+            vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32)
+            scheduler = cls.scheduler_class.from_pretrained(source, subfolder="scheduler")
+            encoders, tokenizers = cls.load_text_stack(source, weight_dtype=weight_dtype, options=options)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelLoadError(f"cannot load base model {source!r}: {exc}") from exc
+        return cls(
+            source=source,
+            denoiser=denoiser,
+            vae=vae,
+            text_encoders=encoders,
+            tokenizers=tokenizers,
+            scheduler=scheduler,
+            options=options,
+        )
+
+    @classmethod
+    @abstractmethod
+    def load_text_stack(
+        cls, source: str, *, weight_dtype: torch.dtype, options: dict[str, Any]
+    ) -> tuple[list[Any], list[Any]]:
+        """The family's text encoders (in `weight_dtype`) and their tokenizers, in pipeline order."""
 
     @property
     def facts(self) -> FamilyFacts:
@@ -217,7 +246,3 @@ class ModelFamily(ABC):
             weight_name=name,
             **{self.lora_layers_argument: state, metadata_argument: config.to_dict()},
         )
-
-
-def load_error(source: str, exc: Exception) -> ModelLoadError:
-    return ModelLoadError(f"cannot load base model {source!r}: {exc}")

@@ -86,7 +86,7 @@ class FlowFamily(ModelFamily):
     default_weighting: ClassVar[WeightingScheme] = "logit_normal"
 
     def __init__(self, *, options: dict[str, Any], **components: Any) -> None:
-        super().__init__(**components)
+        super().__init__(options=options, **components)
         self.weighting: WeightingScheme = options.get("weighting_scheme") or self.default_weighting
         self.logit_mean = _option(options, "logit_mean", 0.0)
         self.logit_std = _option(options, "logit_std", 1.0)

@@ -12,11 +12,11 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
 from trainer.families import FamilyName
-from trainer.families.base import Conditioning, ImageGeometry, ModelFamily, load_error
+from trainer.families.base import Conditioning, ImageGeometry
 from trainer.families.flow import FlowFamily
 from trainer.families.sd3 import FLOW_DPO_BETA, FLOW_MARGIN_SCALE, JOINT_TARGETS
 from trainer.families.text import clip_ids, t5_length, token_ids
@@ -26,6 +26,8 @@ DEFAULT_GUIDANCE = 3.5
 
 class FluxFamily(FlowFamily):
     name: ClassVar[FamilyName] = "flux"
+    denoiser_class: ClassVar[Any] = FluxTransformer2DModel
+    scheduler_class: ClassVar[Any] = FlowMatchEulerDiscreteScheduler
     default_lora_targets: ClassVar[tuple[str, ...]] = JOINT_TARGETS
 
     def __init__(self, *, options: dict[str, Any], **components: Any) -> None:
@@ -34,32 +36,18 @@ class FluxFamily(FlowFamily):
         self.guidance = DEFAULT_GUIDANCE if guidance is None else float(guidance)
 
     @classmethod
-    def load(cls, source: str, *, weight_dtype: torch.dtype, options: dict[str, Any]) -> ModelFamily:
-        try:
-            transformer = FluxTransformer2DModel.from_pretrained(
-                source, subfolder="transformer", torch_dtype=weight_dtype
-            )
-            vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32)
-            scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(source, subfolder="scheduler")
-            encoders: list[torch.nn.Module] = [
-                CLIPTextModel.from_pretrained(source, subfolder="text_encoder", torch_dtype=weight_dtype),
-                T5EncoderModel.from_pretrained(source, subfolder="text_encoder_2", torch_dtype=weight_dtype),
-            ]
-            tokenizers: list[Any] = [
-                CLIPTokenizer.from_pretrained(source, subfolder="tokenizer"),
-                T5TokenizerFast.from_pretrained(source, subfolder="tokenizer_2"),
-            ]
-        except (OSError, ValueError, KeyError) as exc:
-            raise load_error(source, exc) from exc
-        return cls(
-            source=source,
-            denoiser=transformer,
-            vae=vae,
-            text_encoders=encoders,
-            tokenizers=tokenizers,
-            scheduler=scheduler,
-            options=options,
-        )
+    def load_text_stack(
+        cls, source: str, *, weight_dtype: torch.dtype, options: dict[str, Any]
+    ) -> tuple[list[Any], list[Any]]:
+        encoders: list[Any] = [
+            CLIPTextModel.from_pretrained(source, subfolder="text_encoder", torch_dtype=weight_dtype),
+            T5EncoderModel.from_pretrained(source, subfolder="text_encoder_2", torch_dtype=weight_dtype),
+        ]
+        tokenizers: list[Any] = [
+            CLIPTokenizer.from_pretrained(source, subfolder="tokenizer"),
+            T5TokenizerFast.from_pretrained(source, subfolder="tokenizer_2"),
+        ]
+        return encoders, tokenizers
 
     @property
     def guidance_embeds(self) -> bool:

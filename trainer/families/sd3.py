@@ -12,11 +12,11 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
 from trainer.families import FamilyName
-from trainer.families.base import Conditioning, ImageGeometry, ModelFamily, load_error
+from trainer.families.base import Conditioning, ImageGeometry
 from trainer.families.flow import FlowFamily
 from trainer.families.text import clip_ids, t5_length, token_ids
 
@@ -26,42 +26,26 @@ JOINT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj",
 
 class SD3Family(FlowFamily):
     name: ClassVar[FamilyName] = "sd3"
+    denoiser_class: ClassVar[Any] = SD3Transformer2DModel
+    scheduler_class: ClassVar[Any] = FlowMatchEulerDiscreteScheduler
     default_lora_targets: ClassVar[tuple[str, ...]] = JOINT_TARGETS
 
     @classmethod
-    def load(cls, source: str, *, weight_dtype: torch.dtype, options: dict[str, Any]) -> ModelFamily:
-        use_t5 = options.get("use_t5") is not False
-        try:
-            transformer = SD3Transformer2DModel.from_pretrained(
-                source, subfolder="transformer", torch_dtype=weight_dtype
-            )
-            vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32)
-            scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(source, subfolder="scheduler")
-            encoders: list[torch.nn.Module] = [
-                CLIPTextModelWithProjection.from_pretrained(source, subfolder=sub, torch_dtype=weight_dtype)
-                for sub in ("text_encoder", "text_encoder_2")
-            ]
-            tokenizers: list[Any] = [
-                CLIPTokenizer.from_pretrained(source, subfolder=sub) for sub in ("tokenizer", "tokenizer_2")
-            ]
-            if use_t5:
-                encoders.append(
-                    T5EncoderModel.from_pretrained(
-                        source, subfolder="text_encoder_3", torch_dtype=weight_dtype
-                    )
-                )
-                tokenizers.append(T5TokenizerFast.from_pretrained(source, subfolder="tokenizer_3"))
-        except (OSError, ValueError, KeyError) as exc:
-            raise load_error(source, exc) from exc
-        return cls(
-            source=source,
-            denoiser=transformer,
-            vae=vae,
-            text_encoders=encoders,
-            tokenizers=tokenizers,
-            scheduler=scheduler,
-            options=options,
-        )
+    def load_text_stack(
+        cls, source: str, *, weight_dtype: torch.dtype, options: dict[str, Any]
+    ) -> tuple[list[Any], list[Any]]:
+        encoders: list[Any] = [
+            CLIPTextModelWithProjection.from_pretrained(source, subfolder=sub, torch_dtype=weight_dtype)
+            for sub in ("text_encoder", "text_encoder_2")
+        ]
+        tokenizers: list[Any] = [
+            CLIPTokenizer.from_pretrained(source, subfolder=sub) for sub in ("tokenizer", "tokenizer_2")
+        ]
+        if options.get("use_t5") is not False:
+            t5 = T5EncoderModel.from_pretrained(source, subfolder="text_encoder_3", torch_dtype=weight_dtype)
+            encoders.append(t5)
+            tokenizers.append(T5TokenizerFast.from_pretrained(source, subfolder="tokenizer_3"))
+        return encoders, tokenizers
 
     @property
     def has_t5(self) -> bool:

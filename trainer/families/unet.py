@@ -9,13 +9,13 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.utils import convert_state_dict_to_diffusers
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from trainer.export import to_kohya
 from trainer.families import FamilyName
-from trainer.families.base import Conditioning, ImageGeometry, ModelFamily, Noised, load_error
+from trainer.families.base import Conditioning, ImageGeometry, ModelFamily, Noised
 from trainer.families.text import clip_ids
 
 EVALUATION_TIMESTEPS = (100, 300, 500, 700, 900)
@@ -24,36 +24,26 @@ EVALUATION_TIMESTEPS = (100, 300, 500, 700, 900)
 class UNetFamily(ModelFamily):
     """What SD and SDXL share: the UNet, the DDPM schedule, one or two CLIP encoders."""
 
+    denoiser_class: ClassVar[Any] = UNet2DConditionModel
+    scheduler_class: ClassVar[Any] = DDPMScheduler
     lora_layers_argument: ClassVar[str] = "unet_lora_layers"
     second_encoder: ClassVar[bool] = False
 
     @classmethod
-    def load(cls, source: str, *, weight_dtype: torch.dtype, options: dict[str, Any]) -> ModelFamily:
-        try:
-            unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=weight_dtype)
-            vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32)
-            scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler")
-            encoders: list[torch.nn.Module] = [
-                CLIPTextModel.from_pretrained(source, subfolder="text_encoder", torch_dtype=weight_dtype)
-            ]
-            tokenizers = [CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")]
-            if cls.second_encoder:
-                encoders.append(
-                    CLIPTextModelWithProjection.from_pretrained(
-                        source, subfolder="text_encoder_2", torch_dtype=weight_dtype
-                    )
-                )
-                tokenizers.append(CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2"))
-        except (OSError, ValueError, KeyError) as exc:
-            raise load_error(source, exc) from exc
-        return cls(
-            source=source,
-            denoiser=unet,
-            vae=vae,
-            text_encoders=encoders,
-            tokenizers=tokenizers,
-            scheduler=scheduler,
-        )
+    def load_text_stack(
+        cls, source: str, *, weight_dtype: torch.dtype, options: dict[str, Any]
+    ) -> tuple[list[Any], list[Any]]:
+        encoders: list[Any] = [
+            CLIPTextModel.from_pretrained(source, subfolder="text_encoder", torch_dtype=weight_dtype)
+        ]
+        tokenizers: list[Any] = [CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")]
+        if cls.second_encoder:
+            second = CLIPTextModelWithProjection.from_pretrained(
+                source, subfolder="text_encoder_2", torch_dtype=weight_dtype
+            )
+            encoders.append(second)
+            tokenizers.append(CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2"))
+        return encoders, tokenizers
 
     @property
     def native_resolution(self) -> int:
