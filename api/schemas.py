@@ -23,7 +23,9 @@ from trainer.families import FamilyName, Objective
 from trainer.spec import MAX_SEED, Method, SpecConflict, TrainSpec, ValidationSpec
 
 T = TypeVar("T")
-# The largest integer the database stores (BIGINT): ids, cursors and indices past it are a 422.
+# Past these, a 422: the largest integer an INTEGER column stores (event ids, sample ids, seeds), and the
+# largest index into a dataset's file of rows (not stored in the database, but 64-bit everywhere else).
+INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
 MAX_METADATA_KEY_CHARS = 64
 MAX_METADATA_VALUE_CHARS = 512
@@ -166,7 +168,7 @@ class JobCreate(BaseModel):
         default=0,
         ge=0,
         le=MAX_SEED,
-        description="Seed of data order, noise, timesteps and LoRA init (32 bits).",
+        description="Seed of data order, noise, timesteps and LoRA init (below 2^31).",
     )
     queue: str | None = Field(
         default=None,

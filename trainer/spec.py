@@ -14,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from trainer.families import FAMILIES, FAMILY_SPECIFIC_FIELDS, FamilyName
 
 Method = Literal["mapo", "dpo", "sft"]
-# numpy and torch seed with 32 bits; a larger seed would pass here and fail the job on the GPU.
-MAX_SEED = 2**32 - 1
+# numpy seeds with 32 bits and the job's row stores the seed as an INTEGER: the smaller of the two.
+MAX_SEED = 2**31 - 1
 MAX_STEPS = 1_000_000
 MAX_PROMPT_CHARS = 2000
 MAX_MODULE_NAME_CHARS = 200

@@ -9,7 +9,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from api.deps import ContextDep, CurrentTenant, SessionDep
 from api.routes.files import REDIRECT_RESPONSE, file_response
-from api.schemas import INT64_MAX, CheckpointOut, ErrorResponse, ListResponse, SampleOut
+from api.schemas import INT32_MAX, CheckpointOut, ErrorResponse, ListResponse, SampleOut
 from api.services import outputs as service
 
 router = APIRouter(prefix="/v1/jobs", tags=["artifacts"], responses={404: {"model": ErrorResponse}})
@@ -37,7 +37,7 @@ def sample_image(
     context: ContextDep,
     tenant: CurrentTenant,
     job_id: str,
-    sample_id: Annotated[int, Path(ge=0, le=INT64_MAX, description="The sample's id (GET .../samples).")],
+    sample_id: Annotated[int, Path(ge=0, le=INT32_MAX, description="The sample's id (GET .../samples).")],
 ) -> Response:
     """One validation image."""
     return file_response(service.sample_image(session, context, tenant, job_id, sample_id))

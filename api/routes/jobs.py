@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ContextDep, CurrentTenant, ReadSessionDep, SessionDep
-from api.schemas import INT64_MAX, ErrorResponse, EventOut, JobCreate, JobOut, ListResponse, MetricsOut
+from api.schemas import INT32_MAX, ErrorResponse, EventOut, JobCreate, JobOut, ListResponse, MetricsOut
 from api.services import events as event_service
 from api.services import jobs as service
 from api.services import outputs as output_service
@@ -92,7 +92,7 @@ def job_events(
     tenant: CurrentTenant,
     job_id: str,
     after: Annotated[
-        int | None, Query(ge=0, le=INT64_MAX, description="Last event id seen; events after it follow.")
+        int | None, Query(ge=0, le=INT32_MAX, description="Last event id seen; events after it follow.")
     ] = None,
     limit: Limit = 100,
     accept: Annotated[str, Header(include_in_schema=False)] = "",
@@ -100,7 +100,7 @@ def job_events(
         int | None,
         Header(
             ge=0,
-            le=INT64_MAX,
+            le=INT32_MAX,
             description="Event stream only: the last event id received; replay starts after it.",
         ),
     ] = None,
