@@ -39,7 +39,9 @@ def test_cli_builds_demo_data_and_trains_from_a_yaml_spec(tiny_sd: Path, tmp_pat
     )
     assert run.returncode == 0, run.stderr
     events = [json.loads(line) for line in run.stdout.splitlines()]
-    assert events[0]["type"] == "started"
+    # The latent cache is built first (on by default), with its progress, then training starts.
+    types = [e["type"] for e in events]
+    assert set(types[: types.index("started")]) == {"caching"}
     assert [e["step"] for e in events if e["type"] == "step"] == [1, 2]
     assert events[-1] == {"type": "finished", "step": 2, "total_steps": 2, "stopped": False}
     assert (tmp_path / "out" / "adapter" / "pytorch_lora_weights.safetensors").is_file()
