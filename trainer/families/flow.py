@@ -79,11 +79,29 @@ def flow_noise(
 
 KOHYA_TRANSFORMER_PREFIX = "lora_transformer_"
 
+# Measured on the shapes bases (docs/experiments.md, section 2b): velocity errors are 3.6 times a trained
+# UNet's noise errors there (about ten on real models), and a sweep of the prefer-red job on shapes-flux
+# chose T = 100 (the most held-out pairs ranked right; 30-1000 all learn) and beta = 500 (DPO moves the
+# samples as far as beta = 5000 does on shapes-sdxl).
+FLOW_MARGIN_SCALE = 100.0
+FLOW_DPO_BETA = 500.0
+
 
 class FlowFamily(ModelFamily):
     """A flow-matching transformer family; subclasses say how to encode text and call the model."""
 
     default_weighting: ClassVar[WeightingScheme] = "logit_normal"
+    # Both streams of the joint attention (the image and the text tokens' projections).
+    default_lora_targets: ClassVar[tuple[str, ...]] = (
+        "to_q",
+        "to_k",
+        "to_v",
+        "to_out.0",
+        "add_q_proj",
+        "add_k_proj",
+        "add_v_proj",
+        "to_add_out",
+    )
 
     def __init__(self, *, options: dict[str, Any], **components: Any) -> None:
         super().__init__(options=options, **components)
@@ -95,6 +113,14 @@ class FlowFamily(ModelFamily):
     @property
     def prediction_type(self) -> str:
         return "flow"
+
+    @property
+    def margin_scale(self) -> float:
+        return FLOW_MARGIN_SCALE
+
+    @property
+    def dpo_beta(self) -> float:
+        return FLOW_DPO_BETA
 
     def kohya_state(self, state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
         return to_kohya(state, alpha, prefix=KOHYA_TRANSFORMER_PREFIX)

@@ -18,7 +18,6 @@ from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokeniz
 from trainer.families import FamilyName
 from trainer.families.base import Conditioning, ImageGeometry
 from trainer.families.flow import FlowFamily
-from trainer.families.sd3 import FLOW_DPO_BETA, FLOW_MARGIN_SCALE, JOINT_TARGETS
 from trainer.families.text import clip_ids, t5_length, token_ids
 
 DEFAULT_GUIDANCE = 3.5
@@ -28,7 +27,6 @@ class FluxFamily(FlowFamily):
     name: ClassVar[FamilyName] = "flux"
     denoiser_class: ClassVar[Any] = FluxTransformer2DModel
     scheduler_class: ClassVar[Any] = FlowMatchEulerDiscreteScheduler
-    default_lora_targets: ClassVar[tuple[str, ...]] = JOINT_TARGETS
 
     def __init__(self, *, options: dict[str, Any], **components: Any) -> None:
         super().__init__(options=options, **components)
@@ -57,14 +55,6 @@ class FluxFamily(FlowFamily):
     def native_resolution(self) -> int:
         # The transformer records no image size; FLUX's VAE config does (1024).
         return int(self.vae.config.sample_size)
-
-    @property
-    def margin_scale(self) -> float:
-        return FLOW_MARGIN_SCALE
-
-    @property
-    def dpo_beta(self) -> float:
-        return FLOW_DPO_BETA
 
     @property
     def text_length(self) -> int:

@@ -21,14 +21,12 @@ from trainer.families.flow import FlowFamily
 from trainer.families.text import clip_ids, t5_length, token_ids
 
 T5_CAP = 256  # the SD3 pipeline's max_sequence_length
-JOINT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 
 
 class SD3Family(FlowFamily):
     name: ClassVar[FamilyName] = "sd3"
     denoiser_class: ClassVar[Any] = SD3Transformer2DModel
     scheduler_class: ClassVar[Any] = FlowMatchEulerDiscreteScheduler
-    default_lora_targets: ClassVar[tuple[str, ...]] = JOINT_TARGETS
 
     @classmethod
     def load_text_stack(
@@ -54,14 +52,6 @@ class SD3Family(FlowFamily):
     @property
     def native_resolution(self) -> int:
         return int(self.denoiser.config.sample_size) * self.vae_scale_factor
-
-    @property
-    def margin_scale(self) -> float:
-        return FLOW_MARGIN_SCALE
-
-    @property
-    def dpo_beta(self) -> float:
-        return FLOW_DPO_BETA
 
     @property
     def text_length(self) -> int:
@@ -121,11 +111,3 @@ class SD3Family(FlowFamily):
 
     def sampling_arguments(self, guidance_scale: float) -> dict[str, Any]:
         return {"guidance_scale": guidance_scale, "max_sequence_length": self.text_length}
-
-
-# Measured on the shapes bases (docs/experiments.md, section 2b): velocity errors are 3.6 times a trained
-# UNet's noise errors there (about ten on real models), and a sweep of the prefer-red job on shapes-flux
-# chose T = 100 (the most held-out pairs ranked right; 30-1000 all learn) and beta = 500 (DPO moves the
-# samples as far as beta = 5000 does on shapes-sdxl).
-FLOW_MARGIN_SCALE = 100.0
-FLOW_DPO_BETA = 500.0
