@@ -1,8 +1,8 @@
 """`mapo serve`: the embedded single-machine service in the foreground.
 
 SQLite, local storage and kombu's filesystem broker, all under MAPO_DATA_DIR (default ./mapo-data). It
-migrates the database, builds the offline tiny models on first start (allowed as `tiny-sd` and
-`tiny-sdxl` beside the shipped pre-trained `shapes-sd` and `shapes-sdxl` and the operator's
+migrates the database, builds the offline tiny models on first start (allowed as `tiny-sd`,
+`tiny-sdxl`, `tiny-sd3` and `tiny-flux` beside the shipped pre-trained `shapes-*` bases and the operator's
 MAPO_BASE_MODELS), prints a first API key, then supervises two child processes: the API (uvicorn) and
 one Celery worker. A worker that dies is restarted; if the API dies everything stops with exit code 1.
 SIGTERM/SIGINT stop both children and exit 0. The children never outlive the supervisor: each is asked

@@ -27,7 +27,7 @@ from tests.trainer.specs import FAST_TRAINING
 from trainer.synthetic.demo_data import write_demo_upload
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT_S = 240  # first start builds both tiny models
+START_TIMEOUT_S = 240  # first start builds the four tiny models
 JOB_TIMEOUT_S = 300
 KEY_LINE = re.compile(r"MAPO_API_KEY=(mapo_\S+)")
 READY_LINE = re.compile(r"ready at (http://\S+)")
@@ -172,7 +172,7 @@ def run_job(mapo: MapoClient, dataset_id: str, **overrides: Any) -> tuple[JSON, 
 
 
 @pytest.mark.slow
-def test_embedded_service_trains_a_tiny_sdxl_job_end_to_end(
+def test_embedded_service_trains_a_tiny_sdxl_and_a_tiny_flux_job_end_to_end(
     service: Service, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     started = time.monotonic()
