@@ -151,9 +151,14 @@ class ModelFamily(ABC):
         return int(2 ** (len(self.vae.config.block_out_channels) - 1))
 
     @property
-    @abstractmethod
     def native_resolution(self) -> int:
-        """The square size the base model was trained at, in pixels."""
+        """The square size the base model was trained at, in pixels: the denoiser's latent size times the
+        VAE's factor (a family whose denoiser records no size overrides this)."""
+        return int(self.denoiser.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler.config.num_train_timesteps)
 
     @property
     @abstractmethod

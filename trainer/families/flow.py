@@ -125,10 +125,6 @@ class FlowFamily(ModelFamily):
     def kohya_state(self, state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
         return to_kohya(state, alpha, prefix=KOHYA_TRANSFORMER_PREFIX)
 
-    @property
-    def num_train_timesteps(self) -> int:
-        return int(self.scheduler.config.num_train_timesteps)
-
     def shift_mu(self, latents: torch.Tensor) -> float | None:
         """mu of dynamic shifting for these latents, or None where the scheduler shifts statically."""
         if not self.scheduler.config.get("use_dynamic_shifting"):

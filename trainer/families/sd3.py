@@ -50,10 +50,6 @@ class SD3Family(FlowFamily):
         return len(self.text_encoders) == 3
 
     @property
-    def native_resolution(self) -> int:
-        return int(self.denoiser.config.sample_size) * self.vae_scale_factor
-
-    @property
     def text_length(self) -> int:
         return t5_length(self.tokenizers[2], T5_CAP) if self.has_t5 else 77
 

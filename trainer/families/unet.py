@@ -46,16 +46,8 @@ class UNetFamily(ModelFamily):
         return encoders, tokenizers
 
     @property
-    def native_resolution(self) -> int:
-        return int(self.denoiser.config.sample_size) * self.vae_scale_factor
-
-    @property
     def prediction_type(self) -> str:
         return str(self.scheduler.config.prediction_type)
-
-    @property
-    def num_train_timesteps(self) -> int:
-        return int(self.scheduler.config.num_train_timesteps)
 
     @property
     def margin_scale(self) -> float:
