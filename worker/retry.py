@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import TypeVar
 
 from sqlalchemy.exc import InterfaceError, OperationalError
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -25,17 +25,24 @@ def retry_transient(
     max_delay_seconds: float = 30.0,
 ) -> T:
     """Run `action` (one whole transaction), again with exponential backoff while the database is
-    unavailable; other errors, and the last transient one, propagate. 10 attempts wait about 2.5 min."""
-    delay = first_delay_seconds
-    for attempt in range(1, attempts + 1):
-        try:
-            return action()
-        except TRANSIENT_DATABASE_ERRORS as exc:
-            if attempt == attempts:
-                raise
-            log.warning(
-                "%s failed (%s, attempt %d); retrying in %.1f s", what, type(exc).__name__, attempt, delay
-            )
-            time.sleep(delay)
-            delay = min(delay * 2, max_delay_seconds)
-    raise AssertionError("unreachable")
+    unavailable; other errors, and the last transient one, propagate. 10 attempts wait about 2 min."""
+    retrying = Retrying(
+        retry=retry_if_exception_type(TRANSIENT_DATABASE_ERRORS),
+        stop=stop_after_attempt(attempts),
+        wait=wait_exponential(multiplier=first_delay_seconds, max=max_delay_seconds),
+        before_sleep=lambda state: _log_retry(state, what),
+        reraise=True,
+    )
+    return retrying(action)
+
+
+def _log_retry(state: RetryCallState, what: str) -> None:
+    error = state.outcome.exception() if state.outcome is not None else None
+    delay = state.next_action.sleep if state.next_action is not None else 0.0
+    log.warning(
+        "%s failed (%s, attempt %d); retrying in %.1f s",
+        what,
+        type(error).__name__,
+        state.attempt_number,
+        delay,
+    )
