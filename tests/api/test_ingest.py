@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
+import os
 import struct
 import tarfile
 import unicodedata
@@ -74,6 +76,61 @@ def make_tar(path: Path, files: dict[str, bytes], extra: tuple[tarfile.TarInfo, 
 
 def make_parquet(path: Path, rows: list[dict[str, object]], schema: pa.Schema | None = None) -> Path:
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    return path
+
+
+def written_bytes() -> int:
+    """Bytes this process has passed to write() so far (Linux /proc/self/io `wchar`): what scratch costs."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    raise AssertionError("/proc/self/io has no wchar")
+
+
+def raw_deflate(data: bytes) -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return compressor.compress(data) + compressor.flush()
+
+
+def bomb_zip(path: Path, *, members: int, member_bytes: int, files: dict[str, bytes]) -> Path:
+    """A zip of `files` and then `members` members of `member_bytes` zeros, written by hand: the zeros are
+    deflated once and that stream reused, so a 6 GB bomb builds in a second (zipfile takes a minute)."""
+    zeros = bytes(member_bytes)
+    junk = (raw_deflate(zeros), zlib.crc32(zeros), member_bytes)
+    entries = [(name, (raw_deflate(data), zlib.crc32(data), len(data))) for name, data in files.items()]
+    entries += [(f"junk/{i:05d}.bin", junk) for i in range(members)]
+    central = b""
+    with path.open("wb") as out:
+        for name, (packed, crc, size) in entries:
+            encoded, offset = name.encode(), out.tell()
+            common = struct.pack("<HHHHIIIH", 0, 8, 0, 0x21, crc, len(packed), size, len(encoded))
+            out.write(struct.pack("<IH", 0x04034B50, 20) + common + struct.pack("<H", 0) + encoded + packed)
+            central += struct.pack("<IHH", 0x02014B50, 20, 20) + common
+            central += struct.pack("<HHHHII", 0, 0, 0, 0, 0, offset) + encoded
+        start = out.tell()
+        out.write(central)
+        out.write(
+            struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(entries), len(entries), len(central), start, 0)
+        )
+    return path
+
+
+def tar_member(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    return info.tobuf()
+
+
+def bomb_tar_gz(path: Path, *, members: int, member_bytes: int, files: dict[str, bytes]) -> Path:
+    """A .tar.gz of `members` members of `member_bytes` zeros, then `files`, as gzip members written one
+    after another (gzip readers see one stream): the zeros are compressed once and that member reused."""
+    assert member_bytes % tarfile.BLOCKSIZE == 0
+    zeros = gzip.compress(bytes(member_bytes))
+    rest = b"".join(tar_member(n, len(d)) + d + bytes(-len(d) % tarfile.BLOCKSIZE) for n, d in files.items())
+    with path.open("wb") as out:
+        for i in range(members):
+            out.write(gzip.compress(tar_member(f"junk/{i:05d}.bin", member_bytes)) + zeros)
+        out.write(gzip.compress(rest + bytes(2 * tarfile.BLOCKSIZE)))
     return path
 
 
@@ -399,6 +456,56 @@ def test_gzip_bomb_is_refused_while_streaming(tmp_path: Path) -> None:
     problems = rejection(make_tar(tmp_path / "up.tar.gz", files), tmp_path / "ds")
 
     assert len(problems) == 1 and "gzip bomb" in problems[0].reason
+
+
+# The issue's bomb: 1,400 members of 4 MiB of zeros (none over the size where one member's ratio is judged).
+BOMB_MEMBERS, BOMB_MEMBER_BYTES = 1400, 4 << 20
+
+
+def test_a_zip_of_many_mid_size_members_is_refused_before_any_is_extracted(tmp_path: Path) -> None:
+    upload = bomb_zip(
+        tmp_path / "up.zip", members=BOMB_MEMBERS, member_bytes=BOMB_MEMBER_BYTES, files=valid_files()
+    )
+    assert upload.stat().st_size < 7_000_000
+    before = written_bytes()
+    problems = rejection(upload, tmp_path / "ds")
+    scratch = written_bytes() - before
+
+    assert len(problems) == 1 and "zip bomb" in problems[0].reason, problems
+    assert scratch < 2 * upload.stat().st_size, f"wrote {scratch} bytes of scratch"
+
+
+def test_a_tar_gz_of_many_mid_size_members_is_refused_before_the_disk_fills(tmp_path: Path) -> None:
+    upload = bomb_tar_gz(
+        tmp_path / "up.tar.gz", members=BOMB_MEMBERS, member_bytes=BOMB_MEMBER_BYTES, files=valid_files()
+    )
+    before = written_bytes()
+    problems = rejection(upload, tmp_path / "ds")
+    scratch = written_bytes() - before
+
+    assert len(problems) == 1 and "gzip bomb" in problems[0].reason, problems
+    assert scratch < 2 * upload.stat().st_size, f"wrote {scratch} bytes of scratch"
+
+
+@pytest.mark.parametrize("name", ["up.zip", "up.tar", "up.tar.gz"])
+def test_members_no_row_references_are_never_extracted(tmp_path: Path, name: str) -> None:
+    noise = os.urandom(8 << 20)  # incompressible: no ratio limit objects to it
+    files = {"extra/noise.bin": noise, **valid_files()}
+    if name == "up.zip":
+        upload = make_zip(tmp_path / name, files)
+    else:
+        upload = tmp_path / name
+        with tarfile.open(upload, "w:gz" if name.endswith(".gz") else "w") as archive:
+            for member, data in files.items():
+                info = tarfile.TarInfo(member)
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+    before = written_bytes()
+    report = ingest(upload, tmp_path / "ds")
+    scratch = written_bytes() - before
+
+    assert report.num_pairs == 2
+    assert scratch < len(noise), f"wrote {scratch} bytes: the unreferenced member was extracted"
 
 
 def test_total_uncompressed_size_is_limited(tmp_path: Path) -> None:

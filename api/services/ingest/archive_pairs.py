@@ -18,7 +18,7 @@ CheckedImage = tuple[Path, str]
 
 def ingest_archive_rows(index: MemberIndex, collector: PairCollector) -> None:
     """Check every row of the archive's manifest and hand the valid pairs to `collector`."""
-    manifest, base = locate_pairs_file(index.files, collector)
+    manifest, base = locate_pairs_file(index.names, collector)
     for row, record in read_records(index.files[manifest], manifest, collector, PAIR_FIELDS):
         collector.admit_row(row)
         prompt = row_prompt(record, row, collector)

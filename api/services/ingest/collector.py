@@ -32,6 +32,11 @@ class PairCollector:
         self.dropped_ties = 0
         self.preview: list[PreviewPair] = []
 
+    def quiet_twin(self) -> PairCollector:
+        """A collector of the same kind and limits whose problems are thrown away, for a first look at
+        the rows (which archive members they reference) before the pass that reports them."""
+        return PairCollector(self._writer, self.limits)
+
     def report(self, row: int | None, field: str | None, reason: str) -> None:
         """Record one problem; beyond `max_problems` they are only counted."""
         if len(self.problems) < self.limits.max_problems:

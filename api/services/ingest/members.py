@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from api.services.ingest.limits import RATIO_FLOOR_BYTES
+
 CHUNK_BYTES = 1 << 20
 _DRIVE = re.compile(r"^[A-Za-z]:")
 # What a decompressor may raise on corrupt input while a member is being read.
@@ -56,6 +58,36 @@ class ByteBudget:
             raise LimitExceeded(self.reason)
 
 
+class ExpansionBudget:
+    """Decompressed bytes so far against compressed bytes read so far, across the whole archive.
+
+    Judging members one by one lets any number of members just under the ratio floor through (the issue's
+    bomb: 1,400 members of 4 MiB of zeros); judging the running totals refuses such an archive within the
+    first few MiB past the floor. Since the compressed bytes read never exceed the archive's size, what an
+    archive may expand to is also at most `max_ratio` times its size.
+    """
+
+    def __init__(self, *, max_bytes: int, max_ratio: float, bomb: str) -> None:
+        self.max_bytes, self.max_ratio, self.bomb = max_bytes, max_ratio, bomb
+        self.expanded = 0
+        self.compressed = 0
+
+    def read_compressed(self, count: int) -> None:
+        """Count compressed bytes taken from the archive (a zip member's stored size, a gzip read)."""
+        self.compressed += count
+
+    def spend(self, count: int) -> None:
+        """Add `count` decompressed bytes; `LimitExceeded` once the total or the running ratio is over."""
+        self.expanded += count
+        if self.expanded > self.max_bytes:
+            raise LimitExceeded(f"archive expands to more than {self.max_bytes} bytes")
+        if self.expanded > RATIO_FLOOR_BYTES and self.expanded > self.max_ratio * self.compressed:
+            raise LimitExceeded(
+                f"archive expands more than {self.max_ratio:g} times ({self.expanded} bytes from "
+                f"{self.compressed} read; a {self.bomb} bomb?)"
+            )
+
+
 def normalise_name(name: str) -> str:
     """The lookup key of an archive path: "/" separators, no "./", NFC (macOS zips names in NFD)."""
     path = posixpath.normpath(name.replace("\\", "/"))
@@ -78,24 +110,30 @@ def unsafe_name_reason(name: str) -> str | None:
 
 @dataclass
 class MemberIndex:
-    """The regular files extracted from an archive, by normalised name, plus the names refused."""
+    """An archive's regular files by normalised name (`names`), the few of them extracted to scratch
+    (`files`: the manifest and the images its rows reference), and the names refused."""
 
     scratch: Path
+    names: set[str] = field(default_factory=set)
     files: dict[str, Path] = field(default_factory=dict)
     refused: set[str] = field(default_factory=set)
 
     def name_problem(self, name: str) -> str | None:
         """Why a member's name is refused (unsafe, or a second member of the same name), or None."""
         reason = unsafe_name_reason(name)
-        if reason is None and normalise_name(name) in self.files:
+        if reason is None and normalise_name(name) in self.names:
             reason = "appears twice"
         return reason
+
+    def accept(self, name: str) -> None:
+        """Remember a regular file of the archive (extracted only if a row references it)."""
+        self.names.add(normalise_name(name))
 
     def refuse(self, name: str) -> None:
         """Remember a refused member, so a row pointing at it is told why it is missing."""
         self.refused.add(normalise_name(name))
 
-    def store(self, name: str, source: Readable, *, declared: int, budget: ByteBudget | None) -> None:
+    def store(self, name: str, source: Readable, *, declared: int, budget: ExpansionBudget | None) -> None:
         """Copy one member to scratch, counting its real bytes against its declared size and `budget`."""
         target = self.scratch / f"{len(self.files):08d}"
         written = 0

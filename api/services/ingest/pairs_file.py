@@ -17,6 +17,11 @@ _MANIFEST_NAMES = ("pairs.jsonl", "pairs.csv")
 Record = dict[str, object]
 
 
+def is_manifest_candidate(name: str) -> bool:
+    """Whether the member `name` (normalised) may be the manifest: at the root or one folder down."""
+    return name.count("/") <= 1 and name.rsplit("/", 1)[-1] in _MANIFEST_NAMES
+
+
 def locate_pairs_file(names: Iterable[str], collector: PairCollector) -> tuple[str, str]:
     """The manifest's member name and the folder its image paths are relative to ("" or "top/").
 

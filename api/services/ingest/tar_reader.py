@@ -1,94 +1,112 @@
-"""Extracting a .tar or .tar.gz upload in one streaming pass, counting every decompressed byte."""
+"""Extracting a .tar or .tar.gz upload by streaming it twice, counting every decompressed byte.
+
+A tar can only be read forward, and its manifest may come after the images, so the first pass names
+every member and extracts only the manifest, and the second extracts the members the manifest's rows
+reference (`references`). Nothing else reaches the disk; a gzip bomb is refused by the running ratio of
+decompressed to compressed bytes within a few MiB past the floor.
+"""
 
 from __future__ import annotations
 
 import gzip
 import io
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from api.services.ingest.collector import PairCollector
-from api.services.ingest.limits import RATIO_FLOOR_BYTES, IngestLimits
 from api.services.ingest.members import (
     READ_ERRORS,
     ByteBudget,
     CorruptArchive,
+    ExpansionBudget,
     LimitExceeded,
     MemberIndex,
     Readable,
+    normalise_name,
 )
+from api.services.ingest.pairs_file import is_manifest_candidate
+from api.services.ingest.references import referenced_members
+
+# What one pass does with each member that is a regular file, given the archive it is read from.
+MemberAction = Callable[[tarfile.TarFile, tarfile.TarInfo], None]
 
 
 class _CountingStream(io.RawIOBase):
-    """A read-only view of a stream that charges every byte it yields to a budget."""
+    """A read-only view of a (decompressing) stream that charges every byte it yields to a budget, with
+    the compressed bytes read from `raw` so far."""
 
-    def __init__(self, inner: Readable, budget: ByteBudget) -> None:
-        self._inner = inner
-        self._budget = budget
+    def __init__(self, inner: Readable, raw: BinaryIO, budget: ExpansionBudget) -> None:
+        self._inner, self._raw, self._budget = inner, raw, budget
+        self._raw_seen = 0
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         data = self._inner.read(len(buffer))
+        position = self._raw.tell()
+        self._budget.read_compressed(position - self._raw_seen)
+        self._raw_seen = position
         self._budget.spend(len(data))
         buffer[: len(data)] = data
         return len(data)
 
 
 def extract_tar(upload: Path, *, gzipped: bool, index: MemberIndex, collector: PairCollector) -> None:
-    """Extract every acceptable regular file of a (gzipped) tar into `index`, reporting refused members."""
+    """Name every acceptable regular file of a (gzipped) tar in `index`, reporting refused members, and
+    extract the manifest and the members its rows reference."""
+
+    def name_member(archive: tarfile.TarFile, info: tarfile.TarInfo) -> None:
+        reason = index.name_problem(info.name) or _type_problem(info)
+        if reason is not None:
+            index.refuse(info.name)
+            collector.report(None, None, f"archive member {info.name!r} {reason}")
+        elif info.isreg():
+            index.accept(info.name)
+            if is_manifest_candidate(normalise_name(info.name)):
+                _store(archive, info, index)
+
+    _stream(upload, gzipped, collector, name_member)
+    wanted = referenced_members(index, collector) - index.files.keys()
+
+    def extract_wanted(archive: tarfile.TarFile, info: tarfile.TarInfo) -> None:
+        if info.isreg() and normalise_name(info.name) in wanted - index.files.keys():
+            _store(archive, info, index)
+
+    if wanted:
+        _stream(upload, gzipped, collector, extract_wanted)
+
+
+def _stream(upload: Path, gzipped: bool, collector: PairCollector, action: MemberAction) -> None:
+    """One forward pass over the tar, calling `action` for each member; stops the ingest on a limit."""
     limits = collector.limits
     declared = ByteBudget(
-        limits.max_uncompressed_bytes,
-        f"archive declares more than {limits.max_uncompressed_bytes} bytes",
+        limits.max_uncompressed_bytes, f"archive declares more than {limits.max_uncompressed_bytes} bytes"
     )
+    # A plain tar expands 1:1; only a gzip stream is judged by its ratio.
+    ratio = limits.max_compression_ratio if gzipped else float("inf")
+    budget = ExpansionBudget(max_bytes=limits.max_uncompressed_bytes, max_ratio=ratio, bomb="gzip")
     with upload.open("rb") as raw:
         inner: Readable = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
-        stream = io.BufferedReader(_CountingStream(inner, _stream_budget(upload, gzipped, limits)))
+        stream = io.BufferedReader(_CountingStream(inner, raw, budget))
         try:
-            # "r|" reads strictly forward: the tar is never decompressed twice and never seeked.
+            # "r|" reads strictly forward and never seeks.
             with tarfile.open(fileobj=stream, mode="r|") as archive:
                 for position, info in enumerate(archive):
                     if position >= limits.max_members:
                         collector.fatal(f"archive has more than {limits.max_members} entries")
-                    _take(archive, info, index, collector, declared)
+                    if not info.isdir():
+                        declared.spend(info.size)
+                    action(archive, info)
         except (LimitExceeded, CorruptArchive) as exc:
             collector.fatal(str(exc))
         except (tarfile.TarError, *READ_ERRORS) as exc:
             collector.fatal(f"not a readable tar archive: {exc}")
 
 
-def _stream_budget(upload: Path, gzipped: bool, limits: IngestLimits) -> ByteBudget:
-    """The most decompressed bytes the tar stream may yield: the size limit, or the ratio limit if lower."""
-    if gzipped:
-        by_ratio = max(RATIO_FLOOR_BYTES, int(upload.stat().st_size * limits.max_compression_ratio))
-        if by_ratio < limits.max_uncompressed_bytes:
-            return ByteBudget(
-                by_ratio,
-                f"archive expands more than {limits.max_compression_ratio:g} times (a gzip bomb?)",
-            )
-    return ByteBudget(
-        limits.max_uncompressed_bytes,
-        f"archive expands to more than {limits.max_uncompressed_bytes} bytes",
-    )
-
-
-def _take(
-    archive: tarfile.TarFile,
-    info: tarfile.TarInfo,
-    index: MemberIndex,
-    collector: PairCollector,
-    declared: ByteBudget,
-) -> None:
-    reason = index.name_problem(info.name) or _type_problem(info)
-    if reason is not None:
-        index.refuse(info.name)
-        collector.report(None, None, f"archive member {info.name!r} {reason}")
-        return
-    if info.isdir():
-        return
-    declared.spend(info.size)
+def _store(archive: tarfile.TarFile, info: tarfile.TarInfo, index: MemberIndex) -> None:
     source = archive.extractfile(info)
     if source is None:
         raise CorruptArchive(f"archive member {info.name!r} has no data")

@@ -31,7 +31,7 @@ INVALID = _Invalid()
 
 def ingest_archive_targets(index: MemberIndex, collector: PairCollector) -> None:
     """Check every row of the archive's manifest and hand the valid ones to `collector`."""
-    manifest, base = locate_pairs_file(index.files, collector)
+    manifest, base = locate_pairs_file(index.names, collector)
     fields = ("prompt", "image", GENERATION_PROMPT) if collector.kind == "avoid" else ("prompt", "image")
     for row, record in read_records(index.files[manifest], manifest, collector, fields):
         collector.admit_row(row)

@@ -1,4 +1,5 @@
-"""Extracting a zip upload: sizes are checked from the central directory before any byte is inflated."""
+"""Extracting a zip upload: sizes are checked from the central directory before any byte is inflated,
+and only the manifest and the members its rows reference are inflated at all."""
 
 from __future__ import annotations
 
@@ -8,31 +9,49 @@ from pathlib import Path
 
 from api.services.ingest.collector import PairCollector
 from api.services.ingest.limits import RATIO_FLOOR_BYTES
-from api.services.ingest.members import READ_ERRORS, ByteBudget, CorruptArchive, LimitExceeded, MemberIndex
+from api.services.ingest.members import (
+    READ_ERRORS,
+    CorruptArchive,
+    ExpansionBudget,
+    LimitExceeded,
+    MemberIndex,
+    normalise_name,
+)
+from api.services.ingest.pairs_file import is_manifest_candidate
+from api.services.ingest.references import referenced_members
 
 _ENCRYPTED_FLAG = 0x1
 _MACOS_METADATA = "__MACOSX/"  # resource forks that macOS's Finder adds; never data
 
 
 def extract_zip(upload: Path, index: MemberIndex, collector: PairCollector) -> None:
-    """Extract every acceptable regular file of a zip into `index`, reporting each refused member."""
+    """Extract the manifest of a zip and the members its rows reference into `index`; every other
+    acceptable regular file is only named there. Reports each refused member."""
     limits = collector.limits
     try:
         with zipfile.ZipFile(upload) as archive:
             members = archive.infolist()
             _check_declared_sizes(members, collector)
-            budget = ByteBudget(
-                limits.max_uncompressed_bytes,
-                f"archive expands to more than {limits.max_uncompressed_bytes} bytes",
+            accepted = {normalise_name(i.filename): i for i in members if _accept(i, index, collector)}
+            budget = ExpansionBudget(
+                max_bytes=limits.max_uncompressed_bytes, max_ratio=limits.max_compression_ratio, bomb="zip"
             )
-            for info in members:
-                if _accept(info, index, collector):
-                    with archive.open(info) as source:
-                        index.store(info.filename, source, declared=info.file_size, budget=budget)
+            for name in [name for name in accepted if is_manifest_candidate(name)]:
+                _extract(archive, accepted[name], index, budget)
+            for name in sorted(referenced_members(index, collector) - index.files.keys()):
+                _extract(archive, accepted[name], index, budget)
     except (LimitExceeded, CorruptArchive) as exc:
         collector.fatal(str(exc))
     except (zipfile.BadZipFile, *READ_ERRORS) as exc:
         collector.fatal(f"not a readable zip archive: {exc}")
+
+
+def _extract(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, index: MemberIndex, budget: ExpansionBudget
+) -> None:
+    budget.read_compressed(info.compress_size)
+    with archive.open(info) as source:
+        index.store(info.filename, source, declared=info.file_size, budget=budget)
 
 
 def _check_declared_sizes(members: list[zipfile.ZipInfo], collector: PairCollector) -> None:
@@ -49,10 +68,17 @@ def _check_declared_sizes(members: list[zipfile.ZipInfo], collector: PairCollect
                 f"archive member {info.filename!r} expands {ratio:.0f} times, over the limit of "
                 f"{limits.max_compression_ratio:g} (a zip bomb?)"
             )
+    # The whole archive is judged as well as each member: many members each under the floor add up.
+    packed = max(sum(info.compress_size for info in members), 1)
+    if total > RATIO_FLOOR_BYTES and total / packed > limits.max_compression_ratio:
+        collector.fatal(
+            f"archive expands {total / packed:.0f} times ({total} bytes declared in {packed} compressed), "
+            f"over the limit of {limits.max_compression_ratio:g} (a zip bomb?)"
+        )
 
 
 def _accept(info: zipfile.ZipInfo, index: MemberIndex, collector: PairCollector) -> bool:
-    """Whether to extract a member: a safe, unencrypted regular file. Reports why a member is refused."""
+    """Whether a member is a safe, unencrypted regular file (named in `index`). Reports why one is refused."""
     if info.filename.startswith(_MACOS_METADATA):
         return False
     reason = index.name_problem(info.filename) or _type_problem(info)
@@ -60,7 +86,10 @@ def _accept(info: zipfile.ZipInfo, index: MemberIndex, collector: PairCollector)
         index.refuse(info.filename)
         collector.report(None, None, f"archive member {info.filename!r} {reason}")
         return False
-    return not info.is_dir()
+    if info.is_dir():
+        return False
+    index.accept(info.filename)
+    return True
 
 
 def _type_problem(info: zipfile.ZipInfo) -> str | None:
