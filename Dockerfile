@@ -13,6 +13,7 @@ COPY core ./core
 COPY trainer ./trainer
 COPY worker ./worker
 COPY client ./client
+COPY ops ./ops
 COPY migrations ./migrations
 
 FROM base AS api

@@ -140,8 +140,8 @@ def _bare(archive: Path, tmp: Path) -> float:
 @contextmanager
 def _api(tmp: Path) -> Iterator[tuple[str, str, psutil.Process]]:
     """uvicorn on embedded defaults with a fresh data dir; yields its URL, an API key and its process."""
-    from client import admin
     from core.settings import Settings
+    from ops import admin
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAPO_")}
     env["MAPO_DATA_DIR"] = str(tmp / "data")

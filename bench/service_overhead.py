@@ -112,9 +112,9 @@ def _parse() -> argparse.Namespace:
 @contextmanager
 def _service(tmp: Path, model: Path, args: argparse.Namespace) -> Iterator[tuple[str, str]]:
     """The API and one worker as `mapo serve` starts them; yields the API's URL and an API key."""
-    from client import admin
-    from client.serve import api_command, worker_command
     from core.settings import Settings
+    from ops import admin
+    from ops.serve import api_command, worker_command
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAPO_")}
     env |= {"MAPO_DATA_DIR": str(tmp / "data"), "MAPO_BASE_MODELS": json.dumps({"tiny-sdxl": str(model)})}

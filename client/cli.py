@@ -1,7 +1,8 @@
 """`mapo`: run the embedded service, and use any mapo-service from the command line.
 
 The API is found at MAPO_API_URL (default http://127.0.0.1:8000) with the key MAPO_API_KEY; --url and
---key override them. `serve`, `migrate` and `keys` work on the local service's settings (MAPO_*) instead.
+--key override them. `serve`, `migrate` and `keys` are the operator's commands (`mapo-ops`, package ops):
+they work on the local service's settings (MAPO_*) instead, and only they import the server's code.
 Exit codes: 0 done, 1 error (or a watched job failed), 2 bad arguments, 3 a watched job was cancelled.
 """
 
@@ -27,6 +28,12 @@ JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cance
 JOB_EXIT_CODES = {"succeeded": EXIT_OK, "failed": EXIT_ERROR, "cancelled": EXIT_CANCELLED}
 Handler = Callable[[argparse.Namespace], int]
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+# Handed over to ops.cli (imported only then), so that the SDK and the REST commands need no server code.
+OPERATOR_COMMANDS = {
+    "serve": "run the embedded service (API + worker) in the foreground",
+    "migrate": "upgrade the database schema to the newest version",
+    "keys": "API keys: create, list, revoke",
+}
 
 
 class UsageError(Exception):
@@ -35,6 +42,9 @@ class UsageError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `mapo` console script and of `python -m client`."""
+    argv = sys.argv[1:] if argv is None else argv
+    if _command_of(argv) in OPERATOR_COMMANDS:
+        return _run_operator_command(argv)
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
     try:
@@ -55,6 +65,37 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
 
 
+def _command_of(argv: list[str]) -> str | None:
+    """The command word of `argv`: its first word that is neither an option nor --url/--key's value."""
+    words = iter(argv)
+    for word in words:
+        if word in ("--url", "--key"):
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def _run_operator_command(argv: list[str]) -> int:
+    """`mapo serve|migrate|keys ...` is `mapo-ops ...`; --url/--key mean nothing there and are dropped."""
+    try:
+        from ops.cli import main as operator_main
+    except ModuleNotFoundError as exc:
+        _error(f"`mapo {_command_of(argv)}` needs the server's packages, which are not installed ({exc})")
+        return EXIT_ERROR
+    return operator_main(_without_api_options(argv), prog="mapo")
+
+
+def _without_api_options(argv: list[str]) -> list[str]:
+    kept, words = [], iter(argv)
+    for word in words:
+        if word in ("--url", "--key"):
+            next(words, None)
+        elif not word.startswith(("--url=", "--key=")):
+            kept.append(word)
+    return kept
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command tree."""
     # --url/--key work before or after the command; SUPPRESS keeps a later default from hiding an earlier one.
@@ -63,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--key", default=argparse.SUPPRESS, help="API key (env MAPO_API_KEY)")
     parser = argparse.ArgumentParser(prog="mapo", description=__doc__, parents=[common])
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
-    _add_service_commands(commands)
+    _add_operator_commands(commands)
+    _add_demo_command(commands)
     _add_dataset_commands(commands, common)
     _add_job_commands(commands, common)
     _add_output_commands(commands, common)
@@ -77,27 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_service_commands(commands: Subparsers) -> None:
-    serve = commands.add_parser("serve", help="run the embedded service (API + worker) in the foreground")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.set_defaults(handler=cmd_serve)
-    migrate = commands.add_parser("migrate", help="upgrade the database schema to the newest version")
-    migrate.set_defaults(handler=cmd_migrate)
-    keys = commands.add_parser("keys", help="API keys").add_subparsers(required=True, metavar="COMMAND")
-    create = keys.add_parser("create", help="create an API key (printed as the last word)")
-    create.add_argument("--tenant", required=True, help="tenant name (created if new)")
-    create.add_argument("--label", default="", help="a note stored with the key")
-    create.set_defaults(handler=cmd_keys_create)
-    listing = keys.add_parser("list", help="list API keys (their public prefixes, never the keys)")
-    listing.add_argument("--tenant", help="only this tenant's keys")
-    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    listing.set_defaults(handler=cmd_keys_list)
-    revoke = keys.add_parser(
-        "revoke", help="revoke an API key (by id or listed prefix); refused within MAPO_AUTH_CACHE_SECONDS"
-    )
-    revoke.add_argument("key", help="key id (key_…) or prefix (mapo_…) from `mapo keys list`")
-    revoke.set_defaults(handler=cmd_keys_revoke)
+def _add_operator_commands(commands: Subparsers) -> None:
+    """Listed here for `mapo --help`; `main` hands them to ops.cli before this parser sees them."""
+    for name, text in OPERATOR_COMMANDS.items():
+        commands.add_parser(name, help=f"{text} (the operator's `mapo-ops {name}`)", add_help=False)
+
+
+def _add_demo_command(commands: Subparsers) -> None:
     demo = commands.add_parser(
         "demo-data", help="write a synthetic demo dataset to upload (.zip/.tar/.parquet)"
     )
@@ -194,68 +222,7 @@ def _error(message: str) -> None:
     print(f"mapo: {message}", file=sys.stderr)
 
 
-# Service commands
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the embedded service until SIGTERM/SIGINT."""
-    from client.serve import serve
-
-    return serve(host=args.host, port=args.port)
-
-
-def cmd_migrate(args: argparse.Namespace) -> int:
-    """Upgrade the schema of the configured database."""
-    from sqlalchemy.engine import make_url
-
-    from client.admin import migrate
-    from core.settings import Settings
-
-    settings = Settings()
-    migrate(settings)
-    print(f"{make_url(settings.sqlalchemy_url).render_as_string(hide_password=True)} is up to date")
-    return EXIT_OK
-
-
-def cmd_keys_create(args: argparse.Namespace) -> int:
-    """Create a key; it is the last word printed, so scripts can take it with `| awk '{print $NF}'`."""
-    from client.admin import create_key, migrate
-    from core.settings import Settings
-
-    settings = Settings()
-    migrate(settings)  # so that this works on a fresh data dir, before the first `mapo serve`
-    key = create_key(settings, args.tenant, label=args.label)
-    print(f"API key for tenant {args.tenant!r} (shown only once, keep it safe): {key}")
-    return EXIT_OK
-
-
-def cmd_keys_list(args: argparse.Namespace) -> int:
-    """List keys by prefix, tenant, label and dates."""
-    from client.admin import list_keys, migrate
-    from client.output import keys_table
-    from core.settings import Settings
-
-    settings = Settings()
-    migrate(settings)
-    keys = list_keys(settings, tenant_name=args.tenant)
-    if args.json:
-        print(json.dumps([key._asdict() for key in keys], indent=2))
-    else:
-        Console().print(keys_table([key._asdict() for key in keys]))
-    return EXIT_OK
-
-
-def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    """Revoke a key; requests with it answer 401 from then on."""
-    from client.admin import revoke_key
-    from core.settings import Settings
-
-    key = revoke_key(Settings(), args.key)
-    if key is None:
-        _error(f"no API key with id or prefix {args.key!r} (see `mapo keys list`)")
-        return EXIT_ERROR
-    print(f"revoked {key.id} ({key.prefix}…) of tenant {key.tenant!r}")
-    return EXIT_OK
+# Local commands
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:

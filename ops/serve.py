@@ -31,8 +31,8 @@ from typing import TextIO
 
 import httpx
 
-from client import admin
 from core.settings import Settings
+from ops import admin
 from trainer.synthetic.base_models import shipped_base_models
 
 TINY_MODELS = {"tiny-sd": "sd", "tiny-sdxl": "sdxl", "tiny-sd3": "sd3", "tiny-flux": "flux"}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from client.serve import BUILT_MARKER, TINY_MODELS, build_tiny_models
+from ops.serve import BUILT_MARKER, TINY_MODELS, build_tiny_models
 from tests.client.conftest import REPO_ROOT, free_port, service_env
 
 CHILD = re.compile(r"started the (api|worker) \(pid (\d+)\)")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from client.serve import BUILT_MARKER, TINY_MODELS, offered_base_models
 from core.settings import Settings
+from ops.serve import BUILT_MARKER, TINY_MODELS, offered_base_models
 from trainer.synthetic.base_models import FOLDER
 
 
