@@ -1,4 +1,4 @@
-"""Job routes: create, list, inspect, cancel, and follow (events, metrics).
+"""Job routes: create, list, inspect, cancel, delete, and follow (events, metrics).
 
 The hot reads (inspect, list, metrics) read through an autocommit session (`ReadSessionDep`: no BEGIN,
 no COMMIT) and are `async def` that hand their one service call to the thread pool: a `def` route costs
@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, status
-from fastapi.responses import StreamingResponse
+from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ContextDep, CurrentTenant, ReadSessionDep, SessionDep
@@ -80,6 +80,13 @@ def cancel_job(session: SessionDep, context: ContextDep, tenant: CurrentTenant, 
     return service.cancel_job(session, context, tenant, job_id)
 
 
+@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT, responses={409: {"model": ErrorResponse}})
+def delete_job(session: SessionDep, context: ContextDep, tenant: CurrentTenant, job_id: str) -> None:
+    """Delete a finished job with its events, metrics, checkpoints, samples and adapter (409 until it has
+    finished: cancel it first)."""
+    service.delete_job(session, context, tenant, job_id)
+
+
 @router.get(
     "/{job_id}/events",
     response_model=ListResponse[EventOut],
@@ -104,15 +111,13 @@ def job_events(
             description="Event stream only: the last event id received; replay starts after it.",
         ),
     ] = None,
-) -> ListResponse[EventOut] | StreamingResponse:
+) -> ListResponse[EventOut] | EventSourceResponse:
     """The job's event log, oldest first; with `Accept: text/event-stream`, a live SSE stream of it."""
     if SSE_MEDIA_TYPE not in accept:
         return event_service.list_events(session, tenant, job_id, after=after, limit=limit)
-    stream = event_service.open_event_stream(
+    return event_service.open_event_stream(
         session, context, tenant, job_id, after=last_event_id if last_event_id is not None else after
     )
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(stream, media_type=SSE_MEDIA_TYPE, headers=headers)
 
 
 @router.get("/{job_id}/metrics")
