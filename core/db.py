@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from pydantic_core import from_json
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.settings import Settings
@@ -29,6 +29,7 @@ def make_engine(url: str, *, pool_timeout: float = 30.0) -> Engine:
         url, connect_args={"check_same_thread": False, "timeout": 30}, json_deserializer=from_json
     )
     event.listen(engine, "connect", _sqlite_pragmas)
+    event.listen(engine, "begin", _sqlite_begin)
     return engine
 
 
@@ -38,6 +39,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+    # pysqlite opens a transaction only before an INSERT/UPDATE/DELETE, so a SAVEPOINT that comes first
+    # opens one of its own, and its RELEASE commits: a job row written under `begin_nested` was visible
+    # (and kept on rollback) before its request had ended. `_sqlite_begin` begins every transaction.
+    dbapi_connection.isolation_level = None
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    # Not for autocommit reads (Database.read_sessions): there each statement stands alone.
+    if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+        connection.exec_driver_sql("BEGIN")
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
