@@ -22,6 +22,7 @@ from core.db import Database
 from core.models import JOB_STATUSES, utcnow
 from core.repositories import stats as stats_repo
 from core.repositories.stats import RunningJob
+from core.storage import ABORTED_UPLOADS, DELETE_FAILURES
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ def install(app: FastAPI, database: Database) -> None:
     from api.routes import metrics as metrics_route
 
     registry = CollectorRegistry(auto_describe=False)
-    for collector in (HTTP_LATENCY, UPLOAD_BYTES, DatabaseCollector(database)):
+    storage_counters = (DELETE_FAILURES, ABORTED_UPLOADS)
+    for collector in (HTTP_LATENCY, UPLOAD_BYTES, *storage_counters, DatabaseCollector(database)):
         registry.register(collector)
     app.state.metrics_registry = registry
     app.add_middleware(RequestMetricsMiddleware, histogram=HTTP_LATENCY)

@@ -9,7 +9,9 @@ marker written last (see `core.storage`).
 from __future__ import annotations
 
 import hashlib
+import logging
 import tempfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -19,7 +21,17 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from core.settings import Settings
-from core.storage import StoredFile, check_key, tree_files
+from core.storage import (
+    ABORTED_UPLOADS,
+    DELETE_FAILURES,
+    DeleteFailure,
+    StorageDeleteError,
+    StoredFile,
+    check_key,
+    tree_files,
+)
+
+log = logging.getLogger(__name__)
 
 # 16 MiB parts: few enough requests for multi-GB checkpoints, small enough to retry cheaply.
 TRANSFER = TransferConfig(multipart_threshold=16 << 20, multipart_chunksize=16 << 20, max_concurrency=8)
@@ -47,6 +59,10 @@ class StorageAccessDenied(PermissionError):
 
 def _is_missing(exc: ClientError) -> bool:
     return _code(exc) in _MISSING
+
+
+def _failure(key: str, error: dict[str, Any]) -> DeleteFailure:
+    return DeleteFailure(key=key, code=str(error.get("Code", "")), message=str(error.get("Message", "")))
 
 
 def _code(exc: ClientError) -> str:
@@ -192,9 +208,39 @@ class S3Storage:
 
     def delete_tree(self, key: str) -> None:
         names = [self.object_name(key), *(self.object_name(k) for k in self.list_keys(key))]
+        failures: list[DeleteFailure] = []
         for start in range(0, len(names), _DELETE_BATCH):
             batch = [{"Key": name} for name in names[start : start + _DELETE_BATCH]]
-            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            # Quiet: the answer lists only the keys that were not deleted (HTTP 200 all the same).
+            answer = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            failures += [_failure(self._key_of(e.get("Key", "")), e) for e in answer.get("Errors", [])]
+        if failures:
+            DELETE_FAILURES.inc(len(failures))
+            error = StorageDeleteError(key, failures)
+            log.error("%s", error)
+            raise error
+
+    def abort_incomplete_uploads(self, *, older_than: timedelta) -> list[str]:
+        """Abort the multipart uploads under the prefix begun more than `older_than` ago: the parts of an
+        upload whose process died are stored (and billed) until aborted. A younger one may still be live."""
+        cutoff = datetime.now(UTC) - older_than
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        aborted = []
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"] > cutoff:
+                    continue
+                self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                )
+                aborted.append(self._key_of(upload["Key"]))
+        if aborted:
+            ABORTED_UPLOADS.inc(len(aborted))
+            log.warning(
+                "aborted %d multipart upload(s) left by a dead writer: %s", len(aborted), ", ".join(aborted)
+            )
+        return aborted
 
     def local_dir(self, key: str) -> None:
         return None

@@ -13,16 +13,51 @@ import hashlib
 import os
 import shutil
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, Protocol
+
+from prometheus_client import Counter
 
 from core.settings import Settings
 
 CHUNK_BYTES = 1 << 20
+# A writer that dies mid-upload leaves its parts in an object store; past this age none can be live.
+INCOMPLETE_UPLOAD_MAX_AGE = timedelta(days=1)
+# Counted here, served by the API's GET /metrics (api.metrics), whichever backend counts them.
+DELETE_FAILURES = Counter(
+    "mapo_storage_delete_failures",
+    "Objects the store refused to delete (still stored; each is also logged with its key).",
+    registry=None,
+)
+ABORTED_UPLOADS = Counter(
+    "mapo_storage_aborted_uploads",
+    "Multipart uploads aborted because their writer died before completing them.",
+    registry=None,
+)
 
 
 class InvalidStorageKey(ValueError):
     """The key is not a clean relative path inside the storage root."""
+
+
+class DeleteFailure(NamedTuple):
+    """One object the store refused to delete: its storage key and the store's error code and message."""
+
+    key: str
+    code: str
+    message: str
+
+
+class StorageDeleteError(Exception):
+    """The store refused to delete some objects of a folder (they are still stored); every other object
+    was deleted. Raised after the whole folder was tried, so a retry only has the refused ones left."""
+
+    def __init__(self, key: str, failures: list[DeleteFailure]) -> None:
+        self.key, self.failures = key, failures
+        listed = ", ".join(f"{f.key} ({f.code}: {f.message})" for f in failures[:5])
+        more = f" and {len(failures) - 5} more" if len(failures) > 5 else ""
+        super().__init__(f"the store refused to delete {len(failures)} object(s) of {key}: {listed}{more}")
 
 
 class StoredFile(NamedTuple):
@@ -88,7 +123,13 @@ class Storage(Protocol):
     def size(self, key: str) -> int: ...
 
     def delete_tree(self, key: str) -> None:
-        """Remove a file or folder; a missing key is not an error (deletes are retried)."""
+        """Remove a file or folder; a missing key is not an error (deletes are retried). Objects the store
+        refuses to delete raise `StorageDeleteError` (after the rest are deleted), logged and counted."""
+        ...
+
+    def abort_incomplete_uploads(self, *, older_than: timedelta) -> list[str]:
+        """Abort the uploads begun more than `older_than` ago and never finished (their writer died) and
+        return their keys; a store without such uploads returns []."""
         ...
 
     def local_dir(self, key: str) -> Path | None:
@@ -164,6 +205,10 @@ class LocalStorage:
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
+
+    def abort_incomplete_uploads(self, *, older_than: timedelta) -> list[str]:
+        """Nothing to abort: a local write is a temp file renamed into place."""
+        return []
 
     def put_tree(self, key: str, source: Path, *, last: str | None = None) -> None:
         """Copy `source` into a hidden sibling of the target, then rename it into place (the whole folder

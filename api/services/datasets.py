@@ -31,7 +31,7 @@ from api.services.ingest import IngestLimits, IngestRejected, IngestReport, inge
 from core.db import after_commit, after_rollback
 from core.models import Dataset, Tenant, new_id
 from core.repositories import datasets as dataset_repo
-from core.storage import CHUNK_BYTES, dataset_key
+from core.storage import CHUNK_BYTES, INCOMPLETE_UPLOAD_MAX_AGE, dataset_key
 from trainer.dataset_format import MANIFEST_FILE, DatasetFormatError, DatasetKind, StoredPair
 
 log = logging.getLogger(__name__)
@@ -66,17 +66,27 @@ def received_upload(
 
 def sweep_abandoned(context: AppContext) -> list[str]:
     """Clean up after uploads whose API process died (run at start); a dataset that was recorded keeps
-    its files. Skipped, with a warning, while the database is unreachable."""
+    its files. Skipped, with a warning, while the database is unreachable. Object-store uploads left
+    unfinished for a day (by any process) are aborted."""
 
     def recorded(dataset_id: str) -> bool:
         with context.database.sessions() as session:
             return session.get(Dataset, dataset_id) is not None
 
+    _abort_incomplete_uploads(context)
     try:
         return sweep_abandoned_uploads(context.settings.tmp_dir, context.storage, recorded)
     except SQLAlchemyError as exc:
         log.warning("not sweeping abandoned uploads: the database is unreachable (%s)", type(exc).__name__)
         return []
+
+
+def _abort_incomplete_uploads(context: AppContext) -> None:
+    """Abort object-store uploads that a dead process began (the README's lifecycle rule does the same)."""
+    try:
+        context.storage.abort_incomplete_uploads(older_than=INCOMPLETE_UPLOAD_MAX_AGE)
+    except Exception as exc:  # boto3's errors: the store may deny listing uploads; start all the same
+        log.warning("not aborting incomplete uploads: %s: %s", type(exc).__name__, exc)
 
 
 def upload_dataset(

@@ -2,17 +2,28 @@
 
 import hashlib
 import io
+import logging
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from botocore.awsrequest import AWSResponse
 from pydantic import SecretStr
 
 from core.object_storage import S3Storage, StorageAccessDenied
 from core.settings import Settings
-from core.storage import InvalidStorageKey, Storage, build_storage, dataset_key, job_key
+from core.storage import (
+    DELETE_FAILURES,
+    InvalidStorageKey,
+    Storage,
+    StorageDeleteError,
+    build_storage,
+    dataset_key,
+    job_key,
+)
 from tests.conftest import s3_settings
 
 BOTH = pytest.mark.parametrize("backend", ["local", pytest.param("s3", marks=pytest.mark.s3)], indirect=True)
@@ -159,3 +170,75 @@ def test_credentials_the_store_refuses_fail_at_start_naming_the_settings(backend
 
 def files_base(files: dict[str, bytes]) -> list[str]:
     return [name.rsplit("/", 1)[-1] for name in files]
+
+
+class _Body:
+    """The raw body of a canned HTTP answer (botocore reads it with stream())."""
+
+    def __init__(self, content: bytes) -> None:
+        self.content = content
+
+    def stream(self, **_: Any) -> Any:
+        yield self.content
+
+
+def refuse_deletes_of(store: S3Storage, name: str, code: str = "AccessDenied") -> None:
+    """Make the store answer every DeleteObjects with a per-key error for object `name` (HTTP 200, as S3
+    answers when some keys of a batch fail): what a bucket policy or an object lock does on AWS. The request
+    never reaches the server, so every object stays where it is."""
+
+    def answer(request: Any, **_: Any) -> AWSResponse:
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?><DeleteResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+            f"<Error><Key>{name}</Key><Code>{code}</Code><Message>Access Denied</Message></Error>"
+            "</DeleteResult>"
+        ).encode()
+        return AWSResponse(request.url, 200, {"Content-Type": "application/xml"}, _Body(body))
+
+    store.client.meta.events.register("before-send.s3.DeleteObjects", answer)
+
+
+@S3_ONLY
+def test_s3_delete_tree_raises_and_counts_the_keys_the_store_refused_to_delete(
+    store: Storage, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert isinstance(store, S3Storage)
+    key = dataset_key("t", "d")
+    for name in ("images/1.png", "manifest.json"):
+        store.write_stream(f"{key}/{name}", io.BytesIO(b"x"))
+    refuse_deletes_of(store, store.object_name(f"{key}/images/1.png"))
+    before = DELETE_FAILURES._value.get()
+
+    with (
+        caplog.at_level(logging.ERROR, logger="core.object_storage"),
+        pytest.raises(StorageDeleteError) as refused,
+    ):
+        store.delete_tree(key)
+
+    assert refused.value.failures == [(f"{key}/images/1.png", "AccessDenied", "Access Denied")]
+    assert f"{key}/images/1.png" in str(refused.value) and "AccessDenied" in str(refused.value)
+    assert DELETE_FAILURES._value.get() == before + 1
+    assert any(f"{key}/images/1.png" in r.getMessage() for r in caplog.records)
+
+
+@S3_ONLY
+def test_s3_multipart_uploads_cut_off_by_a_crash_are_aborted(store: Storage) -> None:
+    assert isinstance(store, S3Storage)
+    # What a process killed in the middle of write_stream leaves: an upload begun, a part sent, no end.
+    name = store.object_name("tenants/t/jobs/j/adapter.safetensors")
+    begun = store.client.create_multipart_upload(Bucket=store.bucket, Key=name)
+    store.client.upload_part(
+        Bucket=store.bucket, Key=name, UploadId=begun["UploadId"], PartNumber=1, Body=os.urandom(5 << 20)
+    )
+
+    assert store.abort_incomplete_uploads(older_than=timedelta(days=1)) == [], "a recent upload may be live"
+    assert store.abort_incomplete_uploads(older_than=timedelta(0)) == ["tenants/t/jobs/j/adapter.safetensors"]
+    listed = store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=store.object_name("tenants"))
+    assert listed.get("Uploads", []) == []
+
+
+@BOTH
+def test_abort_incomplete_uploads_leaves_stored_files_alone(store: Storage) -> None:
+    store.write_stream("tenants/t/a.bin", io.BytesIO(b"adapter"))
+    assert store.abort_incomplete_uploads(older_than=timedelta(0)) == []
+    assert store.exists("tenants/t/a.bin")
