@@ -1,8 +1,10 @@
-"""The synthetic demo dataset: canonical layout, deterministic, warm chosen over cool rejected."""
+"""The synthetic demo datasets: canonical layout, deterministic, warm chosen over cool rejected (and the
+prefer-red preset of the shapes domain)."""
 
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import tarfile
 import zipfile
@@ -21,6 +23,7 @@ from trainer.synthetic.demo_data import (
     make_demo_dataset,
     write_demo_upload,
 )
+from trainer.synthetic.shapes import classify
 
 
 def rgb(path: Path) -> Image.Image:
@@ -110,3 +113,21 @@ def test_parquet_upload_alternates_sides_and_labels_follow(tmp_path: Path) -> No
     originals = list(demo_pairs(num_pairs=4, resolution=16, seed=0, image_format="JPEG"))
     assert table.column("jpg_1").to_pylist()[1] == originals[1].chosen
     assert table.column("jpg_0").to_pylist()[0][:3] == b"\xff\xd8\xff"
+
+
+def test_prefer_red_preset_leaves_colour_out_of_prompts_and_prefers_red(tmp_path: Path) -> None:
+    """The quickstart's data: colour-less prompts, the chosen shape red, the rejected one green or blue,
+    as the shapes classifier reads them back (what the shipped shapes bases learn to draw)."""
+    pairs = list(demo_pairs(num_pairs=12, resolution=64, seed=0, preset="prefer-red"))
+    assert len(pairs) == 12
+    for pair in pairs:
+        assert not any(colour in pair.prompt for colour in ("red", "green", "blue"))
+        chosen, rejected = (classify(Image.open(io.BytesIO(side))) for side in (pair.chosen, pair.rejected))
+        assert chosen.colour == "red" and rejected.colour in {"green", "blue"}
+        assert (chosen.kind, chosen.background) == (rejected.kind, rejected.background)
+    upload = write_demo_upload(
+        tmp_path / "red.zip", kind="zip", num_pairs=3, resolution=32, preset="prefer-red"
+    )
+    with zipfile.ZipFile(upload) as archive:
+        prompts = [json.loads(line)["prompt"] for line in archive.read("pairs.jsonl").splitlines()]
+    assert prompts == [pair.prompt for pair in pairs[:3]]

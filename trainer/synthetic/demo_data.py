@@ -1,9 +1,16 @@
-"""A synthetic preference dataset for demos and tests: warm renderings are preferred over cool ones.
+"""Synthetic preference datasets for demos and tests, in two presets.
 
-Each pair draws the same layout of flat shapes twice: the chosen image in a warm palette (reds, oranges,
-yellows on cream), the rejected one in a cool palette (blues, teals, purples on grey-blue). Prompts
-describe only the shapes and where they are, so the preference is a style a model can learn, exactly
-like MaPO's pick-style sets. Torch-free; deterministic for a seed (and a given Pillow version).
+- "prefer-red" (the quickstart's): the shapes domain the shipped `shapes-*` bases were pre-trained on.
+  Prompts leave the colour open ("a circle on a gray background"); the chosen image draws the shape red,
+  the rejected one green or blue (trainer/synthetic/shape_preferences.py). A few CPU minutes of MaPO
+  on a shapes base make every colour-less prompt come out red, so the alignment shows in the samples.
+- "warm-cool": each pair draws the same layout of flat shapes twice: the chosen image in a warm palette
+  (reds, oranges, yellows on cream), the rejected one in a cool palette (blues, teals, purples on
+  grey-blue). Prompts describe only the shapes and where they are, so the preference is a style a model
+  can learn, exactly like MaPO's pick-style sets. No shipped base knows these layouts, so it shows the
+  plumbing, not the alignment.
+
+Torch-free; deterministic for a seed (and a given Pillow version).
 """
 
 from __future__ import annotations
@@ -21,8 +28,12 @@ from typing import Literal, NamedTuple
 from PIL import Image, ImageDraw
 
 from trainer.dataset_format import DatasetWriter, EncodedImage, Manifest, read_manifest
+from trainer.synthetic.shape_preferences import prefer_red_pairs
+from trainer.synthetic.shapes import render
 
 Rgb = tuple[int, int, int]
+DemoPreset = Literal["prefer-red", "warm-cool"]
+DEMO_PRESETS: tuple[DemoPreset, ...] = ("prefer-red", "warm-cool")
 
 WARM_PALETTE: tuple[Rgb, ...] = ((214, 48, 39), (244, 109, 67), (253, 174, 97), (230, 171, 2))
 COOL_PALETTE: tuple[Rgb, ...] = ((49, 54, 149), (69, 117, 180), (27, 158, 119), (117, 112, 179))
@@ -57,9 +68,19 @@ class DemoPair(NamedTuple):
 
 
 def demo_pairs(
-    *, num_pairs: int, resolution: int, seed: int, image_format: Literal["PNG", "JPEG"] = "PNG"
+    *,
+    num_pairs: int,
+    resolution: int,
+    seed: int,
+    image_format: Literal["PNG", "JPEG"] = "PNG",
+    preset: DemoPreset = "warm-cool",
 ) -> Iterator[DemoPair]:
     """Yield `num_pairs` synthetic pairs of `resolution`² RGB images, the same ones for the same seed."""
+    if preset == "prefer-red":
+        for pair in prefer_red_pairs(num_pairs=num_pairs, seed=seed):
+            chosen, rejected = (render(side, resolution) for side in (pair.chosen, pair.rejected))
+            yield DemoPair(pair.prompt, _encode(chosen, image_format), _encode(rejected, image_format))
+        return
     rng = random.Random(seed)
     for _ in range(num_pairs):
         layout = _layout(rng)
@@ -133,6 +154,7 @@ def write_demo_upload(
     num_pairs: int = 48,
     resolution: int = 64,
     seed: int = 0,
+    preset: DemoPreset = "warm-cool",
 ) -> Path:
     """Write the demo pairs as a file a user would upload, and return `path`.
 
@@ -146,6 +168,7 @@ def write_demo_upload(
         resolution=resolution,
         seed=seed,
         image_format="JPEG" if kind == "parquet" else "PNG",
+        preset=preset,
     )
     if kind == "parquet":
         _write_parquet(path, pairs)
