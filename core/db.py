@@ -29,7 +29,7 @@ def make_engine(url: str, *, pool_timeout: float = 30.0) -> Engine:
         url, connect_args={"check_same_thread": False, "timeout": 30}, json_deserializer=from_json
     )
     event.listen(engine, "connect", _sqlite_pragmas)
-    event.listen(engine, "begin", _sqlite_begin)
+    event.listen(engine, "savepoint", _sqlite_begin_before_savepoint)
     return engine
 
 
@@ -39,16 +39,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _sqlite_begin_before_savepoint(connection: Connection, _name: str) -> None:
     # pysqlite opens a transaction only before an INSERT/UPDATE/DELETE, so a SAVEPOINT that comes first
-    # opens one of its own, and its RELEASE commits: a job row written under `begin_nested` was visible
-    # (and kept on rollback) before its request had ended. `_sqlite_begin` begins every transaction.
-    dbapi_connection.isolation_level = None
-
-
-def _sqlite_begin(connection: Connection) -> None:
-    # Not for autocommit reads (Database.read_sessions): there each statement stands alone.
-    if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
-        connection.exec_driver_sql("BEGIN")
+    # opens one of its own, which its RELEASE commits: a job created under `begin_nested` was visible, and
+    # kept on rollback, before its request had ended. IMMEDIATE: the write lock is taken (with the busy
+    # wait) now, as it would be by the INSERT that follows, never by a later write that could only fail.
+    if not connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
