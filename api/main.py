@@ -11,7 +11,7 @@ from api import metrics
 from api.body_limit import BodyLimitMiddleware
 from api.deps import AppContext
 from api.errors import install_error_handlers
-from api.routes import artifacts, base_models, datasets, health, jobs, web, webhooks, workers
+from api.routes import artifacts, base_models, datasets, docs, health, jobs, web, webhooks, workers
 from api.services import datasets as datasets_service
 from api.tenant_cache import SingleFlight, TenantCache
 from core.db import Database
@@ -54,6 +54,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # /docs comes from api.routes.docs, with its files served here instead of a CDN's; no /redoc.
+        docs_url=None,
+        redoc_url=None,
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes + BODY_OVERHEAD_BYTES)
     app.state.context = context
@@ -62,4 +65,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, datasets, jobs, artifacts, webhooks, workers, base_models):
         app.include_router(module.router)
     web.install(app)
+    docs.install(app)
     return app
