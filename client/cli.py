@@ -129,10 +129,10 @@ def _add_demo_command(commands: Subparsers) -> None:
     demo = commands.add_parser(
         "demo-data", help="write a synthetic demo dataset to upload (.zip/.tar/.parquet)"
     )
-    demo.add_argument("file", type=Path)
-    demo.add_argument("--pairs", type=int, default=48)
-    demo.add_argument("--resolution", type=int, default=64)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("file", type=Path, help="where to write it; the suffix picks the format")
+    demo.add_argument("--pairs", type=int, default=48, help="number of preference pairs (default 48)")
+    demo.add_argument("--resolution", type=int, default=64, help="image side in pixels (default 64)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed: the same seed, the same data")
     demo.set_defaults(handler=cmd_demo_data)
 
 
@@ -140,7 +140,7 @@ def _add_dataset_commands(commands: Subparsers, common: argparse.ArgumentParser)
     datasets = commands.add_parser("datasets", help="preference datasets")
     sub = datasets.add_subparsers(required=True, metavar="COMMAND")
     upload = sub.add_parser("upload", parents=[common], help="upload a .zip, .tar(.gz) or .parquet")
-    upload.add_argument("file", type=Path)
+    upload.add_argument("file", type=Path, help="the dataset file")
     upload.add_argument("--name", help="display name (default: the file name)")
     upload.add_argument(
         "--kind",
@@ -153,14 +153,24 @@ def _add_dataset_commands(commands: Subparsers, common: argparse.ArgumentParser)
     listing = sub.add_parser("list", parents=[common], help="your datasets, newest first")
     listing.add_argument("--limit", type=int, default=20)
     listing.set_defaults(handler=cmd_datasets_list)
+    get = sub.add_parser("get", parents=[common], help="a dataset as JSON (pairs, bytes, sha256, preview)")
+    get.add_argument("dataset", help="dataset id")
+    get.set_defaults(handler=cmd_datasets_get)
+    delete = sub.add_parser("delete", parents=[common], help="delete a dataset (refused while a job uses it)")
+    delete.add_argument("dataset", help="dataset id")
+    delete.set_defaults(handler=cmd_datasets_delete)
 
 
 def _add_job_commands(commands: Subparsers, common: argparse.ArgumentParser) -> None:
     sub = commands.add_parser("jobs", help="training jobs").add_subparsers(required=True, metavar="COMMAND")
     create = sub.add_parser("create", parents=[common], help="create a training job")
-    create.add_argument("--dataset", help="dataset id")
-    create.add_argument("--base-model", help="an allowed base model, e.g. tiny-sdxl")
-    create.add_argument("--method", choices=["mapo", "dpo", "sft"])
+    create.add_argument("--dataset", help="dataset id (required unless the --spec file has dataset_id)")
+    create.add_argument(
+        "--base-model",
+        help="an allowed base model, e.g. shapes-sdxl (see `mapo base-models`; required unless the --spec "
+        "file has base_model)",
+    )
+    create.add_argument("--method", choices=["mapo", "dpo", "sft"], help="the objective (default mapo)")
     create.add_argument("--spec", type=Path, help="YAML/JSON: a job body or a flat TrainSpec")
     create.add_argument(
         "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="e.g. learning_rate=1e-4"
@@ -178,9 +188,10 @@ def _add_job_commands(commands: Subparsers, common: argparse.ArgumentParser) -> 
         ("get", cmd_jobs_get, "a job as JSON"),
         ("watch", cmd_jobs_watch, "follow a job with a live progress bar until it ends"),
         ("cancel", cmd_jobs_cancel, "request cancellation"),
+        ("delete", cmd_jobs_delete, "delete a finished job with its events, metrics and outputs"),
     ):
         command = sub.add_parser(name, parents=[common], help=text)
-        command.add_argument("job")
+        command.add_argument("job", help="job id")
         command.set_defaults(handler=handler)
 
 
@@ -212,6 +223,13 @@ def client_from(args: argparse.Namespace) -> MapoClient:
     if not key:
         raise UsageError("no API key: set MAPO_API_KEY or pass --key (make one with `mapo keys create`)")
     return MapoClient(api_url(args), key)
+
+
+def existing_file(path: Path) -> Path:
+    """`path`, or a UsageError naming it when it is not a file (instead of a traceback from deep inside)."""
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    return path
 
 
 def _console() -> Console:
@@ -251,7 +269,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 def cmd_datasets_upload(args: argparse.Namespace) -> int:
     """Upload a dataset; prints its id first."""
     with client_from(args) as mapo:
-        dataset = mapo.upload_dataset(args.file, name=args.name, kind=args.kind)
+        dataset = mapo.upload_dataset(existing_file(args.file), name=args.name, kind=args.kind)
     print(
         f"{dataset['id']} {dataset['status']}: {dataset['num_pairs']} pairs ({dataset['kind']}), "
         f"{dataset['name']!r}"
@@ -271,7 +289,7 @@ def cmd_datasets_list(args: argparse.Namespace) -> int:
 
 def cmd_jobs_create(args: argparse.Namespace) -> int:
     """Create a job from flags, --set items and an optional spec file; prints its id first."""
-    body = build_job_body(read_spec_file(args.spec) if args.spec else None, args.sets)
+    body = build_job_body(read_spec_file(existing_file(args.spec)) if args.spec else None, args.sets)
     for field, value in (
         ("dataset_id", args.dataset),
         ("base_model", args.base_model),
@@ -296,6 +314,21 @@ def cmd_jobs_create(args: argparse.Namespace) -> int:
     steps = job["progress"]["total_steps"]
     family = families.get(job["base_model"]) or "family unknown"
     print(f"{job['id']} {job['status']}: {job['method']} on {job['base_model']} ({family}), {steps} steps")
+    return EXIT_OK
+
+
+def cmd_datasets_get(args: argparse.Namespace) -> int:
+    """The dataset as indented JSON."""
+    with client_from(args) as mapo:
+        print(json.dumps(mapo.get_dataset(args.dataset), indent=2))
+    return EXIT_OK
+
+
+def cmd_datasets_delete(args: argparse.Namespace) -> int:
+    """Delete a dataset and its files."""
+    with client_from(args) as mapo:
+        mapo.delete_dataset(args.dataset)
+    print(f"{args.dataset} deleted")
     return EXIT_OK
 
 
@@ -355,6 +388,14 @@ def cmd_jobs_cancel(args: argparse.Namespace) -> int:
     with client_from(args) as mapo:
         job = mapo.cancel_job(args.job)
     print(f"{job['id']} {job['status']}")
+    return EXIT_OK
+
+
+def cmd_jobs_delete(args: argparse.Namespace) -> int:
+    """Delete a finished job and its stored outputs."""
+    with client_from(args) as mapo:
+        mapo.delete_job(args.job)
+    print(f"{args.job} deleted")
     return EXIT_OK
 
 

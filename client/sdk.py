@@ -209,6 +209,11 @@ class MapoClient:
         """Request cancellation (idempotent); MapoAPIError 409 once the job has succeeded or failed."""
         return self._json("POST", f"/v1/jobs/{job_id}/cancel")
 
+    def delete_job(self, job_id: str) -> None:
+        """Delete a finished job with its events, metrics and stored outputs (MapoAPIError 409 until it
+        has finished: cancel it first)."""
+        self._request("DELETE", f"/v1/jobs/{job_id}")
+
     # Events
 
     def events(self, job_id: str, *, after: int | None = None, limit: int = 100) -> Page:

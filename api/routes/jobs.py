@@ -1,4 +1,4 @@
-"""Job routes: create, list, inspect, cancel, and follow (events, metrics).
+"""Job routes: create, list, inspect, cancel, delete, and follow (events, metrics).
 
 The hot reads (inspect, list, metrics) read through an autocommit session (`ReadSessionDep`: no BEGIN,
 no COMMIT) and are `async def` that hand their one service call to the thread pool: a `def` route costs
@@ -78,6 +78,13 @@ async def get_job(session: ReadSessionDep, tenant: CurrentTenant, job_id: str) -
 def cancel_job(session: SessionDep, context: ContextDep, tenant: CurrentTenant, job_id: str) -> JobOut:
     """Request cancellation (idempotent; 409 once the job has succeeded or failed)."""
     return service.cancel_job(session, context, tenant, job_id)
+
+
+@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT, responses={409: {"model": ErrorResponse}})
+def delete_job(session: SessionDep, context: ContextDep, tenant: CurrentTenant, job_id: str) -> None:
+    """Delete a finished job with its events, metrics, checkpoints, samples and adapter (409 until it has
+    finished: cancel it first)."""
+    service.delete_job(session, context, tenant, job_id)
 
 
 @router.get(

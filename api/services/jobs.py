@@ -19,6 +19,7 @@ from core.queue import enqueue_train_job
 from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
 from core.repositories import webhooks as webhook_repo
+from core.storage import job_key
 from core.webhooks import outbox as webhook_outbox
 
 
@@ -165,3 +166,17 @@ def cancel_job(session: Session, context: AppContext, tenant: Tenant, job_id: st
         # A queued job ends here; a running one ends in its worker, which sends the webhook then.
         webhook_outbox.record_event(session, job.id, "cancelled", producer=context.producer)
     return job_out(require_job(session, tenant, job_id))
+
+
+def delete_job(session: Session, context: AppContext, tenant: Tenant, job_id: str) -> None:
+    """Delete a finished job: its row now (the database cascades to its events, metrics, outputs and
+    webhook deliveries) and its stored files once that commits; 409 while it has not finished, since a
+    worker may still write to it. A finished job never changes again, so the check cannot go stale."""
+    job = require_job(session, tenant, job_id)
+    if not job.is_finished:
+        message = f"job {job_id} is {job.status}; cancel it and delete it once it has finished"
+        raise Conflict(message, param="job_id", code="job_not_finished")
+    key = job_key(job.tenant_id, job.id)
+    session.delete(job)
+    session.flush()
+    after_commit(session, lambda: context.storage.delete_tree(key))

@@ -1,3 +1,4 @@
+import io
 import json
 import threading
 import time
@@ -6,14 +7,20 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from kombu import Connection
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.db import Database
-from core.models import Tenant
+from core.models import Artifact, Checkpoint, Job, JobEvent, Metric, Sample, Tenant, WebhookDelivery
 from core.queue import GPU_QUEUE, TRAIN_JOB_TASK, broker_transport_options, enqueue_train_job
 from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
+from core.repositories import metrics as metric_repo
+from core.repositories import outputs as output_repo
+from core.repositories import webhooks as webhook_repo
+from core.repositories.metrics import MetricPoint
 from core.settings import Settings
+from core.storage import Storage, job_key
 from tests.conftest import auth_headers, create_dataset, create_job, create_tenant
 
 
@@ -314,3 +321,96 @@ def test_a_nul_character_in_a_cursor_or_body_is_422_not_500(
     for response in (listed, created):
         if response.status_code == 422:
             assert response.json()["error"]["code"] in ("invalid_value", "invalid_request")
+
+
+def finished_job_with_outputs(session: Session, storage: Storage, tenant_id: str, status: str) -> str:
+    """The id of a job that ended in `status` with an event, a metric, a checkpoint, a sample, an adapter
+    and a pending webhook delivery, every file stored under the job's key."""
+    job = create_job(session, tenant_id=tenant_id, webhooks=[{"url": "https://example.com/hook"}])
+    job_repo.claim_job(session, job.id, worker_id="w1")
+    job_repo.finish_job(session, job.id, status=status)
+    event_repo.append_event(session, job.id, status, f"job {status}")
+    metric_repo.add_metrics(session, job.id, [MetricPoint(step=1, name="loss", value=0.5)])
+    prefix = job_key(tenant_id, job.id)
+    for name in ("checkpoints/step-1/state.pt", "samples/step-1/0-lora.png", "diffusers.safetensors"):
+        storage.write_stream(f"{prefix}/{name}", io.BytesIO(b"x"))
+    output_repo.add_checkpoint(
+        session, job.id, step=1, storage_key=f"{prefix}/checkpoints/step-1", metrics={}
+    )
+    output_repo.add_sample(
+        session, job.id, step=1, index=0, prompt="a fox", with_lora=True, storage_key=f"{prefix}/samples"
+    )
+    output_repo.add_artifact(
+        session,
+        job.id,
+        format="diffusers",
+        storage_key=f"{prefix}/diffusers.safetensors",
+        size_bytes=1,
+        sha256="",
+    )
+    webhook_repo.add_delivery(
+        session, job_id=job.id, url="https://example.com/hook", event=status, payload="{}"
+    )
+    session.commit()
+    return job.id
+
+
+def rows_of(session: Session, job_id: str) -> dict[str, int]:
+    tables = {"jobs": Job.id, "events": JobEvent.job_id, "metrics": Metric.job_id}
+    tables |= {"checkpoints": Checkpoint.job_id, "samples": Sample.job_id, "artifacts": Artifact.job_id}
+    tables |= {"deliveries": WebhookDelivery.job_id}
+    session.rollback()  # a fresh snapshot: see what the request committed
+    return {
+        name: session.scalar(select(func.count()).where(column == job_id)) or 0
+        for name, column in tables.items()
+    }
+
+
+@pytest.mark.parametrize("status", ["succeeded", "failed", "cancelled"])
+def test_deleting_a_finished_job_removes_its_rows_and_stored_files(
+    client: TestClient,
+    session: Session,
+    storage: Storage,
+    headers: dict[str, str],
+    tenant_id: str,
+    status: str,
+) -> None:
+    job_id = finished_job_with_outputs(session, storage, tenant_id, status)
+    other_id = finished_job_with_outputs(session, storage, tenant_id, status)
+    assert set(rows_of(session, job_id).values()) == {1}
+
+    response = client.delete(f"/v1/jobs/{job_id}", headers=headers)
+
+    assert response.status_code == 204, response.text
+    assert rows_of(session, job_id) == dict.fromkeys(rows_of(session, job_id), 0)
+    assert storage.list_keys(job_key(tenant_id, job_id)) == []
+    assert set(rows_of(session, other_id).values()) == {1}  # only that job
+    assert len(storage.list_keys(job_key(tenant_id, other_id))) == 3
+    assert client.get(f"/v1/jobs/{job_id}", headers=headers).status_code == 404
+    assert client.delete(f"/v1/jobs/{job_id}", headers=headers).status_code == 404
+
+
+def test_a_job_that_has_not_finished_is_409_and_kept(
+    client: TestClient, session: Session, headers: dict[str, str], tenant_id: str
+) -> None:
+    queued, running, cancelling = (create_job(session, tenant_id=tenant_id) for _ in range(3))
+    for job in (running, cancelling):
+        job_repo.claim_job(session, job.id, worker_id="w1")
+    job_repo.request_cancel(session, cancelling.id)
+    session.commit()
+    for job in (queued, running, cancelling):
+        response = client.delete(f"/v1/jobs/{job.id}", headers=headers)
+        assert response.status_code == 409, response.text
+        assert response.json()["error"]["code"] == "job_not_finished"
+        assert job_repo.get_status(session, job.id) in ("queued", "running", "cancelling")
+
+
+def test_another_tenants_job_cannot_be_deleted(
+    client: TestClient, session: Session, storage: Storage, headers: dict[str, str]
+) -> None:
+    owner = create_tenant(session)
+    job_id = finished_job_with_outputs(session, storage, owner.id, "succeeded")
+    response = client.delete(f"/v1/jobs/{job_id}", headers=headers)
+    assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+    assert set(rows_of(session, job_id).values()) == {1}
+    assert len(storage.list_keys(job_key(owner.id, job_id))) == 3

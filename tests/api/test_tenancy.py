@@ -56,6 +56,7 @@ def calls(owned: Owned) -> dict[tuple[str, str], Call]:
         ("POST", "/v1/jobs"): Call("POST", "/v1/jobs", {"json": {"dataset_id": ds, "base_model": "tiny-sd"}}),
         ("GET", "/v1/jobs"): Call("GET", "/v1/jobs", {}),
         ("GET", "/v1/jobs/{job_id}"): Call("GET", f"/v1/jobs/{job}", {}),
+        ("DELETE", "/v1/jobs/{job_id}"): Call("DELETE", f"/v1/jobs/{job}", {}),
         ("POST", "/v1/jobs/{job_id}/cancel"): Call("POST", f"/v1/jobs/{job}/cancel", {}),
         ("GET", "/v1/jobs/{job_id}/events"): Call("GET", f"/v1/jobs/{job}/events", {}),
         ("GET", "/v1/jobs/{job_id}/metrics"): Call("GET", f"/v1/jobs/{job}/metrics", {}),

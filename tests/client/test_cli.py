@@ -171,3 +171,64 @@ def test_workers_is_a_table_of_queues_and_gpus(api_server: ApiServer) -> None:
     row = next(r for r in listed.stdout.splitlines() if "h100-a@h1" in r)
     assert "online" in row and "mapo.gpu.h100" in row and "8x NVIDIA H100 80GB HBM3 (81559 MiB)" in row
     assert "h100-a@h1" not in mapo("workers", "--status", "offline", env=api_server.env).stdout
+
+
+def test_a_missing_file_is_one_line_naming_it_and_exit_2(api_server: ApiServer, tmp_path: Path) -> None:
+    for args in (
+        ("datasets", "upload", str(tmp_path / "nope.zip")),
+        ("jobs", "create", "--spec", str(tmp_path / "nope.yaml")),
+    ):
+        result = mapo(*args, env=api_server.env)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.splitlines() == [f"mapo: {args[-1]}: no such file"]
+
+
+def test_datasets_get_shows_one_and_delete_removes_it(api_server: ApiServer, tmp_path: Path) -> None:
+    demo = tmp_path / "demo.zip"
+    mapo("demo-data", str(demo), "--pairs", "2", "--resolution", "16", env=api_server.env)
+    dataset_id = mapo("datasets", "upload", str(demo), env=api_server.env).stdout.split()[0]
+
+    shown = mapo("datasets", "get", dataset_id, env=api_server.env)
+    assert shown.returncode == 0, shown.stderr
+    assert (json.loads(shown.stdout)["id"], json.loads(shown.stdout)["num_pairs"]) == (dataset_id, 2)
+    deleted = mapo("datasets", "delete", dataset_id, env=api_server.env)
+    assert (deleted.returncode, deleted.stdout.strip()) == (0, f"{dataset_id} deleted")
+    gone = mapo("datasets", "get", dataset_id, env=api_server.env)
+    assert gone.returncode == 1 and "404 not_found" in gone.stderr
+
+
+def test_jobs_delete_removes_a_finished_job_and_refuses_a_running_one(api_server: ApiServer) -> None:
+    writer = JobWriter(api_server.data_dir, api_server.tenant, total_steps=4)
+    writer.steps(1)
+    running = mapo("jobs", "delete", writer.job_id, env=api_server.env)
+    assert running.returncode == 1 and "409 job_not_finished" in running.stderr
+    writer.finish()
+    deleted = mapo("jobs", "delete", writer.job_id, env=api_server.env)
+    assert (deleted.returncode, deleted.stdout.strip()) == (0, f"{writer.job_id} deleted")
+    assert "404 not_found" in mapo("jobs", "get", writer.job_id, env=api_server.env).stderr
+    writer.close()
+
+
+def test_jobs_create_takes_the_method_as_an_option(api_server: ApiServer, tmp_path: Path) -> None:
+    demo = tmp_path / "demo.zip"
+    mapo("demo-data", str(demo), "--pairs", "2", "--resolution", "16", env=api_server.env)
+    dataset_id = mapo("datasets", "upload", str(demo), env=api_server.env).stdout.split()[0]
+    created = mapo(
+        *("jobs", "create", "--dataset", dataset_id, "--base-model", "tiny-sd", "--method", "dpo"),
+        env=api_server.env,
+    )
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.split()[1:4] == ["queued:", "dpo", "on"]
+    mapo("jobs", "cancel", created.stdout.split()[0], env=api_server.env)
+
+
+def test_help_documents_every_demo_data_option_and_marks_the_required_ones(tmp_path: Path) -> None:
+    env = service_env(tmp_path)
+    demo = " ".join(mapo("demo-data", "--help", env=env).stdout.split())
+    for option in ("--pairs", "--resolution", "--seed"):
+        assert re.search(rf"{option} [A-Z]+ [a-z]", demo), f"{option} has no help in: {demo}"
+    create = " ".join(mapo("jobs", "create", "--help", env=env).stdout.split())
+    assert "--dataset DATASET dataset id (required unless the --spec file has dataset_id)" in create
+    assert "required unless the --spec file has base_model" in create
+    keys = " ".join(mapo("keys", "create", "--help", env=env).stdout.split())
+    assert "(required)" in keys
