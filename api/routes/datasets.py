@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Header, Path, Query, UploadFile, status
+import anyio.from_thread
+from fastapi import APIRouter, Header, Path, Query, Request, status
 from fastapi.responses import Response, StreamingResponse
 
 from api.deps import ContextDep, CurrentTenant, SessionDep
 from api.routes.files import REDIRECT_RESPONSE, file_response
 from api.schemas import INT64_MAX, DatasetOut, ErrorResponse, ListResponse, PreviewPairOut
 from api.services import datasets as service
-from trainer.dataset_format import DatasetKind
+from api.services.upload_form import UPLOAD_FORM_SCHEMA
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses={404: {"model": ErrorResponse}})
 
 Limit = Annotated[int, Query(ge=1, le=200, description="Page size.")]
-MAX_NAME_CHARS = 200
 After = Annotated[str | None, Query(description="Id of the last item of the previous page.")]
 
 
@@ -24,32 +25,16 @@ After = Annotated[str | None, Query(description="Id of the last item of the prev
     "",
     status_code=status.HTTP_201_CREATED,
     responses={409: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    # The body is parsed as it arrives (api/services/upload_form.py), not by FastAPI: its form is stated here.
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": UPLOAD_FORM_SCHEMA}}}
+    },
 )
 def upload_dataset(
+    request: Request,
     session: SessionDep,
     context: ContextDep,
     tenant: CurrentTenant,
-    file: Annotated[
-        UploadFile,
-        File(description="A .zip or .tar(.gz) with pairs.jsonl or pairs.csv and images, or a parquet."),
-    ],
-    name: Annotated[
-        str | None,
-        Form(
-            max_length=MAX_NAME_CHARS,
-            description="Display name; defaults to the file name (its last 200 characters).",
-        ),
-    ] = None,
-    kind: Annotated[
-        DatasetKind,
-        Form(
-            description="pairs: rows of prompt, chosen, rejected (parquet: Pick-a-Pic columns). targets: "
-            "rows of prompt, image (the image wanted) and an optional generation_prompt; at job start the "
-            "base model draws each rejected image from generation_prompt, or from prompt if it is absent. "
-            "avoid: rows of prompt, image (the image to steer away from) and a required generation_prompt, "
-            "from which the base model draws the chosen image. In parquet, image holds the encoded bytes."
-        ),
-    ] = "pairs",
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -60,18 +45,30 @@ def upload_dataset(
     ] = None,
 ) -> DatasetOut:
     """Upload a preference dataset; every problem is listed with its row and field."""
-    # The file name becomes the display name when none is given, so it has the name's bound too.
-    filename = (file.filename or "upload")[-MAX_NAME_CHARS:]
     return service.upload_dataset(
         session,
         context,
         tenant,
-        stream=file.file,
-        filename=filename,
-        name=name,
-        kind=kind,
+        body=request_body(request),
+        content_type=request.headers.get("content-type", ""),
         idempotency_key=idempotency_key,
     )
+
+
+def request_body(request: Request) -> Iterator[bytes]:
+    """The request body chunk by chunk, read from this sync route's worker thread (the stream itself is
+    the event loop's)."""
+    stream = request.stream()
+
+    async def next_chunk() -> bytes | None:
+        try:
+            return await stream.__anext__()
+        except StopAsyncIteration:
+            return None
+
+    while (chunk := anyio.from_thread.run(next_chunk)) is not None:
+        if chunk:
+            yield chunk
 
 
 @router.get("")

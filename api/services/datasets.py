@@ -1,4 +1,5 @@
-"""Datasets: receive an upload (streamed to disk), ingest it into the canonical layout, store it, record it.
+"""Datasets: receive an upload (written once, into the data directory), ingest it into the canonical
+layout, store it, record it.
 
 With a local storage directory the ingest writes straight into its final folder (renamed into place); with
 an object store it writes a staging folder under tmp_dir that is then uploaded, manifest last, so a reader
@@ -9,59 +10,31 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
 
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from api.deps import AppContext
-from api.errors import Conflict, DatasetRejected, NotFound, PayloadTooLarge
+from api.errors import Conflict, DatasetRejected, NotFound
 from api.metrics import record_upload
 from api.schemas import DatasetOut, ListResponse, PreviewPairOut
 from api.services.dataset_files import image_key, iter_uploaded_pairs, read_stored_manifest
 from api.services.downloads import IMAGE_MEDIA_TYPES, FileDownload, stored_download
 from api.services.inflight import InflightUpload, sweep_abandoned_uploads
 from api.services.ingest import IngestLimits, IngestRejected, IngestReport, ingest_upload
+from api.services.upload_form import MAX_NAME_CHARS, ReceivedForm, receive_form
 from core.db import after_commit, after_rollback
 from core.models import Dataset, Tenant, new_id
 from core.repositories import datasets as dataset_repo
-from core.storage import CHUNK_BYTES, INCOMPLETE_UPLOAD_MAX_AGE, dataset_key
+from core.storage import INCOMPLETE_UPLOAD_MAX_AGE, dataset_key
 from trainer.dataset_format import MANIFEST_FILE, DatasetFormatError, DatasetKind, StoredPair
 
 log = logging.getLogger(__name__)
-
-
-class ReceivedUpload(NamedTuple):
-    path: Path
-    bytes: int
-    sha256: str
-
-
-@contextmanager
-def received_upload(
-    stream: BinaryIO, *, tmp_dir: Path, max_bytes: int, prefix: str = "upload-"
-) -> Iterator[ReceivedUpload]:
-    """Copy the upload in chunks to a temp file (hashing it on the way); the file is removed on exit."""
-    digest, size = hashlib.sha256(), 0
-    fd, name = tempfile.mkstemp(dir=tmp_dir, prefix=prefix)
-    path = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            while chunk := stream.read(CHUNK_BYTES):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise PayloadTooLarge(f"upload exceeds {max_bytes} bytes", param="file")
-                digest.update(chunk)
-                out.write(chunk)
-        yield ReceivedUpload(path, size, digest.hexdigest())
-    finally:
-        path.unlink(missing_ok=True)
 
 
 def sweep_abandoned(context: AppContext) -> list[str]:
@@ -94,28 +67,33 @@ def upload_dataset(
     context: AppContext,
     tenant: Tenant,
     *,
-    stream: BinaryIO,
-    filename: str,
-    name: str | None,
-    kind: DatasetKind = "pairs",
+    body: Iterable[bytes],
+    content_type: str,
     idempotency_key: str | None = None,
 ) -> DatasetOut:
-    """Validate and store an uploaded dataset of `kind`; 422 with every problem if it is refused. An
-    Idempotency-Key seen before returns that dataset for the same file, name and kind (409 otherwise)."""
+    """Receive a multipart upload (`file`, optional `name` and `kind`) and validate and store its dataset;
+    422 with every problem if it is refused. An Idempotency-Key seen before returns that dataset for the
+    same file, name and kind (409 otherwise)."""
     settings, storage = context.settings, context.storage
     dataset_id = new_id("ds")
     key = dataset_key(tenant.id, dataset_id)
     # Until this transaction ends, a marker says the upload is in flight; if the process dies, the next
-    # start sweeps what it left (api/services/inflight.py).
+    # start sweeps what it left (api/services/inflight.py), the received file included.
     marker = InflightUpload(settings.tmp_dir, dataset_id, key)
     after_commit(session, marker.release)
     # If the request's transaction does not commit, the stored files must not outlive it.
     after_rollback(session, lambda: storage.delete_tree(key))
     after_rollback(session, marker.release)
-    with received_upload(
-        stream, tmp_dir=marker.folder, max_bytes=settings.max_upload_bytes, prefix=marker.scratch_prefix
+    with receive_form(
+        body,
+        content_type,
+        folder=marker.folder,
+        prefix=marker.scratch_prefix,
+        max_bytes=settings.max_upload_bytes,
     ) as upload:
         record_upload(upload.bytes)
+        fields = upload_fields(upload)
+        filename, name, kind = fields.filename, fields.name, fields.kind
         request_hash = _request_hash(upload.sha256, name or filename, kind)
         if idempotency_key is not None:
             seen = dataset_repo.get_dataset_by_idempotency_key(
@@ -149,6 +127,24 @@ def upload_dataset(
         storage.delete_tree(key)
         return _replayed(context, winner, request_hash)
     return dataset_out(dataset, kind=report.kind)
+
+
+class UploadFields(BaseModel):
+    """The form's text fields, checked as OpenAPI states them; the file name (the default display name)
+    keeps the name's bound by its last characters."""
+
+    filename: str
+    name: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
+    kind: DatasetKind = "pairs"
+
+
+def upload_fields(upload: ReceivedForm) -> UploadFields:
+    """The checked text fields of a received form; 422 naming the field otherwise."""
+    try:
+        return UploadFields(filename=(upload.filename or "upload")[-MAX_NAME_CHARS:], **upload.fields)
+    except ValidationError as exc:
+        # The same answer FastAPI gives for a form field it checks itself.
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
 
 
 def _ingest_and_store(

@@ -1,7 +1,10 @@
 import hashlib
 import io
 import json
+import os
+import tempfile
 import zipfile
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -13,6 +16,7 @@ from core.db import Database
 from core.models import Dataset, Job
 from core.settings import Settings
 from core.storage import Storage
+from tests.api.test_ingest import written_bytes
 from tests.conftest import BOTH_STORAGE_BACKENDS, auth_headers
 
 pytestmark = BOTH_STORAGE_BACKENDS
@@ -28,8 +32,9 @@ def png(color: tuple[int, int, int]) -> bytes:
     return out.getvalue()
 
 
-def pairs_zip(*, missing_rejected: bool = False) -> bytes:
-    """Two pairs; with `missing_rejected` the second pair names an image the archive lacks."""
+def pairs_zip(*, missing_rejected: bool = False, noise: bytes = b"") -> bytes:
+    """Two pairs; with `missing_rejected` the second pair names an image the archive lacks; `noise` is
+    stored as a member no row references."""
     rows = [
         {"prompt": "a red square", "chosen": "img/0c.png", "rejected": "img/0r.png"},
         {"prompt": "a blue circle", "chosen": "img/1c.png", "rejected": "img/1r.png"},
@@ -47,6 +52,8 @@ def pairs_zip(*, missing_rejected: bool = False) -> bytes:
             add(f"img/{i}c.png", png(color))
             if not (missing_rejected and i == 1):
                 add(f"img/{i}r.png", png((90, 90, 90)))
+        if noise:
+            add("extra/noise.bin", noise)
     return out.getvalue()
 
 
@@ -103,6 +110,52 @@ def test_upload_over_the_size_limit_is_413(settings: Settings, database: Databas
     assert response["error"]["code"] == "payload_too_large"
     assert (huge["http_status"], huge["error"]["code"]) == (413, "payload_too_large")
     assert [p for p in small.tmp_dir.rglob("*") if p.is_file()] == []
+
+
+def test_an_upload_is_written_once_into_the_data_directory_and_never_to_the_system_temp_dir(
+    client: TestClient,
+    headers: dict[str, str],
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    # The system temp dir does not exist: any byte spooled there (Starlette spools a multipart body
+    # over 1 MiB to it) fails the upload.
+    system_tmp = tmp_path / "system-tmp"
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    payload = pairs_zip(noise=os.urandom(4 << 20))
+    before = written_bytes()
+    dataset = upload(client, headers, payload)
+    written = written_bytes() - before
+
+    assert (dataset["http_status"], dataset["bytes"]) == (201, len(payload)), dataset
+    assert not system_tmp.exists()
+    # Once into the data directory's tmp; the unreferenced noise is never extracted, nothing is copied.
+    assert written < 1.5 * len(payload), f"{written} bytes written for an upload of {len(payload)}"
+    assert [p for p in settings.tmp_dir.rglob("*") if p.is_file()] == []
+
+
+def test_upload_form_fields_are_checked_like_the_schema_says(
+    client: TestClient, headers: dict[str, str]
+) -> None:
+    long_name = upload(client, headers, pairs_zip(), name="n" * 201)
+    bad_kind = client.post(
+        "/v1/datasets", files={"file": ("p.zip", pairs_zip())}, data={"kind": "both"}, headers=headers
+    )
+    no_file = client.post("/v1/datasets", data={"name": "x"}, headers=headers)
+    not_multipart = client.post("/v1/datasets", json={"file": "x"}, headers=headers)
+    truncated = client.post(
+        "/v1/datasets",
+        content=b'--b\r\nContent-Disposition: form-data; name="file"; filename="p.zip"\r\n\r\nPK',
+        headers={**headers, "Content-Type": "multipart/form-data; boundary=b"},
+    )
+
+    assert (long_name["http_status"], long_name["error"]["param"]) == (422, "name")
+    assert (bad_kind.status_code, bad_kind.json()["error"]["param"]) == (422, "kind")
+    assert (no_file.status_code, no_file.json()["error"]["param"]) == (422, "file")
+    assert (not_multipart.status_code, not_multipart.json()["error"]["param"]) == (422, "file")
+    assert (truncated.status_code, truncated.json()["error"]["param"]) == (422, "file")
+    assert client.get("/v1/datasets", headers=headers).json()["data"] == []
 
 
 def test_delete_is_refused_while_a_job_uses_the_dataset(
