@@ -33,7 +33,7 @@ class BodyLimitMiddleware:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_bytes:
-                # FastAPI lets an HTTPException through from body parsing; the error handler renders it.
+                # Raised into whoever reads the body (the upload route streams it); the handler renders it.
                 raise HTTPException(413, self._message())
             return message
 

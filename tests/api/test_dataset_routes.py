@@ -4,6 +4,7 @@ import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,28 @@ def test_upload_form_fields_are_checked_like_the_schema_says(
     assert (not_multipart.status_code, not_multipart.json()["error"]["param"]) == (422, "file")
     assert (truncated.status_code, truncated.json()["error"]["param"]) == (422, "file")
     assert client.get("/v1/datasets", headers=headers).json()["data"] == []
+
+
+def test_a_chunked_upload_over_the_limit_is_cut_off_with_413(
+    settings: Settings, database: Database, session: Session
+) -> None:
+    small = settings.model_copy(update={"max_upload_bytes": 100_000})
+    head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="p.zip"\r\n\r\n'
+
+    def body() -> Iterator[bytes]:  # no Content-Length: the limit is only met while reading
+        yield head
+        for _ in range(50):
+            yield os.urandom(64 << 10)
+        yield b"\r\n--b--\r\n"
+
+    with TestClient(create_app(small)) as client:
+        response = client.post(
+            "/v1/datasets",
+            content=body(),
+            headers={**auth_headers(session), "Content-Type": "multipart/form-data; boundary=b"},
+        )
+    assert (response.status_code, response.json()["error"]["code"]) == (413, "payload_too_large")
+    assert [p for p in small.tmp_dir.rglob("*") if p.is_file()] == []
 
 
 def test_delete_is_refused_while_a_job_uses_the_dataset(
