@@ -16,7 +16,8 @@ from pydantic import (
     model_validator,
 )
 
-from core.models import DeliveryStatus, WebhookEvent
+from core.job_errors import JobErrorCode, describe_codes
+from core.models import DeliveryStatus, JobStatus, WebhookEvent
 from core.queue import MAX_PRIORITY, MIN_PRIORITY
 from trainer.dataset_format import DatasetKind
 from trainer.families import FamilyName, Objective
@@ -233,13 +234,15 @@ class Progress(BaseModel):
 
 
 class JobError(BaseModel):
-    code: str = Field(examples=["non_finite_loss"])
+    code: JobErrorCode = Field(
+        examples=["non_finite_loss"], description="Why the job failed, one of:\n" + describe_codes()
+    )
     message: str
 
 
 class JobOut(BaseModel):
     id: str = Field(examples=["job_0643f1c2a0b1d2e3f4a5b6c7d8"])
-    status: Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+    status: JobStatus
     dataset_id: str | None
     base_model: str
     method: str

@@ -9,8 +9,9 @@ never wait behind a training.
 
 from __future__ import annotations
 
-import logging
-from typing import Any
+import subprocess
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 from celery.signals import (
@@ -24,6 +25,9 @@ from kombu.entity import Queue
 
 from core.queue import celery_config
 from core.settings import Settings
+
+if TYPE_CHECKING:
+    from worker.reconciler import Reconciler
 
 # Longer than any training, so Redis never hands a healthy running job to a second worker.
 REDIS_VISIBILITY_TIMEOUT_S = 7 * 24 * 3600
@@ -54,7 +58,16 @@ def create_app(settings: Settings | None = None) -> Celery:
     return celery
 
 
-_reconciler: dict[str, Any] = {}
+@dataclass
+class MainProcess:
+    """What a worker's main process runs beside its pool: the reconciler and the webhook sender. A forked
+    pool child inherits this and must neither use nor stop them (`_fresh_connections_after_fork`)."""
+
+    reconciler: Reconciler | None = None
+    webhook_sender: subprocess.Popen[bytes] | None = None
+
+
+_main = MainProcess()
 
 
 @celeryd_init.connect
@@ -72,20 +85,19 @@ def _start_reconciler(sender: Any, **_: Any) -> None:
     from core.db import Database
     from core.queue import make_producer
     from worker.capabilities import advertisement
-    from worker.reconciler import start_reconciler
+    from worker.reconciler import Reconciler
 
     settings = Settings()
-    db = Database(settings)
     queues = sorted(sender.app.amqp.queues.consume_from)
-    _reconciler["db"], _reconciler["worker_id"] = db, sender.hostname
-    _reconciler["stop"] = start_reconciler(
-        db,
-        make_producer(settings),
+    _main.reconciler = Reconciler(
+        db=Database(settings),
+        producer=make_producer(settings),
+        worker_id=sender.hostname,
         heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
         interval_seconds=settings.reconcile_interval_seconds,
         advertisement=advertisement(sender.hostname, queues),
         work_dir=settings.work_dir,
-    )
+    ).start()
 
 
 @worker_ready.connect
@@ -93,7 +105,7 @@ def _start_webhook_sender(**_: Any) -> None:
     """In the worker's main process: a webhook sender beside this worker (see worker/webhook_sidecar.py)."""
     from worker.webhook_sidecar import start_sender
 
-    _reconciler["webhook_sender"] = start_sender(Settings())
+    _main.webhook_sender = start_sender(Settings())
 
 
 @worker_shutting_down.connect
@@ -106,7 +118,7 @@ def _begin_graceful_stop(**_: Any) -> None:
     from worker.shutdown import forward_to_children
     from worker.webhook_sidecar import ask_sender_to_stop
 
-    sender = _reconciler.get("webhook_sender")
+    sender = _main.webhook_sender
     forward_to_children(exclude=frozenset() if sender is None else frozenset({sender.pid}))
     if sender is not None and not state.active_requests:
         ask_sender_to_stop(sender)
@@ -114,35 +126,22 @@ def _begin_graceful_stop(**_: Any) -> None:
 
 @worker_shutdown.connect
 def _stop_reconciler(**_: Any) -> None:
-    if "stop" in _reconciler:
-        _reconciler["stop"].set()
-        _mark_stopped(_reconciler["db"], _reconciler["worker_id"])
-    sender = _reconciler.pop("webhook_sender", None)
+    if _main.reconciler is not None:
+        _main.reconciler.stop()
+    sender, _main.webhook_sender = _main.webhook_sender, None
     if sender is not None:
         from worker.webhook_sidecar import stop_sender
 
         stop_sender(sender)
 
 
-def _mark_stopped(db: Any, worker_id: str) -> None:
-    from core.repositories import workers as worker_repo
-
-    try:
-        with db.session_scope() as session:
-            worker_repo.mark_stopped(session, worker_id)
-    except Exception:
-        # The row then just ages out: a worker not seen for the heartbeat timeout counts as gone.
-        logging.getLogger(__name__).warning("could not mark worker %s stopped", worker_id, exc_info=True)
-
-
 @worker_process_init.connect
 def _fresh_connections_after_fork(**_: Any) -> None:
-    # A forked child must not use, or close, the connections it inherited from the main process.
-    if "db" in _reconciler:
-        _reconciler.pop("db").engine.dispose(close=False)
-    _reconciler.pop("stop", None)
-    _reconciler.pop("worker_id", None)
-    _reconciler.pop("webhook_sender", None)  # the main process's to stop, never a child's
+    # A forked child must not use, or close, the connections it inherited from the main process, nor
+    # stop what the main process runs.
+    if _main.reconciler is not None:
+        _main.reconciler.forget_after_fork()
+    _main.reconciler, _main.webhook_sender = None, None
     from worker.shutdown import ignore_in_idle_child
 
     ignore_in_idle_child()

@@ -21,19 +21,19 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from celery import Celery
 
-from core.db import Database, after_commit
+from core import lifecycle
+from core.db import Database
 from core.models import utcnow
 from core.queue import enqueue_train_job, waiting_message_count
-from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
 from core.repositories import workers as worker_repo
-from core.webhooks import outbox as webhook_outbox
 from worker.staging import sweep_work_dir
 
 log = logging.getLogger(__name__)
@@ -44,29 +44,22 @@ def reconcile(db: Database, producer: Celery, *, heartbeat_timeout_seconds: floa
     stale_before = utcnow() - timedelta(seconds=heartbeat_timeout_seconds)
     with db.session_scope() as session:
         candidates = job_repo.stale_job_ids(session, stale_before=stale_before)
-    why = f"its worker stopped heartbeating for over {heartbeat_timeout_seconds:.0f} s"
-    return [job_id for job_id in candidates if _take_back(db, producer, job_id, stale_before, why)]
+    reason = lifecycle.heartbeat_lost(heartbeat_timeout_seconds)
+    return [job_id for job_id in candidates if _take_back(db, producer, job_id, stale_before, reason)]
 
 
-def _take_back(db: Database, producer: Celery, job_id: str, stale_before: datetime, why: str) -> bool:
+def _take_back(
+    db: Database, producer: Celery, job_id: str, stale_before: datetime, reason: lifecycle.RequeueReason
+) -> bool:
     with db.session_scope() as session:
         # Conditional on the heartbeat still being stale: a worker that just came back keeps its job.
-        if not job_repo.requeue_job(session, job_id, stale_before=stale_before):
-            return False
-        status = job_repo.get_status(session, job_id)
-        if status == "queued":
-            event_repo.append_event(session, job_id, "requeued", f"requeued: {why}", level="warning")
-            route = job_repo.get_route(session, job_id)
-            after_commit(session, lambda: _send(producer, job_id, route))
-        else:
-            event_repo.append_event(session, job_id, "cancelled", f"cancelled: {why}", level="warning")
-            webhook_outbox.record_event(session, job_id, "cancelled", producer=producer)
+        status = lifecycle.requeue(
+            session, job_id, reason=reason, producer=producer, stale_before=stale_before
+        )
+    if status is None:
+        return False
     log.warning("job %s: its worker was lost; now %s", job_id, status)
     return True
-
-
-def _send(producer: Celery, job_id: str, route: job_repo.Route) -> None:
-    enqueue_train_job(producer, job_id, queue=route.queue, priority=route.priority)
 
 
 def resend_lost_jobs(db: Database, producer: Celery, *, waited_seconds: float) -> list[str]:
@@ -88,8 +81,9 @@ def _resend_queue(db: Database, producer: Celery, queue: str, waited_seconds: fl
     with db.session_scope() as session:
         waiting = job_repo.queued_job_ids(session, created_before=waited_before, queue=queue)
         routes = [job_repo.get_route(session, job_id) for job_id in waiting]
+    # Not a transition: the jobs stay queued, and a duplicate message is a no-op when delivered.
     for job_id, route in zip(waiting, routes, strict=True):
-        _send(producer, job_id, route)
+        enqueue_train_job(producer, job_id, queue=route.queue, priority=route.priority)
     if waiting:
         lost = ", ".join(waiting)
         log.warning("re-sent %d job(s) of %s whose message was lost: %s", len(waiting), queue, lost)
@@ -103,34 +97,56 @@ def advertise(db: Database, advertisement: dict[str, Any]) -> None:
             worker_repo.register_worker(session, advertisement)
 
 
-def start_reconciler(
-    db: Database,
-    producer: Celery,
-    *,
-    heartbeat_timeout_seconds: float,
-    interval_seconds: float,
-    advertisement: dict[str, Any] | None = None,
-    work_dir: Path | None = None,
-) -> threading.Event:
-    """In a daemon thread, now and every `interval_seconds`: stamp this worker's `advertisement` (if
-    given), requeue jobs whose worker died (`reconcile`), re-send queued jobs whose message was lost
-    (`resend_lost_jobs`) and remove this host's local outputs of ended jobs from `work_dir` (if given,
-    `sweep_work_dir`); set the returned event to stop it."""
-    stop = threading.Event()
+@dataclass
+class Reconciler:
+    """The reconciler of one worker's main process: what it checks (`tick`), how often, and the thread
+    that runs it. `worker_id` is the Celery node name its `workers` row goes by."""
 
-    def loop() -> None:
+    db: Database
+    producer: Celery
+    worker_id: str
+    heartbeat_timeout_seconds: float
+    interval_seconds: float
+    advertisement: dict[str, Any] | None = None
+    work_dir: Path | None = None
+    _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+
+    def tick(self) -> None:
+        """Stamp this worker's `advertisement` (if given), requeue jobs whose worker died (`reconcile`),
+        re-send queued jobs whose message was lost (`resend_lost_jobs`) and remove this host's local
+        outputs of ended jobs from `work_dir` (if given, `sweep_work_dir`)."""
+        if self.advertisement is not None:
+            advertise(self.db, self.advertisement)
+        reconcile(self.db, self.producer, heartbeat_timeout_seconds=self.heartbeat_timeout_seconds)
+        resend_lost_jobs(self.db, self.producer, waited_seconds=self.heartbeat_timeout_seconds)
+        if self.work_dir is not None:
+            sweep_work_dir(self.db, self.work_dir)
+
+    def start(self) -> Reconciler:
+        """`tick` now and every `interval_seconds` in a daemon thread, until `stop`."""
+        threading.Thread(target=self._loop, name="mapo-reconciler", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        """End the thread and mark this worker stopped in `workers` (best effort: a row not stamped for
+        the heartbeat timeout counts as gone anyway)."""
+        self._stop.set()
+        try:
+            with self.db.session_scope() as session:
+                worker_repo.mark_stopped(session, self.worker_id)
+        except Exception:
+            log.warning("could not mark worker %s stopped", self.worker_id, exc_info=True)
+
+    def forget_after_fork(self) -> None:
+        """In a forked pool child: drop the inherited connections without closing them (they are the
+        main process's) and never run or stop this reconciler from here."""
+        self.db.engine.dispose(close=False)
+
+    def _loop(self) -> None:
         while True:
             try:
-                if advertisement is not None:
-                    advertise(db, advertisement)
-                reconcile(db, producer, heartbeat_timeout_seconds=heartbeat_timeout_seconds)
-                resend_lost_jobs(db, producer, waited_seconds=heartbeat_timeout_seconds)
-                if work_dir is not None:
-                    sweep_work_dir(db, work_dir)
+                self.tick()
             except Exception:
-                log.exception("reconciling jobs failed; trying again in %.0f s", interval_seconds)
-            if stop.wait(interval_seconds):
+                log.exception("reconciling jobs failed; trying again in %.0f s", self.interval_seconds)
+            if self._stop.wait(self.interval_seconds):
                 return
-
-    threading.Thread(target=loop, name="mapo-reconciler", daemon=True).start()
-    return stop

@@ -2,16 +2,18 @@
 
 `__call__` (the trainer's `on_event`) only appends to a queue, with the time, so a slow database never
 stalls a training step and each event row keeps the time it happened rather than the time of its batch.
-Every `flush_seconds` the flusher writes what has queued up in one transaction, stamps the job's
-heartbeat and reads its status back (files the events name are uploaded first, `JobOutputs.publish`, so a
-row never points at a file the store lacks; the heartbeat goes on while they upload, so a slow upload
-of a big checkpoint never looks like a dead worker): `cancelling` (or losing the job to another worker) sets
-`stop_requested`, which the trainer polls through `should_stop`. A failed write is retried at the next
-tick with the same rows, and event ids come from the job row, so nothing is lost. Nor is anything written
-twice: a write whose COMMIT failed without an answer (the connection dropped while it was in flight) may
-have landed, so before writing those rows again the flusher looks for the first of them in the log.
-A job this worker no longer holds (it fell silent past the heartbeat timeout, say cut off the network,
-and the job was requeued) gets nothing more from it: no rows, no uploads; the trainer is told to stop.
+Every `flush_seconds` the flusher writes what has queued up in one transaction that first stamps the
+job's heartbeat (its `JobLease`, worker/lease.py, which also says when to stop). Storage is done with
+before that transaction opens, so no object-store call ever runs while it holds the job's row: the files
+the events name are uploaded first (`JobOutputs.publish`, under a lease kept alive meanwhile, so a row
+never points at a file the store lacks) and the stored checkpoints are listed then, to drop the rows of
+those the trainer rotated away.
+
+A failed write is retried at the next tick with the same rows, and event ids come from the job row, so
+nothing is lost. Nor is anything written twice: a write whose COMMIT failed without an answer (the
+connection dropped while it was in flight) may have landed, so before writing those rows again the
+flusher looks for the first of them in the log. A job this worker no longer holds gets nothing more
+from it: no rows, no uploads; the trainer is told to stop.
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 
 from celery import Celery
@@ -33,9 +33,11 @@ from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
 from core.repositories import metrics as metric_repo
 from core.repositories import outputs as output_repo
-from core.storage import Storage, file_sha256
+from core.storage import file_sha256
 from core.webhooks import outbox as webhook_outbox
+from trainer.checkpoints import CHECKPOINTS_DIR
 from trainer.events import Event
+from worker.lease import JobLease, LostJob
 from worker.staging import JobOutputs
 from worker.translate import Writes, translate
 
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 
 
 class Recorder:
+    """The event sink of one job: queue, batched writes, and the check of a write in doubt."""
+
     def __init__(
         self,
         db: Database,
@@ -53,11 +57,9 @@ class Recorder:
         producer: Celery,
         flush_seconds: float = 1.0,
     ) -> None:
-        self.db, self.job_id, self.worker_id, self.outputs = db, job_id, worker_id, outputs
-        self.producer = producer
+        self.db, self.job_id, self.outputs, self.producer = db, job_id, outputs, producer
         self.flush_seconds = flush_seconds
-        self.stop_requested = threading.Event()
-        self.lost_ownership = False
+        self.lease = JobLease(db, job_id, worker_id=worker_id, beat_seconds=flush_seconds)
         self._queue: queue.SimpleQueue[tuple[Event, datetime]] = queue.SimpleQueue()
         self._pending: list[tuple[Event, datetime]] = []
         self._in_doubt = 0  # how many of the pending events a failed write may have committed anyway
@@ -105,59 +107,65 @@ class Recorder:
                 return
 
     def _flush(self) -> None:
-        """Write the pending events (if any) and the heartbeat in one transaction."""
+        """Store the files the pending events name, then write the events (if any) and the heartbeat in
+        one transaction."""
         if self._in_doubt:
             self._forget_what_landed()
         events, times = [e for e, _ in self._pending], [at for _, at in self._pending]
         writes = translate(events, self.outputs.key_of, times=times)
-        if self.outputs.remote and (writes.checkpoints or writes.samples or writes.artifacts):
-            if not self._still_ours():  # uploading would overwrite (and prune) the new owner's files
-                return
-            with self._heartbeat_meanwhile():
-                self.outputs.publish(writes)
+        if not self._store_files(writes):
+            return
+        kept = self._stored_checkpoints() if writes.checkpoints else None
         try:
             with self.db.session_scope() as session:
-                # First: it locks the job row, and a job this worker no longer holds gets none of the rest.
-                status = job_repo.heartbeat(session, self.job_id, worker_id=self.worker_id)
-                if status is None:
-                    raise _TakenOver
+                status = self.lease.stamp_in(session)
                 ids = _apply(session, self.job_id, writes, self._eta.observe(writes))
-                if writes.checkpoints:
-                    _forget_pruned_checkpoints(session, self.job_id, self.outputs.storage)
-                for checkpoint in writes.checkpoints:
-                    details = {"checkpoint": {"step": checkpoint.step, "metrics": checkpoint.metrics}}
-                    webhook_outbox.record_event(
-                        session, self.job_id, "checkpoint", producer=self.producer, details=details
-                    )
-        except _TakenOver:
+                if kept is not None:
+                    _forget_pruned_checkpoints(session, self.job_id, kept)
+                self._record_checkpoint_webhooks(session, writes)
+        except LostJob:
             self._let_go()
             return
         except Exception:
             self._in_doubt = len(self._pending)
             raise
         self._pending, self._last_seq = [], max(ids, default=self._last_seq)
-        self._observe_status(status)
+        self.lease.observe(status)
 
-    def _still_ours(self) -> bool:
-        """Stamp the heartbeat; if the job is no longer this worker's, let go."""
-        if self._stamp_heartbeat() is None:
+    def _store_files(self, writes: Writes) -> bool:
+        """Upload what `writes` names to an object store; False (having let go) if the job is no longer
+        this worker's, whose upload would overwrite (and prune) the new owner's files."""
+        if not self.outputs.remote or not (writes.checkpoints or writes.samples or writes.artifacts):
+            return True
+        if not self.lease.renew():
             self._let_go()
             return False
+        with self.lease.kept_alive():
+            self.outputs.publish(writes)
         return True
 
-    def _stamp_heartbeat(self) -> str | None:
-        """Stamp the heartbeat in a transaction of its own and act on the status read back."""
-        with self.db.session_scope() as session:
-            status = job_repo.heartbeat(session, self.job_id, worker_id=self.worker_id)
-        self._observe_status(status)
-        return status
+    def _stored_checkpoints(self) -> set[str]:
+        """Storage keys of the checkpoint folders the store holds now (the trainer keeps only the newest
+        few): one listing, before the write transaction opens."""
+        root = f"{self.outputs.key}/{CHECKPOINTS_DIR}"
+        return {
+            f"{root}/{key.removeprefix(root + '/').split('/')[0]}"
+            for key in self.outputs.storage.list_keys(root)
+        }
+
+    def _record_checkpoint_webhooks(self, session: Session, writes: Writes) -> None:
+        for checkpoint in writes.checkpoints:
+            details = {"checkpoint": {"step": checkpoint.step, "metrics": checkpoint.metrics}}
+            webhook_outbox.record_event(
+                session, self.job_id, "checkpoint", producer=self.producer, details=details
+            )
 
     def _let_go(self) -> None:
         """The job was requeued (this worker fell silent for too long) and may run elsewhere by now: drop
         what is pending, write nothing more into it, and have the trainer stop."""
         log.warning("job %s is no longer this worker's; dropping %d events", self.job_id, len(self._pending))
         self._pending, self._in_doubt = [], 0
-        self._observe_status(None)
+        self.lease.observe(None)
 
     def _forget_what_landed(self) -> None:
         """The last write failed, perhaps after its COMMIT reached the server: if its first event is in the
@@ -171,36 +179,6 @@ class Recorder:
             log.warning("job %s: the write that failed had landed; not writing it again", self.job_id)
             del self._pending[: self._in_doubt]
         self._in_doubt = 0
-
-    def _observe_status(self, status: str | None) -> None:
-        if status is None:
-            self.lost_ownership = True
-        if status != "running":
-            self.stop_requested.set()
-
-    @contextmanager
-    def _heartbeat_meanwhile(self) -> Iterator[None]:
-        """Stamp the heartbeat every `flush_seconds` in a thread of its own while the block runs."""
-        done = threading.Event()
-
-        def beat() -> None:
-            while not done.wait(self.flush_seconds):
-                try:
-                    self._stamp_heartbeat()
-                except Exception:
-                    log.warning("job %s: heartbeat during an upload failed", self.job_id, exc_info=True)
-
-        thread = threading.Thread(target=beat, name=f"upload-heartbeat-{self.job_id}", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            done.set()
-            thread.join()
-
-
-class _TakenOver(Exception):
-    """Raised inside the write transaction to roll it back: the job is no longer this worker's."""
 
 
 class EtaEstimator:
@@ -270,8 +248,8 @@ def _apply(session: Session, job_id: str, writes: Writes, eta: float | None) -> 
     return ids
 
 
-def _forget_pruned_checkpoints(session: Session, job_id: str, storage: Storage) -> None:
-    """The trainer keeps only the newest few checkpoints on disk; drop the rows of those it deleted."""
+def _forget_pruned_checkpoints(session: Session, job_id: str, stored: set[str]) -> None:
+    """The trainer keeps only the newest few checkpoints; drop the rows of those no longer `stored`."""
     for checkpoint in output_repo.list_checkpoints(session, job_id):
-        if not storage.exists(checkpoint.storage_key):
+        if checkpoint.storage_key not in stored:
             output_repo.delete_checkpoint(session, job_id, step=checkpoint.step)

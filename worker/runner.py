@@ -13,13 +13,11 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from core.db import after_commit
-from core.models import Job, WebhookEvent
-from core.queue import enqueue_train_job, make_producer
-from core.repositories import events as event_repo
-from core.repositories import jobs as job_repo
+from core import lifecycle
+from core.job_errors import JobErrorCode, error_code
+from core.lifecycle import JobFailure
+from core.models import Job, JobStatus
 from core.storage import Storage, dataset_key, job_key
-from core.webhooks import outbox as webhook_outbox
 from trainer.errors import TrainingError
 from trainer.spec import TrainSpec
 from worker import shutdown
@@ -31,13 +29,12 @@ from worker.staging import JobOutputs, local_dirs, share_generated, staged_input
 
 log = logging.getLogger(__name__)
 Outcome = Literal["skipped", "succeeded", "failed", "cancelled", "abandoned", "requeued"]
-_ENDINGS: dict[str, WebhookEvent] = {"succeeded": "succeeded", "failed": "failed", "cancelled": "cancelled"}
 
 
 class JobSetupError(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: JobErrorCode, message: str) -> None:
         super().__init__(message)
-        self.code, self.message = code, message
+        self.failure = JobFailure(code, message)
 
 
 @dataclass(frozen=True)
@@ -56,38 +53,33 @@ class Plan:
 def run_job(job_id: str, ctx: WorkerContext) -> Outcome:
     """Claim and run `job_id`; returns how it ended ("skipped" if another delivery owns it)."""
     with ctx.db.session_scope() as session:
-        if not job_repo.claim_job(session, job_id, worker_id=ctx.worker_id):
+        job = lifecycle.claim(session, job_id, worker_id=ctx.worker_id, producer=ctx.producer)
+        if job is None:
             log.info("job %s is not queued any more; this delivery does nothing", job_id)
             return "skipped"
-        job = job_repo.get_job(session, job_id)
-        assert job is not None
-        event_repo.append_event(
-            session, job_id, "running", f"picked up by {ctx.worker_id} (attempt {job.attempts})"
-        )
-        if job.attempts == 1:  # not again when a requeued job is picked up to resume
-            webhook_outbox.record_event(session, job_id, "started", producer=ctx.producer)
         try:
             plan = plan_job(job, ctx)
         except JobSetupError as exc:
             plan = None
             setup_error = exc
     if plan is None:
-        return _finish(ctx, job_id, "failed", setup_error.code, setup_error.message)
+        return _finish(ctx, job_id, JobStatus.FAILED, setup_error.failure)
     return _train(ctx, job_id, plan)
 
 
 def plan_job(job: Job, ctx: WorkerContext) -> Plan:
     """Resolve the job's public names into the trainer's inputs: a base-model location and folders."""
     if job.base_model not in ctx.settings.base_models:
-        raise JobSetupError("unknown_base_model", f"base model {job.base_model!r} is no longer configured")
+        message = f"base model {job.base_model!r} is no longer configured"
+        raise JobSetupError(JobErrorCode.UNKNOWN_BASE_MODEL, message)
     if job.dataset_id is None:
-        raise JobSetupError("dataset_missing", "the job's dataset was deleted")
+        raise JobSetupError(JobErrorCode.DATASET_MISSING, "the job's dataset was deleted")
     try:
         spec = TrainSpec.model_validate(
             {**job.spec, "base_model": ctx.settings.base_model_location(job.base_model)}
         )
     except ValidationError as exc:
-        raise JobSetupError("invalid_spec", str(exc)) from exc
+        raise JobSetupError(JobErrorCode.INVALID_SPEC, str(exc)) from exc
     keys = {
         "dataset_key": dataset_key(job.tenant_id, job.dataset_id),
         "output_key": job_key(job.tenant_id, job.id),
@@ -103,20 +95,21 @@ def _train(ctx: WorkerContext, job_id: str, plan: Plan) -> Outcome:
     recorder = Recorder(
         ctx.db, job_id, worker_id=ctx.worker_id, outputs=outputs, producer=ctx.producer
     ).start()
-    code = message = None
+    failure: JobFailure | None = None
     try:
-        status: Outcome = "succeeded"
+        status: JobStatus | Literal["requeued"] = JobStatus.SUCCEEDED
         with staged_inputs(ctx.storage, ctx.settings, outputs, plan.dataset_key):
             stopped = _prepare_and_train(
                 plan, recorder, storage=ctx.storage, gpus=available_gpus(ctx.settings)
             )
         if stopped:
-            status = "requeued" if shutdown.requested() else "cancelled"
+            status = "requeued" if shutdown.requested() else JobStatus.CANCELLED
     except TrainingError as exc:
-        status, code, message = "failed", exc.code, exc.message
+        status, failure = JobStatus.FAILED, _training_failure(exc)
     except Exception as exc:
         log.exception("job %s crashed", job_id)
-        status, code, message = "failed", "internal_error", f"{type(exc).__name__}: {exc}"
+        status = JobStatus.FAILED
+        failure = JobFailure(JobErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
     finally:
         try:
             recorder.close()
@@ -125,14 +118,23 @@ def _train(ctx: WorkerContext, job_id: str, plan: Plan) -> Outcome:
             # The job must still end (below) rather than stay `running` with no worker behind it; and
             # not as succeeded when its adapter may be neither stored nor recorded.
             log.exception("job %s: could not write its last events", job_id)
-            if status == "succeeded":
-                status, code = "failed", "outputs_not_stored"
+            if status == JobStatus.SUCCEEDED:
+                status = JobStatus.FAILED
                 message = f"its last outputs could not be stored or recorded: {type(exc).__name__}: {exc}"
-    if recorder.lost_ownership:
+                failure = JobFailure(JobErrorCode.OUTPUTS_NOT_STORED, message)
+    if recorder.lease.lost_ownership:
         return _abandoned(job_id)
     if status == "requeued":
         return _hand_back(ctx, job_id)
-    return _finish(ctx, job_id, status, code, message)
+    return _finish(ctx, job_id, status, failure)
+
+
+def _training_failure(exc: TrainingError) -> JobFailure:
+    """The failure of a typed trainer error; one whose code the catalogue lacks (a test keeps them in
+    step) ends as internal_error, its own code kept in the message."""
+    code = error_code(exc.code)
+    message = exc.message if code == exc.code else f"{exc.code}: {exc.message}"
+    return JobFailure(code, message)
 
 
 def _prepare_and_train(plan: Plan, recorder: Recorder, *, storage: Storage, gpus: int) -> bool:
@@ -145,7 +147,7 @@ def _prepare_and_train(plan: Plan, recorder: Recorder, *, storage: Storage, gpus
     from trainer.loop import train
 
     def should_stop() -> bool:
-        return recorder.stop_requested.is_set() or shutdown.requested()
+        return recorder.lease.stop_requested.is_set() or shutdown.requested()
 
     pairs_dir = complete_dataset(
         plan.dataset_dir,
@@ -168,47 +170,41 @@ def _hand_back(ctx: WorkerContext, job_id: str) -> Outcome:
 def _hand_back_once(ctx: WorkerContext, job_id: str) -> Outcome:
     """This worker is shutting down: the job (checkpointed at the step it reached) goes back to the
     queue with a fresh message, unless a cancel arrived meanwhile."""
-    producer = make_producer(ctx.settings)
     with ctx.db.session_scope() as session:
-        if not job_repo.requeue_job(session, job_id, worker_id=ctx.worker_id):
-            return _abandoned(job_id)
-        if job_repo.get_status(session, job_id) != "queued":
-            event_repo.append_event(session, job_id, "cancelled", "job cancelled")
-            webhook_outbox.record_event(session, job_id, "cancelled", producer=ctx.producer)
-            return "cancelled"
-        message = "requeued: its worker is shutting down; the next one resumes from the checkpoint"
-        event_repo.append_event(session, job_id, "requeued", message, level="warning")
-        route = job_repo.get_route(session, job_id)
-        after_commit(
+        status = lifecycle.requeue(
             session,
-            lambda: enqueue_train_job(producer, job_id, queue=route.queue, priority=route.priority),
+            job_id,
+            reason=lifecycle.WORKER_SHUTTING_DOWN,
+            producer=ctx.producer,
+            worker_id=ctx.worker_id,
         )
-    return "requeued"
+    if status is None:
+        return _abandoned(job_id)
+    return "requeued" if status == JobStatus.QUEUED else "cancelled"
 
 
-def _finish(
-    ctx: WorkerContext, job_id: str, status: Outcome, code: str | None, message: str | None
-) -> Outcome:
+def _finish(ctx: WorkerContext, job_id: str, status: JobStatus, failure: JobFailure | None) -> Outcome:
     # Hours of training end here: wait out a database restart rather than leave the job `running`.
     return retry_transient(
-        lambda: _finish_once(ctx, job_id, status, code, message), what=f"job {job_id}: recording {status}"
+        lambda: _finish_once(ctx, job_id, status, failure), what=f"job {job_id}: recording {status}"
     )
 
 
-def _finish_once(
-    ctx: WorkerContext, job_id: str, status: Outcome, code: str | None, message: str | None
-) -> Outcome:
+def _finish_once(ctx: WorkerContext, job_id: str, status: JobStatus, failure: JobFailure | None) -> Outcome:
     with ctx.db.session_scope() as session:
-        ended = job_repo.finish_job(
-            session, job_id, status=status, worker_id=ctx.worker_id, error_code=code, error_message=message
+        ended = lifecycle.finish(
+            session, job_id, outcome=status, worker_id=ctx.worker_id, producer=ctx.producer, failure=failure
         )
-        if not ended:
-            return _abandoned(job_id)
-        level = "error" if status == "failed" else "info"
-        text = f"job {status}" + (f": {code}: {message}" if code else "")
-        event_repo.append_event(session, job_id, status, text, level=level, data={"error_code": code})
-        webhook_outbox.record_event(session, job_id, _ENDINGS[status], producer=ctx.producer)
-    return status
+    if not ended:
+        return _abandoned(job_id)
+    return _OUTCOMES[status]
+
+
+_OUTCOMES: dict[JobStatus, Outcome] = {
+    JobStatus.SUCCEEDED: "succeeded",
+    JobStatus.FAILED: "failed",
+    JobStatus.CANCELLED: "cancelled",
+}
 
 
 def _abandoned(job_id: str) -> Outcome:

@@ -72,7 +72,7 @@ def _claim(db: Database, settings: Settings, delivery_id: str, number: int) -> M
             return None
         delivery = webhook_repo.get_delivery(session, delivery_id)
         assert delivery is not None
-        job = job_repo.get_job(session, delivery.job_id)
+        job = job_repo.get_job_any_tenant(session, delivery.job_id)
         assert job is not None
         secret = webhook_repo.ensure_secret(session, job.tenant_id)
         signing = webhook_repo.signing_secrets(secret, now=utcnow())

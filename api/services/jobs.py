@@ -13,14 +13,13 @@ from api.errors import Conflict, InvalidRequest, NotFound
 from api.schemas import HYPERPARAMETER_FIELDS, JobCreate, JobError, JobOut, ListResponse, Progress
 from api.services.base_models import check_fields_apply
 from api.services.datasets import require_dataset
+from core import lifecycle
 from core.db import after_commit
-from core.models import Job, Tenant
-from core.queue import enqueue_train_job
-from core.repositories import events as event_repo
+from core.job_errors import error_code
+from core.models import Job, JobStatus, Tenant
 from core.repositories import jobs as job_repo
 from core.repositories import webhooks as webhook_repo
 from core.storage import job_key
-from core.webhooks import outbox as webhook_outbox
 
 
 def create_job(
@@ -46,20 +45,16 @@ def create_job(
         raise Conflict(f"dataset {dataset.id} is {dataset.status}, not ready", param="dataset_id")
     job = _new_job(tenant, body, queue=queue, idempotency_key=idempotency_key, request_hash=request_hash)
     try:
-        with session.begin_nested():
-            job_repo.add_job(session, job)
+        lifecycle.queue(session, job, producer=context.producer)
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key won the insert.
         winner = job_repo.get_job_by_idempotency_key(session, tenant_id=tenant.id, key=idempotency_key or "")
         if winner is None:
             raise
         return _replayed(winner, request_hash)
-    event_repo.append_event(session, job.id, "queued", f"job queued on {body.base_model} ({body.method})")
     if body.webhooks:
         # Created now, so the secret can be fetched before the first delivery is signed with it.
         webhook_repo.ensure_secret(session, tenant.id)
-    producer, job_id, priority = context.producer, job.id, body.priority
-    after_commit(session, lambda: enqueue_train_job(producer, job_id, queue=queue, priority=priority))
     return job_out(job)
 
 
@@ -90,7 +85,6 @@ def _new_job(
         seed=body.seed,
         queue=queue,
         priority=body.priority,
-        status="queued",
         total_steps=spec.max_train_steps,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
@@ -108,7 +102,9 @@ def _replayed(job: Job, request_hash: str) -> JobOut:
 
 
 def job_out(job: Job) -> JobOut:
-    error = JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None
+    error = None
+    if job.error_code:
+        error = JobError(code=error_code(job.error_code), message=job.error_message or "")
     return JobOut.model_validate(
         {
             "id": job.id,
@@ -147,7 +143,7 @@ def get_job(session: Session, tenant: Tenant, job_id: str) -> JobOut:
 
 
 def list_jobs(
-    session: Session, tenant: Tenant, *, status: str | None, limit: int, after: str | None
+    session: Session, tenant: Tenant, *, status: JobStatus | None, limit: int, after: str | None
 ) -> ListResponse[JobOut]:
     page = job_repo.list_jobs(session, tenant_id=tenant.id, status=status, limit=limit, after=after)
     return ListResponse[JobOut](data=[job_out(j) for j in page.items], has_more=page.has_more)
@@ -156,15 +152,9 @@ def list_jobs(
 def cancel_job(session: Session, context: AppContext, tenant: Tenant, job_id: str) -> JobOut:
     """queued → cancelled, running → cancelling; repeating is harmless; 409 once the job has finished."""
     job = require_job(session, tenant, job_id)
-    before = job.status
-    after = job_repo.request_cancel(session, job.id)
-    if after in ("succeeded", "failed"):
+    after = lifecycle.request_cancel(session, job.id, producer=context.producer)
+    if after in (JobStatus.SUCCEEDED, JobStatus.FAILED):
         raise Conflict(f"job {job_id} has already {after}", param="job_id", code="job_finished")
-    if after != before:
-        event_repo.append_event(session, job.id, "cancel_requested", f"cancel requested: {before} → {after}")
-    if after == "cancelled" and before != "cancelled":
-        # A queued job ends here; a running one ends in its worker, which sends the webhook then.
-        webhook_outbox.record_event(session, job.id, "cancelled", producer=context.producer)
     return job_out(require_job(session, tenant, job_id))
 
 

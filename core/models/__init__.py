@@ -2,7 +2,7 @@
 
 from core.models.base import Base, new_id, utcnow
 from core.models.dataset import Dataset, DatasetStatus
-from core.models.job import ACTIVE_STATUSES, FINISHED_STATUSES, JOB_STATUSES, Job, JobStatus
+from core.models.job import ACTIVE_STATUSES, FINISHED_STATUSES, HELD_STATUSES, JOB_STATUSES, Job, JobStatus
 from core.models.job_event import EventLevel, JobEvent
 from core.models.metric import Metric
 from core.models.outputs import Artifact, ArtifactFormat, Checkpoint, Sample
@@ -13,6 +13,7 @@ from core.models.worker import DeviceKind, Worker
 __all__ = [
     "ACTIVE_STATUSES",
     "FINISHED_STATUSES",
+    "HELD_STATUSES",
     "JOB_STATUSES",
     "ApiKey",
     "Artifact",

@@ -1,24 +1,58 @@
 """A training job: its request (spec), its lifecycle state and its progress.
 
 States: queued → running → succeeded | failed | cancelled, with `cancelling` while a cancel is honoured
-(a queued job is cancelled at once). `last_event_seq` hands out the per-job event ids.
+(a queued job is cancelled at once). Only core.lifecycle changes `status`. `last_event_seq` hands out the
+per-job event ids.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, get_args
+from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 from core.models.base import Base, UTCDateTime, new_id, utcnow
 from core.settings import DEFAULT_QUEUE
 
-JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
-JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
-FINISHED_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
-ACTIVE_STATUSES: frozenset[str] = frozenset({"queued", "running", "cancelling"})
+
+class JobStatus(StrEnum):
+    """A job's state. The values are what the column stores and the API shows (a str enum: each member
+    equals its value, so comparisons with plain strings and JSON output are unchanged)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+JOB_STATUSES: tuple[JobStatus, ...] = tuple(JobStatus)
+FINISHED_STATUSES: frozenset[JobStatus] = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
+)
+ACTIVE_STATUSES: frozenset[JobStatus] = frozenset({JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING})
+# A worker holds the job in these: its heartbeat counts, and it is the one to end it.
+HELD_STATUSES: frozenset[JobStatus] = frozenset({JobStatus.RUNNING, JobStatus.CANCELLING})
+
+
+class JobStatusType(TypeDecorator[JobStatus]):
+    """A `JobStatus` stored as its value in a VARCHAR(20) (the column as migrated; no database enum, so
+    a new state needs no migration), read back as the enum member."""
+
+    impl = String(20)
+    cache_ok = True
+
+    def process_bind_param(self, value: JobStatus | str | None, dialect: Dialect) -> str | None:
+        return None if value is None else JobStatus(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> JobStatus | None:
+        return None if value is None else JobStatus(value)
 
 
 class Job(Base):
@@ -48,7 +82,7 @@ class Job(Base):
     priority: Mapped[int] = mapped_column(
         default=0, server_default="0", doc="0-9, higher first within its queue."
     )
-    status: Mapped[str] = mapped_column(String(20), default="queued")
+    status: Mapped[JobStatus] = mapped_column(JobStatusType(), default=JobStatus.QUEUED)
     step: Mapped[int] = mapped_column(default=0)
     total_steps: Mapped[int] = mapped_column(default=0)
     eta_seconds: Mapped[float | None] = mapped_column(default=None)

@@ -1,7 +1,12 @@
 """Jobs: creation and lookup for the API; claim, heartbeat, progress, cancel and finish for the worker.
 
 Every state change is one conditional UPDATE whose WHERE clause names the states it may leave, so two
-processes racing on the same row cannot both win (the loser sees `False`).
+processes racing on the same row cannot both win (the loser sees `False`). Only core.lifecycle calls the
+ones that change `status` (claim_job, request_cancel, finish_job, requeue_job): a transition also writes
+its event, its webhooks and its task, and the lifecycle does them together.
+
+A job is read with its tenant (`get_job(..., tenant_id=)`): the API never serves another tenant's job.
+The worker side, which reaches a job by the id in its message, says so by name (`get_job_any_tenant`).
 """
 
 from __future__ import annotations
@@ -13,12 +18,12 @@ from typing import Any
 from sqlalchemy import CursorResult, Update, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
-from core.models import FINISHED_STATUSES, Job, utcnow
+from core.models import FINISHED_STATUSES, HELD_STATUSES, Job, JobStatus, utcnow
 from core.repositories.pagination import Page, paginate
 
 
 def add_job(session: Session, job: Job) -> Job:
-    """Insert a new job (status queued)."""
+    """Insert a new job (core.lifecycle.queue sets it queued)."""
     session.add(job)
     session.flush()
     return job
@@ -29,11 +34,15 @@ _JOB = select(Job).where(Job.id == bindparam("job_id"))
 _TENANT_JOB = _JOB.where(Job.tenant_id == bindparam("tenant_id"))
 
 
-def get_job(session: Session, job_id: str, *, tenant_id: str | None = None) -> Job | None:
-    """The job, or None; with `tenant_id` another tenant's job is None too."""
-    if tenant_id is None:
-        return session.scalar(_JOB, {"job_id": job_id})
+def get_job(session: Session, job_id: str, *, tenant_id: str) -> Job | None:
+    """The tenant's job, or None (also for another tenant's)."""
     return session.scalar(_TENANT_JOB, {"job_id": job_id, "tenant_id": tenant_id})
+
+
+def get_job_any_tenant(session: Session, job_id: str) -> Job | None:
+    """The job whoever owns it, or None: for the worker side (a task, the webhook sender, the lifecycle),
+    which reaches a job by the id in its message, never for a request."""
+    return session.scalar(_JOB, {"job_id": job_id})
 
 
 def get_job_by_idempotency_key(session: Session, *, tenant_id: str, key: str) -> Job | None:
@@ -41,7 +50,7 @@ def get_job_by_idempotency_key(session: Session, *, tenant_id: str, key: str) ->
 
 
 def list_jobs(
-    session: Session, *, tenant_id: str, status: str | None, limit: int, after: str | None
+    session: Session, *, tenant_id: str, status: JobStatus | None, limit: int, after: str | None
 ) -> Page[Job]:
     """Newest first, optionally only those in `status`."""
     stmt = select(Job).where(Job.tenant_id == tenant_id)
@@ -50,12 +59,12 @@ def list_jobs(
     return paginate(session, stmt, key=Job.id, after=after, limit=limit, newest_first=True)
 
 
-def get_status(session: Session, job_id: str) -> str | None:
+def get_status(session: Session, job_id: str) -> JobStatus | None:
     """The job's current status read from the database (not from the session's identity map)."""
     return session.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
 
 
-def endings(session: Session, job_ids: list[str]) -> dict[str, tuple[str, str | None]]:
+def endings(session: Session, job_ids: list[str]) -> dict[str, tuple[JobStatus, str | None]]:
     """(status, error_code) of each of `job_ids` that exists."""
     rows = session.execute(select(Job.id, Job.status, Job.error_code).where(Job.id.in_(job_ids)))
     return {job_id: (status, code) for job_id, status, code in rows}
@@ -73,8 +82,8 @@ def claim_job(session: Session, job_id: str, *, worker_id: str) -> bool:
     now = utcnow()
     stmt = (
         update(Job)
-        .where(Job.id == job_id, Job.status == "queued")
-        .values(status="running", worker_id=worker_id, heartbeat_at=now, attempts=Job.attempts + 1)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.RUNNING, worker_id=worker_id, heartbeat_at=now, attempts=Job.attempts + 1)
     )
     won = _changed(session, stmt)
     if won:
@@ -85,18 +94,7 @@ def claim_job(session: Session, job_id: str, *, worker_id: str) -> bool:
     return won
 
 
-def reclaim_stale_job(session: Session, job_id: str, *, worker_id: str, stale_before: datetime) -> bool:
-    """Take over a running job whose worker stopped heartbeating before `stale_before` (it died);
-    the new worker resumes from the newest checkpoint."""
-    stmt = (
-        update(Job)
-        .where(Job.id == job_id, Job.status == "running", Job.heartbeat_at < stale_before)
-        .values(worker_id=worker_id, heartbeat_at=utcnow(), attempts=Job.attempts + 1)
-    )
-    return _changed(session, stmt)
-
-
-def heartbeat(session: Session, job_id: str, *, worker_id: str) -> str | None:
+def heartbeat(session: Session, job_id: str, *, worker_id: str) -> JobStatus | None:
     """Stamp the heartbeat; returns the job's status (`cancelling` means stop), or None if the job is no
     longer this worker's."""
     stmt = update(Job).where(Job.id == job_id, Job.worker_id == worker_id).values(heartbeat_at=utcnow())
@@ -121,14 +119,13 @@ def update_progress(
     _changed(session, update(Job).where(Job.id == job_id).values(**values))
 
 
-def request_cancel(session: Session, job_id: str) -> str | None:
+def request_cancel(session: Session, job_id: str) -> JobStatus | None:
     """queued → cancelled at once, running → cancelling; other states unchanged. Returns the new status."""
     now = utcnow()
-    queued = update(Job).where(Job.id == job_id, Job.status == "queued")
-    if not _changed(session, queued.values(status="cancelled", finished_at=now, eta_seconds=None)):
-        _changed(
-            session, update(Job).where(Job.id == job_id, Job.status == "running").values(status="cancelling")
-        )
+    queued = update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+    if not _changed(session, queued.values(status=JobStatus.CANCELLED, finished_at=now, eta_seconds=None)):
+        running = update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING)
+        _changed(session, running.values(status=JobStatus.CANCELLING))
     return get_status(session, job_id)
 
 
@@ -136,7 +133,7 @@ def finish_job(
     session: Session,
     job_id: str,
     *,
-    status: str,
+    status: JobStatus,
     worker_id: str | None = None,
     error_code: str | None = None,
     error_message: str | None = None,
@@ -145,7 +142,7 @@ def finish_job(
     `worker_id`, not this worker's)."""
     if status not in FINISHED_STATUSES:
         raise ValueError(f"finish_job status must be one of {sorted(FINISHED_STATUSES)}, got {status!r}")
-    stmt = update(Job).where(Job.id == job_id, Job.status.in_(("running", "cancelling")))
+    stmt = update(Job).where(Job.id == job_id, Job.status.in_(HELD_STATUSES))
     if worker_id is not None:
         stmt = stmt.where(Job.worker_id == worker_id)
     values = {"error_code": error_code, "error_message": error_message, "eta_seconds": None}
@@ -162,23 +159,24 @@ def requeue_job(
         stmt = stmt.where(Job.worker_id == worker_id)
     if stale_before is not None:
         stmt = stmt.where(Job.heartbeat_at < stale_before)
-    running = stmt.where(Job.status == "running").values(status="queued", worker_id=None, heartbeat_at=None)
-    if _changed(session, running):
+    running = stmt.where(Job.status == JobStatus.RUNNING)
+    if _changed(session, running.values(status=JobStatus.QUEUED, worker_id=None, heartbeat_at=None)):
         return True
-    cancelling = stmt.where(Job.status == "cancelling").values(status="cancelled", finished_at=utcnow())
+    cancelling = stmt.where(Job.status == JobStatus.CANCELLING)
+    cancelling = cancelling.values(status=JobStatus.CANCELLED, finished_at=utcnow())
     return _changed(session, cancelling)
 
 
 def stale_job_ids(session: Session, *, stale_before: datetime) -> list[str]:
     """Jobs a worker holds (running or cancelling) whose heartbeat is older than `stale_before`."""
-    stmt = select(Job.id).where(Job.status.in_(("running", "cancelling")), Job.heartbeat_at < stale_before)
+    stmt = select(Job.id).where(Job.status.in_(HELD_STATUSES), Job.heartbeat_at < stale_before)
     return list(session.scalars(stmt.order_by(Job.id)))
 
 
 def queued_job_ids(session: Session, *, created_before: datetime, queue: str | None = None) -> list[str]:
     """Jobs still waiting for a worker that were created before `created_before` (only those routed to
     `queue`, if given), oldest first."""
-    stmt = select(Job.id).where(Job.status == "queued", Job.created_at < created_before)
+    stmt = select(Job.id).where(Job.status == JobStatus.QUEUED, Job.created_at < created_before)
     if queue is not None:
         stmt = stmt.where(Job.queue == queue)
     return list(session.scalars(stmt.order_by(Job.created_at)))
@@ -186,7 +184,7 @@ def queued_job_ids(session: Session, *, created_before: datetime, queue: str | N
 
 def queued_counts(session: Session) -> dict[str, int]:
     """How many jobs wait on each queue (queues with none are absent)."""
-    stmt = select(Job.queue, func.count()).where(Job.status == "queued").group_by(Job.queue)
+    stmt = select(Job.queue, func.count()).where(Job.status == JobStatus.QUEUED).group_by(Job.queue)
     return {queue: count for queue, count in session.execute(stmt).tuples()}
 
 

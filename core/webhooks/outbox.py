@@ -27,7 +27,7 @@ def record_event(
     details: dict[str, Any] | None = None,
 ) -> list[str]:
     """Queue `event` of the job for every hook that asked for it; returns the delivery ids (webhook-ids)."""
-    job = job_repo.get_job(session, job_id)
+    job = job_repo.get_job_any_tenant(session, job_id)
     if job is None:
         return []
     urls = [hook["url"] for hook in job.webhooks or [] if event in hook.get("events", ())]

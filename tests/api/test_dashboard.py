@@ -232,7 +232,7 @@ def record(service: Service, job_id: str, events: list[Any]) -> None:
     on close."""
     storage, key = LocalStorage(service.settings.storage_root), job_key(service.tenant_id, job_id)
     with service.database.session_scope() as session:
-        job = job_repo.get_job(session, job_id)
+        job = job_repo.get_job_any_tenant(session, job_id)
         assert job is not None and job.worker_id is not None, "claim the job first"
         worker_id = job.worker_id
     recorder = Recorder(

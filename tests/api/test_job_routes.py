@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from core.db import Database
 from core.models import Artifact, Checkpoint, Job, JobEvent, Metric, Sample, Tenant, WebhookDelivery
-from core.queue import GPU_QUEUE, TRAIN_JOB_TASK, broker_transport_options, enqueue_train_job
+from core.queue import GPU_QUEUE, TRAIN_JOB_TASK, broker_transport_options
 from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
 from core.repositories import metrics as metric_repo
@@ -72,17 +72,18 @@ def test_create_job_queues_it_and_enqueues_the_task_after_commit(
     database: Database,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from api.services import jobs as job_service
+    producer = client.app.state.context.producer  # type: ignore[attr-defined]
+    send_task = producer.send_task
+    committed_at_send: list[bool] = []
 
-    committed_at_enqueue: list[bool] = []
-
-    def enqueue_and_check(producer: Any, job_id: str, **options: Any) -> None:
+    def send_and_check(name: str, args: list[Any], **options: Any) -> Any:
         # A worker that gets the message at once must find the row: look from another connection.
         with database.sessions() as other:
-            committed_at_enqueue.append(job_repo.get_job(other, job_id) is not None)
-        enqueue_train_job(producer, job_id, **options)
+            committed_at_send.append(job_repo.get_job_any_tenant(other, args[0]) is not None)
+        return send_task(name, args=args, **options)
 
-    monkeypatch.setattr(job_service, "enqueue_train_job", enqueue_and_check)
+    # On the producer itself, so the check holds whichever module sends the task.
+    monkeypatch.setattr(producer, "send_task", send_and_check)
     response = client.post("/v1/jobs", json=job_body(dataset_id, seed=3), headers=headers)
     assert response.status_code == 201, response.text
     job = response.json()
@@ -90,7 +91,7 @@ def test_create_job_queues_it_and_enqueues_the_task_after_commit(
     assert job["progress"] == {"step": 0, "total_steps": 5, "eta_seconds": None}
     assert job["hyperparameters"]["max_train_steps"] == 5 and job["seed"] == 3
     assert received_task_args(settings) == [[job["id"]]]
-    assert committed_at_enqueue == [True], "the task was sent before the job's row was committed"
+    assert committed_at_send == [True], "the task was sent before the job's row was committed"
     assert client.get(f"/v1/jobs/{job['id']}", headers=headers).json()["status"] == "queued"
 
 
@@ -414,3 +415,15 @@ def test_another_tenants_job_cannot_be_deleted(
     assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
     assert set(rows_of(session, job_id).values()) == {1}
     assert len(storage.list_keys(job_key(owner.id, job_id))) == 3
+
+
+def test_openapi_lists_every_job_error_code_with_its_meaning(client: TestClient) -> None:
+    from core.job_errors import JOB_ERROR_MEANINGS, JobErrorCode
+
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    code = schemas["JobError"]["properties"]["code"]
+    assert schemas[code["$ref"].rsplit("/", 1)[1]]["enum"] == [c.value for c in JobErrorCode]
+    for listed, meaning in JOB_ERROR_MEANINGS.items():
+        assert f"`{listed.value}`: {meaning}" in code["description"]
+    statuses = schemas[schemas["JobOut"]["properties"]["status"]["$ref"].rsplit("/", 1)[1]]["enum"]
+    assert statuses == ["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]

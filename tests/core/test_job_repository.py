@@ -1,9 +1,7 @@
-from datetime import timedelta
-
+import pytest
 from sqlalchemy.orm import Session
 
 from core.db import Database
-from core.models import utcnow
 from core.repositories import jobs as job_repo
 from tests.conftest import create_job, create_tenant
 
@@ -14,7 +12,7 @@ def test_only_one_worker_wins_the_claim(session: Session) -> None:
     assert job_repo.claim_job(session, job.id, worker_id="w1")
     assert not job_repo.claim_job(session, job.id, worker_id="w2")
     session.commit()
-    job = job_repo.get_job(session, job.id)
+    job = job_repo.get_job_any_tenant(session, job.id)
     assert job is not None
     assert (job.status, job.worker_id, job.attempts) == ("running", "w1", 1)
     assert job.started_at is not None and job.heartbeat_at is not None
@@ -34,7 +32,7 @@ def test_cancel_of_a_queued_job_is_immediate_and_it_cannot_be_claimed(session: S
     assert job_repo.request_cancel(session, job.id) == "cancelled"
     assert job_repo.request_cancel(session, job.id) == "cancelled"
     assert not job_repo.claim_job(session, job.id, worker_id="w1")
-    refreshed = job_repo.get_job(session, job.id)
+    refreshed = job_repo.get_job_any_tenant(session, job.id)
     assert refreshed is not None and refreshed.finished_at is not None
 
 
@@ -56,7 +54,7 @@ def test_finish_only_leaves_running_states_and_records_the_error(session: Sessio
     assert not job_repo.finish_job(session, job.id, status="failed", worker_id="w2")
     assert job_repo.finish_job(session, job.id, status="failed", error_code="oom", error_message="CUDA OOM")
     assert not job_repo.finish_job(session, job.id, status="succeeded")
-    done = job_repo.get_job(session, job.id)
+    done = job_repo.get_job_any_tenant(session, job.id)
     assert done is not None
     assert (done.status, done.error_code, done.error_message) == ("failed", "oom", "CUDA OOM")
 
@@ -75,26 +73,13 @@ def test_requeue_returns_a_running_job_to_the_queue_and_a_cancelling_one_to_canc
     assert job_repo.claim_job(session, running.id, worker_id="w2")
 
 
-def test_stale_running_job_can_be_reclaimed_but_a_live_one_cannot(session: Session) -> None:
-    job = create_job(session)
-    job_repo.claim_job(session, job.id, worker_id="w1")
-    assert not job_repo.reclaim_stale_job(
-        session, job.id, worker_id="w2", stale_before=utcnow() - timedelta(60)
-    )
-    assert job_repo.reclaim_stale_job(
-        session, job.id, worker_id="w2", stale_before=utcnow() + timedelta(seconds=1)
-    )
-    again = job_repo.get_job(session, job.id)
-    assert again is not None and (again.worker_id, again.attempts) == ("w2", 2)
-
-
 def test_progress_is_recorded(session: Session) -> None:
     job = create_job(session)
     job_repo.update_progress(
         session, job.id, step=3, total_steps=10, eta_seconds=7.5, latest_metrics={"loss": 0.2}
     )
     job_repo.update_progress(session, job.id, step=4, total_steps=10, eta_seconds=6.0)
-    seen = job_repo.get_job(session, job.id)
+    seen = job_repo.get_job_any_tenant(session, job.id)
     assert seen is not None
     assert (seen.step, seen.eta_seconds, seen.latest_metrics) == (4, 6.0, {"loss": 0.2})
 
@@ -114,6 +99,16 @@ def test_list_is_newest_first_filtered_and_paginated_per_tenant(session: Session
     assert job_repo.get_job(session, ids[0], tenant_id=other.id) is None
 
 
+def test_a_job_is_read_with_its_tenant_unless_the_caller_says_otherwise_by_name(session: Session) -> None:
+    tenant, other = create_tenant(session), create_tenant(session)
+    job = create_job(session, tenant_id=tenant.id)
+    with pytest.raises(TypeError, match="tenant_id"):
+        job_repo.get_job(session, job.id)  # type: ignore[call-arg]
+    assert job_repo.get_job(session, job.id, tenant_id=other.id) is None
+    assert job_repo.get_job(session, job.id, tenant_id=tenant.id) is job
+    assert job_repo.get_job_any_tenant(session, job.id) is job
+
+
 def test_json_columns_read_back_exactly_as_written_in_both_kinds_of_session(database: Database) -> None:
     metadata = {
         "nested": {"list": [1, 2.5, None, True, "ü ✓ 猫"], "empty": {}},
@@ -126,7 +121,7 @@ def test_json_columns_read_back_exactly_as_written_in_both_kinds_of_session(data
         job_id = create_job(s, metadata_=metadata, latest_metrics={"loss": 1e-300, "lr": 3e-5}).id
     for sessions in (database.sessions, database.read_sessions):
         with sessions() as s:
-            job = job_repo.get_job(s, job_id)
+            job = job_repo.get_job_any_tenant(s, job_id)
             assert job is not None
             assert job.metadata_ == metadata
             assert repr(job.metadata_["float"]) == "0.30000000000000004"

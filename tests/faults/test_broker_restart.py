@@ -42,12 +42,12 @@ def test_jobs_queued_and_running_survive_a_broker_restart(
         redis_broker.start()
         wait_until(
             session,
-            lambda: all((job_repo.get_job(session, j.id) or j).is_finished for j in jobs),
+            lambda: all((job_repo.get_job_any_tenant(session, j.id) or j).is_finished for j in jobs),
             timeout=240,
         )
     text = log.read_text(errors="replace")
     for job in jobs:
-        finished = job_repo.get_job(session, job.id)
+        finished = job_repo.get_job_any_tenant(session, job.id)
         assert finished is not None and finished.status == "succeeded", text[-3000:]
         assert finished.step == finished.total_steps
         types = [e.type for e in event_repo.list_events(session, job.id, after=None, limit=200).items]
@@ -55,4 +55,4 @@ def test_jobs_queued_and_running_survive_a_broker_restart(
 
 
 def _reload(session: Session, job: Job) -> Job:
-    return job_repo.get_job(session, job.id) or job
+    return job_repo.get_job_any_tenant(session, job.id) or job

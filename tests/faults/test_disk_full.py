@@ -98,7 +98,7 @@ def test_a_full_disk_fails_the_job_with_checkpoint_failed_and_keeps_the_last_che
 
     assert outcome == ["failed"]
     session.expire_all()
-    failed = job_repo.get_job(session, job.id)
+    failed = job_repo.get_job_any_tenant(session, job.id)
     assert failed is not None and failed.status == "failed"
     assert failed.error_code == "checkpoint_failed", (failed.error_code, failed.error_message)
     assert "No space left on device" in (failed.error_message or "")

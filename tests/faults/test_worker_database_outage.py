@@ -89,7 +89,7 @@ def poll(database: Database, probe: Callable[[Session], T | None], *, timeout: f
 
 def finished(database: Database, job_id: str) -> Job:
     def probe(session: Session) -> Job | None:
-        job = job_repo.get_job(session, job_id)
+        job = job_repo.get_job_any_tenant(session, job_id)
         return job if job is not None and job.is_finished else None
 
     return poll(database, probe)
@@ -124,7 +124,7 @@ def test_database_restart_mid_training_loses_and_duplicates_nothing(
     log = tmp_path / "worker.log"
     with running_worker(settings, log):
         enqueue_train_job(make_producer(settings), job_id)
-        poll(database, lambda s: (job_repo.get_job(s, job_id) or Job(step=0)).step >= 10)
+        poll(database, lambda s: (job_repo.get_job_any_tenant(s, job_id) or Job(step=0)).step >= 10)
         postgres.stop()
         time.sleep(4)  # several flush ticks fail meanwhile; training goes on
         postgres.start()

@@ -156,7 +156,7 @@ def _wait(what: str, probe: Callable[[], bool], cluster: Cluster, *, timeout: fl
 
 def _job(cluster: Cluster, job_id: str) -> Job:
     with cluster.database.session_scope() as session:
-        job = job_repo.get_job(session, job_id)
+        job = job_repo.get_job_any_tenant(session, job_id)
     assert job is not None
     return job
 

@@ -129,7 +129,7 @@ def cancel_once_training(db: Database, job_id: str, *, timeout_s: float) -> thre
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with db.session_scope() as session:
-                job = job_repo.get_job(session, job_id)
+                job = job_repo.get_job_any_tenant(session, job_id)
                 if job is not None and job.step > 0:
                     job_repo.request_cancel(session, job_id)
                     return

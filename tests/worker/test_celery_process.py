@@ -33,7 +33,7 @@ def wait_finished(session: Session, job_id: str, timeout: float = 180) -> Job:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         session.expire_all()
-        job = job_repo.get_job(session, job_id)
+        job = job_repo.get_job_any_tenant(session, job_id)
         if job is not None and job.is_finished:
             return job
         time.sleep(0.5)

@@ -25,7 +25,7 @@ from worker.runner import run_job
 
 def _reload(session: Session, job_id: str) -> Job:
     session.expire_all()
-    job = job_repo.get_job(session, job_id)
+    job = job_repo.get_job_any_tenant(session, job_id)
     assert job is not None
     return job
 

@@ -115,13 +115,14 @@ def test_sigterm_checkpoints_and_hands_the_job_to_the_next_worker(
     with running_worker(worker_settings, log) as first:
         enqueue_train_job(make_producer(worker_settings), job.id)
         _wait_for(
-            lambda: (job_repo.get_job(session, job.id) or job).step >= 5 or session.expire_all(), timeout=180
+            lambda: (job_repo.get_job_any_tenant(session, job.id) or job).step >= 5 or session.expire_all(),
+            timeout=180,
         )
         first.send_signal(signal.SIGTERM)  # what `docker stop` and `mapo serve` send
         assert first.wait(timeout=90) == 0
     assert _status(session, job.id) == "queued", log.read_text(errors="replace")[-3000:]
     session.expire_all()
-    stopped_at = (job_repo.get_job(session, job.id) or job).step
+    stopped_at = (job_repo.get_job_any_tenant(session, job.id) or job).step
     assert [c.step for c in output_repo.list_checkpoints(session, job.id)] == [stopped_at], "no step lost"
     with running_worker(worker_settings, log):
         finished = wait_finished(session, job.id, timeout=240)

@@ -3,6 +3,7 @@ alive (heartbeat) while its files upload."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -24,9 +27,9 @@ from core.repositories import metrics as metric_repo
 from core.repositories import outputs as output_repo
 from core.settings import Settings
 from core.storage import LocalStorage, Storage, build_storage, job_key
-from tests.conftest import BOTH_STORAGE_BACKENDS, create_job
+from tests.conftest import BOTH_STORAGE_BACKENDS, auth_headers, create_job, create_tenant
 from trainer.checkpoints import CHECKPOINTS_DIR, PREFIX, STATE_FILE
-from trainer.events import Checkpoint, Sample, SampleImage, Step
+from trainer.events import Checkpoint, Evaluation, Sample, SampleImage, Step
 from worker.recorder import Recorder
 from worker.staging import JobOutputs
 from worker.translate import translate
@@ -144,7 +147,7 @@ def test_a_batch_whose_commit_landed_unacknowledged_is_not_written_twice(
     ]
     assert [step for step, _ in metric_repo.metric_series(session, job.id)["loss"]] == [1, 2, 3]
     session.expire_all()
-    recorded = job_repo.get_job(session, job.id)
+    recorded = job_repo.get_job_any_tenant(session, job.id)
     assert recorded is not None and recorded.step == 3
 
 
@@ -167,14 +170,14 @@ def test_a_recorder_whose_job_another_worker_took_over_writes_nothing_into_it_an
     recorder(Checkpoint(step=4, path=str(checkpoint)))
     recorder.start().close()
 
-    assert recorder.lost_ownership and recorder.stop_requested.is_set()
+    assert recorder.lease.lost_ownership and recorder.lease.stop_requested.is_set()
     assert [e.type for e in event_repo.list_events(session, job.id, after=None, limit=10).items] == [
         "started"
     ]
     assert not metric_repo.metric_series(session, job.id)
     assert not output_repo.list_checkpoints(session, job.id)
     session.expire_all()
-    taken = job_repo.get_job(session, job.id)
+    taken = job_repo.get_job_any_tenant(session, job.id)
     assert taken is not None and (taken.worker_id, taken.step) == ("w:2", 0)
     if store.local_dir(key) is None:
         assert not store.exists(f"{key}/{CHECKPOINTS_DIR}/{PREFIX}4/{STATE_FILE}"), "uploaded for w:2's job"
@@ -216,12 +219,12 @@ def test_the_heartbeat_goes_on_while_a_slow_checkpoint_upload_runs(
     assert during > before, "no heartbeat while the checkpoint uploaded"
     assert [c.step for c in output_repo.list_checkpoints(session, job.id)] == [4]
     assert store.exists(f"{key}/{CHECKPOINTS_DIR}/{PREFIX}4/{STATE_FILE}")
-    assert not recorder.stop_requested.is_set()
+    assert not recorder.lease.stop_requested.is_set()
 
 
 def _heartbeat_at(session: Session, job_id: str) -> datetime:
     session.expire_all()
-    job = job_repo.get_job(session, job_id)
+    job = job_repo.get_job_any_tenant(session, job_id)
     assert job is not None and job.heartbeat_at is not None
     return job.heartbeat_at
 
@@ -269,3 +272,78 @@ def test_a_flush_retried_while_the_database_is_down_does_not_upload_its_files_ag
     assert store.exists(f"{key}/{CHECKPOINTS_DIR}/{PREFIX}4/{STATE_FILE}") and store.exists(
         f"{key}/samples/4-0.png"
     )
+
+
+class StorageOutsideTransactions:
+    """The real store, noting every call made while the calling thread has a database transaction open
+    on `engine` (a slow object store must never hold the job's row locked)."""
+
+    def __init__(self, store: Storage, engine: Engine) -> None:
+        self.store, self.calls, self.inside = store, [], []  # type: ignore[var-annotated]
+        self._open: set[int] = set()
+        event.listen(engine, "begin", lambda _: self._open.add(threading.get_ident()))
+        for ending in ("commit", "rollback"):
+            event.listen(engine, ending, lambda _: self._open.discard(threading.get_ident()))
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.store, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(name)
+            if threading.get_ident() in self._open:
+                self.inside.append(name)
+            return method(*args, **kwargs)
+
+        return call
+
+
+@BOTH_STORAGE_BACKENDS
+def test_no_storage_call_runs_inside_the_write_transaction(
+    settings: Settings, database: Database, session: Session, tmp_path: Path
+) -> None:
+    job = claimed_job(session, database)
+    real = build_storage(settings)
+    key = job_key(job.tenant_id, job.id)
+    local = real.local_dir(key) or tmp_path / "work"
+    store = StorageOutsideTransactions(real, database.engine)
+    slow: Any = store
+    recorder = recorder_of(job, database, settings, flush_seconds=3600, store=slow, local=local)
+    for step in (2, 4):
+        recorder(Checkpoint(step=step, path=str(checkpoint_on_disk(local, step))))
+    shutil.rmtree(local / CHECKPOINTS_DIR / f"{PREFIX}2")  # rotated away by the trainer
+    (local / "samples").mkdir()
+    (local / "samples" / "4-0.png").write_bytes(b"png")
+    recorder(Sample(4, [SampleImage("a red square", str(local / "samples" / "4-0.png"), True)]))
+    recorder.start().close()
+
+    assert store.calls, "the recorder never asked the store anything"
+    assert store.inside == [], "called with a transaction open"
+    assert [c.step for c in output_repo.list_checkpoints(session, job.id)] == [4], "the rotated one's row"
+    assert [s.step for s in output_repo.list_samples(session, job.id)] == [4]
+
+
+def test_evaluation_metrics_reach_the_jobs_metrics_route(
+    settings: Settings, database: Database, session: Session, client: TestClient
+) -> None:
+    tenant = create_tenant(session)
+    job = create_job(session, tenant_id=tenant.id)
+    headers = auth_headers(session, tenant)
+    with database.session_scope() as s:
+        job_repo.claim_job(s, job.id, worker_id="w:1")
+    recorder = recorder_of(job, database, settings, flush_seconds=3600)
+    recorder(Step(step=1, total_steps=4, metrics={"loss": 1.0}))
+    recorder(Evaluation(step=2, metrics={"heldout_accuracy": 0.75, "heldout_margin": 0.5}))
+    recorder(Evaluation(step=4, metrics={"heldout_accuracy": 0.875, "heldout_margin": 0.25}))
+    recorder.start().close()
+
+    response = client.get(f"/v1/jobs/{job.id}/metrics", headers=headers)
+    assert response.status_code == 200, response.text
+    series = response.json()["series"]
+    assert series["heldout_accuracy"] == {"steps": [2, 4], "values": [0.75, 0.875]}
+    assert series["heldout_margin"] == {"steps": [2, 4], "values": [0.5, 0.25]}
+    assert series["loss"] == {"steps": [1], "values": [1.0]}
+    events = event_repo.list_events(session, job.id, after=None, limit=10).items
+    assert [e.message for e in events if e.type == "evaluation"] == [
+        "held-out accuracy 0.750 at step 2",
+        "held-out accuracy 0.875 at step 4",
+    ]

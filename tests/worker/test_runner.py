@@ -9,7 +9,7 @@ from safetensors.torch import load
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from core.models import Job
+from core.models import Job, JobStatus
 from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
 from core.repositories import metrics as metric_repo
@@ -26,7 +26,7 @@ from worker.staging import JobOutputs
 
 def _reload(session: Session, job_id: str) -> Job:
     session.expire_all()
-    job = job_repo.get_job(session, job_id)
+    job = job_repo.get_job_any_tenant(session, job_id)
     assert job is not None
     return job
 
@@ -159,7 +159,7 @@ def test_ending_or_handing_back_a_job_another_worker_now_holds_leaves_it_and_its
         assert job_repo.claim_job(s, job.id, worker_id="other-host:7")
     before = [e.type for e in event_repo.list_events(session, job.id, after=None, limit=100).items]
 
-    assert _finish(ctx, job.id, "succeeded", None, None) == "abandoned"
+    assert _finish(ctx, job.id, JobStatus.SUCCEEDED, None) == "abandoned"
     assert _hand_back(ctx, job.id) == "abandoned"
 
     after = [e.type for e in event_repo.list_events(session, job.id, after=None, limit=100).items]

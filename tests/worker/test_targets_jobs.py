@@ -170,6 +170,6 @@ def test_targets_job_whose_image_is_gone_fails_naming_the_row(
     assert run_job(job.id, ctx) == "failed"
 
     session.expire_all()
-    failed = job_repo.get_job(session, job.id)
+    failed = job_repo.get_job_any_tenant(session, job.id)
     assert failed is not None and failed.error_code == "invalid_dataset"
     assert "row 1, field image" in (failed.error_message or "")
