@@ -41,8 +41,10 @@ class IngestLimits(BaseModel):
         default=100.0,
         gt=1.0,
         description=(
-            "Largest uncompressed/compressed ratio of a zip member or a .tar.gz stream above "
-            f"{RATIO_FLOOR_BYTES // MIB} MiB; zip bombs reach 1000 and more, images barely compress."
+            "Largest uncompressed/compressed ratio of a zip member, of a whole zip (declared sizes), and of "
+            "the running totals of what a zip or .tar.gz has decompressed against what was read, each "
+            f"judged above {RATIO_FLOOR_BYTES // MIB} MiB; zip bombs reach 1000 and more, images barely "
+            "compress. So no archive expands to more than this many times its size."
         ),
     )
     max_members: int = Field(
