@@ -7,6 +7,7 @@ that finds the manifest finds every file."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -31,7 +32,7 @@ from api.services.upload_form import MAX_NAME_CHARS, ReceivedForm, receive_form
 from core.db import after_commit, after_rollback
 from core.models import Dataset, Tenant, new_id
 from core.repositories import datasets as dataset_repo
-from core.storage import INCOMPLETE_UPLOAD_MAX_AGE, dataset_key
+from core.storage import INCOMPLETE_UPLOAD_MAX_AGE, StorageDeleteError, dataset_key
 from trainer.dataset_format import MANIFEST_FILE, DatasetFormatError, DatasetKind, StoredPair
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,9 @@ def sweep_abandoned(context: AppContext) -> list[str]:
         return sweep_abandoned_uploads(context.settings.tmp_dir, context.storage, recorded)
     except SQLAlchemyError as exc:
         log.warning("not sweeping abandoned uploads: the database is unreachable (%s)", type(exc).__name__)
+        return []
+    except StorageDeleteError as exc:
+        log.warning("not sweeping all abandoned uploads: %s", exc)  # the next start tries again
         return []
 
 
@@ -124,7 +128,9 @@ def upload_dataset(
         )
         if winner is None:
             raise
-        storage.delete_tree(key)
+        # The refused objects are logged and counted by the store; the answer is the winner's all the same.
+        with contextlib.suppress(StorageDeleteError):
+            storage.delete_tree(key)
         return _replayed(context, winner, request_hash)
     return dataset_out(dataset, kind=report.kind)
 
