@@ -27,7 +27,7 @@ from core.db import Database
 from core.models import FINISHED_STATUSES
 from core.repositories import jobs as job_repo
 from core.settings import Settings
-from core.storage import InvalidStorageKey, Storage, tree_files
+from core.storage import InvalidStorageKey, Storage, StorageDeleteError, tree_files
 from trainer.checkpoints import CHECKPOINTS_DIR, PREFIX, STATE_FILE, complete_checkpoints
 from trainer.dataset_format import GENERATED_DIR, MANIFEST_FILE
 from worker.dataset_cache import DatasetCache
@@ -131,8 +131,13 @@ class JobOutputs:
         kept = {path.name for _, path in complete_checkpoints(self.local_dir)}
         stored = {k.removeprefix(root + "/").split("/")[0] for k in self.storage.list_keys(root)}
         for name in sorted(stored - kept):
-            self.storage.delete_tree(f"{root}/{name}/{STATE_FILE}")  # unmarked first: never restored
-            self.storage.delete_tree(f"{root}/{name}")
+            try:
+                self.storage.delete_tree(f"{root}/{name}/{STATE_FILE}")  # unmarked first: never restored
+                self.storage.delete_tree(f"{root}/{name}")
+            except StorageDeleteError as refused:
+                # A stale checkpoint costs storage, not correctness (the newest one is what resumes), so
+                # the flush that stored the new one goes on; the next prune lists and tries it again.
+                log.error("could not prune stored checkpoint %s/%s: %s", root, name, refused)
 
 
 def share_generated(storage: Storage, dataset_key: str, dataset_dir: Path, pairs_dir: Path) -> None:
