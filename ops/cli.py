@@ -20,6 +20,7 @@ from client.output import keys_table
 from core.settings import Settings
 from ops import admin
 from ops.serve import serve
+from ops.terminal import DEFAULT_LOG_LEVEL, LOG_LEVELS
 
 EXIT_OK, EXIT_ERROR = 0, 1
 Handler = Callable[[argparse.Namespace], int]
@@ -40,6 +41,14 @@ def build_parser(prog: str = "mapo-ops") -> argparse.ArgumentParser:
     serve_parser = commands.add_parser("serve", help=COMMAND_HELP["serve"])
     serve_parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve_parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    serve_parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=DEFAULT_LOG_LEVEL,
+        help="error (default): the service's own lines (ready, key, base models, each job's start and end) "
+        "and the API's and worker's errors; warning, info (one line per request) and debug (everything the "
+        "children write, Celery's banner too) show more",
+    )
     serve_parser.set_defaults(handler=cmd_serve)
     migrate = commands.add_parser("migrate", help=COMMAND_HELP["migrate"])
     migrate.set_defaults(handler=cmd_migrate)
@@ -72,7 +81,7 @@ def _error(message: str) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the embedded service until SIGTERM/SIGINT."""
-    return serve(host=args.host, port=args.port)
+    return serve(host=args.host, port=args.port, log_level=args.log_level)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

@@ -8,6 +8,8 @@ one Celery worker. A worker that dies is restarted; if the API dies everything s
 SIGTERM/SIGINT stop both children and exit 0. The children never outlive the supervisor: each is asked
 (Linux's parent-death signal) to get SIGTERM when it dies, even by SIGKILL, so the worker still hands
 its job back. One instance per data directory (a lock file) and per port: a second one refuses to start.
+What it prints (ops/terminal.py): its own lines, a line per job start and end, and the children's errors;
+`--log-level` warning, info (one line per request) or debug (all of it, as the children write it) for more.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import io
 import json
 import os
 import shutil
@@ -30,9 +33,12 @@ from pathlib import Path
 from typing import TextIO
 
 import httpx
+from sqlalchemy.exc import SQLAlchemyError
 
+from core.db import Database
 from core.settings import Settings
 from ops import admin
+from ops.terminal import DEFAULT_LOG_LEVEL, JobAnnouncer, relay, threshold, uvicorn_logging
 from trainer.synthetic.base_models import shipped_base_models
 
 TINY_MODELS = {"tiny-sd": "sd", "tiny-sdxl": "sdxl", "tiny-sd3": "sd3", "tiny-flux": "flux"}
@@ -46,6 +52,7 @@ API_GRACEFUL_SHUTDOWN_S = 5
 HEALTHY_RUN_S = 60.0
 MAX_RESTART_DELAY_S = 30.0
 LOCK_FILE = "serve.lock"
+API_LOG_CONFIG = "serve-api-logging.json"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -53,30 +60,52 @@ class ServeError(Exception):
     """The service cannot start; the message says why."""
 
 
-def serve(*, host: str, port: int) -> int:
-    """Run until a signal (exit 0) or until the API process dies (exit 1)."""
+def serve(*, host: str, port: int, log_level: str = DEFAULT_LOG_LEVEL) -> int:
+    """Run until a signal (exit 0) or until the API process dies (exit 1); print the children's output
+    down to `log_level` (see ops/terminal.py)."""
     with contextlib.ExitStack() as held:
         try:
             settings = embedded_settings()
             held.enter_context(instance_lock(settings.data_dir))
             check_port_free(host, port)
             log(f"data in {settings.data_dir}")
-            admin.migrate(settings)
+            _migrate(settings, verbose=threshold(log_level) <= threshold("info"))
             base_models = offered_base_models(settings)
             log(f"base models: {', '.join(sorted(base_models))}")
             announce_first_key(settings)
         except ServeError as exc:
             log(f"cannot start: {exc}")
             return 1
-        return _supervise(settings, base_models, host=host, port=port)
+        return _supervise(settings, base_models, host=host, port=port, log_level=log_level)
 
 
-def _supervise(settings: Settings, base_models: dict[str, str], *, host: str, port: int) -> int:
+def _migrate(settings: Settings, *, verbose: bool) -> None:
+    """Alembic logs each migration it runs; kept back unless `verbose`, and shown if the upgrade fails."""
+    if verbose:
+        admin.migrate(settings)
+        return
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            admin.migrate(settings)
+    except Exception:
+        sys.stderr.write(captured.getvalue())
+        raise
+
+
+def _supervise(
+    settings: Settings, base_models: dict[str, str], *, host: str, port: int, log_level: str
+) -> int:
+    log_config = settings.data_dir / API_LOG_CONFIG
+    log_config.write_text(json.dumps(uvicorn_logging(log_level)), encoding="utf-8")
     supervisor = Supervisor(
-        api=Child("api", api_command(host, port)),
-        worker=Child("worker", worker_command(settings.queues)),
+        api=Child("api", api_command(host, port, log_config=log_config, log_level=log_level)),
+        worker=Child("worker", worker_command(settings.queues, log_level=log_level)),
         env=child_env(settings, base_models),
         ready_url=f"{local_url(host, port)}/readyz",
+        # debug: the children write straight to our output, as they format it.
+        relay_from=None if log_level == "debug" else threshold(log_level),
+        jobs=JobAnnouncer(Database(settings), log),
     )
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, supervisor.request_stop)
@@ -133,9 +162,18 @@ def die_with_parent(parent: int) -> Callable[[], None]:
     return arrange
 
 
+_OUTPUT_LOCK = threading.Lock()
+
+
 def log(message: str) -> None:
-    """One line of the supervisor's own output (children write their logs themselves)."""
-    print(f"[mapo serve] {message}", flush=True)
+    """One line of the supervisor's own output."""
+    _write(f"[mapo serve] {message}")
+
+
+def _write(line: str) -> None:
+    """One whole line on our output; the relays of both children write through here too."""
+    with _OUTPUT_LOCK:
+        print(line, flush=True)
 
 
 def embedded_settings() -> Settings:
@@ -202,21 +240,27 @@ def announce_first_key(settings: Settings) -> None:
     log("more keys: mapo keys create --tenant NAME")
 
 
-def api_command(host: str, port: int) -> list[str]:
-    """uvicorn serving the app factory."""
+def api_command(
+    host: str, port: int, *, log_config: Path | None = None, log_level: str = DEFAULT_LOG_LEVEL
+) -> list[str]:
+    """uvicorn serving the app factory, logging through `log_config` (uvicorn_logging) when given."""
     return [
         *(sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory"),
         *("--host", host, "--port", str(port)),
         *("--timeout-graceful-shutdown", str(API_GRACEFUL_SHUTDOWN_S)),
+        *(("--log-config", str(log_config)) if log_config is not None else ()),
+        *("--log-level", log_level),
     ]
 
 
-def worker_command(queues: list[str]) -> list[str]:
+def worker_command(queues: list[str], *, log_level: str = DEFAULT_LOG_LEVEL) -> list[str]:
     """One Celery worker, one training at a time, on every training queue: the embedded service has this
-    one worker, so a job sent to any configured queue (MAPO_QUEUES) must reach it."""
+    one worker, so a job sent to any configured queue (MAPO_QUEUES) must reach it. Its banner only at
+    debug."""
     return [
-        *(sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", ",".join(queues)),
-        *("--concurrency", "1", "--loglevel", "INFO"),
+        *(sys.executable, "-m", "celery", "-A", "worker.celery_app"),
+        *(() if log_level == "debug" else ("--quiet",)),  # a celery option, not a worker one
+        *("worker", "-Q", ",".join(queues), "--concurrency", "1", "--loglevel", log_level.upper()),
         # Unique per service, so two services on one machine do not share a node name.
         *("--hostname", f"mapo-{os.getpid()}@%h"),
     ]
@@ -249,6 +293,8 @@ class Supervisor:
     worker: Child
     env: dict[str, str]
     ready_url: str
+    relay_from: int | None  # the lowest level of the children's records shown; None: their raw output
+    jobs: JobAnnouncer
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def request_stop(self, signum: int = signal.SIGTERM, _frame: object = None) -> None:
@@ -267,6 +313,7 @@ class Supervisor:
                     log(f"the API exited with code {code}; stopping the service")
                     return 1
                 self._revive_worker()
+                self._announce_jobs()
                 if not announced and _is_ready(self.ready_url):
                     base = self.ready_url.removesuffix("/readyz")
                     log(f"ready at {base} (dashboard at {base}/ui/, OpenAPI UI at {base}/docs)")
@@ -276,10 +323,24 @@ class Supervisor:
         finally:
             self._stop_children()
 
+    def _announce_jobs(self) -> None:
+        try:
+            self.jobs.poll()
+        except SQLAlchemyError as exc:  # a busy database delays the lines; it never stops the service
+            log(f"could not read the jobs for their start and end lines: {exc}")
+
     def _start(self, child: Child) -> None:
+        piped = self.relay_from is not None
         child.process = subprocess.Popen(
-            child.command, env=self.env, start_new_session=True, preexec_fn=die_with_parent(os.getpid())
+            child.command,
+            env=self.env,
+            start_new_session=True,
+            preexec_fn=die_with_parent(os.getpid()),
+            stdout=subprocess.PIPE if piped else None,
+            stderr=subprocess.STDOUT if piped else None,
         )
+        if self.relay_from is not None and child.process.stdout is not None:
+            relay(child.process.stdout, self.relay_from, _write)
         child.started_at, child.restart_at = time.monotonic(), None
         log(f"started the {child.name} (pid {child.process.pid})")
 
