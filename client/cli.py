@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import httpx
 from rich.console import Console
@@ -133,6 +133,14 @@ def _add_demo_command(commands: Subparsers) -> None:
     demo.add_argument("--pairs", type=int, default=48, help="number of preference pairs (default 48)")
     demo.add_argument("--resolution", type=int, default=64, help="image side in pixels (default 64)")
     demo.add_argument("--seed", type=int, default=0, help="random seed: the same seed, the same data")
+    demo.add_argument(
+        "--preset",
+        choices=["prefer-red", "warm-cool"],
+        default="prefer-red",
+        help="prefer-red (default): colour-less prompts of the shapes the shipped shapes-* bases draw, red "
+        "chosen over green/blue, so a short job visibly aligns them; warm-cool: abstract layouts that no "
+        "shipped base knows",
+    )
     demo.set_defaults(handler=cmd_demo_data)
 
 
@@ -258,8 +266,15 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     else:
         raise UsageError(f"{args.file}: use a .zip, .tar, .tar.gz, .tgz or .parquet name")
     args.file.parent.mkdir(parents=True, exist_ok=True)
-    write_demo_upload(args.file, kind=kind, num_pairs=args.pairs, resolution=args.resolution, seed=args.seed)
-    print(f"{args.file}: {args.pairs} demo pairs at {args.resolution}px")
+    write_demo_upload(
+        args.file,
+        kind=kind,
+        num_pairs=args.pairs,
+        resolution=args.resolution,
+        seed=args.seed,
+        preset=args.preset,
+    )
+    print(f"{args.file}: {args.pairs} {args.preset} demo pairs at {args.resolution}px")
     return EXIT_OK
 
 
@@ -408,13 +423,24 @@ def cmd_adapter(args: argparse.Namespace) -> int:
 
 
 def cmd_samples(args: argparse.Namespace) -> int:
-    """Save every validation image as step-NNNNNN_pI_{base,lora}.png."""
+    """Save every validation image as step-NNNNNN_pI_{base,lora}.png, and sheet.png: the newest LoRA
+    images under the base model's, one column per prompt."""
+    from client.sheet import before_after_sheet, sheet_columns
+
     out_dir: Path = args.output or Path(f"{args.job}-samples")
     out_dir.mkdir(parents=True, exist_ok=True)
+
+    def file_of(sample: dict[str, Any]) -> Path:
+        side = "lora" if sample["with_lora"] else "base"
+        return out_dir / f"step-{sample['step']:06d}_p{sample['index']}_{side}.png"
+
     with client_from(args) as mapo:
         samples = mapo.samples(args.job)
         for s in samples:
-            name = f"step-{s['step']:06d}_p{s['index']}_{'lora' if s['with_lora'] else 'base'}.png"
-            mapo.download_sample(args.job, s["id"], out_dir / name)
+            mapo.download_sample(args.job, s["id"], file_of(s))
     print(f"{len(samples)} images in {out_dir}")
+    columns = sheet_columns(samples)
+    if columns:
+        before_after_sheet(columns, file_of).save(out_dir / "sheet.png")
+        print(f"before/after sheet: {out_dir / 'sheet.png'}")
     return EXIT_OK

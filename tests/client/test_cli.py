@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 from PIL import Image
@@ -140,16 +141,33 @@ def test_samples_saves_every_validation_image_named_by_step_prompt_and_model(
     out = tmp_path / "samples"
     saved = mapo("samples", writer.job_id, "-o", str(out), env=api_server.env)
     assert saved.returncode == 0, saved.stderr
-    assert saved.stdout.strip() == f"3 images in {out}"
+    assert saved.stdout.splitlines() == [f"3 images in {out}", f"before/after sheet: {out / 'sheet.png'}"]
     names = {
         "step-000000_p0_base.png": (10, 10, 10),
         "step-000002_p0_lora.png": (200, 0, 0),
         "step-000002_p0_base.png": (0, 0, 200),
     }
-    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*names, "sheet.png"])
     for name, color in names.items():
         assert Image.open(out / name).getpixel((0, 0)) == color
+    # The sheet: step 2's base image (blue) above its LoRA image (red), as client/sheet.py lays it out.
+    sheet = Image.open(out / "sheet.png")
+    assert sheet.getpixel((sheet.width - 1, sheet.height - 1)) == (200, 0, 0)
+    assert sheet.getpixel((sheet.width - 1, sheet.height // 2)) == (0, 0, 200)
     writer.close()
+
+
+def test_demo_data_writes_the_prefer_red_preset_by_default_and_warm_cool_on_request(tmp_path: Path) -> None:
+    env = service_env(tmp_path)
+    for preset, prompts_end in (("prefer-red", " background"), ("warm-cool", ", flat illustration")):
+        out = tmp_path / f"{preset}.zip"
+        extra = () if preset == "prefer-red" else ("--preset", preset)
+        made = mapo("demo-data", str(out), "--pairs", "2", "--resolution", "16", *extra, env=env)
+        assert made.returncode == 0, made.stderr
+        assert made.stdout.strip() == f"{out}: 2 {preset} demo pairs at 16px"
+        with zipfile.ZipFile(out) as archive:
+            prompts = [json.loads(line)["prompt"] for line in archive.read("pairs.jsonl").splitlines()]
+        assert len(prompts) == 2 and all(prompt.endswith(prompts_end) for prompt in prompts)
 
 
 def png(color: tuple[int, int, int]) -> bytes:
