@@ -1,6 +1,7 @@
 """The dashboard in a real headless Chromium (Debian's `chromium`, driven by Playwright) against a real
 API server: a job trained by the real worker and trainer, a job whose events arrive while the page is
-open, a failed job and a dataset. Screenshots go to test-output/dashboard/ (printed at the end).
+open, a failed job, a dataset, and the forms that start work (an upload, accepted and refused; a new job,
+created and refused). Screenshots go to test-output/dashboard/ (printed at the end).
 
 Locally the test skips, saying why, when Playwright or /usr/bin/chromium is missing; in CI
 (MAPO_TEST_REQUIRE_SERVICES=1) it fails instead.
@@ -27,12 +28,12 @@ from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
 from core.settings import Settings
 from core.storage import LocalStorage, job_key
-from tests.api.test_ingest import make_zip
+from tests.api.test_ingest import jsonl, make_zip, pair_row, png, valid_files
 from tests.api.test_ingest_targets import target_files
 from tests.client.conftest import free_port
 from tests.conftest import TEST_PEPPER, auth_headers, create_dataset, create_job, create_tenant, unavailable
 from tests.trainer.specs import FAST_TRAINING
-from trainer.events import Evaluation, Started, Step
+from trainer.events import Evaluation, Sample, SampleImage, Started, Step
 from trainer.synthetic.demo_data import make_demo_dataset
 from worker.context import WorkerContext
 from worker.recorder import Recorder
@@ -353,15 +354,8 @@ def test_a_targets_dataset_shows_the_side_drawn_at_job_start_as_a_placeholder(
     page: Page, service: Service, tmp_path: Path
 ) -> None:
     archive = make_zip(tmp_path / "targets.zip", target_files(3))
-    with archive.open("rb") as stream:
-        response = httpx.post(
-            f"{service.url}/v1/datasets",
-            files={"file": ("targets.zip", stream)},
-            data={"kind": "targets", "name": "wanted"},
-            headers={"Authorization": f"Bearer {service.key}"},
-        )
-    assert response.status_code == 201, response.text
-    page.goto(f"{service.url}/ui/#/datasets/{response.json()['id']}")
+    dataset_id = upload(service, archive, "wanted", kind="targets")
+    page.goto(f"{service.url}/ui/#/datasets/{dataset_id}")
     page.wait_for_selector('#pairs article[data-pair="2"]')
     assert loaded_images(page, '#pairs img[data-role="chosen"]') == [16, 16, 16]
     placeholders = page.locator('#pairs .drawn-later[data-role="rejected"]')
@@ -369,3 +363,173 @@ def test_a_targets_dataset_shows_the_side_drawn_at_job_start_as_a_placeholder(
     assert "base model" in placeholders.first.inner_text()
     assert page.locator("#banner").is_hidden(), "no error shown"
     page.screenshot(path=str(SCREENSHOTS / "dataset-targets.png"), full_page=True)
+
+
+def api_get(service: Service, path: str) -> Any:
+    response = httpx.get(f"{service.url}{path}", headers={"Authorization": f"Bearer {service.key}"})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def upload(service: Service, archive: Path, name: str, *, kind: str = "pairs") -> str:
+    """Upload `archive` through the REST API; returns the new dataset's id."""
+    with archive.open("rb") as stream:
+        response = httpx.post(
+            f"{service.url}/v1/datasets",
+            files={"file": (archive.name, stream)},
+            data={"kind": kind, "name": name},
+            headers={"Authorization": f"Bearer {service.key}"},
+        )
+    assert response.status_code == 201, response.text
+    dataset_id: str = response.json()["id"]
+    return dataset_id
+
+
+def test_a_dataset_uploaded_from_the_form_is_listed(page: Page, service: Service, tmp_path: Path) -> None:
+    archive = make_zip(tmp_path / "three.zip", valid_files(3))
+    page.goto(f"{service.url}/ui/#/datasets")
+    page.set_input_files("#upload-file", str(archive))
+    page.fill("#upload-name", "three warm pairs")
+    page.click("#upload button[type=submit]")
+
+    page.wait_for_selector("#upload-result[data-dataset]")
+    dataset_id = page.locator("#upload-result").get_attribute("data-dataset")
+    assert "3 pairs" in page.locator("#upload-result").inner_text()
+    row = page.locator(f'#datasets tr[data-dataset="{dataset_id}"]')
+    row.wait_for()
+    assert row.locator("td").first.inner_text() == "three warm pairs"
+    assert row.locator("td").nth(2).inner_text() == "3"
+    assert page.locator("#upload-error").is_hidden()
+    listed = api_get(service, "/v1/datasets?limit=200")["data"]
+    assert [(d["name"], d["num_pairs"]) for d in listed if d["id"] == dataset_id] == [("three warm pairs", 3)]
+    page.screenshot(path=str(SCREENSHOTS / "dataset-uploaded.png"), full_page=True)
+
+
+def test_a_refused_upload_lists_each_problem_with_its_row_and_field(
+    page: Page, service: Service, tmp_path: Path
+) -> None:
+    files = valid_files(1)
+    files["pairs.jsonl"] = jsonl(
+        [
+            pair_row(0),
+            {"prompt": "missing file", "chosen": "images/nope.png", "rejected": "images/0_c.png"},
+            {"prompt": "   ", "chosen": "images/0_w.png", "rejected": "images/0_c.png"},
+        ]
+    )
+    before = len(api_get(service, "/v1/datasets?limit=200")["data"])
+    page.goto(f"{service.url}/ui/#/datasets")
+    page.set_input_files("#upload-file", str(make_zip(tmp_path / "broken.zip", files)))
+    page.click("#upload button[type=submit]")
+
+    page.wait_for_selector("#upload-problems tbody tr")
+    error = page.locator("#upload-error")
+    assert "broken.zip" in error.locator(".error-message").inner_text()
+    rows = page.locator("#upload-problems tbody tr")
+    found = {
+        tuple(rows.nth(i).locator("td").all_inner_texts()[:2]): rows.nth(i).locator("td").nth(2).inner_text()
+        for i in range(rows.count())
+    }
+    assert set(found) == {("1", "chosen"), ("2", "prompt")}
+    assert "not in the archive" in found[("1", "chosen")]
+    assert found[("2", "prompt")] == "prompt is empty"
+    assert page.locator("#upload-result").is_hidden()
+    assert len(api_get(service, "/v1/datasets?limit=200")["data"]) == before
+    page.screenshot(path=str(SCREENSHOTS / "dataset-refused.png"), full_page=True)
+
+
+def test_a_job_created_from_the_form_is_queued_with_the_chosen_hyperparameters(
+    page: Page, service: Service, tmp_path: Path
+) -> None:
+    dataset_id = upload(service, make_zip(tmp_path / "two.zip", valid_files(2)), "for a job")
+    page.goto(f"{service.url}/ui/#/datasets/{dataset_id}")
+    page.click("#train")
+    page.wait_for_selector("#job-form")
+    assert page.locator("#job-dataset").input_value() == dataset_id
+    page.select_option("#job-base-model", "tiny-sd")
+    assert page.locator("#job-method").input_value() == "mapo"
+    page.fill("#job-beta", "0.5")  # a MaPO field: switching to DPO hides it, and it is not sent
+    page.select_option("#job-method", "dpo")
+    assert page.locator("#job-beta").is_hidden() and page.locator("#job-beta-dpo").is_visible()
+    page.fill("#job-steps", "30")
+    page.fill("#job-lr", "1e-3")
+    page.fill("#job-batch", "2")
+    page.fill("#job-beta-dpo", "250")
+    page.fill("#job-prompts", "a red circle\n\n  a blue square  \n")
+    page.fill("#job-every", "10")
+    page.screenshot(path=str(SCREENSHOTS / "job-new.png"), full_page=True)
+    page.click("#job-form button[type=submit]")
+
+    page.wait_for_url("**/ui/#/jobs/job_*")
+    page.wait_for_selector('h1 [data-status="queued"]')
+    job_id = page.url.rsplit("/", 1)[-1]
+    assert page.locator("#step").inner_text() == "step 0 / 30"
+    job = api_get(service, f"/v1/jobs/{job_id}")
+    assert (job["status"], job["dataset_id"], job["base_model"], job["method"]) == (
+        "queued",
+        dataset_id,
+        "tiny-sd",
+        "dpo",
+    )
+    chosen = {k: job["hyperparameters"][k] for k in ("max_train_steps", "learning_rate", "train_batch_size")}
+    assert chosen == {"max_train_steps": 30, "learning_rate": 1e-3, "train_batch_size": 2}
+    assert job["hyperparameters"]["beta_dpo"] == 250
+    assert job["hyperparameters"]["beta"] == 0.1, "the hidden MaPO beta was sent"
+    assert job["validation"]["prompts"] == ["a red circle", "a blue square"]
+    assert job["validation"]["every_n_steps"] == 10
+
+
+def test_a_job_the_api_refuses_marks_the_field_it_names(page: Page, service: Service, tmp_path: Path) -> None:
+    dataset_id = upload(service, make_zip(tmp_path / "two.zip", valid_files(2)), "for a refused job")
+    jobs_before = len(api_get(service, "/v1/jobs?limit=200")["data"])
+    page.goto(f"{service.url}/ui/#/jobs")
+    page.click("#new-job")
+    page.wait_for_selector("#job-form")
+    page.select_option("#job-dataset", dataset_id)
+    page.fill("#job-lr", "2")  # the API takes at most 1
+    page.click("#job-form button[type=submit]")
+
+    page.wait_for_selector('#job-lr[aria-invalid="true"]')
+    message = page.locator("#job-lr-error").inner_text()
+    assert "less than or equal to 1" in message
+    assert "hyperparameters.learning_rate" in page.locator("#job-form-error").inner_text()
+    assert page.url.endswith("#/jobs/new")
+
+    page.fill("#job-lr", "")
+    page.fill("#job-every", "5")  # a schedule without prompts: a combination only the API checks
+    page.click("#job-form button[type=submit]")
+    page.wait_for_selector('#job-every[aria-invalid="true"]')
+    assert page.locator("#job-lr").get_attribute("aria-invalid") is None
+    assert "validation.prompts is empty" in page.locator("#job-every-error").inner_text()
+    assert len(api_get(service, "/v1/jobs?limit=200")["data"]) == jobs_before
+    page.screenshot(path=str(SCREENSHOTS / "job-refused.png"), full_page=True)
+
+
+def test_each_sample_image_is_labelled_with_its_prompt_and_step(page: Page, service: Service) -> None:
+    prompts = ["a small green triangle", "a large orange square on grey"]
+    with service.database.session_scope() as session:
+        job_id = create_job(
+            session, tenant_id=service.tenant_id, total_steps=10, validation={"prompts": prompts}
+        ).id
+        job_repo.claim_job(session, job_id, worker_id="dashboard-test:5")
+    folder = LocalStorage(service.settings.storage_root).local_path(job_key(service.tenant_id, job_id))
+    samples = []
+    for at, with_lora in [(0, False), (5, True), (10, True)]:
+        images = []
+        for index, prompt in enumerate(prompts):
+            path = folder / "samples" / f"step_{at}" / f"{index}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(png(size=(24, 24)))
+            images.append(SampleImage(prompt=prompt, path=str(path), with_lora=with_lora))
+        samples.append(Sample(step=at, images=images))
+    record(service, job_id, [Started(10, 0, 9, 3, "sd", 24, "no", 1234), *samples])
+
+    page.goto(f"{service.url}/ui/#/jobs/{job_id}")
+    assert loaded_images(page, "#samples figure img.thumb") == [24] * 6
+    captions = page.locator("#samples figure figcaption")
+    labels = [" ".join(text.split()) for text in captions.all_inner_texts()]
+    assert labels == [
+        f"{when} {prompt}" for prompt in prompts for when in ("base model", "step 5", "step 10")
+    ]
+    first = page.locator("#samples figure img.thumb").first
+    assert first.get_attribute("alt") == f"base model: {prompts[0]}"
+    page.screenshot(path=str(SCREENSHOTS / "job-samples.png"), full_page=True)

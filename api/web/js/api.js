@@ -11,6 +11,10 @@ export class ApiError extends Error {
     this.status = status;
     this.code = error.code || "http_error";
     this.param = error.param ?? null;
+    // A refused upload lists each problem ({row, field, reason}); a body the schema refuses lists each
+    // field ({param, message}).
+    this.problems = error.problems ?? [];
+    this.details = error.details ?? [];
   }
 }
 
@@ -35,9 +39,10 @@ export class Api {
     this.images = new Map(); // path → Promise of an object URL
   }
 
-  async request(path, { method = "GET", headers = {}, signal } = {}) {
+  async request(path, { method = "GET", headers = {}, body, signal } = {}) {
     const response = await fetch(path, {
       method,
+      body,
       signal,
       cache: "no-store",
       headers: { Authorization: `Bearer ${this.key}`, ...headers },
@@ -55,8 +60,37 @@ export class Api {
     return (await this.request(path, options)).json();
   }
 
-  post(path) {
-    return this.json(path, { method: "POST" });
+  /** POST `body` (if given) as JSON; resolves with the JSON answer. */
+  post(path, body) {
+    if (body === undefined) return this.json(path, { method: "POST" });
+    return this.json(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+  }
+
+  /**
+   * POST a multipart form, calling `onProgress(sent, total)` as its bytes go out: XMLHttpRequest, since
+   * fetch cannot tell how much of a request body has been sent, and a dataset may be gigabytes. Resolves
+   * with the JSON answer; aborting `signal` cancels the upload.
+   */
+  upload(path, form, { onProgress, signal } = {}) {
+    return new Promise((resolve, reject) => {
+      const xhr = new XMLHttpRequest();
+      xhr.open("POST", path);
+      xhr.setRequestHeader("Authorization", `Bearer ${this.key}`);
+      xhr.responseType = "json";
+      xhr.upload.addEventListener("progress", (event) => {
+        if (event.lengthComputable) onProgress?.(event.loaded, event.total);
+      });
+      xhr.addEventListener("load", () => {
+        if (xhr.status >= 200 && xhr.status < 300) return resolve(xhr.response);
+        const error = new ApiError(xhr.status, xhr.response);
+        if (xhr.status === 401) this.onUnauthorized(error);
+        reject(error);
+      });
+      xhr.addEventListener("error", () => reject(new Error("the upload did not reach the API (connection lost)")));
+      xhr.addEventListener("abort", () => reject(new DOMException("upload cancelled", "AbortError")));
+      signal?.addEventListener("abort", () => xhr.abort());
+      xhr.send(form);
+    });
   }
 
   /** An object URL of the image at `path`, fetched once per page view. */

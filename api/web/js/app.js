@@ -6,8 +6,10 @@ import { datasetPage, datasetsPage } from "./datasets.js";
 import { append, clear, h } from "./dom.js";
 import { jobPage } from "./job.js";
 import { jobsPage } from "./jobs.js";
+import { newJobPage } from "./newjob.js";
 
 const ROUTES = [
+  [/^#\/jobs\/new(?:\?dataset=([\w-]+))?$/, newJobPage], // before the job page, which would take "new"
   [/^#\/jobs\/([\w-]+)$/, jobPage],
   [/^#\/datasets\/([\w-]+)$/, datasetPage],
   [/^#\/datasets$/, datasetsPage],

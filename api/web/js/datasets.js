@@ -1,14 +1,23 @@
-// Datasets: the list, and one dataset's pairs (prompt, chosen beside rejected), a page at a time.
+// Datasets: the upload form and the list, and one dataset's pairs (prompt, chosen beside rejected), a
+// page at a time.
 
 import { clear, formatBytes, formatTime, h } from "./dom.js";
 
 const PAGE = 24;
+// What POST /v1/datasets takes (README, Datasets); `accept` only filters the file picker.
+const FORMATS = ".zip,.tar,.gz,.tgz,.parquet";
+const KINDS = {
+  pairs: ["pairs", "rows of prompt, chosen and rejected image"],
+  targets: ["targets", "rows of prompt and the image wanted; the base model draws the rejected one"],
+  avoid: ["avoid", "rows of prompt, the image to steer away from and the generation_prompt of the chosen one"],
+};
 
 export async function datasetsPage({ root, api, signal, showError }) {
   const body = h("tbody", {});
   const more = h("button", { type: "button", hidden: true }, "Load more");
   root.append(
     h("div", { class: "page-head" }, h("h1", {}, "Datasets")),
+    uploadForm({ api, signal, onUploaded: () => reload().catch(showError) }),
     h("div", { class: "card flush" }, h("table", { class: "table", id: "datasets" },
       h("thead", {}, h("tr", {}, ["Name", "Dataset", "Pairs", "Size", "Uploaded"].map((t) => h("th", {}, t)))),
       body)),
@@ -27,13 +36,105 @@ export async function datasetsPage({ root, api, signal, showError }) {
       h("td", {}, formatTime(d.created_at)))));
     if (!body.childElementCount) {
       body.append(h("tr", {}, h("td", { colspan: 5, class: "muted" },
-        "No datasets yet: ", h("code", {}, "mapo datasets upload FILE"), " (a .zip, .tar or .parquet; see README).")));
+        "No datasets yet: upload one above, or ", h("code", {}, "mapo datasets upload FILE"), ".")));
     }
     after = page.data.at(-1)?.id ?? after;
     more.hidden = !page.has_more;
   }
+  async function reload() {
+    after = null;
+    const rows = [...body.children];
+    await load();
+    for (const row of rows) row.remove();
+  }
   more.addEventListener("click", () => load().catch(showError));
   await load();
+}
+
+/** The upload form: file, name and kind; a refusal lists each problem with its row and field. */
+function uploadForm({ api, signal, onUploaded }) {
+  const file = h("input", {
+    type: "file", id: "upload-file", name: "file", accept: FORMATS, required: true,
+    "aria-describedby": "upload-file-hint",
+  });
+  const name = h("input", {
+    type: "text", id: "upload-name", name: "name", maxlength: 200, autocomplete: "off", placeholder: "the file's name",
+  });
+  const kind = h("select", { id: "upload-kind", name: "kind", "aria-describedby": "upload-kind-hint" },
+    Object.entries(KINDS).map(([value, [label]]) => h("option", { value }, label)));
+  const kindHint = h("p", { class: "hint", id: "upload-kind-hint" });
+  const describeKind = () => { kindHint.textContent = KINDS[kind.value][1]; };
+  kind.addEventListener("change", describeKind);
+  describeKind();
+  const submit = h("button", { type: "submit", class: "primary" }, "Upload");
+  const progress = h("progress", { id: "upload-progress", max: 1, value: 0, hidden: true, "aria-label": "Upload progress" });
+  const result = h("p", { id: "upload-result", role: "status", hidden: true });
+  const error = h("div", { id: "upload-error", class: "upload-error", role: "alert", hidden: true });
+  const form = h("form", { id: "upload", class: "card upload-form" },
+    h("h2", {}, "Upload a dataset"),
+    h("div", { class: "form-grid" },
+      h("div", { class: "field" }, h("label", { for: "upload-file" }, "File"), file,
+        h("p", { class: "hint", id: "upload-file-hint" },
+          "a .zip or .tar(.gz) with pairs.jsonl or pairs.csv and the images, or a Pick-a-Pic .parquet (README, Datasets)")),
+      h("div", { class: "field" }, h("label", { for: "upload-name" }, "Name"), name),
+      h("div", { class: "field" }, h("label", { for: "upload-kind" }, "Kind"), kind, kindHint)),
+    h("div", { class: "actions" }, submit, progress),
+    result,
+    error);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const data = new FormData(form);
+    if (!name.value.trim()) data.delete("name"); // the API names it after the file
+    result.hidden = error.hidden = true;
+    submit.disabled = true;
+    progress.hidden = false;
+    progress.value = 0;
+    try {
+      const dataset = await api.upload("/v1/datasets", data, {
+        signal,
+        onProgress: (sent, total) => { progress.value = sent / total; },
+      });
+      form.reset();
+      describeKind();
+      showUploaded(result, dataset);
+      onUploaded(dataset);
+    } catch (err) {
+      if (err.name === "AbortError") return;
+      showRefusal(error, err, file.files[0]?.name);
+    } finally {
+      submit.disabled = false;
+      progress.hidden = true;
+    }
+  });
+  return form;
+}
+
+function showUploaded(result, dataset) {
+  result.dataset.dataset = dataset.id;
+  clear(result).append(
+    `Uploaded “${dataset.name}”: ${dataset.num_pairs} pairs, kind ${dataset.kind}. `,
+    h("a", { href: `#/datasets/${dataset.id}` }, "See its pairs"), " · ",
+    h("a", { href: `#/jobs/new?dataset=${dataset.id}` }, "Train a job on it"));
+  result.hidden = false;
+}
+
+function showRefusal(box, err, fileName) {
+  // The message of a refusal repeats its problems in one line; the table shows them readably instead.
+  const message = err.problems.length ? `${fileName}: fix these and upload it again.` : err.message;
+  clear(box).append(
+    h("h3", {}, err.code === "dataset_rejected" ? "The dataset was refused" : "The upload failed"),
+    h("p", { class: "error-message" }, message));
+  if (err.problems.length) {
+    box.append(
+      h("table", { class: "table problems", id: "upload-problems" },
+        h("caption", {}, "Rows count from 0: the first data row of pairs.jsonl, pairs.csv (after its header) or the parquet is row 0; – is the file as a whole."),
+        h("thead", {}, h("tr", {}, ["Row", "Field", "Problem"].map((t) => h("th", { scope: "col" }, t)))),
+        h("tbody", {}, err.problems.map((p) => h("tr", {},
+          h("td", { class: "mono" }, p.row ?? "–"),
+          h("td", { class: "mono" }, p.field ?? "–"),
+          h("td", {}, p.reason))))));
+  }
+  box.hidden = false;
 }
 
 export async function datasetPage({ root, api, signal, showError }, datasetId) {
@@ -43,7 +144,10 @@ export async function datasetPage({ root, api, signal, showError }, datasetId) {
   const more = h("button", { type: "button", hidden: true }, "Load more pairs");
   root.append(
     h("nav", { class: "crumbs" }, h("a", { href: "#/datasets" }, "Datasets"), " / ", dataset.name),
-    h("div", { class: "page-head" }, h("h1", {}, dataset.name), h("span", { class: "muted" }, `${dataset.num_pairs} pairs`)),
+    h("div", { class: "page-head" }, h("h1", {}, dataset.name),
+      h("div", { class: "actions" }, h("span", { class: "muted" }, `${dataset.num_pairs} pairs`),
+        dataset.status === "ready"
+          && h("a", { class: "button primary", id: "train", href: `#/jobs/new?dataset=${dataset.id}` }, "Train a job on it"))),
     h("div", { class: "card summary" }, h("dl", { class: "facts" }, [
       ["Dataset", h("span", { class: "mono" }, dataset.id)],
       ["Status", dataset.status],

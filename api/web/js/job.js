@@ -256,16 +256,21 @@ class JobView {
     root.append(h("div", { class: "card flush scroll-x" }, h("table", { class: "samples" }, h("thead", {}, head), h("tbody", {}, rows))));
   }
 
+  // Each image carries its own label (when, then the prompt): the prompt column scrolls out of sight on
+  // a job with many validation steps, and an image opened or saved alone still says what it shows.
   image(sample) {
     if (!sample) return h("span", { class: "muted" }, "–");
-    const label = `${sample.with_lora ? `step ${sample.step}` : "base model"}: ${sample.prompt}`;
-    const img = h("img", { alt: label, title: label, class: "thumb", "data-sample": sample.id });
+    const when = sample.with_lora ? `step ${sample.step}` : "base model";
+    const label = `${when}: ${sample.prompt}`;
+    const img = h("img", { alt: label, class: "thumb", "data-sample": sample.id });
     const link = h("a", { target: "_blank", rel: "noopener" }, img);
     this.api.imageUrl(sample.url).then((url) => {
       img.src = url;
       link.href = url;
     }, this.showError);
-    return link;
+    return h("figure", { class: "sample", title: label },
+      link, h("figcaption", {}, h("span", { class: "sample-when" }, when), " ",
+        h("span", { class: "sample-prompt" }, sample.prompt)));
   }
 
   showCheckpoints(checkpoints) {

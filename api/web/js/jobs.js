@@ -17,7 +17,8 @@ export async function jobsPage({ root, api, signal, showError }) {
   );
   const empty = h("div", { class: "card empty-state", hidden: true },
     h("h2", {}, "No jobs yet"),
-    h("p", {}, "Upload a dataset and start a job from a terminal (in the repository, with your key):"),
+    h("p", {}, "Upload a dataset on the ", h("a", { href: "#/datasets" }, "Datasets"), " page and start a job with ",
+      h("a", { href: "#/jobs/new" }, "New job"), ", or do both from a terminal (in the repository, with your key):"),
     h("pre", {}, [
       ". .venv/bin/activate && export MAPO_API_KEY=mapo_…\n",
       "mapo demo-data demo.zip\n",
@@ -28,7 +29,8 @@ export async function jobsPage({ root, api, signal, showError }) {
     ]),
     h("p", { class: "muted" }, "It appears here, and its page shows the curves and images as it trains."),
   );
-  root.append(h("div", { class: "page-head" }, h("h1", {}, "Jobs")), empty, h("div", { class: "card flush" }, table), more);
+  const create = h("a", { class: "button primary", id: "new-job", href: "#/jobs/new" }, "New job");
+  root.append(h("div", { class: "page-head" }, h("h1", {}, "Jobs"), create), empty, h("div", { class: "card flush" }, table), more);
 
   let pages = 1;
   let after = null;
