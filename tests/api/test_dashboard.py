@@ -456,6 +456,8 @@ def test_a_job_created_from_the_form_is_queued_with_the_chosen_hyperparameters(
     page.fill("#job-beta-dpo", "250")
     page.fill("#job-prompts", "a red circle\n\n  a blue square  \n")
     page.fill("#job-every", "10")
+    page.click("#job-form details.extra summary")
+    page.fill("#job-extra", '{"lora_rank": 4, "train_batch_size": 16}')  # the form's own batch size wins
     page.screenshot(path=str(SCREENSHOTS / "job-new.png"), full_page=True)
     page.click("#job-form button[type=submit]")
 
@@ -473,6 +475,7 @@ def test_a_job_created_from_the_form_is_queued_with_the_chosen_hyperparameters(
     chosen = {k: job["hyperparameters"][k] for k in ("max_train_steps", "learning_rate", "train_batch_size")}
     assert chosen == {"max_train_steps": 30, "learning_rate": 1e-3, "train_batch_size": 2}
     assert job["hyperparameters"]["beta_dpo"] == 250
+    assert job["hyperparameters"]["lora_rank"] == 4
     assert job["hyperparameters"]["beta"] == 0.1, "the hidden MaPO beta was sent"
     assert job["validation"]["prompts"] == ["a red circle", "a blue square"]
     assert job["validation"]["every_n_steps"] == 10
@@ -500,6 +503,19 @@ def test_a_job_the_api_refuses_marks_the_field_it_names(page: Page, service: Ser
     page.wait_for_selector('#job-every[aria-invalid="true"]')
     assert page.locator("#job-lr").get_attribute("aria-invalid") is None
     assert "validation.prompts is empty" in page.locator("#job-every-error").inner_text()
+
+    page.fill("#job-every", "")
+    page.click("#job-form details.extra summary")
+    page.fill("#job-extra", '{"lora_rank": 4,}')
+    page.click("#job-form button[type=submit]")
+    page.wait_for_selector('#job-extra[aria-invalid="true"]')
+    assert "not valid JSON" in page.locator("#job-extra-error").inner_text()
+
+    page.fill("#job-extra", '{"guidance": 3.5}')  # FLUX's: a field tiny-sd's family does not take
+    page.click("#job-form button[type=submit]")
+    page.wait_for_selector('#job-extra-error:has-text("guidance")')
+    assert page.locator("#job-every").get_attribute("aria-invalid") is None
+    assert "hyperparameters.guidance" in page.locator("#job-form-error").inner_text()
     assert len(api_get(service, "/v1/jobs?limit=200")["data"]) == jobs_before
     page.screenshot(path=str(SCREENSHOTS / "job-refused.png"), full_page=True)
 
