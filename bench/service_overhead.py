@@ -129,7 +129,7 @@ def _service(tmp: Path, model: Path, args: argparse.Namespace) -> Iterator[tuple
     log = (tmp / "service.log").open("wb")
     children = [
         subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log, start_new_session=True)
-        for command in (api_command(HOST, port), worker_command())
+        for command in (api_command(HOST, port), worker_command(settings.queues))
     ]
     try:
         _wait_listening(port, children[0])
