@@ -68,7 +68,7 @@ class Run:
 
 def main() -> None:
     args = _parse()
-    model = _model("tiny")
+    model = _model("sdxl", "tiny")
     hyperparameters = {
         "resolution": RESOLUTION,
         "train_batch_size": 2,
