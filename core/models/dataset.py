@@ -9,8 +9,11 @@ from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.models.base import Base, UTCDateTime, new_id, utcnow
+from trainer.dataset_format import DatasetKind
 
-DatasetStatus = Literal["processing", "ready", "failed"]
+# A dataset is recorded only once its files are complete in storage, so it has one status. The column stays
+# (rows written by older releases hold it too); dropping it is not worth a migration.
+DatasetStatus = Literal["ready"]
 
 
 class Dataset(Base):
@@ -23,7 +26,11 @@ class Dataset(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ds"))
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(20), default="processing")
+    status: Mapped[DatasetStatus] = mapped_column(String(20), default="ready")
+    # As its manifest records it, so that reads and listings never open the manifest. NULL only for a
+    # dataset recorded before migration 0006 whose manifest the API could not read when it started
+    # (api/services/dataset_kinds.py).
+    kind: Mapped[DatasetKind | None] = mapped_column(String(20), default=None)
     num_pairs: Mapped[int] = mapped_column(default=0)
     bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     sha256: Mapped[str] = mapped_column(String(64), default="")
