@@ -12,6 +12,7 @@ from api.body_limit import BodyLimitMiddleware
 from api.deps import AppContext
 from api.errors import install_error_handlers
 from api.routes import artifacts, base_models, datasets, docs, health, jobs, web, webhooks, workers
+from api.services import dataset_kinds
 from api.services import datasets as datasets_service
 from api.tenant_cache import SingleFlight, TenantCache
 from core.db import Database
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         datasets_service.sweep_abandoned(context)
+        dataset_kinds.backfill_at_start(context)
         yield
         context.database.dispose()
 

@@ -17,7 +17,7 @@ from pydantic import (
 )
 
 from core.job_errors import JobErrorCode, describe_codes
-from core.models import DeliveryStatus, JobStatus, WebhookEvent
+from core.models import DatasetStatus, DeliveryStatus, JobStatus, WebhookEvent
 from core.queue import MAX_PRIORITY, MIN_PRIORITY
 from trainer.dataset_format import DatasetKind
 from trainer.families import FamilyName, Objective
@@ -87,11 +87,14 @@ class PreviewPairOut(BaseModel):
 class DatasetOut(BaseModel):
     id: str = Field(examples=["ds_0643f1c2a0b1d2e3f4a5b6c7d8"])
     name: str
-    status: str = Field(description="`ready` once the upload is validated and stored.")
+    status: DatasetStatus = Field(
+        description="Always `ready`: a dataset is recorded only once its upload is validated and stored."
+    )
     kind: DatasetKind | None = Field(
         description="pairs: both images uploaded; targets: the chosen images uploaded, the rejected ones "
         "drawn by the job's base model at job start; avoid: the rejected images uploaded, the chosen ones "
-        "drawn from each row's generation_prompt. Null if the dataset's files cannot be read."
+        "drawn from each row's generation_prompt. Null only for a dataset uploaded before this field was "
+        "stored whose files could not be read."
     )
     num_pairs: int
     bytes: int = Field(description="Size of the upload as received.")

@@ -73,18 +73,16 @@ def request_body(request: Request) -> Iterator[bytes]:
 
 @router.get("")
 def list_datasets(
-    session: SessionDep, context: ContextDep, tenant: CurrentTenant, limit: Limit = 20, after: After = None
+    session: SessionDep, tenant: CurrentTenant, limit: Limit = 20, after: After = None
 ) -> ListResponse[DatasetOut]:
     """List your datasets, newest first."""
-    return service.list_datasets(session, context, tenant, limit=limit, after=after)
+    return service.list_datasets(session, tenant, limit=limit, after=after)
 
 
 @router.get("/{dataset_id}")
-def get_dataset(
-    session: SessionDep, context: ContextDep, tenant: CurrentTenant, dataset_id: str
-) -> DatasetOut:
+def get_dataset(session: SessionDep, tenant: CurrentTenant, dataset_id: str) -> DatasetOut:
     """Inspect a dataset: pairs, bytes, sha256 and a preview."""
-    return service.get_dataset(session, context, tenant, dataset_id)
+    return service.get_dataset(session, tenant, dataset_id)
 
 
 @router.delete(

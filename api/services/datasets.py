@@ -104,7 +104,7 @@ def upload_dataset(
                 session, tenant_id=tenant.id, key=idempotency_key
             )
             if seen is not None:
-                return _replayed(context, seen, request_hash)
+                return _replayed(seen, request_hash)
         report = _ingest_and_store(context, upload.path, filename, key, kind, marker)
     try:
         with session.begin_nested():
@@ -113,6 +113,7 @@ def upload_dataset(
                 dataset_id=dataset_id,
                 tenant_id=tenant.id,
                 name=name or filename,
+                kind=report.kind,
                 storage_key=key,
                 num_pairs=report.num_pairs,
                 size_bytes=upload.bytes,
@@ -131,8 +132,8 @@ def upload_dataset(
         # The refused objects are logged and counted by the store; the answer is the winner's all the same.
         with contextlib.suppress(StorageDeleteError):
             storage.delete_tree(key)
-        return _replayed(context, winner, request_hash)
-    return dataset_out(dataset, kind=report.kind)
+        return _replayed(winner, request_hash)
+    return dataset_out(dataset)
 
 
 class UploadFields(BaseModel):
@@ -189,14 +190,14 @@ def _request_hash(file_sha256: str, name: str, kind: DatasetKind) -> str:
     return hashlib.sha256(json.dumps([file_sha256, name, kind]).encode()).hexdigest()
 
 
-def _replayed(context: AppContext, dataset: Dataset, request_hash: str) -> DatasetOut:
+def _replayed(dataset: Dataset, request_hash: str) -> DatasetOut:
     if dataset.request_hash != request_hash:
         raise Conflict(
             "Idempotency-Key was already used for a different upload (file, name or kind)",
             param="Idempotency-Key",
             code="idempotency_key_reused",
         )
-    return dataset_out(dataset, kind=stored_kind(context, dataset))
+    return dataset_out(dataset)
 
 
 def pair_out(
@@ -212,15 +213,9 @@ def pair_out(
     )
 
 
-def stored_kind(context: AppContext, dataset: Dataset) -> DatasetKind | None:
-    """The kind its manifest records (the database does not); None if its files cannot be read."""
-    try:
-        return read_stored_manifest(context.storage, dataset.storage_key).kind
-    except DatasetFormatError:
-        return None
-
-
-def dataset_out(dataset: Dataset, *, kind: DatasetKind | None) -> DatasetOut:
+def dataset_out(dataset: Dataset) -> DatasetOut:
+    """The dataset as its row records it: nothing is read from storage."""
+    kind = dataset.kind
     preview = [pair_out(dataset.id, i, p["prompt"], kind=kind) for i, p in enumerate(dataset.preview)]
     return DatasetOut(
         id=dataset.id,
@@ -243,16 +238,15 @@ def require_dataset(session: Session, tenant: Tenant, dataset_id: str) -> Datase
     return dataset
 
 
-def get_dataset(session: Session, context: AppContext, tenant: Tenant, dataset_id: str) -> DatasetOut:
-    dataset = require_dataset(session, tenant, dataset_id)
-    return dataset_out(dataset, kind=stored_kind(context, dataset))
+def get_dataset(session: Session, tenant: Tenant, dataset_id: str) -> DatasetOut:
+    return dataset_out(require_dataset(session, tenant, dataset_id))
 
 
 def list_datasets(
-    session: Session, context: AppContext, tenant: Tenant, *, limit: int, after: str | None
+    session: Session, tenant: Tenant, *, limit: int, after: str | None
 ) -> ListResponse[DatasetOut]:
     page = dataset_repo.list_datasets(session, tenant_id=tenant.id, limit=limit, after=after)
-    data = [dataset_out(d, kind=stored_kind(context, d)) for d in page.items]
+    data = [dataset_out(d) for d in page.items]
     return ListResponse[DatasetOut](data=data, has_more=page.has_more)
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
 from core.models import ACTIVE_STATUSES, Dataset, Job
 from core.repositories.pagination import Page, paginate
+from trainer.dataset_format import DatasetKind
 
 
 def add_dataset(
@@ -17,6 +18,7 @@ def add_dataset(
     dataset_id: str,
     tenant_id: str,
     name: str,
+    kind: DatasetKind,
     storage_key: str,
     num_pairs: int,
     size_bytes: int,
@@ -32,6 +34,7 @@ def add_dataset(
         tenant_id=tenant_id,
         name=name,
         status="ready",
+        kind=kind,
         storage_key=storage_key,
         num_pairs=num_pairs,
         bytes=size_bytes,
@@ -60,6 +63,22 @@ def list_datasets(session: Session, *, tenant_id: str, limit: int, after: str | 
     """Newest first."""
     stmt = select(Dataset).where(Dataset.tenant_id == tenant_id)
     return paginate(session, stmt, key=Dataset.id, after=after, limit=limit, newest_first=True)
+
+
+def datasets_without_kind(session: Session, *, after: str | None, limit: int) -> list[tuple[str, str]]:
+    """(id, storage_key) of up to `limit` datasets with no kind recorded, by id after `after`, of every
+    tenant (the API's start-up fills their kinds in from their manifests)."""
+    stmt = select(Dataset.id, Dataset.storage_key).where(Dataset.kind.is_(None))
+    if after is not None:
+        stmt = stmt.where(Dataset.id > after)
+    return [(row.id, row.storage_key) for row in session.execute(stmt.order_by(Dataset.id).limit(limit))]
+
+
+def record_kind(session: Session, dataset_id: str, kind: DatasetKind) -> None:
+    """Set the kind of a dataset that has none (a concurrent start may have set it already; a dataset
+    deleted meanwhile is left alone)."""
+    stmt = update(Dataset).where(Dataset.id == dataset_id, Dataset.kind.is_(None)).values(kind=kind)
+    session.execute(stmt)
 
 
 def dataset_in_use(session: Session, dataset_id: str) -> bool:

@@ -288,3 +288,31 @@ def test_concurrent_repeats_of_an_idempotent_upload_store_one_dataset(
     assert len({a["id"] for a in answers}) == 1
     assert len(client.get("/v1/datasets", headers=headers).json()["data"]) == 1
     assert len(stored_manifests(storage)) == 1, "the losers' files are gone"
+
+
+def test_reading_and_listing_datasets_opens_nothing_in_storage(
+    client: TestClient, headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keyed = {**headers, "Idempotency-Key": "read-nothing"}
+    dataset = upload(client, keyed, pairs_zip())
+    storage = client.app.state.context.storage  # type: ignore[attr-defined]
+    reads: list[str] = []
+    open_read = storage.open_read
+
+    def counted_open_read(key: str) -> object:
+        reads.append(key)
+        return open_read(key)
+
+    monkeypatch.setattr(storage, "open_read", counted_open_read)
+    listed = client.get("/v1/datasets", headers=headers).json()["data"]
+    one = client.get(f"/v1/datasets/{dataset['id']}", headers=headers).json()
+    replayed = upload(client, keyed, pairs_zip())
+    assert [d["kind"] for d in listed] == ["pairs"]
+    assert (one["kind"], replayed["kind"], replayed["id"]) == ("pairs", "pairs", dataset["id"])
+    assert reads == [], "the kind is the row's: no manifest is opened"
+
+
+def test_openapi_states_that_a_recorded_dataset_is_always_ready(client: TestClient) -> None:
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    status = schemas["DatasetOut"]["properties"]["status"]
+    assert status.get("const") == "ready", status

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy.orm import Session
 
+from core.models import Dataset
 from tests.api.test_dataset_routes import pairs_zip, png
 from tests.conftest import auth_headers
 
@@ -43,13 +44,15 @@ def upload(client: TestClient, headers: dict[str, str], payload: bytes, kind: st
 
 
 def test_targets_upload_is_a_dataset_of_that_kind_whose_rejected_side_is_drawn_later(
-    client: TestClient, headers: dict[str, str]
+    client: TestClient, headers: dict[str, str], session: Session
 ) -> None:
     dataset = upload(client, headers, targets_zip(generation_prompt=False), "targets")
     assert (dataset["http_status"], dataset["kind"], dataset["num_pairs"]) == (201, "targets", 3), dataset
     again = client.get(f"/v1/datasets/{dataset['id']}", headers=headers).json()
     assert (again["kind"], again["num_pairs"]) == ("targets", 3)
     assert [d["kind"] for d in client.get("/v1/datasets", headers=headers).json()["data"]] == ["targets"]
+    row = session.get(Dataset, dataset["id"])
+    assert row is not None and row.kind == "targets", "the row records the kind"
 
     pairs = client.get(f"/v1/datasets/{dataset['id']}/pairs", headers=headers).json()["data"]
     assert [p["prompt"] for p in pairs] == [f"a red square {i}" for i in range(3)]
