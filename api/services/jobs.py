@@ -40,9 +40,7 @@ def create_job(
         existing = job_repo.get_job_by_idempotency_key(session, tenant_id=tenant.id, key=idempotency_key)
         if existing is not None:
             return _replayed(existing, request_hash)
-    dataset = require_dataset(session, tenant, body.dataset_id)
-    if dataset.status != "ready":
-        raise Conflict(f"dataset {dataset.id} is {dataset.status}, not ready", param="dataset_id")
+    require_dataset(session, tenant, body.dataset_id)  # 404 for a missing or another tenant's dataset
     job = _new_job(tenant, body, queue=queue, idempotency_key=idempotency_key, request_hash=request_hash)
     try:
         lifecycle.queue(session, job, producer=context.producer)
