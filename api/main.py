@@ -7,11 +7,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import metrics
+from api import monitoring
 from api.body_limit import BodyLimitMiddleware
 from api.deps import AppContext
 from api.errors import install_error_handlers
-from api.routes import artifacts, base_models, datasets, docs, health, jobs, web, webhooks, workers
+from api.routes import base_models, datasets, docs, health, jobs, outputs, web, webhooks, workers
 from api.services import dataset_kinds
 from api.services import datasets as datasets_service
 from api.tenant_cache import SingleFlight, TenantCache
@@ -63,8 +63,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes + BODY_OVERHEAD_BYTES)
     app.state.context = context
     install_error_handlers(app)
-    metrics.install(app, context.database)
-    for module in (health, datasets, jobs, artifacts, webhooks, workers, base_models):
+    monitoring.install(app, context.database)
+    for module in (health, datasets, jobs, outputs, webhooks, workers, base_models):
         app.include_router(module.router)
     web.install(app)
     docs.install(app)

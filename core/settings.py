@@ -123,7 +123,7 @@ class Settings(BaseSettings):
     webhook_sender: bool = Field(
         default=True,
         description="Each GPU worker starts a webhook sender (a Celery worker on the webhook queue) beside "
-        "it; turn off where you run `celery -A worker.webhook_app worker` yourself.",
+        "it; turn off where you run `celery -A worker.webhooks.app worker` yourself.",
     )
     webhook_sender_concurrency: int = Field(
         default=4, ge=1, le=64, description="Webhook deliveries one sender makes at the same time."

@@ -24,7 +24,7 @@ from core.settings import Settings
 CHUNK_BYTES = 1 << 20
 # A writer that dies mid-upload leaves its parts in an object store; past this age none can be live.
 INCOMPLETE_UPLOAD_MAX_AGE = timedelta(days=1)
-# Counted here, served by the API's GET /metrics (api.metrics), whichever backend counts them.
+# Counted here, served by the API's GET /metrics (api.monitoring), whichever backend counts them.
 DELETE_FAILURES = Counter(
     "mapo_storage_delete_failures",
     "Objects the store refused to delete (still stored; each is also logged with its key).",

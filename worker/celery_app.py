@@ -3,7 +3,7 @@
 One training at a time per process (concurrency 1, prefetch 1), acknowledged late so a message is only
 gone once its job has ended, and a fresh child per task so each training starts with clean GPU memory.
 The job row, not the broker, is the source of truth: a redelivered message finds the row claimed.
-Beside the worker runs a webhook sender on its own queue (worker/webhook_sidecar.py), so deliveries
+Beside the worker runs a webhook sender on its own queue (worker/webhooks/sidecar.py), so deliveries
 never wait behind a training.
 """
 
@@ -102,8 +102,8 @@ def _start_reconciler(sender: Any, **_: Any) -> None:
 
 @worker_ready.connect
 def _start_webhook_sender(**_: Any) -> None:
-    """In the worker's main process: a webhook sender beside this worker (see worker/webhook_sidecar.py)."""
-    from worker.webhook_sidecar import start_sender
+    """In the worker's main process: a webhook sender beside this worker (see worker/webhooks/sidecar.py)."""
+    from worker.webhooks.sidecar import start_sender
 
     _main.webhook_sender = start_sender(Settings())
 
@@ -116,7 +116,7 @@ def _begin_graceful_stop(**_: Any) -> None:
     from celery.worker import state
 
     from worker.shutdown import forward_to_children
-    from worker.webhook_sidecar import ask_sender_to_stop
+    from worker.webhooks.sidecar import ask_sender_to_stop
 
     sender = _main.webhook_sender
     forward_to_children(exclude=frozenset() if sender is None else frozenset({sender.pid}))
@@ -130,7 +130,7 @@ def _stop_reconciler(**_: Any) -> None:
         _main.reconciler.stop()
     sender, _main.webhook_sender = _main.webhook_sender, None
     if sender is not None:
-        from worker.webhook_sidecar import stop_sender
+        from worker.webhooks.sidecar import stop_sender
 
         stop_sender(sender)
 

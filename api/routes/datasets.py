@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Path, Query, Request, status
 from fastapi.responses import Response, StreamingResponse
 
 from api.deps import ContextDep, CurrentTenant, SessionDep
-from api.routes.files import REDIRECT_RESPONSE, file_response
+from api.routes.downloads import REDIRECT_RESPONSE, file_response
 from api.schemas import INT64_MAX, DatasetOut, ErrorResponse, ListResponse, PreviewPairOut
 from api.services import datasets as service
 from api.services.upload_form import UPLOAD_FORM_SCHEMA

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import AppContext
 from api.errors import Conflict, DatasetRejected, NotFound
-from api.metrics import record_upload
+from api.monitoring import record_upload
 from api.schemas import DatasetOut, ListResponse, PreviewPairOut
 from api.services.dataset_files import image_key, iter_uploaded_pairs, read_stored_manifest
 from api.services.downloads import IMAGE_MEDIA_TYPES, FileDownload, stored_download

@@ -1,14 +1,14 @@
 """All tables; importing this package registers every model on `Base.metadata` (Alembic relies on it)."""
 
 from core.models.base import Base, new_id, utcnow
-from core.models.dataset import Dataset, DatasetStatus
-from core.models.job import ACTIVE_STATUSES, FINISHED_STATUSES, HELD_STATUSES, JOB_STATUSES, Job, JobStatus
-from core.models.job_event import EventLevel, JobEvent
-from core.models.metric import Metric
+from core.models.datasets import Dataset, DatasetStatus
+from core.models.events import EventLevel, JobEvent
+from core.models.jobs import ACTIVE_STATUSES, FINISHED_STATUSES, HELD_STATUSES, JOB_STATUSES, Job, JobStatus
+from core.models.metrics import Metric
 from core.models.outputs import Artifact, ArtifactFormat, Checkpoint, Sample
-from core.models.tenant import ApiKey, Tenant
-from core.models.webhook import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEvent, WebhookSecret
-from core.models.worker import DeviceKind, Worker
+from core.models.tenants import ApiKey, Tenant
+from core.models.webhooks import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEvent, WebhookSecret
+from core.models.workers import DeviceKind, Worker
 
 __all__ = [
     "ACTIVE_STATUSES",

@@ -1,7 +1,7 @@
 """Job events → webhook deliveries. Called in the transaction that records the event: one delivery row
 per hook of the job subscribed to it, sent to the webhook queue once that transaction commits, so a
 rolled-back state change sends nothing and a committed one is never forgotten (a message lost on the
-way is re-sent by the webhook sender's sweep, see worker/webhook_sender.py)."""
+way is re-sent by the webhook sender's sweep, see worker/webhooks/sender.py)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from core.repositories.webhooks import AttemptResult
 from core.settings import Settings
 from tests.conftest import create_job
 from tests.worker.webhook_receiver import Receiver, running_receiver
-from worker.webhook_sender import decide, deliver, resend_overdue
+from worker.webhooks.sender import decide, deliver, resend_overdue
 
 PAYLOAD = json.dumps({"type": "job.succeeded", "data": {"job_id": "job_1"}})
 

@@ -1,4 +1,4 @@
-"""Each GPU worker starts a webhook sender (worker/webhook_app.py) beside it and stops it when it stops,
+"""Each GPU worker starts a webhook sender (worker/webhooks/app.py) beside it and stops it when it stops,
 so wherever jobs train, their webhooks are sent (`mapo serve` and `celery -A worker.celery_app worker`
 need nothing else). With MAPO_WEBHOOK_SENDER=false the operator runs senders separately."""
 
@@ -24,7 +24,7 @@ def start_sender(settings: Settings) -> subprocess.Popen[bytes] | None:
     if not settings.webhook_sender:
         return None
     command = [
-        *(sys.executable, "-m", "celery", "-A", "worker.webhook_app", "worker", "-Q", WEBHOOK_QUEUE),
+        *(sys.executable, "-m", "celery", "-A", "worker.webhooks.app", "worker", "-Q", WEBHOOK_QUEUE),
         *("--pool", "threads", "--concurrency", str(settings.webhook_sender_concurrency)),
         *("--loglevel", "INFO", "--hostname", f"webhooks-{os.getpid()}@%h"),
     ]

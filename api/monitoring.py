@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from api.request_metrics import RequestMetricsMiddleware
+from api.request_monitoring import RequestMetricsMiddleware
 from core.db import Database
 from core.models import JOB_STATUSES, utcnow
 from core.repositories import stats as stats_repo
@@ -46,7 +46,7 @@ def record_upload(size_bytes: int) -> None:
 
 def install(app: FastAPI, database: Database) -> None:
     """Time every request and serve GET /metrics from a registry of this app."""
-    from api.routes import metrics as metrics_route
+    from api.routes import monitoring as monitoring_route
 
     registry = CollectorRegistry(auto_describe=False)
     storage_counters = (DELETE_FAILURES, ABORTED_UPLOADS)
@@ -54,7 +54,7 @@ def install(app: FastAPI, database: Database) -> None:
         registry.register(collector)
     app.state.metrics_registry = registry
     app.add_middleware(RequestMetricsMiddleware, histogram=HTTP_LATENCY)
-    app.include_router(metrics_route.router)
+    app.include_router(monitoring_route.router)
 
 
 class DatabaseCollector(Collector):

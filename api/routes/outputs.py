@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response, StreamingResponse
 
 from api.deps import ContextDep, CurrentTenant, SessionDep
-from api.routes.files import REDIRECT_RESPONSE, file_response
+from api.routes.downloads import REDIRECT_RESPONSE, file_response
 from api.schemas import INT32_MAX, CheckpointOut, ErrorResponse, ListResponse, SampleOut
 from api.services import outputs as service
 

@@ -1,8 +1,8 @@
-"""The webhook sender: `celery -A worker.webhook_app worker -Q mapo.webhooks -P threads -c 4`.
+"""The webhook sender: `celery -A worker.webhooks.app worker -Q mapo.webhooks -P threads -c 4`.
 
 A Celery app of its own, apart from the GPU worker's (worker.celery_app): a GPU worker runs one training
 at a time in one pool process for hours, and a delivery must not wait behind it. Each GPU worker starts
-one of these beside it (worker/webhook_sidecar.py), so a single-machine `mapo serve` sends webhooks with
+one of these beside it (worker/webhooks/sidecar.py), so a single-machine `mapo serve` sends webhooks with
 no extra process to run. Sending is I/O, so a thread pool serves many deliveries at once.
 
 At start, and every `reconcile_interval_seconds`, it re-sends deliveries whose message was lost.
@@ -22,7 +22,7 @@ from celery.signals import worker_init, worker_ready, worker_shutdown
 from core.db import Database
 from core.queue import DELIVER_WEBHOOK_TASK, WEBHOOK_QUEUE, celery_config
 from core.settings import Settings
-from worker.webhook_sidecar import PARENT_PID_ENV
+from worker.webhooks.sidecar import PARENT_PID_ENV
 
 log = logging.getLogger(__name__)
 # Longer than the longest wait between two attempts (webhook_max_backoff_seconds is at most 6 hours),
@@ -72,7 +72,7 @@ def _resources() -> tuple[Settings, Database]:
 @app.task(name=DELIVER_WEBHOOK_TASK, bind=True, acks_late=True, ignore_result=True, max_retries=None)
 def deliver_webhook(self: Task, delivery_id: str, attempt: int) -> str:
     """Attempt `attempt` of a delivery; on failure the next attempt is scheduled with backoff."""
-    from worker.webhook_sender import deliver
+    from worker.webhooks.sender import deliver
 
     settings, db = _resources()
     outcome = deliver(db, settings, delivery_id, attempt)
@@ -107,7 +107,7 @@ def _stop_threads(**_: Any) -> None:
 
 def _sweep() -> None:
     from core.queue import make_producer
-    from worker.webhook_sender import resend_overdue
+    from worker.webhooks.sender import resend_overdue
 
     settings, db = _resources()
     producer = make_producer(settings)
