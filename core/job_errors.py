@@ -28,6 +28,7 @@ class JobErrorCode(StrEnum):
     WORLD_SIZE_MISMATCH = "world_size_mismatch"
     RANK_FAILED = "rank_failed"
     # The worker itself.
+    NOT_ENOUGH_GPUS = "not_enough_gpus"
     OUTPUTS_NOT_STORED = "outputs_not_stored"
     INTERNAL_ERROR = "internal_error"
 
@@ -48,6 +49,7 @@ JOB_ERROR_MEANINGS: dict[JobErrorCode, str] = {
     JobErrorCode.WORLD_SIZE_MISMATCH: "the run had a different number of processes than `gpus` asks for",
     JobErrorCode.RANK_FAILED: "a training process of a multi-GPU run died without a typed error "
     "(a crash, a kill, out of memory)",
+    JobErrorCode.NOT_ENOUGH_GPUS: "the job asks for more GPUs (`gpus`) than the worker that took it has",
     JobErrorCode.OUTPUTS_NOT_STORED: "training ended but its last outputs (the adapter among them) "
     "could not be stored or recorded",
     JobErrorCode.INTERNAL_ERROR: "an unexpected error in the worker; the message names it",

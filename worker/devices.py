@@ -7,13 +7,14 @@ only to a worker that can serve it belongs to the queue; this is the worker's ow
 
 from __future__ import annotations
 
+from core.job_errors import JobErrorCode
 from core.settings import Settings
 from trainer.errors import TrainingError
 from trainer.spec import TrainSpec
 
 
 class NotEnoughGpusError(TrainingError):
-    code = "not_enough_gpus"
+    code = JobErrorCode.NOT_ENOUGH_GPUS.value
 
 
 def available_gpus(settings: Settings) -> int:

@@ -241,12 +241,16 @@ def end(session, job, dataset):
 
 
 def test_every_code_a_trainer_error_carries_is_catalogued() -> None:
+    # Every module that defines a TrainingError subclass, imported here so the check does not depend
+    # on which other tests ran first.
     import trainer.errors
     import trainer.launch
+    import worker.devices
 
     def subclasses(cls: type) -> list[type]:
         return [cls] + [s for sub in cls.__subclasses__() for s in subclasses(sub)]
 
     codes = {cls.code for cls in subclasses(trainer.errors.TrainingError)}
-    assert "rank_failed" in codes and inspect.ismodule(trainer.launch)
+    assert {"rank_failed", "not_enough_gpus"} <= codes
+    assert inspect.ismodule(trainer.launch) and inspect.ismodule(worker.devices)
     assert codes - set(JobErrorCode) == set()
