@@ -74,7 +74,7 @@ def backends(stack: ExitStack, scratch: Path) -> dict[str, Settings]:
     local = Settings(data_dir=scratch / "local")
     if os.environ.get("MAPO_STORAGE_URL"):
         return {"local directory": local, "S3 (MAPO_STORAGE_URL)": Settings()}
-    from tests.servers import SeaweedFS
+    from tests.support.servers import SeaweedFS
 
     server = SeaweedFS(scratch / "seaweedfs")
     stack.callback(server.close)

@@ -10,7 +10,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -24,19 +24,11 @@ from core.models import ApiKey, Base, Dataset, Job, Tenant
 from core.repositories import tenants as tenant_repo
 from core.settings import Settings
 from core.storage import Storage, build_storage, dataset_key
+from tests.support.availability import unavailable
 
 TEST_PEPPER = "test-pepper"
 POSTGRES_ENV = "MAPO_TEST_POSTGRES_URL"
 REDIS_ENV = "MAPO_TEST_REDIS_URL"
-# Set by .ci/run: there, a server that cannot be reached is a failure, not a reason to skip.
-REQUIRE_SERVICES_ENV = "MAPO_TEST_REQUIRE_SERVICES"
-
-
-def unavailable(message: str) -> NoReturn:
-    """Skip the test saying why, or fail it where the services are required (CI)."""
-    if os.environ.get(REQUIRE_SERVICES_ENV):
-        pytest.fail(f"{message} (and {REQUIRE_SERVICES_ENV} is set)")
-    pytest.skip(message)
 
 
 def _postgres_server_url() -> str:
@@ -124,7 +116,7 @@ BOTH_STORAGE_BACKENDS = pytest.mark.parametrize(
 @pytest.fixture(scope="session")
 def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One SeaweedFS server for the whole run; each test gets a key prefix of its own in its bucket."""
-    from tests.servers import SeaweedFS
+    from tests.support.servers import SeaweedFS
 
     server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
     yield server

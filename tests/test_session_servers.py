@@ -19,7 +19,7 @@ import redis
 from sqlalchemy import create_engine, text
 
 from tests.conftest import POSTGRES_ENV, REDIS_ENV
-from tests.servers import PrivatePostgres, PrivateRedis, postgres_bin_dir, redis_server_binary
+from tests.support.servers import PrivatePostgres, PrivateRedis, postgres_bin_dir, redis_server_binary
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

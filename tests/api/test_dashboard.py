@@ -30,8 +30,9 @@ from core.settings import Settings
 from core.storage import LocalStorage, job_key
 from tests.api.test_ingest import jsonl, make_zip, pair_row, png, valid_files
 from tests.api.test_ingest_targets import target_files
-from tests.client.conftest import free_port
-from tests.conftest import TEST_PEPPER, auth_headers, create_dataset, create_job, create_tenant, unavailable
+from tests.conftest import TEST_PEPPER, auth_headers, create_dataset, create_job, create_tenant
+from tests.support.availability import unavailable
+from tests.support.ports import free_port
 from tests.trainer.specs import FAST_TRAINING
 from trainer.events import Evaluation, Sample, SampleImage, Started, Step
 from trainer.synthetic.demo_data import make_demo_dataset

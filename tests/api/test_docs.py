@@ -21,8 +21,9 @@ import migrations
 from api.main import create_app
 from core.settings import Settings
 from tests.api.test_dashboard import CHROMIUM, CHROMIUM_ARGS
-from tests.client.conftest import free_port
-from tests.conftest import TEST_PEPPER, unavailable
+from tests.conftest import TEST_PEPPER
+from tests.support.availability import unavailable
+from tests.support.ports import free_port
 
 # Attributes that make a browser fetch (src, href), and the spec URL in Swagger's script.
 REFERENCE = re.compile(r"""(?:\b(?:src|href)="([^"]*)"|\burl: '([^']*)')""")

@@ -21,8 +21,8 @@ from core.repositories import outputs as output_repo
 from core.settings import Settings
 from core.storage import Storage, job_key
 from tests.api.test_dataset_routes import pairs_zip
-from tests.client.conftest import free_port
 from tests.conftest import auth_headers, create_job, create_tenant
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.parametrize(
     "storage_backend", [pytest.param("s3", marks=pytest.mark.s3)], indirect=True

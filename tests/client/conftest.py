@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.support.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,13 +44,6 @@ def service_env(data_dir: Path, **extra: str) -> dict[str, str]:
     """Our environment without any MAPO_ setting of the developer's, plus `data_dir` and `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAPO_")}
     return {**env, "MAPO_DATA_DIR": str(data_dir), "COLUMNS": "200", **extra}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def is_ready(url: str) -> bool:

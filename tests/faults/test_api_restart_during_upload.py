@@ -14,7 +14,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.client.conftest import REPO_ROOT, free_port, is_ready, mapo, service_env
+from tests.client.conftest import REPO_ROOT, is_ready, mapo, service_env
+from tests.support.ports import free_port
 from trainer.synthetic.demo_data import write_demo_upload
 
 BOUNDARY = "mapo-test-boundary"

@@ -14,7 +14,7 @@ from api.main import create_app
 from core.db import Database
 from core.settings import Settings
 from tests.conftest import TEST_PEPPER, auth_headers
-from tests.servers import PrivatePostgres
+from tests.support.servers import PrivatePostgres
 
 
 @pytest.fixture

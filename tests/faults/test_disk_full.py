@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from core.models import Job
 from core.repositories import jobs as job_repo
 from core.storage import job_key
-from tests.conftest import unavailable
+from tests.support.availability import unavailable
 from trainer import checkpoints
 from trainer.events import Event, Started
 from trainer.loop import train

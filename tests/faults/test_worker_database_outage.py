@@ -21,7 +21,7 @@ from core.repositories import outputs as output_repo
 from core.settings import Settings
 from core.storage import LocalStorage
 from tests.conftest import TEST_PEPPER, create_dataset, create_job, create_tenant
-from tests.servers import PrivatePostgres
+from tests.support.servers import PrivatePostgres
 from tests.worker.conftest import FAST_SPEC, running_worker
 from trainer.synthetic.demo_data import make_demo_dataset
 

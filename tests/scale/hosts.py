@@ -25,7 +25,7 @@ import httpx
 
 from tests.conftest import TEST_PEPPER
 from tests.scale.netns import Host, Network
-from tests.servers import SeaweedFS
+from tests.support.servers import SeaweedFS
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import subprocess
 import uuid
 from dataclasses import dataclass, field
 
-from tests.conftest import unavailable
+from tests.support.availability import unavailable
 
 
 def _ip(*args: str) -> str:

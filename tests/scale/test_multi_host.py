@@ -40,7 +40,7 @@ from tests.scale.hosts import (
     start_worker,
 )
 from tests.scale.netns import Host, Network, require_netns
-from tests.servers import PrivatePostgres, PrivateRedis
+from tests.support.servers import PrivatePostgres, PrivateRedis
 from tests.trainer.specs import FAST_TRAINING
 from trainer.checkpoints import PREFIX
 from trainer.synthetic.demo_data import write_demo_upload

@@ -24,7 +24,7 @@ from core.repositories import jobs as job_repo
 from core.settings import Settings
 from core.storage import Storage, build_storage
 from tests.conftest import TEST_PEPPER, create_dataset, create_job, create_tenant, storage_env
-from tests.servers import PrivateRedis
+from tests.support.servers import PrivateRedis
 from tests.trainer.specs import FAST_TRAINING
 from trainer.dataset_format import MANIFEST_FILE
 from trainer.synthetic.demo_data import make_demo_dataset

@@ -14,7 +14,7 @@ from core.models import Job
 from core.queue import enqueue_train_job, make_producer
 from core.repositories import jobs as job_repo
 from core.settings import Settings
-from tests.servers import PrivateRedis
+from tests.support.servers import PrivateRedis
 from tests.worker.conftest import running_worker, wait_until
 from tests.worker.test_celery_process import wait_finished
 

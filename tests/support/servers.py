@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.client.conftest import free_port
-from tests.conftest import unavailable
+from tests.support.availability import unavailable
+from tests.support.ports import free_port
 
 
 def _wait_for_port(port: int, *, up: bool, timeout: float = 30.0) -> None:
