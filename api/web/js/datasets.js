@@ -146,11 +146,11 @@ export async function datasetPage({ root, api, signal, showError }, datasetId) {
     h("nav", { class: "crumbs" }, h("a", { href: "#/datasets" }, "Datasets"), " / ", dataset.name),
     h("div", { class: "page-head" }, h("h1", {}, dataset.name),
       h("div", { class: "actions" }, h("span", { class: "muted" }, `${dataset.num_pairs} pairs`),
-        dataset.status === "ready"
-          && h("a", { class: "button primary", id: "train", href: `#/jobs/new?dataset=${dataset.id}` }, "Train a job on it"))),
+        // A dataset row exists only once its files are complete, so every dataset can be trained on.
+        h("a", { class: "button primary", id: "train", href: `#/jobs/new?dataset=${dataset.id}` }, "Train a job on it"))),
     h("div", { class: "card summary" }, h("dl", { class: "facts" }, [
       ["Dataset", h("span", { class: "mono" }, dataset.id)],
-      ["Status", dataset.status],
+      ["Kind", dataset.kind ?? "unknown"],
       ["Pairs", dataset.num_pairs],
       ["Upload size", formatBytes(dataset.bytes)],
       ["Uploaded", formatTime(dataset.created_at)],
