@@ -171,7 +171,7 @@ def _draw_missing(
         if should_stop():
             return False
         row = rows[index]
-        image = drawer.draw(row.generation_prompt or row.prompt, seed=pair_seed(key.seed_namespace, index))
+        image = drawer.draw(row.drawn_from, seed=pair_seed(key.seed_namespace, index))
         _store_png(image, drawn_image_path(out, key.kind, index))
         if generated % every == 0 or generated == len(missing):
             ready = reused + generated
@@ -225,7 +225,7 @@ def _write_record(out: Path, key: GenerationKey, drawer: _Drawer, rows: list[Tar
         "pairs": [
             {
                 "index": index,
-                "prompt": row.generation_prompt or row.prompt,
+                "prompt": row.drawn_from,
                 "seed": pair_seed(key.seed_namespace, index),
                 "image": drawn_image_path(out, key.kind, index).relative_to(out).as_posix(),
             }

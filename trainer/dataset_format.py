@@ -14,7 +14,9 @@ A dataset of kind "targets" or "avoid" holds one side of each pair only; its row
 one `{"prompt", "image", "generation_prompt"}` per pair. The uploaded image is the chosen side ("targets":
 the images the user wants) or the rejected side ("avoid"); the worker makes the other side with the base
 model at job start (`trainer.completion`), from `generation_prompt` (or the prompt itself when absent,
-allowed for targets only), into a pairs dataset of its own under generated/.
+allowed for targets only), into a pairs dataset of its own under generated/. The two prompts differ where
+the trained prompt holds a trigger word: "a photo of sks dog" trains against what the base model draws for
+"a photo of dog".
 """
 
 from __future__ import annotations
@@ -78,8 +80,15 @@ class TargetRecord(BaseModel):
     prompt: str = Field(description="The prompt both images of the pair are trained with.")
     image: str = Field(description="Image path relative to the dataset directory.")
     generation_prompt: str | None = Field(
-        default=None, description="What the base model is asked to draw for the missing side; None: `prompt`."
+        default=None,
+        description="What the base model is asked to draw for the missing side; None: `prompt`. It may be "
+        "empty (drawn from no prompt at all): a caption that was only a trigger word.",
     )
+
+    @property
+    def drawn_from(self) -> str:
+        """The prompt the base model draws the missing side from; `prompt` unless one is given."""
+        return self.prompt if self.generation_prompt is None else self.generation_prompt
 
 
 _Row = TypeVar("_Row", PairRecord, TargetRecord)
