@@ -27,6 +27,7 @@ from core.db import Database
 from core.models import Job
 from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
+from core.repositories.pagination import MAX_LIMIT
 from core.repositories import tenants as tenant_repo
 from core.settings import Settings
 from core.storage import job_key
@@ -46,7 +47,9 @@ from trainer.checkpoints import PREFIX
 from trainer.synthetic.demo_data import write_demo_upload
 
 SHORT_JOBS = 4
-LONG_JOB_STEPS, CHECKPOINT_EVERY = 60, 5
+# Long enough that the cut lands well before the end even when the first checkpoint shows late (a loaded
+# CI machine once saw it only after all 60 steps of an earlier, shorter job had run).
+LONG_JOB_STEPS, CHECKPOINT_EVERY = 240, 20
 WAIT_S = 600
 
 
@@ -176,7 +179,14 @@ def _submit(mapo: MapoClient, dataset_id: str, **hyperparameters: Any) -> JSON:
 
 
 def _events(session: Session, job_id: str) -> list[Any]:
-    return list(event_repo.list_events(session, job_id, after=None, limit=1000).items)
+    """Every event of the job, page by page (a page holds at most MAX_LIMIT)."""
+    events: list[Any] = []
+    while True:
+        after = events[-1].seq if events else None
+        page = event_repo.list_events(session, job_id, after=after, limit=MAX_LIMIT)
+        events += page.items
+        if not page.has_more:
+            return events
 
 
 @pytest.mark.slow
@@ -212,6 +222,7 @@ def test_jobs_spread_over_two_hosts_and_a_cut_host_s_job_resumes_on_the_other(
     assert not _local_files_of(long_id, cluster.data_dirs[survivor_node])
     cut_at = time.monotonic()
     victim.host.cut()
+    assert not _job(cluster, long_id).is_finished, "the long job ended before its host was cut"
 
     def running_elsewhere() -> bool:
         job = _job(cluster, long_id)
