@@ -58,12 +58,16 @@ def _resolve(index: MemberIndex, base: str, path: object, limits: IngestLimits) 
         raise ImageProblem("must be a non-empty image path inside the archive")
     if unsafe_name_reason(path) is not None:
         raise ImageProblem(f"image path {path!r} must be relative and stay inside the archive")
-    key = normalise_name(posixpath.join(base, path))
+    return stored_image(index, normalise_name(posixpath.join(base, path)), limits)
+
+
+def stored_image(index: MemberIndex, key: str, limits: IngestLimits) -> CheckedImage:
+    """The checked image of the member `key` (a normalised name); `ImageProblem` names what is wrong."""
     if key in index.refused:
-        raise ImageProblem(f"image {path!r} is an archive member that was refused")
+        raise ImageProblem(f"image {key!r} is an archive member that was refused")
     stored = index.files.get(key)
     if stored is None:
-        raise ImageProblem(f"image {path!r} is not in the archive")
+        raise ImageProblem(f"image {key!r} is not in the archive")
     with stored.open("rb") as image:
         suffix = inspect_image(image, size=stored.stat().st_size, limits=limits)
     return stored, suffix

@@ -30,6 +30,8 @@ class PairCollector:
         self._rows = 0
         self.valid_pairs = 0
         self.dropped_ties = 0
+        # Set by the layouts that read captions: how many rows had none (None: captions do not apply).
+        self.captions_missing: int | None = None
         self.preview: list[PreviewPair] = []
 
     def quiet_twin(self) -> PairCollector:
@@ -106,4 +108,5 @@ class PairCollector:
             dropped_ties=self.dropped_ties,
             preview=self.preview,
             source_format=source_format,
+            captions_missing=self.captions_missing,
         )

@@ -12,14 +12,17 @@ from api.services.ingest.collector import PairCollector, StopIngest
 from api.services.ingest.limits import MAX_LINE_BYTES
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
-_MANIFEST_NAMES = ("pairs.jsonl", "pairs.csv")
+MANIFEST_NAMES = ("pairs.jsonl", "pairs.csv")
+# Read before the images too: the captions of a pair-folders upload (api.services.ingest.pair_folders).
+_FIRST_PASS_NAMES = (*MANIFEST_NAMES, "captions.jsonl")
 
 Record = dict[str, object]
 
 
 def is_manifest_candidate(name: str) -> bool:
-    """Whether the member `name` (normalised) may be the manifest: at the root or one folder down."""
-    return name.count("/") <= 1 and name.rsplit("/", 1)[-1] in _MANIFEST_NAMES
+    """Whether the member `name` (normalised) may be the manifest (or a captions.jsonl), extracted before
+    any image: at the root or one folder down."""
+    return name.count("/") <= 1 and name.rsplit("/", 1)[-1] in _FIRST_PASS_NAMES
 
 
 def locate_pairs_file(names: Iterable[str], collector: PairCollector) -> tuple[str, str]:
@@ -34,7 +37,7 @@ def locate_pairs_file(names: Iterable[str], collector: PairCollector) -> tuple[s
     if len(tops) == 1 and all("/" in name for name in present):
         bases.append(f"{tops.pop()}/")
     for base in bases:
-        found = [base + manifest for manifest in _MANIFEST_NAMES if base + manifest in present]
+        found = [base + manifest for manifest in MANIFEST_NAMES if base + manifest in present]
         if len(found) > 1:
             collector.fatal(f"archive has both {found[0]!r} and {found[1]!r}; keep one")
         if found:

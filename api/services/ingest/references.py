@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import posixpath
 
+from api.services.ingest.captions import caption_members
 from api.services.ingest.collector import PairCollector, StopIngest
+from api.services.ingest.layouts import detect_layout
 from api.services.ingest.members import MemberIndex, normalise_name, unsafe_name_reason
+from api.services.ingest.pair_folders import pair_folder_members
 from api.services.ingest.pairs_file import locate_pairs_file, read_records
 
 # The row fields that hold image paths, by dataset kind.
@@ -19,11 +22,17 @@ IMAGE_FIELDS = {"pairs": ("chosen", "rejected"), "targets": ("image",), "avoid":
 
 
 def referenced_members(index: MemberIndex, collector: PairCollector) -> set[str]:
-    """The accepted member names (normalised) that rows of the extracted manifest reference.
+    """The accepted member names (normalised) that rows of the extracted manifest reference, or that the
+    archive's layout (`layouts`) reads when it has no manifest: images and their caption files.
 
-    Stops the ingest (as the reporting pass would) if there is no manifest; any other problem of the rows
-    is left to the reporting pass, which reads them again.
+    Stops the ingest (as the reporting pass would) if the archive has no layout at all; any other problem
+    of the rows is left to the reporting pass, which reads them again.
     """
+    layout = detect_layout(index.names, collector)
+    if layout.name == "captions":
+        return caption_members(index.names) - index.refused
+    if layout.name == "pair_folders":
+        return pair_folder_members(index.names, layout.base) - index.refused
     manifest, base = locate_pairs_file(index.names, collector)
     fields = IMAGE_FIELDS[collector.kind]
     wanted: set[str] = set()

@@ -43,6 +43,8 @@ class IngestReport(BaseModel):
     dropped_ties: int
     preview: list[PreviewPair]
     source_format: SourceFormat
+    # Rows of a captions upload whose image had no caption (trained on the trigger word alone).
+    captions_missing: int | None = None
 
 
 class IngestRejected(Exception):

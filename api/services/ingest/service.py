@@ -13,9 +13,12 @@ import shutil
 from pathlib import Path
 
 from api.services.ingest.archive_pairs import ingest_archive_rows
+from api.services.ingest.captions import ingest_captions
 from api.services.ingest.collector import PairCollector, StopIngest
+from api.services.ingest.layouts import detect_layout
 from api.services.ingest.limits import IngestLimits
 from api.services.ingest.members import MemberIndex
+from api.services.ingest.pair_folders import ingest_pair_folders
 from api.services.ingest.parquet_reader import ingest_parquet
 from api.services.ingest.report import IngestRejected, IngestReport, Problem, SourceFormat
 from api.services.ingest.sniff import UploadKind, sniff_kind
@@ -39,6 +42,7 @@ def ingest_upload(
     *,
     limits: IngestLimits | None = None,
     kind: DatasetKind = "pairs",
+    trigger_word: str | None = None,
 ) -> IngestReport:
     """Check an uploaded dataset and write it to `dest_dir` in the canonical layout.
 
@@ -48,7 +52,10 @@ def ingest_upload(
         dest_dir: where the dataset goes; it must not exist or be an empty folder.
         limits: size and count limits; the defaults if None.
         kind: "pairs" (prompt, chosen, rejected), or "targets" / "avoid" (prompt, image, and the
-            generation_prompt the base model draws the other side from at job start).
+            generation_prompt the base model draws the other side from at job start). Archives without
+            a manifest are read by their layout (`layouts`): w/ and l/ pair folders, or captioned images.
+        trigger_word: put into every caption of a captioned-images upload (`trigger`); refused with any
+            other layout.
     Raises:
         IngestRejected: with every problem found; `dest_dir` is then absent.
         FileExistsError: `dest_dir` holds files already.
@@ -62,7 +69,7 @@ def ingest_upload(
     staging = dest_dir.parent / f".{dest_dir.name}{STAGING_MARKER}{secrets.token_hex(8)}"
     (staging / "members").mkdir(parents=True)
     try:
-        report = _ingest(upload_path, upload_kind, staging, limits, kind)
+        report = _ingest(upload_path, upload_kind, staging, limits, kind, trigger_word)
         os.rename(staging / "dataset", dest_dir)
         return report
     finally:
@@ -78,28 +85,56 @@ def _release_dest(dest_dir: Path) -> None:
 
 
 def _ingest(
-    upload_path: Path, kind: UploadKind, staging: Path, limits: IngestLimits, dataset_kind: DatasetKind
+    upload_path: Path,
+    kind: UploadKind,
+    staging: Path,
+    limits: IngestLimits,
+    dataset_kind: DatasetKind,
+    trigger_word: str | None,
 ) -> IngestReport:
     # Leaving the `with` by an exception closes the rows file without writing the manifest.
     with DatasetWriter(staging / "dataset", kind=dataset_kind) as writer:
         collector = PairCollector(writer, limits)
         # A StopIngest's reason is already among the collector's problems.
         with contextlib.suppress(StopIngest):
-            _read(upload_path, kind, MemberIndex(staging / "members"), collector)
+            _read(upload_path, kind, MemberIndex(staging / "members"), collector, trigger_word)
         report = collector.finish(_SOURCE_FORMAT[kind])
     return report
 
 
-def _read(upload_path: Path, kind: UploadKind, index: MemberIndex, collector: PairCollector) -> None:
+def _read(
+    upload_path: Path,
+    kind: UploadKind,
+    index: MemberIndex,
+    collector: PairCollector,
+    trigger_word: str | None,
+) -> None:
     pairs = collector.kind == "pairs"
     if kind == "parquet":
+        _refuse_trigger_word(trigger_word, "a parquet upload", collector)
         (ingest_parquet if pairs else ingest_parquet_targets)(upload_path, collector)
         return
     if kind == "zip":
         extract_zip(upload_path, index, collector)
     else:
         extract_tar(upload_path, gzipped=kind == "tar.gz", index=index, collector=collector)
-    (ingest_archive_rows if pairs else ingest_archive_targets)(index, collector)
+    layout = detect_layout(index.names, collector)
+    if layout.name == "captions":
+        ingest_captions(index, collector, trigger_word)
+        return
+    _refuse_trigger_word(trigger_word, f"a {layout.name.replace('_', ' ')} upload", collector)
+    if layout.name == "pair_folders":
+        ingest_pair_folders(index, collector, layout.base)
+    else:
+        (ingest_archive_rows if pairs else ingest_archive_targets)(index, collector)
+
+
+def _refuse_trigger_word(trigger_word: str | None, upload: str, collector: PairCollector) -> None:
+    """A trigger word only goes into captions; silently dropping it would train something else."""
+    if trigger_word is not None:
+        collector.report(
+            None, "trigger_word", f"applies to images with .txt captions (kind targets), not to {upload}"
+        )
 
 
 _SOURCE_FORMAT: dict[UploadKind, SourceFormat] = {

@@ -1,0 +1,86 @@
+"""Which layout an archive holds, read from its member names alone (before any image is extracted).
+
+- `manifest`: pairs.jsonl or pairs.csv at the root or in the single top-level folder (any kind).
+- `pair_folders` (kind pairs): folders w/ and l/ there, the chosen and the rejected image of each pair
+  under the same name, captioned by captions.jsonl beside them or else by <name>.txt files beside them.
+- `captions` (kind targets): image files anywhere, each captioned by the .txt file of the same name.
+
+A manifest always wins, so every archive that was valid before these layouts reads as it did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from api.services.ingest.collector import PairCollector
+from api.services.ingest.pairs_file import MANIFEST_NAMES
+from trainer.dataset_format import IMAGE_SUFFIXES
+
+LayoutName = Literal["manifest", "captions", "pair_folders"]
+CHOSEN_DIR, REJECTED_DIR = "w/", "l/"
+CAPTIONS_FILE = "captions.jsonl"
+CAPTION_SUFFIX = ".txt"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """An archive's layout and the folder ("" or "top/") its paths are relative to."""
+
+    name: LayoutName
+    base: str
+
+
+def archive_bases(names: Iterable[str]) -> list[str]:
+    """Where an archive's dataset may sit: its root, and its single top-level folder if it has one (as
+    zipping a folder produces)."""
+    present = set(names)
+    tops = {name.split("/", 1)[0] for name in present}
+    if len(tops) == 1 and all("/" in name for name in present):
+        return ["", f"{tops.pop()}/"]
+    return [""]
+
+
+def is_image_name(name: str) -> bool:
+    """Whether a member is an image by its suffix; hidden files (.DS_Store, ._x.png) never are."""
+    leaf = name.rsplit("/", 1)[-1]
+    return not leaf.startswith(".") and leaf.lower().endswith(IMAGE_SUFFIXES)
+
+
+def stem(name: str) -> str:
+    """A member name without its suffix: what an image and its caption file share."""
+    leaf_start = name.rfind("/") + 1
+    dot = name.rfind(".")
+    return name[:dot] if dot > leaf_start else name
+
+
+def detect_layout(names: set[str], collector: PairCollector) -> Layout:
+    """The archive's layout; stops the ingest, saying what was looked for, if there is none."""
+    bases = archive_bases(names)
+    for base in bases:
+        if any(base + manifest in names for manifest in MANIFEST_NAMES):
+            return Layout("manifest", base)
+    folders = [
+        b for b in bases if _has_folder(names, b + CHOSEN_DIR) and _has_folder(names, b + REJECTED_DIR)
+    ]
+    if collector.kind == "pairs":
+        if folders:
+            return Layout("pair_folders", folders[0])
+        collector.fatal(
+            "archive has no pairs.jsonl or pairs.csv, nor folders w/ and l/ of chosen and rejected images, "
+            "at its root or in its single top-level folder"
+        )
+    if folders:
+        # Read as captioned images, both folders would become chosen images: surely not what was meant.
+        collector.fatal("folders w/ and l/ hold the two images of pairs: upload them with kind=pairs")
+    if collector.kind == "targets" and any(is_image_name(name) for name in names):
+        return Layout("captions", "")
+    wanted = "images with .txt captions, or " if collector.kind == "targets" else ""
+    collector.fatal(
+        f"archive has no {wanted}pairs.jsonl or pairs.csv at its root or in its single top-level folder"
+    )
+
+
+def _has_folder(names: set[str], folder: str) -> bool:
+    return any(name.startswith(folder) for name in names)
