@@ -56,7 +56,8 @@ def stem(name: str) -> str:
 
 
 def detect_layout(names: set[str], collector: PairCollector) -> Layout:
-    """The archive's layout; stops the ingest, saying what was looked for, if there is none."""
+    """The archive's layout from its member names (refused members included: a refused image still
+    shows what the upload is); stops the ingest, saying what was looked for, if there is none."""
     bases = archive_bases(names)
     for base in bases:
         if any(base + manifest in names for manifest in MANIFEST_NAMES):

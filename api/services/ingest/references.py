@@ -28,7 +28,7 @@ def referenced_members(index: MemberIndex, collector: PairCollector) -> set[str]
     Stops the ingest (as the reporting pass would) if the archive has no layout at all; any other problem
     of the rows is left to the reporting pass, which reads them again.
     """
-    layout = detect_layout(index.names, collector)
+    layout = detect_layout(index.names | index.refused, collector)
     if layout.name == "captions":
         return caption_members(index.names) - index.refused
     if layout.name == "pair_folders":

@@ -118,7 +118,7 @@ def _read(
         extract_zip(upload_path, index, collector)
     else:
         extract_tar(upload_path, gzipped=kind == "tar.gz", index=index, collector=collector)
-    layout = detect_layout(index.names, collector)
+    layout = detect_layout(index.names | index.refused, collector)
     if layout.name == "captions":
         ingest_captions(index, collector, trigger_word)
         return
