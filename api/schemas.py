@@ -33,7 +33,9 @@ MAX_METADATA_VALUE_CHARS = 512
 MetadataKey = Annotated[str, Field(min_length=1, max_length=MAX_METADATA_KEY_CHARS)]
 MetadataValue = Annotated[str, Field(max_length=MAX_METADATA_VALUE_CHARS)]
 
-# TrainSpec fields that the job body carries at the top level rather than in `hyperparameters`.
+# TrainSpec fields that the job body (and the job's JSON) carries at the top level rather than in
+# `hyperparameters`. These two sets are the only mapping between a job's JSON and its stored spec, so a new
+# TrainSpec field is a hyperparameter with no further edit.
 TOP_LEVEL_SPEC_FIELDS = frozenset({"base_model", "method", "validation", "seed"})
 HYPERPARAMETER_FIELDS = frozenset(TrainSpec.model_fields) - TOP_LEVEL_SPEC_FIELDS
 
@@ -208,14 +210,8 @@ class JobCreate(BaseModel):
 
     def to_spec(self) -> TrainSpec:
         """The TrainSpec of this job; `base_model` is the public name (the worker resolves it)."""
-        fields = self.hyperparameters.model_dump(exclude_unset=True)
-        return TrainSpec(
-            base_model=self.base_model,
-            method=self.method,
-            validation=self.validation,
-            seed=self.seed,
-            **fields,
-        )
+        top_level = {name: getattr(self, name) for name in TOP_LEVEL_SPEC_FIELDS}
+        return TrainSpec(**top_level, **self.hyperparameters.model_dump(exclude_unset=True))
 
 
 def _as_spec_conflict(exc: ValidationError) -> SpecConflict:

@@ -130,11 +130,10 @@ def _copy_jobs(
         }
     )
     spec = json.dumps(body.to_spec().model_dump(mode="json"))
-    validation = json.dumps(body.validation.model_dump(mode="json"))
     latest = json.dumps(_step_metrics(random.Random(0)))
     now = datetime.now(UTC)
     columns = (
-        "id, tenant_id, base_model, method, spec, validation, webhooks, metadata, seed, status, step, "
+        "id, tenant_id, spec, webhooks, metadata, status, step, "
         "total_steps, latest_metrics, attempts, last_event_seq, created_at, started_at, finished_at"
     )
     with conn.cursor().copy(f"COPY jobs ({columns}) FROM STDIN") as copy:
@@ -146,13 +145,9 @@ def _copy_jobs(
                 (
                     job_id,
                     tenant_id,
-                    "sdxl-base",
-                    "mapo",
                     spec,
-                    validation,
                     "[]",
                     "{}",
-                    0,
                     status,
                     steps,
                     steps,

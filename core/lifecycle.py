@@ -79,7 +79,8 @@ def queue(session: Session, job: Job, *, producer: Celery) -> Job:
     job.status = JobStatus.QUEUED
     with session.begin_nested():
         job_repo.add_job(session, job)
-    event_repo.append_event(session, job.id, "queued", f"job queued on {job.base_model} ({job.method})")
+    message = f"job queued on {job.spec['base_model']} ({job.spec['method']})"
+    event_repo.append_event(session, job.id, "queued", message)
     _send_after_commit(session, producer, job.id)
     return job
 

@@ -266,17 +266,12 @@ def create_job(session: Session, **overrides: Any) -> Job:
     tenant_id = overrides.pop("tenant_id", None) or create_tenant(session).id
     if "dataset_id" not in overrides:
         overrides["dataset_id"] = create_dataset(session, tenant_id=tenant_id).id
-    spec = {"base_model": "tiny-sd", "method": "mapo", "max_train_steps": 10}
-    values: dict[str, Any] = {
-        "base_model": "tiny-sd",
-        "method": "mapo",
-        "spec": spec,
-        "validation": {},
-        "metadata_": {},
-        "seed": 0,
-        "status": "queued",
-        "total_steps": 10,
-    }
+    # The spec fields the job's JSON shows at the top level: every spec the API stores has them. They may
+    # be given as keywords, as the job body has them, or in `spec`.
+    request = {"base_model": "tiny-sd", "method": "mapo", "validation": {}, "seed": 0}
+    given = {name: overrides.pop(name) for name in request.keys() & overrides.keys()}
+    overrides["spec"] = {**request, **overrides.get("spec", {"max_train_steps": 10}), **given}
+    values: dict[str, Any] = {"metadata_": {}, "status": "queued", "total_steps": 10}
     job = Job(tenant_id=tenant_id, **{**values, **overrides})
     session.add(job)
     session.flush()

@@ -69,14 +69,15 @@ def run_job(job_id: str, ctx: WorkerContext) -> Outcome:
 
 def plan_job(job: Job, ctx: WorkerContext) -> Plan:
     """Resolve the job's public names into the trainer's inputs: a base-model location and folders."""
-    if job.base_model not in ctx.settings.base_models:
-        message = f"base model {job.base_model!r} is no longer configured"
+    base_model = job.spec.get("base_model")
+    if base_model not in ctx.settings.base_models:
+        message = f"base model {base_model!r} is no longer configured"
         raise JobSetupError(JobErrorCode.UNKNOWN_BASE_MODEL, message)
     if job.dataset_id is None:
         raise JobSetupError(JobErrorCode.DATASET_MISSING, "the job's dataset was deleted")
     try:
         spec = TrainSpec.model_validate(
-            {**job.spec, "base_model": ctx.settings.base_model_location(job.base_model)}
+            {**job.spec, "base_model": ctx.settings.base_model_location(base_model)}
         )
     except ValidationError as exc:
         raise JobSetupError(JobErrorCode.INVALID_SPEC, str(exc)) from exc

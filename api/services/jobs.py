@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.deps import AppContext
 from api.errors import Conflict, InvalidRequest, NotFound
-from api.schemas import HYPERPARAMETER_FIELDS, JobCreate, JobError, JobOut, ListResponse, Progress
+from api.schemas import (
+    HYPERPARAMETER_FIELDS,
+    TOP_LEVEL_SPEC_FIELDS,
+    JobCreate,
+    JobError,
+    JobOut,
+    ListResponse,
+    Progress,
+)
 from api.services.base_models import check_fields_apply
 from api.services.datasets import require_dataset
 from core import lifecycle
@@ -74,13 +83,9 @@ def _new_job(
     return Job(
         tenant_id=tenant.id,
         dataset_id=body.dataset_id,
-        base_model=body.base_model,
-        method=body.method,
         spec=spec.model_dump(mode="json"),
-        validation=body.validation.model_dump(mode="json"),
         webhooks=[hook.model_dump(mode="json") for hook in body.webhooks],
         metadata_=body.metadata,
-        seed=body.seed,
         queue=queue,
         priority=body.priority,
         total_steps=spec.max_train_steps,
@@ -108,13 +113,9 @@ def job_out(job: Job) -> JobOut:
             "id": job.id,
             "status": job.status,
             "dataset_id": job.dataset_id,
-            "base_model": job.base_model,
-            "method": job.method,
-            "hyperparameters": {k: v for k, v in job.spec.items() if k in HYPERPARAMETER_FIELDS},
-            "validation": job.validation,
+            **_request_of(job),
             "webhooks": job.webhooks or [],
             "metadata": job.metadata_,
-            "seed": job.seed,
             "queue": job.queue,
             "priority": job.priority,
             "progress": Progress(step=job.step, total_steps=job.total_steps, eta_seconds=job.eta_seconds),
@@ -126,6 +127,14 @@ def job_out(job: Job) -> JobOut:
             "finished_at": job.finished_at,
         }
     )
+
+
+def _request_of(job: Job) -> dict[str, Any]:
+    """The job's training fields as the job body has them, read from its stored spec (their only copy):
+    the top-level ones and the rest as `hyperparameters`, split by the schema's own field sets."""
+    top_level = {name: job.spec[name] for name in TOP_LEVEL_SPEC_FIELDS}
+    hyperparameters = {k: v for k, v in job.spec.items() if k in HYPERPARAMETER_FIELDS}
+    return {**top_level, "hyperparameters": hyperparameters}
 
 
 def require_job(session: Session, tenant: Tenant, job_id: str) -> Job:

@@ -1,4 +1,5 @@
-"""A training job: its request (spec), its lifecycle state and its progress.
+"""A training job: its request (the TrainSpec dump in `spec`, its only copy), its lifecycle state and its
+progress.
 
 States: queued → running → succeeded | failed | cancelled, with `cancelling` while a cancel is honoured
 (a queued job is cancelled at once). Only core.lifecycle changes `status`. `last_event_seq` hands out the
@@ -68,14 +69,14 @@ class Job(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     # SET NULL: deleting a dataset (allowed once its jobs have finished) keeps their history.
     dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"), index=True)
-    base_model: Mapped[str] = mapped_column(String(200), doc="Public name; see Settings.base_models.")
-    method: Mapped[str] = mapped_column(String(20))
-    spec: Mapped[dict[str, Any]] = mapped_column(JSON, doc="TrainSpec dump; base_model is the public name.")
-    validation: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The job's request, stored once: no column repeats a spec field (migration 0007 dropped those), so a
+    # new TrainSpec field needs no column and no mapping code.
+    spec: Mapped[dict[str, Any]] = mapped_column(
+        JSON, doc="TrainSpec dump; base_model is the public name (see Settings.base_models)."
+    )
     # [{url, events}]; nullable only because the column began as a single optional hook (migration 0002).
     webhooks: Mapped[list[dict[str, Any]]] = mapped_column(JSON, nullable=True, default=list)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
-    seed: Mapped[int] = mapped_column(default=0)
     queue: Mapped[str] = mapped_column(
         String(100), default=DEFAULT_QUEUE, server_default=DEFAULT_QUEUE, doc="Broker queue it waits on."
     )

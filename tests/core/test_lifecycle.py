@@ -41,10 +41,7 @@ def new_job(session: Session, **overrides: object) -> Job:
     values: dict[str, object] = {
         "tenant_id": tenant.id,
         "dataset_id": dataset.id,
-        "base_model": "tiny-sd",
-        "method": "mapo",
         "spec": {"base_model": "tiny-sd", "method": "mapo", "max_train_steps": 10},
-        "validation": {},
         "metadata_": {},
         "webhooks": [{"url": "https://hooks.example/mapo", "events": EVERY_EVENT}],
         "total_steps": 10,

@@ -88,7 +88,7 @@ def test_unknown_base_model_fails_with_a_code(
     ctx: WorkerContext, make_job: Callable[..., Job], session: Session
 ) -> None:
     job = make_job()
-    job.base_model = "gone-model"
+    job.spec = {**job.spec, "base_model": "gone-model"}
     session.commit()
     assert run_job(job.id, ctx) == "failed"
     job = _reload(session, job.id)
