@@ -60,6 +60,12 @@ class Manifest(BaseModel):
     kind: DatasetKind = "pairs"
     num_pairs: int = Field(ge=0)
     pairs_file: str = Field(default=PAIRS_FILE, description="The rows file: pairs.jsonl or targets.jsonl.")
+    captions_missing: int | None = Field(
+        default=None,
+        ge=0,
+        description="Rows of a captioned-images upload whose image had no caption (their prompt is the "
+        "trigger word alone); None for every other upload.",
+    )
 
 
 class PairRecord(BaseModel):
@@ -115,6 +121,7 @@ class DatasetWriter:
         self.rows_file = PAIRS_FILE if kind == "pairs" else TARGETS_FILE
         self._rows = (root / self.rows_file).open("w", encoding="utf-8")
         self.num_pairs = 0
+        self.captions_missing: int | None = None  # recorded in the manifest; see Manifest
 
     def add_pair(self, prompt: str, *, chosen: EncodedImage, rejected: EncodedImage) -> PairRecord:
         """Store one pair of already-encoded images; streams are copied in chunks."""
@@ -146,7 +153,12 @@ class DatasetWriter:
         self._rows.flush()
         os.fsync(self._rows.fileno())
         self._rows.close()
-        manifest = Manifest(kind=self.kind, num_pairs=self.num_pairs, pairs_file=self.rows_file)
+        manifest = Manifest(
+            kind=self.kind,
+            num_pairs=self.num_pairs,
+            pairs_file=self.rows_file,
+            captions_missing=self.captions_missing,
+        )
         write_manifest(self.root, manifest)
         return manifest
 

@@ -92,6 +92,7 @@ def test_images_without_captions_train_on_the_trigger_word_alone_and_are_counted
     report = ingest(make_zip(tmp_path / "up.zip", files), tmp_path / "ds", trigger_word="sks")
 
     assert (report.num_pairs, report.captions_missing) == (3, 2)
+    assert read_manifest(tmp_path / "ds").captions_missing == 2
     assert prompts(tmp_path / "ds") == [("sks", ""), ("sks a dog", "a dog"), ("sks", "")]
 
 

@@ -99,6 +99,7 @@ def _ingest(
         with contextlib.suppress(StopIngest):
             _read(upload_path, kind, MemberIndex(staging / "members"), collector, trigger_word)
         report = collector.finish(_SOURCE_FORMAT[kind])
+        writer.captions_missing = report.captions_missing
     return report
 
 
