@@ -4,6 +4,7 @@
     python -m bench.trainer_step --presets small --resolutions 128 --steps 30
     python -m bench.trainer_step --families sd3 flux --presets small --resolutions 128
     python -m bench.trainer_step --presets full --resolutions 1024 --gradient-checkpointing   # on a GPU
+    python -m bench.trainer_step --variants --presets small --resolutions 128 --rounds 12  # faster floor
 
 Every configuration runs in a fresh child process (so peak memory is its own) through the real
 `trainer.train()` on the synthetic demo pairs, with 2 pairs per batch and LoRA rank 4 (the setting the
@@ -33,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.floor_variants import print_variants
+
 # Keyed by the tiny-model builder's source, so a change to it never benchmarks a stale model.
 _BUILDERS = [
     Path(__file__).resolve().parents[1] / "trainer" / "synthetic" / f for f in ("tiny.py", "tiny_flow.py")
@@ -47,6 +50,9 @@ BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
 
 def main() -> None:
     args = _parse()
+    if args.variants:
+        _variants_main(args)
+        return
     rows = []
     for family, preset in ((f, p) for f in args.families for p in args.presets):
         model = _model(family, preset)
@@ -100,6 +106,9 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute UNet activations")
     parser.add_argument("--pairs", type=int, default=16, help="pairs in the synthetic dataset")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--variants", action="store_true", help="time floor variants side by side instead")
+    parser.add_argument("--rounds", type=int, default=12, help="--variants: interleaved rounds (median)")
+    parser.add_argument("--compile", action="store_true", help="--variants: add torch.compile (minutes)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -307,8 +316,45 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
         print(line)
 
 
+def _variants_main(args: argparse.Namespace) -> None:
+    """Each model and resolution in a child of its own (its own peak memory), its variants inside it."""
+    rows: list[dict[str, Any]] = []
+    for family, preset in ((f, p) for f in args.families for p in args.presets):
+        model = _model(family, preset)
+        for resolution in args.resolutions:
+            config = {
+                "kind": "variants",
+                "model": str(model),
+                "family": family,
+                "preset": preset,
+                "resolution": resolution,
+                "rounds": args.rounds,
+                "warmup": args.warmup,
+                "compile": args.compile,
+                "gradient_checkpointing": args.gradient_checkpointing,
+            }
+            out = subprocess.run(
+                [sys.executable, "-m", "bench.trainer_step", "--one", json.dumps(config)],
+                capture_output=True,
+                text=True,
+            )
+            if out.returncode != 0:
+                print(f"  FAILED {config}:\n{out.stderr[-3000:]}", file=sys.stderr)
+                continue
+            rows.extend(json.loads(out.stdout.strip().splitlines()[-1]))
+    print_variants(rows)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
 if __name__ == "__main__":
     if "--one" in sys.argv:
-        print(json.dumps(_run_one(json.loads(_parse().one))))
+        config = json.loads(_parse().one)
+        if config["kind"] == "variants":
+            from bench.floor_variants import time_variants
+
+            print(json.dumps(time_variants(config)))
+        else:
+            print(json.dumps(_run_one(config)))
     else:
         main()

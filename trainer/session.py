@@ -31,6 +31,7 @@ from trainer.evaluation import HeldOutEvaluator
 from trainer.events import Caching, Evaluation, Event, Sample
 from trainer.families.base import ModelFamily
 from trainer.families.registry import load_family
+from trainer.fast_floor import adamw_options, prepare_denoiser
 from trainer.lora import attach_lora, trainable_parameters
 from trainer.sampling import Renderer, render
 from trainer.spec import SpecConflict, TrainSpec
@@ -135,6 +136,7 @@ def open_session(
     )
     if spec.gradient_checkpointing:
         model.denoiser.enable_gradient_checkpointing()
+    prepare_denoiser(model.denoiser, accelerator.device, compile=spec.compile_denoiser)
     report = on_event if on_event is not None and accelerator.is_main_process else None
     data = _build_data(spec, model, dataset_dir, resolution, on_event=report)
     trainable = trainable_parameters(model.denoiser)
@@ -288,6 +290,7 @@ def _build_optimizer(
         betas=(spec.adam_beta1, spec.adam_beta2),
         weight_decay=spec.adam_weight_decay,
         eps=spec.adam_epsilon,
+        **adamw_options(trainable),
     )
     # accelerate steps a prepared scheduler once per process, so its horizon scales with them.
     lr_scheduler = get_scheduler(

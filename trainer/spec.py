@@ -215,6 +215,12 @@ class TrainSpec(BaseModel):
         "On a machine without CUDA training runs in float32 and the Started event says so.",
     )
     gradient_checkpointing: bool = Field(default=False, description="Trade compute for UNet memory.")
+    compile_denoiser: bool = Field(
+        default=False,
+        description="torch.compile (inductor) the denoiser before training. The first step then takes "
+        "minutes to compile (about 3 minutes for the small test UNet on a 2-core CPU) before later steps "
+        'get faster, so it pays only on long jobs; see docs/benchmarks.md, "Faster floor".',
+    )
     seed: int = Field(
         default=0, ge=0, le=MAX_SEED, description="Seed of data order, noise, timesteps and LoRA init."
     )

@@ -1,0 +1,137 @@
+"""Ways to make the floor (one LoRA denoiser forward + backward) faster, timed side by side.
+
+`python -m bench.trainer_step --variants ...` runs `time_variants` in a child per model and resolution:
+every variant is a closure over the same loaded model, batch and LoRA, and the rounds are interleaved
+(round r runs every variant once), so a busy machine slows all of them alike; the table shows medians
+and each variant's ratio to the plain floor. Variants that change the module (channels_last, compile)
+get their own copy so the others stay as they were. DPO's two ways of adding the frozen reference: a
+separate no-grad forward with the LoRA off (what the trainer does) and one forward + backward of twice
+the batch, which is what folding the reference into the policy pass would cost (peft switches adapters
+per module, not per sample, so a fold would mask the LoRA's output of the reference half; the masking
+itself is cheap, the doubled backward is not).
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from trainer.fast_floor import adamw_options, channels_last_pays, prepare_denoiser
+
+Step = Callable[[], None]
+
+
+def time_variants(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Median seconds of each variant over `rounds` interleaved rounds (after `warmup` dropped)."""
+    from trainer.families.base import ImageGeometry
+    from trainer.families.registry import load_family
+    from trainer.lora import attach_lora
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    family = load_family(config["model"], device=device, weight_dtype=dtype)
+    denoiser = family.denoiser
+    attach_lora(denoiser, rank=4, alpha=4, dropout=0.0, targets=list(family.default_lora_targets))
+    if config.get("gradient_checkpointing"):
+        denoiser.enable_gradient_checkpointing()
+    denoiser.train()
+    side = config["resolution"] // family.vae_scale_factor
+    channels = int(family.vae.config.latent_channels)
+    latents = torch.randn(4, channels, side, side, device=device, dtype=dtype)
+    cond = family.encode_prompts(["a red circle", "a blue square"]).repeat_for_pairs().to(device, dtype)
+    levels = family.draw_levels(2, latents=latents).repeat(2)
+    geometry = ImageGeometry.uncropped(2, config["resolution"])
+    cuda = device.type == "cuda"
+
+    def pass_of(model: Any, *, bf16: bool = cuda, doubled: bool = False, reference: bool = False) -> Step:
+        x, c, t, g = latents, cond, levels, geometry
+        if doubled:
+            x, c, t = x.repeat(2, 1, 1, 1), c.repeat(2), t.repeat(2)
+            g = ImageGeometry(g.original_sizes.repeat(2, 1), g.crop_top_lefts.repeat(2, 1), g.resolution)
+
+        def step() -> None:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                pred = family.predict(model, x, t, c, g)
+                if reference:
+                    model.disable_adapters()
+                    with torch.no_grad():
+                        family.predict(model, x, t, c, g)
+                    model.enable_adapters()
+            pred.float().pow(2).mean().backward()  # type: ignore[no-untyped-call]
+            if cuda:
+                torch.cuda.synchronize()
+
+        return step
+
+    variants: dict[str, Step] = {"floor": pass_of(denoiser)}
+    if not cuda:
+        variants["bf16 autocast"] = pass_of(denoiser, bf16=True)
+    layout = copy.deepcopy(denoiser)
+    layout.to(memory_format=torch.channels_last)
+    variants["channels_last"] = pass_of(layout)
+    variants["floor + optimizer"] = _with_optimizer(variants["floor"], denoiser)
+    variants["dpo: separate ref"] = pass_of(denoiser, reference=True)
+    variants["dpo: folded ref"] = pass_of(denoiser, doubled=True)
+    compile_s = None
+    if config.get("compile"):
+        compiled = copy.deepcopy(denoiser)
+        prepare_denoiser(compiled, device, compile=True)
+        started = time.perf_counter()
+        pass_of(compiled)()  # the first call compiles
+        compile_s = time.perf_counter() - started
+        variants["torch.compile"] = pass_of(compiled)
+    medians = _interleaved(variants, config["rounds"], config["warmup"])
+    facts = {
+        "family": config["family"],
+        "preset": config["preset"],
+        "resolution": config["resolution"],
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "channels_last_by_default": channels_last_pays(device, denoiser),
+    }
+    rows = [{**facts, "variant": name, "step_ms": 1000 * s} for name, s in medians.items()]
+    if compile_s is not None:
+        rows.append({**facts, "variant": "torch.compile: first call", "step_ms": 1000 * compile_s})
+    return rows
+
+
+def _with_optimizer(step: Step, denoiser: torch.nn.Module) -> Step:
+    """The floor plus the AdamW update the trainer builds (fused on CUDA) and zero_grad(set_to_none)."""
+    trainable = [p for p in denoiser.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4, **adamw_options(trainable))
+
+    def run() -> None:
+        step()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return run
+
+
+def _interleaved(variants: dict[str, Step], rounds: int, warmup: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds + warmup):
+        for name, step in variants.items():
+            started = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(t[warmup:]) for name, t in times.items()}
+
+
+def print_variants(rows: list[dict[str, Any]]) -> None:
+    print(f"\n{'model':11} {'px':>4} {'device':10} {'variant':26} {'ms/step':>9} {'÷ floor':>8}")
+    for row in rows:
+        key = (row["family"], row["preset"], row["resolution"])
+        floor = next(
+            r["step_ms"]
+            for r in rows
+            if (r["family"], r["preset"], r["resolution"]) == key and r["variant"] == "floor"
+        )
+        print(
+            f"{row['family'] + '-' + row['preset']:11} {row['resolution']:4} {row['device'][:10]:10} "
+            f"{row['variant']:26} {row['step_ms']:9.1f} {row['step_ms'] / floor:8.2f}"
+        )

@@ -1,0 +1,116 @@
+"""The faster floor: device-chosen layout and optimizer, SDPA attention, opt-in compile, one sync a step."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.trainer.specs import tiny_spec
+from trainer.events import Event, Step
+from trainer.families.base import ImageGeometry, ModelFamily
+from trainer.families.registry import load_family
+from trainer.fast_floor import adamw_options, channels_last_pays, non_sdpa_processors, prepare_denoiser
+from trainer.loop import train
+from trainer.lora import attach_lora
+from trainer.objective import PairInputs, denoising_errors
+from trainer.session import open_session
+
+CPU = torch.device("cpu")
+CUDA = torch.device("cuda")
+
+
+def _with_lora(folder: Path) -> ModelFamily:
+    family = load_family(str(folder), device=CPU, weight_dtype=torch.float32)
+    attach_lora(family.denoiser, rank=4, alpha=4.0, dropout=0.0, targets=list(family.default_lora_targets))
+    # A non-zero LoRA, so the comparison below also covers the adapter's path.
+    with torch.no_grad():
+        for name, param in family.denoiser.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.02)
+    return family
+
+
+def _errors(family: ModelFamily, denoiser: torch.nn.Module) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(4, family.vae.config.latent_channels, 4, 4, generator=generator)
+    inputs = PairInputs(latents, family.encode_prompts(["a", "b"]), ImageGeometry.uncropped(2, 32))
+    noise = torch.randn(2, *latents.shape[1:], generator=generator)
+    return denoising_errors(denoiser, family, inputs, noise=noise, levels=torch.tensor([10, 700]))
+
+
+def test_channels_last_is_chosen_for_the_unet_on_cuda_only(tiny_sdxl: Path, tiny_flux: Path) -> None:
+    unet = load_family(str(tiny_sdxl), device=CPU, weight_dtype=torch.float32).denoiser
+    transformer = load_family(str(tiny_flux), device=CPU, weight_dtype=torch.float32).denoiser
+    assert channels_last_pays(CUDA, unet)
+    assert not channels_last_pays(CPU, unet)
+    assert not channels_last_pays(CUDA, transformer)
+
+
+def test_a_channels_last_unet_gives_the_same_errors_and_gradients(tiny_sdxl: Path) -> None:
+    family = _with_lora(tiny_sdxl)
+    layout = copy.deepcopy(family.denoiser).to(memory_format=torch.channels_last)
+    assert layout.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    plain, nhwc = _errors(family, family.denoiser), _errors(family, layout)
+    torch.testing.assert_close(nhwc, plain, rtol=1e-4, atol=1e-6)
+    plain.sum().backward()  # type: ignore[no-untyped-call]
+    nhwc.sum().backward()  # type: ignore[no-untyped-call]
+    grads = {n: p.grad for n, p in family.denoiser.named_parameters() if p.requires_grad}
+    for name, param in layout.named_parameters():
+        if param.requires_grad:
+            torch.testing.assert_close(param.grad, grads[name], rtol=1e-3, atol=1e-6)
+
+
+def test_on_the_cpu_the_denoiser_keeps_its_layout_unless_compile_is_asked(tiny_sdxl: Path) -> None:
+    family = _with_lora(tiny_sdxl)
+    prepare_denoiser(family.denoiser, CPU, compile=False)
+    assert family.denoiser.conv_in.weight.is_contiguous()
+    assert family.denoiser._compiled_call_impl is None
+    prepare_denoiser(family.denoiser, CPU, compile=True)
+    assert family.denoiser._compiled_call_impl is not None
+    assert hasattr(family.denoiser, "disable_adapters"), "compiled in place: peft's switches stay"
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux"])
+def test_every_family_attends_through_sdpa(family: str, request: pytest.FixtureRequest) -> None:
+    folder: Path = request.getfixturevalue(f"tiny_{family}")
+    denoiser = _with_lora(folder).denoiser
+    assert denoiser.attn_processors, "the check must see the attention layers"
+    assert non_sdpa_processors(denoiser) == []
+
+
+def test_adamw_is_foreach_on_the_cpu() -> None:
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    assert adamw_options(params) == {"foreach": True}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fused AdamW is chosen on CUDA only")
+def test_adamw_is_fused_on_cuda() -> None:
+    assert adamw_options([torch.nn.Parameter(torch.zeros(3, device=CUDA))]) == {"fused": True}
+
+
+def test_the_session_compiles_the_denoiser_only_when_the_spec_asks(
+    tiny_sdxl: Path, color_pairs: Path, tmp_path: Path
+) -> None:
+    plain = open_session(tiny_spec(tiny_sdxl), color_pairs, tmp_path / "plain")
+    assert plain.lora_denoiser._compiled_call_impl is None
+    assert plain.optimizer.optimizer.defaults["foreach"] is True
+    compiled = open_session(tiny_spec(tiny_sdxl, compile_denoiser=True), color_pairs, tmp_path / "compiled")
+    assert compiled.lora_denoiser._compiled_call_impl is not None
+
+
+def test_accumulated_steps_report_the_mean_of_their_micro_steps(
+    tiny_sdxl: Path, color_pairs: Path, tmp_path: Path
+) -> None:
+    """The loop keeps a step's terms as tensors and reads them once at the step's end."""
+    events: list[Event] = []
+    spec = tiny_spec(tiny_sdxl, method="dpo", gradient_accumulation_steps=2, max_train_steps=2)
+    train(spec, color_pairs, tmp_path, on_event=events.append)
+    steps = [e for e in events if isinstance(e, Step)]
+    assert [s.step for s in steps] == [1, 2]
+    for step in steps:
+        assert all(isinstance(v, float) for v in step.metrics.values())
+        assert {"loss", "grad_norm", "lr", "step_time_s"} <= set(step.metrics)
+        assert step.metrics["grad_norm"] > 0.0

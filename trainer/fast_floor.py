@@ -1,0 +1,52 @@
+"""Set-up that makes the floor (the LoRA denoiser's forward + backward) and the update cheaper, chosen by
+device: what pays on a GPU is not what pays on a CPU (docs/benchmarks.md, "Faster floor").
+
+- channels_last for the conv UNets on CUDA (cuDNN's NHWC convolutions); on the CPU it measured slower.
+- torch.compile (inductor) of the denoiser only when the spec asks: compiling takes minutes, which a
+  short job never earns back.
+- AdamW fused into one kernel when every trainable parameter is on CUDA; foreach (a few batched kernels)
+  elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from diffusers import UNet2DConditionModel
+
+
+def channels_last_pays(device: torch.device, denoiser: torch.nn.Module) -> bool:
+    """Whether the denoiser should train in channels_last: a conv UNet on CUDA."""
+    return device.type == "cuda" and isinstance(denoiser, UNet2DConditionModel)
+
+
+def prepare_denoiser(denoiser: torch.nn.Module, device: torch.device, *, compile: bool) -> None:
+    """Put the denoiser (LoRA attached, on `device`) in the layout that pays there, compiled if asked.
+
+    `Module.compile` compiles in place, so the module keeps its class and peft's adapter switches (DPO's
+    reference pass turns the LoRA off), which recompiles once for that second graph."""
+    if channels_last_pays(device, denoiser):
+        # torch's stubs lack Module.to's memory_format keyword, which the runtime accepts.
+        denoiser.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    if compile:
+        denoiser.compile()
+
+
+def adamw_options(trainable: Sequence[torch.nn.Parameter]) -> dict[str, Any]:
+    """torch.optim.AdamW keyword arguments for these parameters: fused on CUDA, foreach elsewhere."""
+    if trainable and all(p.is_cuda for p in trainable):
+        return {"fused": True}
+    return {"foreach": True}
+
+
+def non_sdpa_processors(denoiser: torch.nn.Module) -> list[str]:
+    """Attention layers whose processor does not call torch's scaled_dot_product_attention (diffusers
+    names those processors ...2_0 or, for SD3/FLUX, JointAttnProcessor2_0 / FluxAttnProcessor...)."""
+    processors: dict[str, object] = getattr(denoiser, "attn_processors", {})
+    return [
+        name
+        for name, processor in processors.items()
+        if not type(processor).__name__.endswith(("2_0", "FluxAttnProcessor", "FluxAttnProcessor2_0"))
+    ]
