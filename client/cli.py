@@ -141,6 +141,14 @@ def _add_demo_command(commands: Subparsers) -> None:
         "chosen over green/blue, so a short job visibly aligns them; warm-cool: abstract layouts that no "
         "shipped base knows",
     )
+    demo.add_argument(
+        "--format",
+        choices=["manifest", "captions", "pair-folders"],
+        default="manifest",
+        help="archive layout: manifest (default): pairs.jsonl and images/; captions: the chosen images "
+        "with same-name .txt captions, to upload with kind=targets; pair-folders: w/ and l/ with .txt "
+        "captions beside them, to upload as pairs",
+    )
     demo.set_defaults(handler=cmd_demo_data)
 
 
@@ -265,6 +273,10 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
         kind = "parquet"
     else:
         raise UsageError(f"{args.file}: use a .zip, .tar, .tar.gz, .tgz or .parquet name")
+    if kind == "parquet" and args.format != "manifest":
+        raise UsageError(
+            f"--format {args.format} is an archive layout: use a .zip, .tar, .tar.gz or .tgz name"
+        )
     args.file.parent.mkdir(parents=True, exist_ok=True)
     write_demo_upload(
         args.file,
@@ -273,8 +285,11 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
         resolution=args.resolution,
         seed=args.seed,
         preset=args.preset,
+        layout=args.format,
     )
-    print(f"{args.file}: {args.pairs} {args.preset} demo pairs at {args.resolution}px")
+    layout = "" if args.format == "manifest" else f", {args.format} layout"
+    upload_as = " (upload with kind=targets)" if args.format == "captions" else ""
+    print(f"{args.file}: {args.pairs} {args.preset} demo pairs at {args.resolution}px{layout}{upload_as}")
     return EXIT_OK
 
 

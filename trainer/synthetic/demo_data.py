@@ -20,7 +20,7 @@ import json
 import random
 import tarfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -34,6 +34,10 @@ from trainer.synthetic.shapes import render
 Rgb = tuple[int, int, int]
 DemoPreset = Literal["prefer-red", "warm-cool"]
 DEMO_PRESETS: tuple[DemoPreset, ...] = ("prefer-red", "warm-cool")
+# How an archive lays the pairs out: a pairs.jsonl manifest; captioned images (the chosen images with
+# same-name .txt captions, a targets upload); or w/ and l/ pair folders with .txt captions beside them.
+DemoLayout = Literal["manifest", "captions", "pair-folders"]
+DEMO_LAYOUTS: tuple[DemoLayout, ...] = ("manifest", "captions", "pair-folders")
 
 WARM_PALETTE: tuple[Rgb, ...] = ((214, 48, 39), (244, 109, 67), (253, 174, 97), (230, 171, 2))
 COOL_PALETTE: tuple[Rgb, ...] = ((49, 54, 149), (69, 117, 180), (27, 158, 119), (117, 112, 179))
@@ -155,11 +159,14 @@ def write_demo_upload(
     resolution: int = 64,
     seed: int = 0,
     preset: DemoPreset = "warm-cool",
+    layout: DemoLayout = "manifest",
 ) -> Path:
     """Write the demo pairs as a file a user would upload, and return `path`.
 
-    - "zip" / "tar": `pairs.jsonl` plus `images/NNNN_{chosen,rejected}.png` at the archive root; a tar
-      is gzipped when `path` ends in ".gz" or ".tgz".
+    - "zip" / "tar": by `layout`, `pairs.jsonl` plus `images/NNNN_{chosen,rejected}.png` ("manifest"),
+      `NNNN.png` chosen images with their prompts in `NNNN.txt` ("captions", a targets upload), or
+      `w/NNNN.png`, `l/NNNN.png` and `NNNN.txt` ("pair-folders"), at the archive root; a tar is gzipped
+      when `path` ends in ".gz" or ".tgz".
     - "parquet": Pick-a-Pic columns `caption`, `jpg_0`, `jpg_1` (JPEG bytes), `label_0`, `label_1`; the
       chosen image alternates between the two columns, so only the labels tell which one it is.
     """
@@ -171,13 +178,15 @@ def write_demo_upload(
         preset=preset,
     )
     if kind == "parquet":
+        if layout != "manifest":
+            raise ValueError(f"a parquet upload has no {layout} layout; use a zip or tar")
         _write_parquet(path, pairs)
     else:
-        _write_archive(path, kind, pairs)
+        _write_archive(path, kind, _ARCHIVE_FILES[layout](pairs))
     return path
 
 
-def _write_archive(path: Path, kind: Literal["zip", "tar"], pairs: Iterator[DemoPair]) -> None:
+def _manifest_files(pairs: Iterator[DemoPair]) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
     lines = []
     for index, pair in enumerate(pairs):
@@ -185,6 +194,32 @@ def _write_archive(path: Path, kind: Literal["zip", "tar"], pairs: Iterator[Demo
         files[chosen], files[rejected] = pair.chosen, pair.rejected
         lines.append(json.dumps({"prompt": pair.prompt, "chosen": chosen, "rejected": rejected}) + "\n")
     files["pairs.jsonl"] = "".join(lines).encode("utf-8")
+    return files
+
+
+def _caption_files(pairs: Iterator[DemoPair]) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    for index, pair in enumerate(pairs):
+        files[f"{index:04d}.png"], files[f"{index:04d}.txt"] = pair.chosen, pair.prompt.encode("utf-8")
+    return files
+
+
+def _pair_folder_files(pairs: Iterator[DemoPair]) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    for index, pair in enumerate(pairs):
+        files[f"w/{index:04d}.png"], files[f"l/{index:04d}.png"] = pair.chosen, pair.rejected
+        files[f"{index:04d}.txt"] = pair.prompt.encode("utf-8")
+    return files
+
+
+_ARCHIVE_FILES: dict[DemoLayout, Callable[[Iterator[DemoPair]], dict[str, bytes]]] = {
+    "manifest": _manifest_files,
+    "captions": _caption_files,
+    "pair-folders": _pair_folder_files,
+}
+
+
+def _write_archive(path: Path, kind: Literal["zip", "tar"], files: dict[str, bytes]) -> None:
     if kind == "zip":
         with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
             for name, data in files.items():

@@ -1,0 +1,59 @@
+"""`mapo demo-data --format`: the captioned-images and pair-folders layouts, ingested for real."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from api.services.ingest import ingest_upload
+from client.cli import main
+from trainer.dataset_format import read_pairs, read_targets
+
+PAIRS = 4
+
+
+def is_red(path: Path) -> bool:
+    """Whether the image's shapes are red: the prefer-red preset's chosen side (rejected: green or blue)."""
+    with Image.open(path) as image:
+        red, green, blue = (sum(band.getdata()) for band in image.convert("RGB").split())
+    return red > max(green, blue)
+
+
+@pytest.mark.parametrize("suffix", [".zip", ".tar.gz"])
+def test_captions_layout_is_a_targets_upload_of_the_chosen_images(tmp_path: Path, suffix: str) -> None:
+    upload = tmp_path / f"demo{suffix}"
+    assert (
+        main(["demo-data", str(upload), "--pairs", str(PAIRS), "--resolution", "32", "--format", "captions"])
+        == 0
+    )
+
+    report = ingest_upload(upload, upload.name, tmp_path / "ds", kind="targets", trigger_word="sks")
+
+    assert (report.num_pairs, report.captions_missing) == (PAIRS, 0)
+    rows = read_targets(tmp_path / "ds")
+    assert all(row.prompt.startswith("sks ") and row.prompt.endswith(" background") for row in rows)
+    assert all(is_red(tmp_path / "ds" / row.image) for row in rows)
+
+
+@pytest.mark.parametrize("preset", ["prefer-red", "warm-cool"])
+def test_pair_folders_layout_is_a_pairs_upload(tmp_path: Path, preset: str) -> None:
+    upload = tmp_path / "demo.zip"
+    argv = ["demo-data", str(upload), "--pairs", str(PAIRS), "--format", "pair-folders", "--preset", preset]
+    assert main(argv) == 0
+
+    report = ingest_upload(upload, upload.name, tmp_path / "ds", kind="pairs")
+
+    assert report.num_pairs == PAIRS
+    pairs = read_pairs(tmp_path / "ds")
+    if preset == "prefer-red":
+        assert all(
+            is_red(tmp_path / "ds" / p.chosen) and not is_red(tmp_path / "ds" / p.rejected) for p in pairs
+        )
+
+
+def test_a_layout_other_than_the_manifest_is_refused_for_parquet(tmp_path: Path) -> None:
+    argv = ["demo-data", str(tmp_path / "demo.parquet"), "--format", "captions"]
+    assert main(argv) != 0
+    assert not (tmp_path / "demo.parquet").exists()
