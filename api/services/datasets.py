@@ -13,7 +13,9 @@ import json
 import logging
 import shutil
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
@@ -78,41 +80,96 @@ def upload_dataset(
     """Receive a multipart upload (`file`, optional `name` and `kind`) and validate and store its dataset;
     422 with every problem if it is refused. An Idempotency-Key seen before returns that dataset for the
     same file, name and kind (409 otherwise)."""
-    settings, storage = context.settings, context.storage
-    dataset_id = new_id("ds")
-    key = dataset_key(tenant.id, dataset_id)
-    # Until this transaction ends, a marker says the upload is in flight; if the process dies, the next
-    # start sweeps what it left (api/services/inflight.py), the received file included.
-    marker = InflightUpload(settings.tmp_dir, dataset_id, key)
-    after_commit(session, marker.release)
-    # If the request's transaction does not commit, the stored files must not outlive it.
-    after_rollback(session, lambda: storage.delete_tree(key))
-    after_rollback(session, marker.release)
+    pending = _PendingDataset(session, context, tenant)
     with receive_form(
         body,
         content_type,
-        folder=marker.folder,
-        prefix=marker.scratch_prefix,
-        max_bytes=settings.max_upload_bytes,
+        folder=pending.marker.folder,
+        prefix=pending.marker.scratch_prefix,
+        max_bytes=context.settings.max_upload_bytes,
     ) as upload:
         record_upload(upload.bytes)
+        return pending.store(upload, idempotency_key)
+
+
+def dataset_from_file(
+    session: Session,
+    context: AppContext,
+    tenant: Tenant,
+    *,
+    source: Path,
+    filename: str,
+    fields: dict[str, Any],
+    idempotency_key: str | None = None,
+) -> DatasetOut:
+    """Validate and store a complete file already on this host's disk (a finished resumable upload)
+    as `upload_dataset` does a received form; the file itself is only read."""
+    pending = _PendingDataset(session, context, tenant)
+    size, sha256 = _size_and_sha256(source)
+    text = {name: str(value) for name, value in fields.items() if value is not None}
+    upload = ReceivedForm(source, size, sha256, filename, text)
+    return pending.store(upload, idempotency_key)
+
+
+class _PendingDataset:
+    """A new dataset's id, storage key and in-flight marker, and the hooks that clean both up if the
+    request's transaction does not commit."""
+
+    def __init__(self, session: Session, context: AppContext, tenant: Tenant) -> None:
+        self.session, self.context, self.tenant = session, context, tenant
+        self.dataset_id = new_id("ds")
+        self.key = dataset_key(tenant.id, self.dataset_id)
+        # Until this transaction ends, a marker says the upload is in flight; if the process dies, the
+        # next start sweeps what it left (api/services/inflight.py), the received file included.
+        self.marker = InflightUpload(context.settings.tmp_dir, self.dataset_id, self.key)
+        after_commit(session, self.marker.release)
+        # If the request's transaction does not commit, the stored files must not outlive it.
+        after_rollback(session, lambda: context.storage.delete_tree(self.key))
+        after_rollback(session, self.marker.release)
+
+    def store(self, upload: ReceivedForm, idempotency_key: str | None) -> DatasetOut:
+        """Check and store `upload` (replaying the dataset an Idempotency-Key names, if any)."""
+        session, tenant = self.session, self.tenant
         fields = upload_fields(upload)
-        filename, name, kind = fields.filename, fields.name, fields.kind
-        request_hash = _request_hash(upload.sha256, name or filename, kind)
+        request_hash = _request_hash(upload.sha256, fields.name or fields.filename, fields.kind)
         if idempotency_key is not None:
             seen = dataset_repo.get_dataset_by_idempotency_key(
                 session, tenant_id=tenant.id, key=idempotency_key
             )
             if seen is not None:
                 return _replayed(seen, request_hash)
-        report = _ingest_and_store(context, upload.path, filename, key, kind, marker)
+        report = _ingest_and_store(
+            self.context, upload.path, fields.filename, self.key, fields.kind, self.marker
+        )
+        row = _Row(self.dataset_id, self.key, upload, fields, report, idempotency_key, request_hash)
+        return _record(session, self.context, tenant, row)
+
+
+@dataclass(frozen=True)
+class _Row:
+    """What a dataset's row is made of."""
+
+    dataset_id: str
+    key: str
+    upload: ReceivedForm
+    fields: UploadFields
+    report: IngestReport
+    idempotency_key: str | None
+    request_hash: str
+
+
+def _record(session: Session, context: AppContext, tenant: Tenant, row: _Row) -> DatasetOut:
+    """Add the dataset's row; if a concurrent upload with the same Idempotency-Key won, answer with its
+    dataset and delete our files."""
+    upload, fields, report, key = row.upload, row.fields, row.report, row.key
+    idempotency_key, request_hash = row.idempotency_key, row.request_hash
     try:
         with session.begin_nested():
             dataset = dataset_repo.add_dataset(
                 session,
-                dataset_id=dataset_id,
+                dataset_id=row.dataset_id,
                 tenant_id=tenant.id,
-                name=name or filename,
+                name=fields.name or fields.filename,
                 kind=report.kind,
                 storage_key=key,
                 num_pairs=report.num_pairs,
@@ -131,9 +188,18 @@ def upload_dataset(
             raise
         # The refused objects are logged and counted by the store; the answer is the winner's all the same.
         with contextlib.suppress(StorageDeleteError):
-            storage.delete_tree(key)
+            context.storage.delete_tree(key)
         return _replayed(winner, request_hash)
     return dataset_out(dataset)
+
+
+def _size_and_sha256(path: Path) -> tuple[int, str]:
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
 
 
 class UploadFields(BaseModel):
