@@ -102,6 +102,11 @@ class DatasetOut(BaseModel):
     bytes: int = Field(description="Size of the upload as received.")
     sha256: str = Field(description="sha256 of the upload as received.")
     preview: list[PreviewPairOut]
+    captions_missing: int | None = Field(
+        default=None,
+        description="For images uploaded with same-name .txt captions: how many had no caption (or a blank "
+        "one) and are trained on the trigger word alone. Null for every other upload.",
+    )
     created_at: datetime
 
 

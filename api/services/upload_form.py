@@ -31,6 +31,8 @@ MAX_NAME_CHARS = 200
 MAX_TEXT_FIELD_BYTES = 64 * 1024
 MAX_PART_HEADER_BYTES = 16 * 1024
 
+MAX_TRIGGER_CHARS = 100
+
 UPLOAD_FORM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": [FILE_FIELD],
@@ -38,7 +40,12 @@ UPLOAD_FORM_SCHEMA: dict[str, Any] = {
         FILE_FIELD: {
             "type": "string",
             "format": "binary",
-            "description": "A .zip or .tar(.gz) with pairs.jsonl or pairs.csv and images, or a parquet.",
+            "description": "A .zip or .tar(.gz) with pairs.jsonl or pairs.csv and images, or a parquet. "
+            "Without a manifest, an archive is read by its layout: for kind pairs, folders w/ (chosen) and "
+            "l/ (rejected) with the same file names, captioned by captions.jsonl "
+            '({"file_name": "x.png", "caption": "..."} per line) or else by x.txt beside the folders; '
+            "for kind targets, images with same-name .txt captions (cat1.png + cat1.txt) in any folder. "
+            "A manifest, where present, is always what is read.",
         },
         "name": {
             "type": "string",
@@ -54,6 +61,16 @@ UPLOAD_FORM_SCHEMA: dict[str, Any] = {
             "base model draws each rejected image from generation_prompt, or from prompt if it is absent. "
             "avoid: rows of prompt, image (the image to steer away from) and a required generation_prompt, "
             "from which the base model draws the chosen image. In parquet, image holds the encoded bytes.",
+        },
+        "trigger_word": {
+            "type": "string",
+            "maxLength": MAX_TRIGGER_CHARS,
+            "description": "For images with .txt captions (kind targets) only: put into each caption where "
+            "it has [trigger], else in front (an image without a caption gets the trigger word alone, "
+            "counted in captions_missing). The base model draws each rejected image from the caption "
+            "without it, so `a photo of [trigger] dog` trains `a photo of sks dog` against what the base "
+            "model draws for `a photo of dog`.",
+            "examples": ["sks"],
         },
     },
 }

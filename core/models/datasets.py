@@ -36,6 +36,8 @@ class Dataset(Base):
     sha256: Mapped[str] = mapped_column(String(64), default="")
     storage_key: Mapped[str] = mapped_column(String(300))
     preview: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # Rows of a captioned-images upload whose image had no caption; NULL for every other upload.
+    captions_missing: Mapped[int | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     # An upload repeated with the same Idempotency-Key returns this dataset if `request_hash` (of the file,
     # name and kind) matches, and is refused otherwise.

@@ -26,6 +26,7 @@ def add_dataset(
     preview: list[dict[str, Any]],
     idempotency_key: str | None = None,
     request_hash: str | None = None,
+    captions_missing: int | None = None,
 ) -> Dataset:
     """Record a dataset whose files are already complete in storage (status `ready`); raises
     IntegrityError if the tenant already used `idempotency_key`."""
@@ -42,6 +43,7 @@ def add_dataset(
         preview=preview,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
+        captions_missing=captions_missing,
     )
     session.add(dataset)
     session.flush()
