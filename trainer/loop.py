@@ -22,7 +22,7 @@ from trainer.batch import PairBatch
 from trainer.errors import CheckpointError, NonFiniteLossError
 from trainer.events import Artifact, Checkpoint, Event, Finished, Started, Step
 from trainer.export import save_diffusers_lora, save_kohya_lora
-from trainer.objective import prepare_inputs, training_loss
+from trainer.objective import prepare_inputs, read_terms, training_terms
 from trainer.session import TrainingSession, open_session
 from trainer.spec import TrainSpec
 
@@ -88,7 +88,7 @@ def _run_steps(
     while step < spec.max_train_steps:
         epoch, done_in_epoch = divmod(step, per_epoch)
         loader = session.epoch_loader(epoch, skip_updates=done_in_epoch)
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
         micro = 0
         started = time.perf_counter()
         for batch in loader:
@@ -99,7 +99,7 @@ def _run_steps(
             if not accelerator.sync_gradients:
                 continue
             step += 1
-            metrics = _finish_step(session, sums, micro, time.perf_counter() - started)
+            metrics = _finish_step(session, sums, micro, time.perf_counter() - started, step)
             emit(Step(step=step, total_steps=spec.max_train_steps, metrics=metrics))
             _after_step(session, step, metrics, emit)
             sums, micro, started = {}, 0, time.perf_counter()
@@ -119,35 +119,41 @@ def _stop_agreed(session: TrainingSession, should_stop: Callable[[], bool]) -> b
     return bool(votes > 0)
 
 
-def _micro_step(session: TrainingSession, batch: PairBatch, step: int) -> dict[str, float]:
+def _micro_step(session: TrainingSession, batch: PairBatch, step: int) -> dict[str, torch.Tensor]:
+    """One micro-batch's forward, backward and (on update boundaries) optimizer step. The terms stay on
+    the device: reading them here would make the host wait for the device every micro-step."""
     accelerator = session.accelerator
     with accelerator.accumulate(session.denoiser):
         inputs = prepare_inputs(session.model, batch, session.resolution)
-        loss, metrics = training_loss(session.spec, session.denoiser, session.model, inputs)
-        if not torch.isfinite(loss.detach()):
-            raise NonFiniteLossError(
-                f"loss is {loss.item()} at step {step + 1}; the newest good checkpoint is step "
-                f"{session.last_checkpoint_step}"
-            )
+        loss, terms = training_terms(session.spec, session.denoiser, session.model, inputs)
         accelerator.backward(loss)
         if accelerator.sync_gradients:
-            norm = float(accelerator.clip_grad_norm_(session.trainable, session.spec.max_grad_norm))
-            # fp16's loss scaler starts high and overflows in the first updates, which it then skips; an
-            # inf/NaN norm says nothing about the model and is not valid JSON in the event log.
-            if math.isfinite(norm):
-                metrics["grad_norm"] = norm
+            norm = accelerator.clip_grad_norm_(session.trainable, session.spec.max_grad_norm)
+            terms["grad_norm"] = torch.as_tensor(norm).detach()
         session.optimizer.step()
         session.lr_scheduler.step()
         session.optimizer.zero_grad(set_to_none=True)
-    return metrics
+    return terms
 
 
 def _finish_step(
-    session: TrainingSession, sums: dict[str, float], micro: int, seconds: float
+    session: TrainingSession, sums: dict[str, torch.Tensor], micro: int, seconds: float, step: int
 ) -> dict[str, float]:
-    metrics = {name: value / micro for name, value in sums.items() if name != "grad_norm"}
-    if "grad_norm" in sums:
-        metrics["grad_norm"] = sums["grad_norm"]
+    """The step's logged metrics, read from the device in one copy. A non-finite loss fails the job here,
+    before the step could be checkpointed, so the newest checkpoint on disk stays a good one."""
+    read = read_terms(sums)
+    loss = read.get("loss", 0.0)
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(
+            f"loss is {loss / micro} at step {step}; the newest good checkpoint is step "
+            f"{session.last_checkpoint_step}"
+        )
+    metrics = {name: value / micro for name, value in read.items() if name != "grad_norm"}
+    # fp16's loss scaler starts high and overflows in the first updates, which it then skips; an inf/NaN
+    # norm says nothing about the model and is not valid JSON in the event log.
+    norm = read.get("grad_norm")
+    if norm is not None and math.isfinite(norm):
+        metrics["grad_norm"] = norm
     metrics = _mean_over_processes(session, metrics)
     metrics["lr"] = float(session.lr_scheduler.get_last_lr()[0])
     metrics["step_time_s"] = seconds
@@ -257,5 +263,5 @@ def _started_event(session: TrainingSession, start_step: int) -> Started:
     )
 
 
-def _add(sums: dict[str, float], metrics: dict[str, float]) -> dict[str, float]:
-    return {name: sums.get(name, 0.0) + value for name, value in metrics.items()}
+def _add(sums: dict[str, torch.Tensor], terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: sums[name] + value if name in sums else value for name, value in terms.items()}

@@ -68,6 +68,23 @@ def training_loss(
     spec: TrainSpec, denoiser: torch.nn.Module, family: ModelFamily, inputs: PairInputs
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Draw noise and noise levels, then the spec's loss and every logged term (as floats)."""
+    loss, terms = training_terms(spec, denoiser, family, inputs)
+    return loss, read_terms(terms)
+
+
+def read_terms(terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    """0-d tensors -> floats in one device-to-host copy (each float() alone would wait for the device)."""
+    if not terms:
+        return {}
+    values = torch.stack([value.detach().float() for value in terms.values()]).tolist()
+    return dict(zip(terms, values, strict=True))
+
+
+def training_terms(
+    spec: TrainSpec, denoiser: torch.nn.Module, family: ModelFamily, inputs: PairInputs
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`training_loss` with the logged terms left as detached 0-d tensors on the device, so the loop can
+    read a whole step's terms at once."""
     num_pairs = inputs.latents.shape[0] // 2
     noise = torch.randn_like(inputs.latents[:num_pairs])
     levels = family.draw_levels(num_pairs, latents=inputs.latents)
@@ -85,8 +102,7 @@ def training_loss(
         result = losses.dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=beta)
     else:
         result = losses.sft_loss(chosen)
-    metrics = {name: float(value.detach()) for name, value in result._asdict().items()}
-    return result.loss, metrics
+    return result.loss, {name: value.detach() for name, value in result._asdict().items()}
 
 
 @torch.no_grad()
