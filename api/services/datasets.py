@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -30,7 +30,7 @@ from api.services.dataset_files import image_key, iter_uploaded_pairs, read_stor
 from api.services.downloads import IMAGE_MEDIA_TYPES, FileDownload, stored_download
 from api.services.inflight import InflightUpload, sweep_abandoned_uploads
 from api.services.ingest import IngestLimits, IngestRejected, IngestReport, ingest_upload
-from api.services.upload_form import MAX_NAME_CHARS, ReceivedForm, receive_form
+from api.services.upload_form import MAX_NAME_CHARS, MAX_TRIGGER_CHARS, ReceivedForm, receive_form
 from core.db import after_commit, after_rollback
 from core.models import Dataset, Tenant, new_id
 from core.repositories import datasets as dataset_repo
@@ -77,9 +77,9 @@ def upload_dataset(
     content_type: str,
     idempotency_key: str | None = None,
 ) -> DatasetOut:
-    """Receive a multipart upload (`file`, optional `name` and `kind`) and validate and store its dataset;
-    422 with every problem if it is refused. An Idempotency-Key seen before returns that dataset for the
-    same file, name and kind (409 otherwise)."""
+    """Receive a multipart upload (`file`, optional `name`, `kind` and `trigger_word`) and validate and
+    store its dataset; 422 with every problem if it is refused. An Idempotency-Key seen before returns that
+    dataset for the same file, name, kind and trigger word (409 otherwise)."""
     pending = _PendingDataset(session, context, tenant)
     with receive_form(
         body,
@@ -131,16 +131,14 @@ class _PendingDataset:
         """Check and store `upload` (replaying the dataset an Idempotency-Key names, if any)."""
         session, tenant = self.session, self.tenant
         fields = upload_fields(upload)
-        request_hash = _request_hash(upload.sha256, fields.name or fields.filename, fields.kind)
+        request_hash = _request_hash(upload.sha256, fields)
         if idempotency_key is not None:
             seen = dataset_repo.get_dataset_by_idempotency_key(
                 session, tenant_id=tenant.id, key=idempotency_key
             )
             if seen is not None:
                 return _replayed(seen, request_hash)
-        report = _ingest_and_store(
-            self.context, upload.path, fields.filename, self.key, fields.kind, self.marker
-        )
+        report = _ingest_and_store(self.context, upload.path, fields, self.key, self.marker)
         row = _Row(self.dataset_id, self.key, upload, fields, report, idempotency_key, request_hash)
         return _record(session, self.context, tenant, row)
 
@@ -178,6 +176,7 @@ def _record(session: Session, context: AppContext, tenant: Tenant, row: _Row) ->
                 preview=[p.model_dump() for p in report.preview],
                 idempotency_key=idempotency_key,
                 request_hash=request_hash,
+                captions_missing=report.captions_missing,
             )
     except IntegrityError:
         # A concurrent upload with the same Idempotency-Key was recorded first: ours is not needed.
@@ -209,6 +208,15 @@ class UploadFields(BaseModel):
     filename: str
     name: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
     kind: DatasetKind = "pairs"
+    trigger_word: str | None = Field(default=None, min_length=1, max_length=MAX_TRIGGER_CHARS)
+
+    @field_validator("trigger_word", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        """A blank trigger word (an empty form field) means none; spaces around one are not part of it."""
+        if isinstance(value, str):
+            return value.strip() or None
+        return value
 
 
 def upload_fields(upload: ReceivedForm) -> UploadFields:
@@ -221,23 +229,23 @@ def upload_fields(upload: ReceivedForm) -> UploadFields:
 
 
 def _ingest_and_store(
-    context: AppContext, upload: Path, filename: str, key: str, kind: DatasetKind, marker: InflightUpload
+    context: AppContext, upload: Path, fields: UploadFields, key: str, marker: InflightUpload
 ) -> IngestReport:
     """Ingest into the storage folder itself when it is local; else into a staging folder beside the
     upload's marker (swept with it if the process dies), uploaded with its manifest last."""
     local = context.storage.local_dir(key)
     if local is not None:
-        return _ingest(context, upload, filename, local, kind)
+        return _ingest(context, upload, fields, local)
     staging = marker.staging_dir
     try:
-        report = _ingest(context, upload, filename, staging, kind)
+        report = _ingest(context, upload, fields, staging)
         context.storage.put_tree(key, staging, last=MANIFEST_FILE)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report
 
 
-def _ingest(context: AppContext, upload: Path, filename: str, dest: Path, kind: DatasetKind) -> IngestReport:
+def _ingest(context: AppContext, upload: Path, fields: UploadFields, dest: Path) -> IngestReport:
     settings = context.settings
     limits = IngestLimits(
         max_pairs=settings.max_pairs,
@@ -246,20 +254,27 @@ def _ingest(context: AppContext, upload: Path, filename: str, dest: Path, kind: 
     )
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return ingest_upload(upload, filename, dest, limits=limits, kind=kind)
+        return ingest_upload(
+            upload, fields.filename, dest, limits=limits, kind=fields.kind, trigger_word=fields.trigger_word
+        )
     except IngestRejected as exc:
         problems = [p.model_dump() for p in exc.problems]
-        raise DatasetRejected(f"{filename}: {exc}", problems) from None
+        raise DatasetRejected(f"{fields.filename}: {exc}", problems) from None
 
 
-def _request_hash(file_sha256: str, name: str, kind: DatasetKind) -> str:
-    return hashlib.sha256(json.dumps([file_sha256, name, kind]).encode()).hexdigest()
+def _request_hash(file_sha256: str, fields: UploadFields) -> str:
+    """What an Idempotency-Key's upload is: its file, name and kind, and its trigger word where it has one
+    (left out otherwise, so the hashes recorded before trigger words still match their uploads)."""
+    request: list[str] = [file_sha256, fields.name or fields.filename, fields.kind]
+    if fields.trigger_word is not None:
+        request.append(fields.trigger_word)
+    return hashlib.sha256(json.dumps(request).encode()).hexdigest()
 
 
 def _replayed(dataset: Dataset, request_hash: str) -> DatasetOut:
     if dataset.request_hash != request_hash:
         raise Conflict(
-            "Idempotency-Key was already used for a different upload (file, name or kind)",
+            "Idempotency-Key was already used for a different upload (file, name, kind or trigger word)",
             param="Idempotency-Key",
             code="idempotency_key_reused",
         )
@@ -292,6 +307,7 @@ def dataset_out(dataset: Dataset) -> DatasetOut:
         bytes=dataset.bytes,
         sha256=dataset.sha256,
         preview=preview,
+        captions_missing=dataset.captions_missing,
         created_at=dataset.created_at,
     )
 

@@ -25,7 +25,7 @@ from api.errors import InvalidRequest, PayloadTooLarge
 from trainer.dataset_format import DatasetKind
 
 FILE_FIELD = "file"
-TEXT_FIELDS = ("name", "kind")
+TEXT_FIELDS = ("name", "kind", "trigger_word")
 MAX_NAME_CHARS = 200
 # Bounds on what is held in memory: a text field, and one part's headers (a name, a file name).
 MAX_TEXT_FIELD_BYTES = 64 * 1024
