@@ -44,7 +44,16 @@ def upload_dataset(
         ),
     ] = None,
 ) -> DatasetOut:
-    """Upload a preference dataset; every problem is listed with its row and field."""
+    """Upload a preference dataset; every problem is listed with its row and field.
+
+    Besides a manifest (`pairs.jsonl` / `pairs.csv`) or a parquet file, an archive may hold, with no
+    manifest:
+
+    - pair folders (kind `pairs`): `w/cat.png`, `l/cat.png` and `cat.txt` ("a cat on a sofa"), or one
+      `captions.jsonl` of `{"file_name": "cat.png", "caption": "a cat on a sofa"}` beside `w/` and `l/`;
+    - captioned images (kind `targets`): `cat1.png` and `cat1.txt` ("a photo of [trigger] cat"); with
+      `trigger_word=sks` it trains "a photo of sks cat" against the base model's "a photo of cat".
+    """
     return service.upload_dataset(
         session,
         context,
