@@ -2,14 +2,18 @@
 
     python -m bench.dataset_ingest                  # 10,000 pairs of small PNGs, 5 rounds
     python -m bench.dataset_ingest --large          # also a ~2 GB archive of 512 px PNGs (slow)
+    python -m bench.dataset_ingest --layouts manifest pair-folders captions   # the default: all three
 
-Builds the archives once (cached under the temp dir): a zip with pairs.jsonl and images/, deflated as
-zip tools do. Serves the API as the Dockerfile does (`uvicorn api.main:create_app --factory`, embedded
-defaults: SQLite, local storage) and POSTs each archive to /v1/datasets with httpx, streaming it from
-disk; the clock runs from the first byte sent to the 201. In the same round the bare floor runs: the
-`unzip` command into a temp folder, then every image opened and fully decoded by Pillow, one after the
-other in one process. Peak RSS is the API process's high-water mark as the kernel keeps it (VmHWM, Linux),
-over all uploads so far. Rounds alternate bare and API; the table shows medians.
+Builds the archives once (cached under the temp dir), deflated as zip tools do, in each layout: pairs.jsonl
+and images/ (manifest); w/, l/ and a .txt caption per pair (pair-folders); and the chosen images with
+same-name .txt captions, uploaded as kind=targets with a trigger word (captions; one image per pair).
+Serves the API as the Dockerfile does (`uvicorn api.main:create_app --factory`, embedded defaults: SQLite,
+local storage) and POSTs each archive to /v1/datasets with httpx, streaming it from disk; the clock runs
+from the first byte sent to the 201. In the same round the bare floor runs: the `unzip` command into a
+temp folder, then every image opened and fully decoded by Pillow, one after the other in one process.
+Peak RSS is the API process's high-water mark as the kernel keeps it (VmHWM, Linux), over all uploads so
+far (so a layout's own peak is at most its figure). Rounds alternate bare and API; the table shows
+medians.
 """
 
 from __future__ import annotations
@@ -41,11 +45,15 @@ WORK = Path(tempfile.gettempdir()) / "mapo-bench-ingest"
 POOL = 256  # distinct images per archive; pairs draw from them
 
 
+LAYOUTS = ("manifest", "pair-folders", "captions")
+
+
 @dataclass(frozen=True)
 class Archive:
     label: str
     path: Path
     pairs: int
+    layout: str = "manifest"
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,9 @@ class Round:
 
 def main() -> None:
     args = _parse()
-    archives = [_archive(f"{args.pairs} pairs, 64 px", pairs=args.pairs, side=64)]
+    archives = [
+        _archive(f"{layout}, 64 px", pairs=args.pairs, side=64, layout=layout) for layout in args.layouts
+    ]
     if args.large:
         archives.append(_archive(f"{args.large_gb:g} GB, 512 px", gigabytes=args.large_gb, side=512))
     results: dict[str, list[Round]] = {a.label: [] for a in archives}
@@ -83,36 +93,50 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--large", action="store_true", help="also the ~2 GB archive (minutes more)")
     parser.add_argument("--large-gb", type=float, default=2.0, help="size of the large archive")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS))
     return parser.parse_args()
 
 
-def _archive(label: str, *, side: int, pairs: int = 0, gigabytes: float = 0.0) -> Archive:
+def _archive(
+    label: str, *, side: int, pairs: int = 0, gigabytes: float = 0.0, layout: str = "manifest"
+) -> Archive:
     """A zip of `pairs` pairs (or as many as make `gigabytes`) of `side` px PNGs, noisy so that they
     are as large as renders of that size."""
     rng = random.Random(side)
     pool = [_png(rng, side) for _ in range(POOL)]
     if gigabytes:
         pairs = round(gigabytes * 2**30 / (2 * statistics.mean(len(png) for png in pool)))
-    path = WORK / f"pairs-{pairs}-{side}px.zip"
+    suffix = "" if layout == "manifest" else f"-{layout}"
+    path = WORK / f"pairs-{pairs}-{side}px{suffix}.zip"
     if not path.is_file():
         WORK.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")
-        _write_archive(partial, pairs, pool)
+        _write_archive(partial, pairs, pool, layout)
         partial.rename(path)
-    return Archive(label, path, pairs)
+    return Archive(label, path, pairs, layout)
 
 
-def _write_archive(path: Path, pairs: int, pool: list[bytes]) -> None:
+def _write_archive(path: Path, pairs: int, pool: list[bytes], layout: str) -> None:
     # Level 1: PNGs barely deflate, and the large archive would otherwise take minutes to build.
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
         rows = io.StringIO()
         for i in range(pairs):
-            chosen, rejected = f"images/{i:06d}_chosen.png", f"images/{i:06d}_rejected.png"
-            archive.writestr(chosen, pool[(2 * i) % POOL])
-            archive.writestr(rejected, pool[(2 * i + 1) % POOL])
-            row = {"prompt": f"a red circle, number {i}", "chosen": chosen, "rejected": rejected}
-            rows.write(json.dumps(row) + "\n")
-        archive.writestr("pairs.jsonl", rows.getvalue())
+            chosen, rejected = pool[(2 * i) % POOL], pool[(2 * i + 1) % POOL]
+            caption = f"a red circle, number {i}"
+            if layout == "captions":
+                archive.writestr(f"{i:06d}.png", chosen)
+                archive.writestr(f"{i:06d}.txt", caption)
+            elif layout == "pair-folders":
+                archive.writestr(f"w/{i:06d}.png", chosen)
+                archive.writestr(f"l/{i:06d}.png", rejected)
+                archive.writestr(f"{i:06d}.txt", caption)
+            else:
+                names = f"images/{i:06d}_chosen.png", f"images/{i:06d}_rejected.png"
+                archive.writestr(names[0], chosen)
+                archive.writestr(names[1], rejected)
+                rows.write(json.dumps({"prompt": caption, "chosen": names[0], "rejected": names[1]}) + "\n")
+        if layout == "manifest":
+            archive.writestr("pairs.jsonl", rows.getvalue())
 
 
 def _png(rng: random.Random, side: int) -> bytes:
@@ -129,7 +153,7 @@ def _bare(archive: Path, tmp: Path) -> float:
     target = tmp / "bare"
     started = time.perf_counter()
     subprocess.run(["unzip", "-q", "-o", str(archive), "-d", str(target)], check=True)
-    for image in sorted((target / "images").iterdir()):
+    for image in sorted(target.rglob("*.png")):
         with Image.open(image) as decoded:
             decoded.load()
     elapsed = time.perf_counter() - started
@@ -176,7 +200,9 @@ def _upload(url: str, key: str, process: psutil.Process, archive: Archive) -> di
     with httpx.Client(base_url=url, headers=headers, timeout=3600) as client:
         started = time.perf_counter()
         with archive.path.open("rb") as stream:
-            response = client.post("/v1/datasets", files={"file": (archive.path.name, stream)})
+            form = {"kind": "targets", "trigger_word": "sks"} if archive.layout == "captions" else {}
+            files = {"file": (archive.path.name, stream)}
+            response = client.post("/v1/datasets", files=files, data=form)
         elapsed = time.perf_counter() - started
         response.raise_for_status()
         dataset = response.json()
@@ -198,7 +224,7 @@ def _peak_rss_mb(process: psutil.Process) -> float:
 def _print_table(archives: list[Archive], results: dict[str, list[Round]], rounds: int) -> None:
     print(f"\nmedian of {rounds} rounds; API ÷ bare is the median of each round's ratio (bare s / API s)")
     print(
-        f"{'archive':18} {'pairs':>6} {'MB':>6} {'bare s':>7} {'API s':>7} {'bare pairs/s':>13} "
+        f"{'archive':22} {'pairs':>6} {'MB':>6} {'bare s':>7} {'API s':>7} {'bare pairs/s':>13} "
         f"{'API pairs/s':>12} {'API ÷ bare':>11} {'API peak RSS MB':>16}"
     )
     for archive in archives:
@@ -209,7 +235,7 @@ def _print_table(archives: list[Archive], results: dict[str, list[Round]], round
         rss = max(r.api_peak_rss_mb for r in rows)
         size = archive.path.stat().st_size / 2**20
         print(
-            f"{archive.label:18} {archive.pairs:6d} {size:6.0f} {bare:7.1f} {api:7.1f} "
+            f"{archive.label:22} {archive.pairs:6d} {size:6.0f} {bare:7.1f} {api:7.1f} "
             f"{archive.pairs / bare:13.0f} {archive.pairs / api:12.0f} {ratio:11.2f} {rss:16.0f}"
         )
 
