@@ -4,6 +4,10 @@ device: what pays on a GPU is not what pays on a CPU (docs/benchmarks.md, "Faste
 - channels_last for the conv UNets on CUDA (cuDNN's NHWC convolutions); on the CPU it measured slower.
 - torch.compile (inductor) of the denoiser only when the spec asks: compiling takes minutes, which a
   short job never earns back.
+- DPO's reference folded into the policy pass (trainer.objective.folded_errors) on the CPU, where a pass
+  of 2 pairs at small sizes leaves cores idle; not with gradient checkpointing, whose recomputation in
+  the backward would run without the reference mask, and not on CUDA, where the real-size pass is
+  compute-bound and the doubled backward costs more than the separate gradient-free pass.
 - AdamW fused into one kernel when every trainable parameter is on CUDA; foreach (a few batched kernels)
   elsewhere.
 """
@@ -50,3 +54,8 @@ def non_sdpa_processors(denoiser: torch.nn.Module) -> list[str]:
         for name, processor in processors.items()
         if not type(processor).__name__.endswith(("2_0", "FluxAttnProcessor", "FluxAttnProcessor2_0"))
     ]
+
+
+def fold_reference_pays(device: torch.device, gradient_checkpointing: bool) -> bool:
+    """Whether DPO's reference errors come from the policy's pass (see the module's note)."""
+    return device.type == "cpu" and not gradient_checkpointing

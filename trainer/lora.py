@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import torch
 from peft import LoraConfig
+from peft.tuners.lora import LoraLayer
 
 from trainer.errors import ModelLoadError
 
@@ -51,3 +52,26 @@ def trainable_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
 def frozen_dtype(module: torch.nn.Module) -> torch.dtype:
     """The dtype of the frozen base weights (the LoRA's stay float32): what inputs are cast to."""
     return next(p for p in module.parameters() if not p.requires_grad).dtype
+
+
+@contextmanager
+def lora_masked(module: torch.nn.Module, keep: torch.Tensor) -> Iterator[None]:
+    """Within the block, the LoRA adds its output only to the batch items where `keep` (a (N,) bool) is
+    True; the others see the base model. Every LoRA layer's input must have the batch axis first."""
+
+    def mask(layer: torch.nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+        if output.shape[0] != len(keep):
+            raise ValueError(f"a LoRA layer's batch axis has {output.shape[0]} items, the mask {len(keep)}")
+        return output * keep.view(-1, *([1] * (output.ndim - 1))).to(output.dtype)
+
+    handles = [
+        up.register_forward_hook(mask)
+        for layer in module.modules()
+        if isinstance(layer, LoraLayer)
+        for up in layer.lora_B.values()
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

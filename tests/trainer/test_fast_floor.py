@@ -8,14 +8,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.trainer.specs import tiny_spec
+from tests.support.specs import tiny_spec
 from trainer.events import Event, Step
 from trainer.families.base import ImageGeometry, ModelFamily
 from trainer.families.registry import load_family
-from trainer.fast_floor import adamw_options, channels_last_pays, non_sdpa_processors, prepare_denoiser
+from trainer.fast_floor import (
+    adamw_options,
+    channels_last_pays,
+    fold_reference_pays,
+    non_sdpa_processors,
+    prepare_denoiser,
+)
 from trainer.loop import train
-from trainer.lora import attach_lora
-from trainer.objective import PairInputs, denoising_errors
+from trainer.lora import attach_lora, lora_masked
+from trainer.objective import PairInputs, denoising_errors, folded_errors
 from trainer.session import open_session
 
 CPU = torch.device("cpu")
@@ -114,3 +120,44 @@ def test_accumulated_steps_report_the_mean_of_their_micro_steps(
         assert all(isinstance(v, float) for v in step.metrics.values())
         assert {"loss", "grad_norm", "lr", "step_time_s"} <= set(step.metrics)
         assert step.metrics["grad_norm"] > 0.0
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux"])
+def test_dpo_s_folded_reference_equals_the_separate_pass(family: str, request: pytest.FixtureRequest) -> None:
+    loaded = _with_lora(request.getfixturevalue(f"tiny_{family}"))
+    generator = torch.Generator().manual_seed(1)
+    side = 32 // loaded.vae_scale_factor
+    latents = torch.randn(4, loaded.vae.config.latent_channels, side, side, generator=generator)
+    inputs = PairInputs(latents, loaded.encode_prompts(["a", "b"]), ImageGeometry.uncropped(2, 32))
+    noise = torch.randn(2, *latents.shape[1:], generator=generator)
+    levels = loaded.draw_levels(2, latents=latents)
+    policy, reference = folded_errors(loaded.denoiser, loaded, inputs, noise=noise, levels=levels)
+    separate = denoising_errors(loaded.denoiser, loaded, inputs, noise=noise, levels=levels)
+    loaded.denoiser.disable_adapters()
+    with torch.no_grad():
+        base = denoising_errors(loaded.denoiser, loaded, inputs, noise=noise, levels=levels)
+    loaded.denoiser.enable_adapters()
+    assert not torch.allclose(separate, base), "the LoRA must change the errors for this to test anything"
+    torch.testing.assert_close(policy, separate, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(reference, base, rtol=1e-4, atol=1e-6)
+    assert not reference.requires_grad
+    trainable = [p for p in loaded.denoiser.parameters() if p.requires_grad]
+    folded_grads = torch.autograd.grad(policy.sum(), trainable)
+    separate_grads = torch.autograd.grad(separate.sum(), trainable)
+    for folded, plain in zip(folded_grads, separate_grads, strict=True):
+        torch.testing.assert_close(folded, plain, rtol=1e-3, atol=1e-6)
+
+
+def test_the_mask_is_gone_after_the_folded_pass(tiny_sdxl: Path) -> None:
+    family = _with_lora(tiny_sdxl)
+    before = _errors(family, family.denoiser).detach()
+    with lora_masked(family.denoiser, torch.tensor([False, False, False, False])):
+        masked = _errors(family, family.denoiser).detach()
+    assert not torch.allclose(masked, before)
+    torch.testing.assert_close(_errors(family, family.denoiser).detach(), before)
+
+
+def test_the_reference_is_folded_on_the_cpu_without_checkpointing_only() -> None:
+    assert fold_reference_pays(CPU, gradient_checkpointing=False)
+    assert not fold_reference_pays(CPU, gradient_checkpointing=True)
+    assert not fold_reference_pays(CUDA, gradient_checkpointing=False)
