@@ -86,6 +86,7 @@ def time_variants(config: dict[str, Any]) -> list[dict[str, Any]]:
         compile_s = time.perf_counter() - started
         variants["torch.compile"] = pass_of(compiled)
     medians = _interleaved(variants, config["rounds"], config["warmup"])
+    flops = _flops(variants["floor"]) if cuda else None
     facts = {
         "family": config["family"],
         "preset": config["preset"],
@@ -93,7 +94,9 @@ def time_variants(config: dict[str, Any]) -> list[dict[str, Any]]:
         "device": torch.cuda.get_device_name() if cuda else "cpu",
         "channels_last_by_default": channels_last_pays(device, denoiser),
     }
-    rows = [{**facts, "variant": name, "step_ms": 1000 * s} for name, s in medians.items()]
+    rows = [
+        {**facts, "variant": name, "step_ms": 1000 * s, "floor_flops": flops} for name, s in medians.items()
+    ]
     if compile_s is not None:
         rows.append({**facts, "variant": "torch.compile: first call", "step_ms": 1000 * compile_s})
     return rows
@@ -112,6 +115,16 @@ def _with_optimizer(step: Step, denoiser: torch.nn.Module) -> Step:
     return run
 
 
+def _flops(step: Step) -> float:
+    """Forward + backward FLOPs of one floor pass: the useful work each variant's time is set against."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return float(counter.get_total_flops())
+
+
 def _interleaved(variants: dict[str, Step], rounds: int, warmup: int) -> dict[str, float]:
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds + warmup):
@@ -122,8 +135,11 @@ def _interleaved(variants: dict[str, Step], rounds: int, warmup: int) -> dict[st
     return {name: statistics.median(t[warmup:]) for name, t in times.items()}
 
 
-def print_variants(rows: list[dict[str, Any]]) -> None:
-    print(f"\n{'model':11} {'px':>4} {'device':10} {'variant':26} {'ms/step':>9} {'÷ floor':>8}")
+def print_variants(rows: list[dict[str, Any]], peaks: dict[str, float]) -> None:
+    """The table; on CUDA also the floor's FLOPs per variant's time, against the card's bf16 peak."""
+    print(
+        f"\n{'model':11} {'px':>4} {'device':10} {'variant':26} {'ms/step':>9} {'÷ floor':>8} TFLOP/s % peak"
+    )
     for row in rows:
         key = (row["family"], row["preset"], row["resolution"])
         floor = next(
@@ -133,5 +149,13 @@ def print_variants(rows: list[dict[str, Any]]) -> None:
         )
         print(
             f"{row['family'] + '-' + row['preset']:11} {row['resolution']:4} {row['device'][:10]:10} "
-            f"{row['variant']:26} {row['step_ms']:9.1f} {row['step_ms'] / floor:8.2f}"
+            f"{row['variant']:26} {row['step_ms']:9.1f} {row['step_ms'] / floor:8.2f}" + _rate(row, peaks)
         )
+
+
+def _rate(row: dict[str, Any], peaks: dict[str, float]) -> str:
+    if not row.get("floor_flops") or row["variant"].endswith("first call"):
+        return ""
+    tflops = row["floor_flops"] / (row["step_ms"] / 1000) / 1e12
+    peak = next((value for name, value in peaks.items() if name in row["device"]), None)
+    return f" {tflops:7.1f} " + (f"{100 * tflops / peak:5.1f}%" if peak else "")

@@ -342,7 +342,7 @@ def _variants_main(args: argparse.Namespace) -> None:
                 print(f"  FAILED {config}:\n{out.stderr[-3000:]}", file=sys.stderr)
                 continue
             rows.extend(json.loads(out.stdout.strip().splitlines()[-1]))
-    print_variants(rows)
+    print_variants(rows, BF16_PEAK_TFLOPS)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

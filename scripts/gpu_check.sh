@@ -29,3 +29,10 @@ print("torch", torch.__version__, "cuda", torch.version.cuda, "diffusers", diffu
     --json "$OUT/small-flow.json" 2>&1 | tee "$OUT/small-flow.log"
 "$PYTHON" -m bench.trainer_step --families flux --presets full --resolutions 1024 --steps 6 --warmup 2 \
     --pairs 8 --gradient-checkpointing --json "$OUT/full-flux.json" 2>&1 | tee "$OUT/full-flux.log"
+# Faster floor (docs/benchmarks.md, "Faster floor"): the floor's variants side by side, interleaved, with
+# TFLOP/s against the card's bf16 peak: channels_last (on by default for the UNet on CUDA), fused AdamW,
+# DPO's reference separate or folded into the policy pass, and torch.compile with its compile time.
+"$PYTHON" -m bench.trainer_step --variants --compile --presets small --resolutions 128 --rounds 12 \
+    --json "$OUT/variants-small.json" 2>&1 | tee "$OUT/variants-small.log"
+"$PYTHON" -m bench.trainer_step --variants --compile --presets full --resolutions 1024 --rounds 6 \
+    --warmup 2 --gradient-checkpointing --json "$OUT/variants-full.json" 2>&1 | tee "$OUT/variants-full.log"
