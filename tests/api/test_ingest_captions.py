@@ -183,3 +183,11 @@ def test_only_images_and_their_captions_are_extracted(tmp_path: Path) -> None:
         assert archive.testzip() == "notes.bin"  # the corruption is real
 
     assert ingest(upload, tmp_path / "ds").num_pairs == 1
+
+
+def test_captioned_images_are_not_an_avoid_upload(tmp_path: Path) -> None:
+    upload = make_zip(tmp_path / "up.zip", {"a.png": png(), "a.txt": b"a dog"})
+    with pytest.raises(IngestRejected) as caught:
+        ingest_upload(upload, upload.name, tmp_path / "ds", kind="avoid")
+    [problem] = caught.value.problems
+    assert "pairs.jsonl" in problem.reason and "captions" not in problem.reason
