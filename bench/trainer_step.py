@@ -44,6 +44,7 @@ _BUILDER_HASH = hashlib.sha256(b"".join(p.read_bytes() for p in _BUILDERS)).hexd
 WORK = Path(tempfile.gettempdir()) / f"mapo-bench-{_BUILDER_HASH}"
 FULL_BUILDERS = {"sdxl": "bench.full_sdxl", "flux": "bench.full_flux"}
 METHODS = ("mapo", "dpo", "sft")
+CACHE_CHOICES = {"both": (False, True), "on": (True,), "off": (False,)}
 # bf16 dense tensor-core peak (TFLOP/s) of the cards we are lent; the H200 has the H100's compute.
 BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
 
@@ -58,7 +59,7 @@ def main() -> None:
         model = _model(family, preset)
         for resolution in args.resolutions:
             data = _dataset(resolution, args.pairs)
-            for cache in (False, True):
+            for cache in CACHE_CHOICES[args.cache]:
                 for method in METHODS:
                     rows.append(
                         _child(
@@ -106,6 +107,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute UNet activations")
     parser.add_argument("--pairs", type=int, default=16, help="pairs in the synthetic dataset")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--cache", choices=sorted(CACHE_CHOICES), default="both", help="latent cache rows")
     parser.add_argument("--variants", action="store_true", help="time floor variants side by side instead")
     parser.add_argument("--rounds", type=int, default=12, help="--variants: interleaved rounds (median)")
     parser.add_argument("--compile", action="store_true", help="--variants: add torch.compile (minutes)")
