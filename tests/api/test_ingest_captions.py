@@ -2,42 +2,18 @@
 
 from __future__ import annotations
 
-import io
 import tarfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from api.services.ingest import IngestRejected, IngestReport, Problem, ingest_upload
+from tests.support.archives import make_tar, make_zip, png
 from trainer.dataset_format import read_manifest, read_targets
 
-WARM = (220, 60, 40)
-
-
-def png(colour: tuple[int, int, int] = WARM) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (16, 16), colour).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def make_zip(path: Path, files: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return path
-
-
-def make_tar(path: Path, files: dict[str, bytes], extra: tuple[tarfile.TarInfo, ...] = ()) -> Path:
-    with tarfile.open(path, "w:gz") as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-        for info in extra:
-            archive.addfile(info)
-    return path
+MakeArchive = Callable[[Path, dict[str, bytes]], Path]
 
 
 def ingest(upload: Path, dest: Path, trigger_word: str | None = None) -> IngestReport:
@@ -59,9 +35,9 @@ def prompts(dest: Path) -> list[tuple[str, str | None]]:
 
 
 @pytest.mark.parametrize("make", [make_zip, make_tar])
-def test_captioned_images_become_targets_rows_in_name_order(tmp_path: Path, make: object) -> None:
+def test_captioned_images_become_targets_rows_in_name_order(tmp_path: Path, make: MakeArchive) -> None:
     files = {"cat2.png": png(), "cat2.txt": b"a cat asleep\n", "cat1.png": png(), "cat1.txt": b"a cat"}
-    upload = make(tmp_path / "up.bin", files)  # type: ignore[operator]
+    upload = make(tmp_path / "up.bin", files)
 
     report = ingest(upload, tmp_path / "ds")
 

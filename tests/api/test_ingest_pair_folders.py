@@ -6,47 +6,17 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from api.services.ingest import IngestRejected, IngestReport, Problem, ingest_upload
+from tests.support.archives import COOL, WARM, is_warm, make_tar, make_zip, png
 from trainer.dataset_format import read_pairs
 
-WARM = (220, 60, 40)
-COOL = (40, 80, 220)
-
-
-def png(colour: tuple[int, int, int]) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (16, 16), colour).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def make_zip(path: Path, files: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return path
-
-
-def make_tar(path: Path, files: dict[str, bytes], extra: tuple[tarfile.TarInfo, ...] = ()) -> Path:
-    with tarfile.open(path, "w:gz") as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-        for info in extra:
-            archive.addfile(info)
-    return path
-
-
-def is_warm(path: Path) -> bool:
-    with Image.open(path) as image:
-        red, _, blue = (sum(band.getdata()) for band in image.convert("RGB").split())
-    return red > blue
+MakeArchive = Callable[[Path, dict[str, bytes]], Path]
 
 
 def ingest(upload: Path, dest: Path) -> IngestReport:
@@ -73,8 +43,8 @@ def folders(names: list[str], prefix: str = "") -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("make", [make_zip, make_tar])
-def test_pair_folders_with_txt_captions_become_pairs(tmp_path: Path, make: object) -> None:
-    upload = make(tmp_path / "up.bin", folders(["b.png", "a.png"]))  # type: ignore[operator]
+def test_pair_folders_with_txt_captions_become_pairs(tmp_path: Path, make: MakeArchive) -> None:
+    upload = make(tmp_path / "up.bin", folders(["b.png", "a.png"]))
 
     report = ingest(upload, tmp_path / "ds")
 
