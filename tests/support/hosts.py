@@ -23,8 +23,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import TEST_PEPPER
-from tests.scale.netns import Host, Network
+from tests.support.factories import TEST_PEPPER
+from tests.support.netns import Host, Network
 from tests.support.servers import SeaweedFS
 
 

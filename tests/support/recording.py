@@ -14,7 +14,7 @@ from core.repositories import outputs as output_repo
 from core.repositories import tenants as tenant_repo
 from core.settings import Settings
 from core.storage import LocalStorage, job_key
-from tests.conftest import create_job
+from tests.support.factories import create_job
 from trainer.events import Event, Step
 from worker.translate import translate
 

