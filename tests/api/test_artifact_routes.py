@@ -10,7 +10,8 @@ from core.repositories import metrics as metric_repo
 from core.repositories import outputs as output_repo
 from core.repositories.metrics import MetricPoint
 from core.storage import Storage, job_key
-from tests.conftest import BOTH_STORAGE_BACKENDS, auth_headers, create_job, create_tenant
+from tests.support.factories import auth_headers, create_job, create_tenant
+from tests.support.storage_backends import BOTH_STORAGE_BACKENDS
 
 pytestmark = BOTH_STORAGE_BACKENDS
 

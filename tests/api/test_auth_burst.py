@@ -18,7 +18,7 @@ from api.tenant_cache import SingleFlight
 from core.db import Database
 from core.models import Tenant
 from core.settings import Settings
-from tests.conftest import TEST_PEPPER, auth_headers, create_job, create_tenant
+from tests.support.factories import TEST_PEPPER, auth_headers, create_job, create_tenant
 from tests.support.ports import free_port
 
 BURST = 200

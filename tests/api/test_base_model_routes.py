@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from core.db import Database
 from core.settings import Settings
-from tests.conftest import auth_headers, create_dataset, create_tenant
+from tests.support.factories import auth_headers, create_dataset, create_tenant
 
 
 @pytest.fixture

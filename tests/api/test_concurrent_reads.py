@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import AppContext
 from api.tenant_cache import TenantCache
-from tests.conftest import TEST_PEPPER, auth_headers, create_job, create_tenant
+from tests.support.factories import TEST_PEPPER, auth_headers, create_job, create_tenant
 
 
 def test_more_concurrent_reads_than_pooled_connections_all_answer_with_the_key_cache_off(

@@ -28,12 +28,12 @@ from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
 from core.settings import Settings
 from core.storage import LocalStorage, job_key
-from tests.api.test_ingest import jsonl, make_zip, pair_row, png, valid_files
-from tests.api.test_ingest_targets import target_files
-from tests.conftest import TEST_PEPPER, auth_headers, create_dataset, create_job, create_tenant
+from tests.support.archives import jsonl, make_zip, pair_row, png, target_files, valid_files
 from tests.support.availability import unavailable
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support.factories import TEST_PEPPER, auth_headers, create_dataset, create_job, create_tenant
 from tests.support.ports import free_port
-from tests.trainer.specs import FAST_TRAINING
+from tests.support.specs import FAST_TRAINING
 from trainer.events import Evaluation, Sample, SampleImage, Started, Step
 from trainer.synthetic.demo_data import make_demo_dataset
 from worker.context import WorkerContext
@@ -45,17 +45,6 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-output" / "dashboard"
 CHARTS = ("loss", "errors", "margin", "accuracy", "lr")
 PROMPTS = ["a warm red circle", "a cool blue square"]

@@ -16,9 +16,9 @@ from core.db import Database
 from core.models import Dataset
 from core.settings import Settings
 from core.storage import Storage
-from tests.api.test_dataset_routes import pairs_zip
-from tests.api.test_targets_routes import targets_zip
-from tests.conftest import BOTH_STORAGE_BACKENDS, auth_headers, create_dataset, create_tenant
+from tests.support.archives import pairs_zip, targets_zip
+from tests.support.factories import auth_headers, create_dataset, create_tenant
+from tests.support.storage_backends import BOTH_STORAGE_BACKENDS
 
 pytestmark = BOTH_STORAGE_BACKENDS
 LOGGER = "api.services.dataset_kinds"

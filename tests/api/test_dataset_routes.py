@@ -17,8 +17,11 @@ from core.db import Database
 from core.models import Dataset, Job
 from core.settings import Settings
 from core.storage import Storage
-from tests.api.test_ingest import written_bytes
-from tests.conftest import BOTH_STORAGE_BACKENDS, auth_headers
+from tests.support.api_calls import upload
+from tests.support.archives import pairs_zip, png
+from tests.support.factories import auth_headers
+from tests.support.io_counters import written_bytes
+from tests.support.storage_backends import BOTH_STORAGE_BACKENDS
 
 pytestmark = BOTH_STORAGE_BACKENDS
 
@@ -27,46 +30,9 @@ def stored_manifests(storage: Storage) -> list[str]:
     return [key for key in storage.list_keys("tenants") if key.endswith("/manifest.json")]
 
 
-def png(color: tuple[int, int, int]) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (16, 16), color).save(out, format="PNG")
-    return out.getvalue()
-
-
-def pairs_zip(*, missing_rejected: bool = False, noise: bytes = b"") -> bytes:
-    """Two pairs; with `missing_rejected` the second pair names an image the archive lacks; `noise` is
-    stored as a member no row references."""
-    rows = [
-        {"prompt": "a red square", "chosen": "img/0c.png", "rejected": "img/0r.png"},
-        {"prompt": "a blue circle", "chosen": "img/1c.png", "rejected": "img/1r.png"},
-    ]
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as archive:
-
-        def add(name: str, data: str | bytes) -> None:
-            # A fixed timestamp: zip stores each member's time, and the idempotency test needs two calls
-            # to give the same bytes even when they straddle a (2-second) zip time step.
-            archive.writestr(zipfile.ZipInfo(name, date_time=(2026, 1, 1, 0, 0, 0)), data)
-
-        add("pairs.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-        for i, color in enumerate([(200, 0, 0), (0, 0, 200)]):
-            add(f"img/{i}c.png", png(color))
-            if not (missing_rejected and i == 1):
-                add(f"img/{i}r.png", png((90, 90, 90)))
-        if noise:
-            add("extra/noise.bin", noise)
-    return out.getvalue()
-
-
 @pytest.fixture
 def headers(session: Session) -> dict[str, str]:
     return auth_headers(session)
-
-
-def upload(client: TestClient, headers: dict[str, str], payload: bytes, name: str | None = "demo") -> dict:
-    data = {"name": name} if name else {}
-    response = client.post("/v1/datasets", files={"file": ("pairs.zip", payload)}, data=data, headers=headers)
-    return {"http_status": response.status_code, **response.json()}
 
 
 def test_upload_stores_a_ready_dataset_and_serves_its_images(

@@ -20,9 +20,9 @@ from fastapi.testclient import TestClient
 import migrations
 from api.main import create_app
 from core.settings import Settings
-from tests.api.test_dashboard import CHROMIUM, CHROMIUM_ARGS
-from tests.conftest import TEST_PEPPER
 from tests.support.availability import unavailable
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support.factories import TEST_PEPPER
 from tests.support.ports import free_port
 
 # Attributes that make a browser fetch (src, href), and the spec URL in Swagger's script.

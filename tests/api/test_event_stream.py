@@ -19,7 +19,7 @@ from core.db import Database
 from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
 from core.settings import Settings
-from tests.conftest import auth_headers, create_job, create_tenant
+from tests.support.factories import auth_headers, create_job, create_tenant
 
 SSE = {"Accept": "text/event-stream"}
 

@@ -12,7 +12,7 @@ import pytest
 from api.services.inflight import InflightUpload, sweep_abandoned_uploads
 from core.settings import Settings
 from core.storage import Storage, dataset_key
-from tests.conftest import BOTH_STORAGE_BACKENDS
+from tests.support.storage_backends import BOTH_STORAGE_BACKENDS
 
 pytestmark = BOTH_STORAGE_BACKENDS
 

@@ -4,33 +4,34 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 import os
 import struct
 import tarfile
 import unicodedata
 import zipfile
 import zlib
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from api.services.ingest import IngestLimits, IngestRejected, IngestReport, Problem, ingest_upload
+from tests.support.archives import (
+    COOL,
+    WARM,
+    is_warm,
+    jsonl,
+    make_parquet,
+    make_tar,
+    make_zip,
+    pair_row,
+    png,
+    valid_files,
+)
+from tests.support.io_counters import written_bytes
+from tests.support.problems import where
 from trainer.dataset_format import MANIFEST_FILE, read_pairs
 from trainer.synthetic.demo_data import demo_pairs, write_demo_upload
-
-WARM = (220, 60, 40)
-COOL = (40, 80, 220)
-
-
-def png(colour: tuple[int, int, int] = WARM, size: tuple[int, int] = (16, 16)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def png_claiming(width: int, height: int) -> bytes:
@@ -39,52 +40,6 @@ def png_claiming(width: int, height: int) -> bytes:
     data[16:24] = struct.pack(">II", width, height)
     data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
     return bytes(data)
-
-
-def jsonl(rows: Sequence[Mapping[str, object]]) -> bytes:
-    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
-
-
-def pair_row(index: int, prompt: str = "a red circle") -> dict[str, object]:
-    return {"prompt": prompt, "chosen": f"images/{index}_w.png", "rejected": f"images/{index}_c.png"}
-
-
-def valid_files(count: int = 2) -> dict[str, bytes]:
-    files = {"pairs.jsonl": jsonl([pair_row(i) for i in range(count)])}
-    for i in range(count):
-        files[f"images/{i}_w.png"], files[f"images/{i}_c.png"] = png(WARM), png(COOL)
-    return files
-
-
-def make_zip(path: Path, files: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return path
-
-
-def make_tar(path: Path, files: dict[str, bytes], extra: tuple[tarfile.TarInfo, ...] = ()) -> Path:
-    with tarfile.open(path, "w:gz") as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-        for info in extra:
-            archive.addfile(info)
-    return path
-
-
-def make_parquet(path: Path, rows: list[dict[str, object]], schema: pa.Schema | None = None) -> Path:
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
-    return path
-
-
-def written_bytes() -> int:
-    """Bytes this process has passed to write() so far (Linux /proc/self/io `wchar`): what scratch costs."""
-    for line in Path("/proc/self/io").read_text().splitlines():
-        if line.startswith("wchar:"):
-            return int(line.split()[1])
-    raise AssertionError("/proc/self/io has no wchar")
 
 
 def raw_deflate(data: bytes) -> bytes:
@@ -155,16 +110,6 @@ def rejection(upload: Path, dest: Path, limits: IngestLimits | None = None) -> l
     assert not dest.exists()
     assert [p.name for p in dest.parent.iterdir() if p.name.startswith(".")] == [], "staging left behind"
     return caught.value.problems
-
-
-def where(problems: list[Problem]) -> set[tuple[int | None, str | None]]:
-    return {(p.row, p.field) for p in problems}
-
-
-def is_warm(path: Path) -> bool:
-    with Image.open(path) as image:
-        red, _, blue = (sum(band.getdata()) for band in image.convert("RGB").split())
-    return red > blue
 
 
 # --- valid uploads -------------------------------------------------------------------------------------

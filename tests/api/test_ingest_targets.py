@@ -8,7 +8,18 @@ import pyarrow as pa
 import pytest
 
 from api.services.ingest import IngestRejected, IngestReport, Problem, ingest_upload
-from tests.api.test_ingest import COOL, WARM, is_warm, jsonl, make_parquet, make_tar, make_zip, png, where
+from tests.support.archives import (
+    COOL,
+    WARM,
+    is_warm,
+    jsonl,
+    make_parquet,
+    make_tar,
+    make_zip,
+    png,
+    target_files,
+)
+from tests.support.problems import where
 from trainer.dataset_format import DatasetKind, read_manifest, read_targets
 
 TARGETS_SCHEMA = pa.schema([("prompt", pa.string()), ("image", pa.binary())])
@@ -26,13 +37,6 @@ def rejection(upload: Path, dest: Path, kind: DatasetKind) -> list[Problem]:
         ingest(upload, dest, kind)
     assert not dest.exists()
     return caught.value.problems
-
-
-def target_files(count: int, **extra: object) -> dict[str, bytes]:
-    rows = [{"prompt": f"a warm shape {i}", "image": f"want/{i}.png", **extra} for i in range(count)]
-    files = {"pairs.jsonl": jsonl(rows)}
-    files |= {f"want/{i}.png": png(WARM) for i in range(count)}
-    return files
 
 
 # --- valid uploads -------------------------------------------------------------------------------------

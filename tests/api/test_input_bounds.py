@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from tests.conftest import auth_headers, create_dataset, create_job, create_tenant
+from tests.support.factories import auth_headers, create_dataset, create_job, create_tenant
 
 MEGABYTE = "x" * 1_000_000
 

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from api.schemas import TOP_LEVEL_SPEC_FIELDS, JobCreate, JobOut
 from core.models import Job, Tenant
-from tests.conftest import auth_headers, create_dataset, create_tenant
+from tests.support.factories import auth_headers, create_dataset, create_tenant
 from trainer.families import FAMILY_SPECIFIC_FIELDS
 from trainer.spec import TrainSpec
 

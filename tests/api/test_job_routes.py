@@ -6,13 +6,11 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from kombu import Connection
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.db import Database
-from core.models import Artifact, Checkpoint, Job, JobEvent, Metric, Sample, Tenant, WebhookDelivery
-from core.queue import GPU_QUEUE, TRAIN_JOB_TASK, broker_transport_options
+from core.models import Artifact, Checkpoint, Job, JobEvent, Metric, Sample, WebhookDelivery
 from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
 from core.repositories import metrics as metric_repo
@@ -21,47 +19,9 @@ from core.repositories import webhooks as webhook_repo
 from core.repositories.metrics import MetricPoint
 from core.settings import Settings
 from core.storage import Storage, job_key
-from tests.conftest import auth_headers, create_dataset, create_job, create_tenant
-
-
-@pytest.fixture
-def tenant_id(session: Session) -> str:
-    tenant = create_tenant(session)
-    session.commit()
-    return tenant.id
-
-
-@pytest.fixture
-def headers(session: Session, tenant_id: str) -> dict[str, str]:
-    tenant = session.get_one(Tenant, tenant_id)
-    return auth_headers(session, tenant)
-
-
-@pytest.fixture
-def dataset_id(session: Session, tenant_id: str) -> str:
-    dataset = create_dataset(session, tenant_id=tenant_id)
-    session.commit()
-    return dataset.id
-
-
-def job_body(dataset_id: str, **overrides: Any) -> dict[str, Any]:
-    body = {"dataset_id": dataset_id, "base_model": "tiny-sd", "hyperparameters": {"max_train_steps": 5}}
-    return {**body, **overrides}
-
-
-def received_task_args(settings: Settings, queue_name: str = GPU_QUEUE) -> list[Any]:
-    """Every train task waiting on `queue_name` of the real embedded broker, by its args."""
-    found = []
-    with Connection(settings.broker_url, transport_options=broker_transport_options(settings)) as conn:
-        queue = conn.SimpleQueue(queue_name)
-        while True:
-            try:
-                message = queue.get(timeout=0.2)
-            except queue.Empty:
-                return found
-            assert message.headers["task"] == TRAIN_JOB_TASK
-            found.append(json.loads(message.body)[0])
-            message.ack()
+from tests.support.api_calls import job_body
+from tests.support.broker import received_task_args
+from tests.support.factories import auth_headers, create_job, create_tenant
 
 
 def test_create_job_queues_it_and_enqueues_the_task_after_commit(

@@ -7,9 +7,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from core.settings import Settings
-from tests.api.test_job_routes import dataset_id, headers, job_body, received_task_args, tenant_id
-
-__all__ = ["dataset_id", "headers", "tenant_id"]
+from tests.support.api_calls import job_body
+from tests.support.broker import received_task_args
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from core.repositories import metrics as metric_repo
 from core.repositories.metrics import MetricPoint
-from tests.conftest import auth_headers, create_job, create_tenant
+from tests.support.factories import auth_headers, create_job, create_tenant
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session
 
 from core.repositories import jobs as job_repo
-from tests.api.test_dataset_routes import pairs_zip, upload
-from tests.api.test_job_routes import job_body
-from tests.conftest import auth_headers, create_dataset, create_job, create_tenant
+from tests.support.api_calls import job_body, upload
+from tests.support.archives import pairs_zip
+from tests.support.factories import auth_headers, create_dataset, create_job, create_tenant
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

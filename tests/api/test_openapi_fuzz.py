@@ -21,8 +21,8 @@ from sqlalchemy.orm import Session
 
 from api.main import create_app
 from core.settings import Settings
-from tests.api.test_dataset_routes import pairs_zip
-from tests.conftest import auth_headers
+from tests.support.archives import pairs_zip
+from tests.support.factories import auth_headers
 
 EXAMPLES_PER_OPERATION = int(os.environ.get("MAPO_FUZZ_EXAMPLES", "25"))
 # A request the schema allows may still be refused for what it holds (an upload that is no archive, a job

@@ -20,8 +20,8 @@ from core.models import Dataset, Job, Tenant
 from core.repositories import outputs as output_repo
 from core.settings import Settings
 from core.storage import Storage, job_key
-from tests.api.test_dataset_routes import pairs_zip
-from tests.conftest import auth_headers, create_job, create_tenant
+from tests.support.archives import pairs_zip
+from tests.support.factories import auth_headers, create_job, create_tenant
 from tests.support.ports import free_port
 
 pytestmark = pytest.mark.parametrize(

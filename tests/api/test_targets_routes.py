@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
-import zipfile
 from typing import Any
 
 import pytest
@@ -13,23 +11,8 @@ from PIL import Image
 from sqlalchemy.orm import Session
 
 from core.models import Dataset
-from tests.api.test_dataset_routes import pairs_zip, png
-from tests.conftest import auth_headers
-
-
-def targets_zip(*, generation_prompt: bool = True) -> bytes:
-    """Three rows of (prompt, image[, generation_prompt]); image i is a shade of red."""
-    rows = [
-        {"prompt": f"a red square {i}", "image": f"img/{i}.png"}
-        | ({"generation_prompt": "a grey square"} if generation_prompt else {})
-        for i in range(3)
-    ]
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as archive:
-        archive.writestr("pairs.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-        for i in range(3):
-            archive.writestr(f"img/{i}.png", png((200 + i, 0, 0)))
-    return out.getvalue()
+from tests.support.archives import pairs_zip, targets_zip
+from tests.support.factories import auth_headers
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from api.tenant_cache import TenantCache
 from core.models import ApiKey, Tenant
 from core.repositories import tenants as tenant_repo
 from core.security import generate_api_key, hash_api_key, lookup_prefix
-from tests.conftest import TEST_PEPPER, create_api_key, create_tenant
+from tests.support.factories import TEST_PEPPER, create_api_key, create_tenant
 
 
 class Clock:

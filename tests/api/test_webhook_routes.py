@@ -9,8 +9,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from core.models import Tenant
-from tests.api.test_job_routes import job_body
-from tests.conftest import auth_headers, create_dataset, create_tenant
+from tests.support.api_calls import job_body
+from tests.support.factories import auth_headers, create_dataset, create_tenant
 
 HOOK = "https://hooks.example.com/mapo"
 

@@ -7,8 +7,7 @@ from sqlalchemy.orm import Session
 
 from core.models import utcnow
 from core.repositories import workers as worker_repo
-from tests.conftest import auth_headers
-from tests.core.test_worker_repository import advertisement
+from tests.support.factories import advertisement, auth_headers
 
 
 def test_workers_are_listed_with_their_gpus_and_whether_they_are_alive(
