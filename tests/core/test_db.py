@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 from core.db import Database, rollback
 from core.models import Job
 from core.repositories import jobs as job_repo
-from tests.conftest import create_job
+from tests.support.factories import create_job
 
 
 def test_a_row_written_under_a_savepoint_is_seen_only_once_its_transaction_commits(

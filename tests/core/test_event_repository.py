@@ -4,7 +4,7 @@ from sqlalchemy.orm import Session
 from core.db import Database
 from core.repositories import events as event_repo
 from core.repositories.events import NewEvent
-from tests.conftest import create_job
+from tests.support.factories import create_job
 
 
 def test_event_ids_increase_per_job_across_batches_and_writers(database: Database) -> None:

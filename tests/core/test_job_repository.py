@@ -3,7 +3,7 @@ from sqlalchemy.orm import Session
 
 from core.db import Database
 from core.repositories import jobs as job_repo
-from tests.conftest import create_job, create_tenant
+from tests.support.factories import create_job, create_tenant
 
 
 def test_only_one_worker_wins_the_claim(session: Session) -> None:

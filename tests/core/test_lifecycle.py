@@ -22,7 +22,7 @@ from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
 from core.repositories import webhooks as webhook_repo
 from core.settings import Settings
-from tests.conftest import create_dataset, create_tenant
+from tests.support.factories import create_dataset, create_tenant
 
 ROOT = Path(__file__).resolve().parents[2]
 EVERY_EVENT = ["started", "checkpoint", "succeeded", "failed", "cancelled"]

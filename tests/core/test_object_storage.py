@@ -24,7 +24,7 @@ from core.storage import (
     dataset_key,
     job_key,
 )
-from tests.conftest import s3_settings
+from tests.support.storage_backends import s3_settings
 
 BOTH = pytest.mark.parametrize("backend", ["local", pytest.param("s3", marks=pytest.mark.s3)], indirect=True)
 S3_ONLY = pytest.mark.parametrize("backend", [pytest.param("s3", marks=pytest.mark.s3)], indirect=True)

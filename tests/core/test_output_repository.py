@@ -3,7 +3,7 @@ from sqlalchemy.orm import Session
 from core.repositories import metrics as metric_repo
 from core.repositories import outputs as output_repo
 from core.repositories.metrics import MetricPoint
-from tests.conftest import create_job
+from tests.support.factories import create_job
 
 
 def test_metrics_are_batched_and_a_replayed_step_overwrites(session: Session) -> None:

@@ -4,7 +4,7 @@ from sqlalchemy.orm import Session
 from core.models import ApiKey
 from core.repositories import tenants as tenant_repo
 from core.security import hash_api_key
-from tests.conftest import TEST_PEPPER, create_api_key, create_tenant
+from tests.support.factories import TEST_PEPPER, create_api_key, create_tenant
 
 
 def test_keys_are_stored_only_as_peppered_hashes(session: Session) -> None:

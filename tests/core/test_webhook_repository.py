@@ -16,7 +16,7 @@ from core.queue import DELIVER_WEBHOOK_TASK, WEBHOOK_QUEUE, broker_transport_opt
 from core.repositories import webhooks as webhook_repo
 from core.settings import Settings
 from core.webhooks import outbox
-from tests.conftest import create_job, create_tenant
+from tests.support.factories import create_job, create_tenant
 
 HOOKS = [
     {"url": "https://a.example/hook", "events": ["started", "succeeded"]},

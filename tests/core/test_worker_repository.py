@@ -1,20 +1,7 @@
 from sqlalchemy.orm import Session
 
 from core.repositories import workers as worker_repo
-
-
-def advertisement(worker_id: str, **overrides: object) -> dict[str, object]:
-    values: dict[str, object] = {
-        "id": worker_id,
-        "hostname": "h1",
-        "queues": ["mapo.gpu.h100"],
-        "device": "cuda",
-        "gpu_model": "NVIDIA H100 80GB HBM3",
-        "gpu_memory_mb": 81559,
-        "gpu_count": 8,
-        "version": "0.1.0",
-    }
-    return {**values, **overrides}
+from tests.support.factories import advertisement
 
 
 def test_a_worker_that_starts_again_under_its_name_replaces_its_row(session: Session) -> None:
