@@ -1,56 +1,18 @@
-"""A real API process (uvicorn, no worker) on its own migrated data dir, and the `mapo` command runner."""
+"""A real API process (uvicorn, no worker) on its own migrated data dir, for the client tests."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
-import httpx
 import pytest
 
+from tests.support.commands import REPO_ROOT, mapo, service_env
 from tests.support.ports import free_port
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-@dataclass(frozen=True)
-class ApiServer:
-    url: str
-    key: str
-    tenant: str
-    data_dir: Path
-    env: dict[str, str]  # what the `mapo` command needs to use this server
-
-
-def mapo(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run `python -m client ARGS` from the repository root, as a user would run `mapo ARGS`."""
-    return subprocess.run(
-        [sys.executable, "-m", "client", *args],
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def service_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    """Our environment without any MAPO_ setting of the developer's, plus `data_dir` and `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAPO_")}
-    return {**env, "MAPO_DATA_DIR": str(data_dir), "COLUMNS": "200", **extra}
-
-
-def is_ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+from tests.support.processes import ApiServer, is_ready
 
 
 @pytest.fixture(scope="module")

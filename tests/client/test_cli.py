@@ -17,8 +17,9 @@ from PIL import Image
 
 from core.db import Database
 from core.settings import Settings
-from tests.client.conftest import REPO_ROOT, ApiServer, mapo, service_env
-from tests.client.recording import JobWriter
+from tests.support.commands import REPO_ROOT, mapo, service_env
+from tests.support.processes import ApiServer
+from tests.support.recording import JobWriter
 
 
 def test_api_commands_without_a_key_say_how_to_get_one(tmp_path: Path) -> None:
@@ -178,7 +179,7 @@ def png(color: tuple[int, int, int]) -> bytes:
 
 def test_workers_is_a_table_of_queues_and_gpus(api_server: ApiServer) -> None:
     from core.repositories import workers as worker_repo
-    from tests.core.test_worker_repository import advertisement
+    from tests.support.factories import advertisement
 
     database = Database(Settings(data_dir=api_server.data_dir))
     with database.session_scope() as session:

@@ -16,9 +16,9 @@ from core.repositories import events as event_repo
 from core.repositories import tenants as tenant_repo
 from core.repositories.events import NewEvent
 from core.settings import Settings
-from tests.client.conftest import ApiServer
-from tests.client.recording import JobWriter
-from tests.conftest import create_job
+from tests.support.factories import create_job
+from tests.support.processes import ApiServer
+from tests.support.recording import JobWriter
 
 
 class DropsTheFirstEventStream(httpx.HTTPTransport):

@@ -9,7 +9,7 @@ import tomllib
 
 from setuptools import find_packages
 
-from tests.client.conftest import REPO_ROOT
+from tests.support.commands import REPO_ROOT
 
 SERVER_PACKAGES = ("core", "api", "worker", "migrations", "ops", "sqlalchemy", "alembic", "fastapi", "celery")
 HEAVY_PACKAGES = ("torch",)

@@ -19,7 +19,7 @@ from core.repositories.events import NewEvent
 from core.repositories.metrics import MetricPoint
 from core.settings import Settings
 from core.storage import LocalStorage, job_key
-from tests.conftest import create_api_key, create_job, create_tenant
+from tests.support.factories import create_api_key, create_job, create_tenant
 from trainer.synthetic.demo_data import write_demo_upload
 
 BASE_URL = "http://testserver"

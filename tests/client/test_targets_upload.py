@@ -10,8 +10,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from client.sdk import MapoAPIError, MapoClient
-from tests.client.conftest import ApiServer, mapo
-from tests.conftest import create_api_key, create_tenant
+from tests.support.commands import mapo
+from tests.support.factories import create_api_key, create_tenant
+from tests.support.processes import ApiServer
 from trainer.synthetic.demo_data import demo_pairs
 
 
