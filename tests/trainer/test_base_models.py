@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.trainer.specs import tiny_spec
+from tests.support.specs import tiny_spec
 from trainer.events import Evaluation, Event
 from trainer.families.registry import load_family
 from trainer.loop import train

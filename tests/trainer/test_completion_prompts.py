@@ -10,7 +10,7 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
-from tests.trainer.specs import tiny_spec
+from tests.support.specs import tiny_spec
 from trainer.completion import complete_dataset, pair_seed
 from trainer.dataset_format import DatasetWriter, EncodedImage, read_pairs
 from trainer.synthetic.demo_data import demo_pairs

@@ -10,7 +10,7 @@ import torch
 from diffusers import DiffusionPipeline
 from safetensors.torch import load_file
 
-from tests.trainer.specs import tiny_spec
+from tests.support.specs import tiny_spec
 from trainer.export import from_kohya, to_kohya
 from trainer.loop import train
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainer.specs import tiny_spec
+from tests.support.specs import tiny_spec
 from trainer.events import Evaluation, Event
 from trainer.loop import train
 from trainer.synthetic.base_models import shipped_base_models

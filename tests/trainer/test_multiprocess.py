@@ -13,7 +13,7 @@ import torch
 from accelerate.data_loader import prepare_data_loader
 from safetensors.torch import load_file
 
-from tests.trainer.specs import tiny_spec
+from tests.support.specs import tiny_spec
 from trainer.checkpoints import complete_checkpoints
 from trainer.errors import TrainingError, WorldSizeError
 from trainer.events import Artifact, Event, Finished, Started, Step

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.trainer.specs import tiny_spec
+from tests.support.specs import tiny_spec
 from trainer.checkpoints import complete_checkpoints
 from trainer.errors import NonFiniteLossError
 from trainer.events import Artifact, Caching, Checkpoint, Evaluation, Event, Finished, Started, Step
