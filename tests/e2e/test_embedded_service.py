@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from client.sdk import JSON, MapoClient
-from tests.trainer.specs import FAST_TRAINING
+from tests.support.specs import FAST_TRAINING
 from trainer.synthetic.demo_data import write_demo_upload
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
