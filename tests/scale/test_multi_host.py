@@ -27,22 +27,15 @@ from core.db import Database
 from core.models import Job
 from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
-from core.repositories.pagination import MAX_LIMIT
 from core.repositories import tenants as tenant_repo
+from core.repositories.pagination import MAX_LIMIT
 from core.settings import Settings
 from core.storage import job_key
-from tests.conftest import TEST_PEPPER
-from tests.scale.hosts import (
-    HostProcess,
-    SharedStorage,
-    s3_storage,
-    service_env,
-    start_api,
-    start_worker,
-)
-from tests.scale.netns import Host, Network, require_netns
+from tests.support.factories import TEST_PEPPER
+from tests.support.hosts import HostProcess, SharedStorage, s3_storage, service_env, start_api, start_worker
+from tests.support.netns import Host, Network, require_netns
 from tests.support.servers import PrivatePostgres, PrivateRedis
-from tests.trainer.specs import FAST_TRAINING
+from tests.support.specs import FAST_TRAINING
 from trainer.checkpoints import PREFIX
 from trainer.synthetic.demo_data import write_demo_upload
 
