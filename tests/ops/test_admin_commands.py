@@ -9,8 +9,7 @@ from pathlib import Path
 from core.db import Database
 from core.repositories import tenants as tenant_repo
 from core.settings import DEV_PEPPER, Settings
-from tests.client.conftest import mapo, service_env
-from tests.ops.conftest import mapo_ops
+from tests.support.commands import mapo, mapo_ops, service_env
 
 
 def test_keys_create_prints_a_working_key_as_its_last_word(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from ops.serve import BUILT_MARKER, TINY_MODELS, build_tiny_models
-from tests.client.conftest import REPO_ROOT, service_env
+from tests.support.commands import REPO_ROOT, service_env
 from tests.support.ports import free_port
 from trainer.synthetic.demo_data import write_demo_upload
 
