@@ -1,16 +1,18 @@
 """Shared fixtures: migrated databases (SQLite always, and PostgreSQL: the server at MAPO_TEST_POSTGRES_URL
-or, without it, a throwaway one of the session's own, as for Redis: tests/session_servers.py), per-test
-Settings under tmp_path (local storage, or a prefix of its own in a SeaweedFS bucket for tests marked
-`BOTH_STORAGE_BACKENDS`), the app and its client, and `create_*` factory functions."""
+or, without it, a throwaway one of the session's own, as for Redis: tests/support/session_servers.py),
+per-test Settings under tmp_path (local storage, or a prefix of its own in a SeaweedFS bucket for tests
+marked `BOTH_STORAGE_BACKENDS`), the app and its client, the tiny models, and the worker's context and
+jobs on a real dataset (worker and fault tests). Plain helpers (the `create_*` factories, servers,
+builders) live in tests/support."""
 
 from __future__ import annotations
 
 import os
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -20,36 +22,25 @@ from sqlalchemy.orm import Session
 
 import migrations
 from core.db import Database
-from core.models import ApiKey, Base, Dataset, Job, Tenant
-from core.repositories import tenants as tenant_repo
+from core.models import Base, Job
 from core.settings import Settings
-from core.storage import Storage, build_storage, dataset_key
+from core.storage import Storage, build_storage
 from tests.support.availability import unavailable
+from tests.support.databases import REDIS_ENV, postgres_server_url
+from tests.support.factories import TEST_PEPPER, create_dataset, create_job, create_tenant, store_demo_dataset
+from tests.support.specs import FAST_SPEC
+from tests.support.storage_backends import s3_settings
 
-TEST_PEPPER = "test-pepper"
-POSTGRES_ENV = "MAPO_TEST_POSTGRES_URL"
-REDIS_ENV = "MAPO_TEST_REDIS_URL"
-
-
-def _postgres_server_url() -> str:
-    """MAPO_TEST_POSTGRES_URL's server (CI's), or the session's throwaway one where it is unset."""
-    url = os.environ.get(POSTGRES_ENV)
-    if not url:
-        from tests import session_servers
-
-        url = session_servers.postgres_url()
-    try:
-        with create_engine(url).connect():
-            pass
-    except Exception as exc:
-        unavailable(f"PostgreSQL at {POSTGRES_ENV} is unreachable ({type(exc).__name__}); tests skipped")
-    return url
+if TYPE_CHECKING:
+    from tests.support.servers import PrivateRedis
+    from worker.context import WorkerContext
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Stop the session's throwaway servers, if it started any: this runs after every fixture's teardown
     (their databases are dropped by then), after a Ctrl-C too."""
-    session_servers = sys.modules.get("tests.session_servers")  # imported only by a run that used them
+    # Imported only by a run that used them.
+    session_servers = sys.modules.get("tests.support.session_servers")
     if session_servers is not None:
         session_servers.stop_all()
 
@@ -62,7 +53,7 @@ def redis_url() -> str:
 
     url = os.environ.get(REDIS_ENV)
     if not url:
-        from tests import session_servers
+        from tests.support import session_servers
 
         url = session_servers.redis_url()
     try:
@@ -77,7 +68,7 @@ def redis_url() -> str:
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A fresh, uniquely named database on the test server, migrated to head; dropped at the end."""
-    server = make_url(_postgres_server_url())
+    server = make_url(postgres_server_url())
     name = f"mapo_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(server, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -107,12 +98,6 @@ def db_url(request: pytest.FixtureRequest) -> str:
     return url
 
 
-# A test (or module, as `pytestmark`) marked with this runs once on each storage backend.
-BOTH_STORAGE_BACKENDS = pytest.mark.parametrize(
-    "storage_backend", ["local", pytest.param("s3", marks=pytest.mark.s3)], indirect=True
-)
-
-
 @pytest.fixture(scope="session")
 def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One SeaweedFS server for the whole run; each test gets a key prefix of its own in its bucket."""
@@ -127,29 +112,6 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def storage_backend(request: pytest.FixtureRequest) -> str:
     """ "local" unless the test is parametrised by BOTH_STORAGE_BACKENDS."""
     return str(getattr(request, "param", "local"))
-
-
-def s3_settings(server: Any) -> dict[str, Any]:
-    """Settings fields that point at a fresh prefix of the test server's bucket."""
-    return {
-        "storage_url": f"s3://{server.BUCKET}/t-{uuid.uuid4().hex[:12]}",
-        "s3_endpoint_url": server.endpoint_url,
-        "s3_access_key_id": server.ACCESS_KEY,
-        "s3_secret_access_key": server.SECRET_KEY,
-    }
-
-
-def storage_env(settings: Settings) -> dict[str, str]:
-    """The MAPO_* variables that give a subprocess (a worker, a served API) the same storage."""
-    env = {"MAPO_STORAGE_URL": settings.storage_url}
-    if settings.storage_url:
-        secret = settings.s3_secret_access_key
-        env |= {
-            "MAPO_S3_ENDPOINT_URL": settings.s3_endpoint_url or "",
-            "MAPO_S3_ACCESS_KEY_ID": settings.s3_access_key_id or "",
-            "MAPO_S3_SECRET_ACCESS_KEY": secret.get_secret_value() if secret else "",
-        }
-    return env
 
 
 @pytest.fixture
@@ -226,53 +188,46 @@ def tiny_flux(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_pipeline("flux", tmp_path_factory.mktemp("tiny-flux"))
 
 
-def create_tenant(session: Session, **overrides: Any) -> Tenant:
-    return tenant_repo.create_tenant(session, overrides.pop("name", f"tenant-{uuid.uuid4().hex[:8]}"))
+@pytest.fixture
+def worker_settings(settings: Settings, tiny_sd: Path) -> Settings:
+    return settings.model_copy(update={"base_models": {"tiny-sd": str(tiny_sd)}})
 
 
-def create_api_key(session: Session, tenant: Tenant, *, pepper: str = TEST_PEPPER) -> tuple[ApiKey, str]:
-    return tenant_repo.create_api_key(session, tenant_id=tenant.id, pepper=pepper)
+@pytest.fixture
+def ctx(worker_settings: Settings, database: Database) -> WorkerContext:
+    from worker.context import WorkerContext  # imports Celery: loaded by the tests that use it
+
+    worker_settings.ensure_dirs()
+    return WorkerContext(worker_settings, database, build_storage(worker_settings), "test-host:1")
 
 
-def auth_headers(session: Session, tenant: Tenant | None = None) -> dict[str, str]:
-    """Bearer headers of a new key (for a new tenant unless one is given); commits."""
-    tenant = tenant or create_tenant(session)
-    _, clear = create_api_key(session, tenant)
-    session.commit()
-    return {"Authorization": f"Bearer {clear}"}
+@pytest.fixture
+def make_job(session: Session, ctx: WorkerContext, tmp_path: Path) -> Callable[..., Job]:
+    """A committed queued job on a real 6-pair demo dataset; spec overrides merge into FAST_SPEC."""
+
+    def make(**spec_overrides: Any) -> Job:
+        tenant = create_tenant(session)
+        dataset = create_dataset(session, tenant_id=tenant.id, num_pairs=6)
+        store_demo_dataset(ctx.storage, dataset.storage_key, tmp_path, num_pairs=6, resolution=32)
+        spec = {**FAST_SPEC, **spec_overrides}
+        job = create_job(
+            session,
+            tenant_id=tenant.id,
+            dataset_id=dataset.id,
+            spec=spec,
+            total_steps=spec["max_train_steps"],
+        )
+        session.commit()
+        return job
+
+    return make
 
 
-def create_dataset(session: Session, **overrides: Any) -> Dataset:
-    """A ready dataset row (files are the test's business)."""
-    tenant_id = overrides.pop("tenant_id", None) or create_tenant(session).id
-    dataset_id = overrides.pop("id", None) or f"ds_{uuid.uuid4().hex[:24]}"
-    values: dict[str, Any] = {
-        "name": "pairs",
-        "status": "ready",
-        "num_pairs": 2,
-        "bytes": 10,
-        "sha256": "0" * 64,
-        "storage_key": dataset_key(tenant_id, dataset_id),
-        "preview": [{"prompt": "a cat"}],
-    }
-    dataset = Dataset(id=dataset_id, tenant_id=tenant_id, **{**values, **overrides})
-    session.add(dataset)
-    session.flush()
-    return dataset
+@pytest.fixture
+def redis_broker(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A Redis of its own: the shared test Redis's queues are consumed by other people's workers."""
+    from tests.support.servers import PrivateRedis
 
-
-def create_job(session: Session, **overrides: Any) -> Job:
-    """A queued job on a new dataset of its tenant unless told otherwise."""
-    tenant_id = overrides.pop("tenant_id", None) or create_tenant(session).id
-    if "dataset_id" not in overrides:
-        overrides["dataset_id"] = create_dataset(session, tenant_id=tenant_id).id
-    # The spec fields the job's JSON shows at the top level: every spec the API stores has them. They may
-    # be given as keywords, as the job body has them, or in `spec`.
-    request = {"base_model": "tiny-sd", "method": "mapo", "validation": {}, "seed": 0}
-    given = {name: overrides.pop(name) for name in request.keys() & overrides.keys()}
-    overrides["spec"] = {**request, **overrides.get("spec", {"max_train_steps": 10}), **given}
-    values: dict[str, Any] = {"metadata_": {}, "status": "queued", "total_steps": 10}
-    job = Job(tenant_id=tenant_id, **{**values, **overrides})
-    session.add(job)
-    session.flush()
-    return job
+    server = PrivateRedis(tmp_path / "redis")
+    yield server
+    server.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,9 +11,8 @@ from sqlalchemy.orm import Session
 
 from core.models import Job
 from core.queue import enqueue_train_job, make_producer
-from core.repositories import jobs as job_repo
 from core.settings import Settings
-from tests.worker.conftest import running_worker
+from tests.support.processes import running_worker, wait_finished
 
 
 @pytest.fixture(params=["filesystem", pytest.param("redis", marks=pytest.mark.redis)])
@@ -27,17 +25,6 @@ def broker_settings(request: pytest.FixtureRequest, worker_settings: Settings) -
 def celery_worker(broker_settings: Settings, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     with running_worker(broker_settings, tmp_path / "worker.log") as process:
         yield process
-
-
-def wait_finished(session: Session, job_id: str, timeout: float = 180) -> Job:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        session.expire_all()
-        job = job_repo.get_job_any_tenant(session, job_id)
-        if job is not None and job.is_finished:
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} did not finish within {timeout}s")
 
 
 def test_worker_process_trains_an_enqueued_job_once(

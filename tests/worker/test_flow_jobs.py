@@ -22,9 +22,10 @@ from core.repositories import events as event_repo
 from core.repositories import metrics as metric_repo
 from core.repositories import outputs as output_repo
 from core.settings import Settings
-from tests.conftest import create_dataset, create_job, create_tenant
-from tests.worker.conftest import FAST_SPEC, cancel_once_training, store_demo_dataset
-from tests.worker.test_targets_jobs import NUM_TARGETS, generated_folder, one_sided_dataset  # noqa: F401
+from tests.support.factories import create_dataset, create_job, create_tenant, store_demo_dataset
+from tests.support.processes import cancel_once_training
+from tests.support.specs import FAST_SPEC
+from tests.support.targets import NUM_TARGETS, generated_folder
 from trainer.dataset_format import read_pairs
 from trainer.synthetic.demo_data import demo_pairs
 from worker.context import WorkerContext
@@ -100,7 +101,7 @@ def test_a_targets_job_on_flux_trains_against_what_flux_draws(
     session: Session,
     tmp_path: Path,
     tiny_flux: Path,
-    one_sided_dataset: Callable[[str], Dataset],  # noqa: F811
+    one_sided_dataset: Callable[[str], Dataset],
 ) -> None:
     dataset = one_sided_dataset("targets")
     job = flux_job(

@@ -17,8 +17,7 @@ from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
 from core.repositories import outputs as output_repo
 from core.settings import Settings
-from tests.worker.conftest import cancel_once_training, running_worker
-from tests.worker.test_celery_process import wait_finished
+from tests.support.processes import cancel_once_training, running_worker, wait_finished
 from worker.context import WorkerContext
 from worker.runner import run_job
 

@@ -20,19 +20,11 @@ from core.repositories import jobs as job_repo
 from core.repositories import outputs as output_repo
 from core.settings import Settings
 from core.storage import build_storage
-from tests.conftest import BOTH_STORAGE_BACKENDS
-from tests.worker.conftest import running_worker
-from tests.worker.test_celery_process import wait_finished
+from tests.support.processes import running_worker, wait_finished
+from tests.support.storage_backends import BOTH_STORAGE_BACKENDS
+from tests.support.worker_hosts import host
 from worker.context import WorkerContext
 from worker.runner import run_job
-
-
-def host(settings: Settings, database: Database, data_dir: Path, name: str) -> WorkerContext:
-    """A worker on another machine: its own data_dir (cache, work dir), the same database and storage
-    (a local storage directory is shared between the hosts, as a network mount would be)."""
-    own = settings.model_copy(update={"data_dir": data_dir, "storage_dir": settings.storage_root})
-    own.ensure_dirs()
-    return WorkerContext(own, database, build_storage(own), f"{name}:1")
 
 
 def cancel_after_first_checkpoint(ctx: WorkerContext, job_id: str) -> threading.Thread:

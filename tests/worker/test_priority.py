@@ -14,9 +14,8 @@ from core.models import Job
 from core.queue import enqueue_train_job, make_producer
 from core.repositories import jobs as job_repo
 from core.settings import Settings
+from tests.support.processes import running_worker, wait_finished, wait_until
 from tests.support.servers import PrivateRedis
-from tests.worker.conftest import running_worker, wait_until
-from tests.worker.test_celery_process import wait_finished
 
 
 def _job_at(session: Session, make_job: Callable[..., Job], priority: int, **spec: object) -> Job:

@@ -27,7 +27,8 @@ from core.repositories import metrics as metric_repo
 from core.repositories import outputs as output_repo
 from core.settings import Settings
 from core.storage import LocalStorage, Storage, build_storage, job_key
-from tests.conftest import BOTH_STORAGE_BACKENDS, auth_headers, create_job, create_tenant
+from tests.support.factories import auth_headers, create_job, create_tenant
+from tests.support.storage_backends import BOTH_STORAGE_BACKENDS
 from trainer.checkpoints import CHECKPOINTS_DIR, PREFIX, STATE_FILE
 from trainer.events import Checkpoint, Evaluation, Sample, SampleImage, Step
 from worker.recorder import Recorder

@@ -16,8 +16,8 @@ from core.repositories import metrics as metric_repo
 from core.repositories import outputs as output_repo
 from core.repositories import webhooks as webhook_repo
 from core.storage import job_key
-from tests.conftest import BOTH_STORAGE_BACKENDS
-from tests.worker.conftest import cancel_once_training
+from tests.support.processes import cancel_once_training
+from tests.support.storage_backends import BOTH_STORAGE_BACKENDS
 from worker.context import WorkerContext
 from worker.recorder import Recorder
 from worker.runner import _finish, _hand_back, run_job

@@ -16,9 +16,10 @@ from core.db import Database
 from core.models import Dataset
 from core.settings import Settings
 from core.storage import Storage, build_storage
-from tests.conftest import create_dataset, create_tenant
-from tests.worker.test_object_storage_jobs import host
-from tests.worker.test_targets_jobs import NUM_TARGETS, events_of, job_on, progress, targets_upload
+from tests.support.events import events_of, progress
+from tests.support.factories import create_dataset, create_tenant
+from tests.support.targets import NUM_TARGETS, job_on, targets_upload
+from tests.support.worker_hosts import host
 from trainer.dataset_format import MANIFEST_FILE
 from worker.context import WorkerContext
 from worker.runner import run_job

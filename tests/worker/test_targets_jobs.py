@@ -4,90 +4,22 @@ draws each pair's missing image with the base model once, and later jobs train o
 from __future__ import annotations
 
 import json
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pytest
 from sqlalchemy.orm import Session
 
-from api.services.ingest import ingest_upload
-from core.models import Dataset, Job, JobEvent
-from core.repositories import events as event_repo
+from core.models import Dataset
 from core.repositories import jobs as job_repo
-from tests.conftest import create_dataset, create_job, create_tenant
-from tests.trainer.test_completion import base_model_image, file_states, pixels
-from tests.worker.conftest import FAST_SPEC
+from tests.support.events import events_of, progress
+from tests.support.images import base_model_image, file_states, pixels
+from tests.support.targets import AVOID_PROMPT, NUM_TARGETS, generated_folder, job_on
 from trainer.completion import GENERATION_RECORD
 from trainer.dataset_format import DatasetKind, read_pairs
 from trainer.synthetic.demo_data import demo_pairs
 from worker.context import WorkerContext
 from worker.runner import run_job
-
-NUM_TARGETS = 4
-AVOID_PROMPT = "a small square at the top left, flat illustration"
-SPEC = {**FAST_SPEC, "generation": {"num_inference_steps": 2}}
-
-
-def targets_upload(path: Path, kind: DatasetKind) -> Path:
-    """A zip a user would upload: pairs.jsonl of (prompt, image[, generation_prompt]) and the images."""
-    rows = []
-    with zipfile.ZipFile(path, "w") as archive:
-        for index, pair in enumerate(demo_pairs(num_pairs=NUM_TARGETS, resolution=32, seed=5)):
-            archive.writestr(f"img/{index}.png", pair.chosen)
-            row = {"prompt": pair.prompt, "image": f"img/{index}.png"}
-            rows.append(row | ({"generation_prompt": AVOID_PROMPT} if kind == "avoid" else {}))
-        archive.writestr("pairs.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
-    return path
-
-
-@pytest.fixture
-def one_sided_dataset(
-    session: Session, ctx: WorkerContext, tmp_path: Path
-) -> Callable[[DatasetKind], Dataset]:
-    """A committed dataset row whose files came through the real upload ingest."""
-
-    def make(kind: DatasetKind) -> Dataset:
-        dataset = create_dataset(session, tenant_id=create_tenant(session).id, num_pairs=NUM_TARGETS)
-        upload = targets_upload(tmp_path / f"{dataset.id}.zip", kind)
-        ingest_upload(upload, upload.name, ctx.storage.local_path(dataset.storage_key), kind=kind)
-        session.commit()
-        return dataset
-
-    return make
-
-
-def job_on(session: Session, dataset: Dataset) -> Job:
-    job = create_job(
-        session,
-        tenant_id=dataset.tenant_id,
-        dataset_id=dataset.id,
-        spec=SPEC,
-        total_steps=SPEC["max_train_steps"],
-    )
-    session.commit()
-    return job
-
-
-def events_of(session: Session, job_id: str, type_: str) -> list[JobEvent]:
-    return [
-        e for e in event_repo.list_events(session, job_id, after=None, limit=500).items if e.type == type_
-    ]
-
-
-def progress(session: Session, job_id: str) -> list[tuple[Any, ...]]:
-    """(ready, generated, reused) of each preparing event."""
-    return [
-        (e.data["ready"], e.data["generated"], e.data["reused"])
-        for e in events_of(session, job_id, "preparing")
-    ]
-
-
-def generated_folder(ctx: WorkerContext, dataset: Dataset) -> Path:
-    [folder] = (ctx.storage.local_path(dataset.storage_key) / "generated").iterdir()
-    return folder
 
 
 def test_targets_job_trains_on_a_pair_per_target_with_the_base_models_image_as_rejected(

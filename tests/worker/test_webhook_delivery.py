@@ -22,9 +22,8 @@ from core.models import Job, WebhookDelivery
 from core.queue import WEBHOOK_QUEUE, enqueue_train_job, make_producer
 from core.repositories import webhooks as webhook_repo
 from core.settings import Settings
-from tests.worker.conftest import running_worker
-from tests.worker.test_celery_process import wait_finished
-from tests.worker.webhook_receiver import Receiver, running_receiver
+from tests.support.processes import running_worker, wait_finished
+from tests.support.webhook_receiver import Receiver, running_receiver
 
 
 @pytest.fixture(params=["filesystem", pytest.param("redis", marks=pytest.mark.redis)])

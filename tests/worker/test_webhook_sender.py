@@ -17,8 +17,8 @@ from core.queue import WEBHOOK_QUEUE, broker_transport_options, make_producer
 from core.repositories import webhooks as webhook_repo
 from core.repositories.webhooks import AttemptResult
 from core.settings import Settings
-from tests.conftest import create_job
-from tests.worker.webhook_receiver import Receiver, running_receiver
+from tests.support.factories import create_job
+from tests.support.webhook_receiver import Receiver, running_receiver
 from worker.webhooks.sender import decide, deliver, resend_overdue
 
 PAYLOAD = json.dumps({"type": "job.succeeded", "data": {"job_id": "job_1"}})

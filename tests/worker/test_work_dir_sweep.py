@@ -13,8 +13,8 @@ from core.db import Database
 from core.repositories import jobs as job_repo
 from core.settings import Settings
 from core.storage import job_key
-from tests.conftest import create_job
-from tests.worker.conftest import running_worker
+from tests.support.factories import create_job
+from tests.support.processes import running_worker
 from worker.staging import sweep_work_dir
 
 
