@@ -14,8 +14,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.client.conftest import REPO_ROOT, is_ready, mapo, service_env
+from tests.support.commands import REPO_ROOT, mapo, service_env
 from tests.support.ports import free_port
+from tests.support.processes import is_ready
 from trainer.synthetic.demo_data import write_demo_upload
 
 BOUNDARY = "mapo-test-boundary"

@@ -14,8 +14,8 @@ from core.queue import enqueue_train_job, make_producer
 from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
 from core.settings import Settings
+from tests.support.processes import running_worker, wait_until
 from tests.support.servers import PrivateRedis
-from tests.worker.conftest import running_worker, wait_until
 
 FAST_REAPER = {"MAPO_HEARTBEAT_TIMEOUT_SECONDS": "10", "MAPO_RECONCILE_INTERVAL_SECONDS": "1"}
 

@@ -13,7 +13,7 @@ import migrations
 from api.main import create_app
 from core.db import Database
 from core.settings import Settings
-from tests.conftest import TEST_PEPPER, auth_headers
+from tests.support.factories import TEST_PEPPER, auth_headers
 from tests.support.servers import PrivatePostgres
 
 

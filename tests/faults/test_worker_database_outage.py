@@ -20,9 +20,10 @@ from core.repositories import metrics as metric_repo
 from core.repositories import outputs as output_repo
 from core.settings import Settings
 from core.storage import LocalStorage
-from tests.conftest import TEST_PEPPER, create_dataset, create_job, create_tenant
+from tests.support.factories import TEST_PEPPER, create_dataset, create_job, create_tenant
+from tests.support.processes import running_worker
 from tests.support.servers import PrivatePostgres
-from tests.worker.conftest import FAST_SPEC, running_worker
+from tests.support.specs import FAST_SPEC
 from trainer.synthetic.demo_data import make_demo_dataset
 
 T = TypeVar("T")
