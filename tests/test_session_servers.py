@@ -18,7 +18,7 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
-from tests.conftest import POSTGRES_ENV, REDIS_ENV
+from tests.support.databases import POSTGRES_ENV, REDIS_ENV
 from tests.support.servers import PrivatePostgres, PrivateRedis, postgres_bin_dir, redis_server_binary
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ from pathlib import Path
 import redis
 from sqlalchemy import create_engine, text
 
-from tests import session_servers
+from tests.support import session_servers
 
 
 def test_probe(postgres_url, redis_url):
