@@ -167,3 +167,14 @@ def test_captioned_images_are_not_an_avoid_upload(tmp_path: Path) -> None:
         ingest_upload(upload, upload.name, tmp_path / "ds", kind="avoid")
     [problem] = caught.value.problems
     assert "pairs.jsonl" in problem.reason and "captions" not in problem.reason
+
+
+def test_a_huge_caption_file_is_refused_by_its_declared_size_unread(tmp_path: Path) -> None:
+    # Its bytes fail their CRC: were it extracted, the upload would stop as a corrupt archive.
+    upload = tmp_path / "up.zip"
+    with zipfile.ZipFile(upload, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("a.png", png())
+        archive.writestr("a.txt", b"CAPTION-" + b"x" * 50_000)
+    upload.write_bytes(upload.read_bytes().replace(b"CAPTION-", b"CORRUPT-"))
+    problems = rejection(upload, tmp_path / "ds", trigger_word="sks")
+    assert [(p.row, p.field) for p in problems] == [(0, "caption")] and "longer" in problems[0].reason

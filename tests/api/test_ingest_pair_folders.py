@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -139,3 +140,15 @@ def test_symlinked_twin_and_traversal_are_refused(tmp_path: Path) -> None:
     reasons = " ".join(p.reason for p in problems)
     assert "'l/a.png' is a symbolic link" in reasons and "'w/../../x.png'" in reasons
     assert (0, "l") in {(p.row, p.field) for p in problems}
+
+
+def test_a_huge_caption_file_is_refused_by_its_declared_size_unread(tmp_path: Path) -> None:
+    # Its bytes fail their CRC: were it extracted, the upload would stop as a corrupt archive.
+    upload = tmp_path / "up.zip"
+    with zipfile.ZipFile(upload, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("w/a.png", png(WARM))
+        archive.writestr("l/a.png", png(COOL))
+        archive.writestr("a.txt", b"CAPTION-" + b"x" * 50_000)
+    upload.write_bytes(upload.read_bytes().replace(b"CAPTION-", b"CORRUPT-"))
+    problems = rejection(upload, tmp_path / "ds")
+    assert [(p.row, p.field) for p in problems] == [(0, "caption")] and "longer" in problems[0].reason

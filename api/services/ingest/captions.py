@@ -34,10 +34,12 @@ def caption_of(image: str) -> str:
     return stem(image) + CAPTION_SUFFIX
 
 
-def caption_members(names: set[str]) -> set[str]:
-    """Every member a captions upload reads: its images and the caption files beside them."""
-    images = caption_images(names)
-    return set(images) | ({caption_of(image) for image in images} & names)
+def caption_members(index: MemberIndex) -> set[str]:
+    """Every member a captions upload reads: its images and the caption files beside them, but for
+    caption files too large to be one (refused unread, by their declared size)."""
+    images = caption_images(index.names)
+    captions = {caption_of(image) for image in images} & index.names
+    return set(images) | {name for name in captions if not _too_large(index, name)}
 
 
 def ingest_captions(index: MemberIndex, collector: PairCollector, trigger_word: str | None) -> None:
@@ -87,6 +89,8 @@ def read_caption_file(index: MemberIndex, name: str) -> str | None:
     """The text of the caption file `name` (a normalised member name); None if the archive has none."""
     if name in index.refused:
         raise CaptionProblem("is an archive member that was refused")
+    if _too_large(index, name):
+        raise CaptionProblem(f"is longer than {MAX_CAPTION_BYTES} bytes")
     stored = index.files.get(name)
     if stored is None:
         return None
@@ -98,6 +102,10 @@ def read_caption_file(index: MemberIndex, name: str) -> str | None:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise CaptionProblem(f"is not UTF-8 text: {exc}") from None
+
+
+def _too_large(index: MemberIndex, name: str) -> bool:
+    return index.sizes.get(name, 0) > MAX_CAPTION_BYTES
 
 
 def _image(index: MemberIndex, image: str, row: int, collector: PairCollector) -> CheckedImage | None:

@@ -117,6 +117,8 @@ class MemberIndex:
     names: set[str] = field(default_factory=set)
     files: dict[str, Path] = field(default_factory=dict)
     refused: set[str] = field(default_factory=set)
+    # Each named file's declared size, so that a layout can refuse a member before extracting it.
+    sizes: dict[str, int] = field(default_factory=dict)
 
     def name_problem(self, name: str) -> str | None:
         """Why a member's name is refused (unsafe, or a second member of the same name), or None."""
@@ -125,9 +127,12 @@ class MemberIndex:
             reason = "appears twice"
         return reason
 
-    def accept(self, name: str) -> None:
-        """Remember a regular file of the archive (extracted only if a row references it)."""
-        self.names.add(normalise_name(name))
+    def accept(self, name: str, size: int) -> None:
+        """Remember a regular file of the archive and its declared size (extracted only if a row
+        references it)."""
+        key = normalise_name(name)
+        self.names.add(key)
+        self.sizes[key] = size
 
     def refuse(self, name: str) -> None:
         """Remember a refused member, so a row pointing at it is told why it is missing."""

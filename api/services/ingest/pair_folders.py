@@ -7,7 +7,7 @@ captioned by `cats/1.txt` or the file_name `cats/1.png`)."""
 from __future__ import annotations
 
 from api.services.ingest.archive_pairs import CheckedImage, stored_image
-from api.services.ingest.captions import CaptionProblem, read_caption_file
+from api.services.ingest.captions import MAX_CAPTION_BYTES, CaptionProblem, read_caption_file
 from api.services.ingest.collector import PairCollector
 from api.services.ingest.images import ImageProblem
 from api.services.ingest.layouts import (
@@ -34,12 +34,14 @@ def folder_images(names: set[str], folder: str) -> dict[str, str]:
     }
 
 
-def pair_folder_members(names: set[str], base: str) -> set[str]:
+def pair_folder_members(index: MemberIndex, base: str) -> set[str]:
     """Every member a pair-folders upload reads besides captions.jsonl: both folders' images and the
-    caption files beside them."""
+    caption files beside them (but for those too large to be one)."""
+    names = index.names
     chosen = folder_images(names, base + CHOSEN_DIR)
     members = set(chosen.values()) | set(folder_images(names, base + REJECTED_DIR).values())
-    return members | ({base + key + CAPTION_SUFFIX for key in chosen} & names)
+    captions = {base + key + CAPTION_SUFFIX for key in chosen} & names
+    return members | {name for name in captions if index.sizes.get(name, 0) <= MAX_CAPTION_BYTES}
 
 
 def ingest_pair_folders(index: MemberIndex, collector: PairCollector, base: str) -> None:

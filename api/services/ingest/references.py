@@ -30,9 +30,9 @@ def referenced_members(index: MemberIndex, collector: PairCollector) -> set[str]
     """
     layout = detect_layout(index.names | index.refused, collector)
     if layout.name == "captions":
-        return caption_members(index.names) - index.refused
+        return caption_members(index) - index.refused
     if layout.name == "pair_folders":
-        return pair_folder_members(index.names, layout.base) - index.refused
+        return pair_folder_members(index, layout.base) - index.refused
     manifest, base = locate_pairs_file(index.names, collector)
     fields = IMAGE_FIELDS[collector.kind]
     wanted: set[str] = set()

@@ -64,7 +64,7 @@ def extract_tar(upload: Path, *, gzipped: bool, index: MemberIndex, collector: P
             index.refuse(info.name)
             collector.report(None, None, f"archive member {info.name!r} {reason}")
         elif info.isreg():
-            index.accept(info.name)
+            index.accept(info.name, info.size)
             if is_manifest_candidate(normalise_name(info.name)):
                 _store(archive, info, index)
 

@@ -88,7 +88,7 @@ def _accept(info: zipfile.ZipInfo, index: MemberIndex, collector: PairCollector)
         return False
     if info.is_dir():
         return False
-    index.accept(info.filename)
+    index.accept(info.filename, info.file_size)
     return True
 
 
