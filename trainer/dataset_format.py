@@ -202,7 +202,8 @@ def write_manifest(root: Path, manifest: Manifest) -> None:
     """Write the manifest atomically: the last file of a dataset, which marks it complete. The temporary
     name is unique, so two writers of the same folder (two workers completing one dataset) never mix."""
     tmp = root / f"{MANIFEST_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    tmp.write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+    # Unset optional fields are left out: every manifest but a captioned upload's reads as before.
+    tmp.write_text(manifest.model_dump_json(indent=2, exclude_none=True), encoding="utf-8")
     os.replace(tmp, root / MANIFEST_FILE)
 
 

@@ -152,3 +152,10 @@ def test_a_huge_caption_file_is_refused_by_its_declared_size_unread(tmp_path: Pa
     upload.write_bytes(upload.read_bytes().replace(b"CAPTION-", b"CORRUPT-"))
     problems = rejection(upload, tmp_path / "ds")
     assert [(p.row, p.field) for p in problems] == [(0, "caption")] and "longer" in problems[0].reason
+
+
+def test_the_manifest_of_an_uncaptioned_upload_is_written_as_before(tmp_path: Path) -> None:
+    # Workers of the release before captions read manifests strictly: a new key would break them.
+    ingest(make_zip(tmp_path / "up.zip", folders(["a.png"])), tmp_path / "ds")
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    assert set(manifest) == {"format", "version", "kind", "num_pairs", "pairs_file"}
