@@ -159,3 +159,10 @@ def test_the_manifest_of_an_uncaptioned_upload_is_written_as_before(tmp_path: Pa
     ingest(make_zip(tmp_path / "up.zip", folders(["a.png"])), tmp_path / "ds")
     manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
     assert set(manifest) == {"format", "version", "kind", "num_pairs", "pairs_file"}
+
+
+def test_two_images_of_one_name_in_a_folder_are_one_problem(tmp_path: Path) -> None:
+    files = folders(["a.png"]) | {"w/a.webp": png(WARM)}
+    problems = rejection(make_zip(tmp_path / "up.zip", files), tmp_path / "ds")
+    assert [(p.row, p.field) for p in problems] == [(None, "w")]
+    assert "'w/a.png' and 'w/a.webp' have the same name" in problems[0].reason

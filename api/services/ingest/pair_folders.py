@@ -27,11 +27,11 @@ CAPTION_FIELDS = ("file_name", "caption")
 
 def folder_images(names: set[str], folder: str) -> dict[str, str]:
     """The images under `folder` (say "top/w/") by their name there without the suffix."""
-    return {
-        stem(name[len(folder) :]): name
-        for name in sorted(names)
-        if name.startswith(folder) and is_image_name(name)
-    }
+    found: dict[str, str] = {}
+    for name in sorted(names):
+        if name.startswith(folder) and is_image_name(name):
+            found.setdefault(stem(name[len(folder) :]), name)  # the first of a name, as `_folder` keeps
+    return found
 
 
 def pair_folder_members(index: MemberIndex, base: str) -> set[str]:
@@ -54,16 +54,29 @@ def ingest_pair_folders(index: MemberIndex, collector: PairCollector, base: str)
     for row, key in enumerate(sorted(chosen)):
         collector.admit_row(row)
         name = chosen[key]
-        caption = (
-            captions.get(key) if captions is not None else _txt_caption(index, base, key, row, collector)
-        )
-        if captions is not None and key not in captions:
-            collector.report(row, "caption", f"{name!r} has no caption in {base}{CAPTIONS_FILE}")
+        caption = _row_caption(index, base, key, name, row, captions, collector)
         prompt = None if caption is None else collector.check_prompt(row, "caption", caption.strip())
         winner = _image(index, name, row, "w", collector)
         loser = _twin(index, name, rejected.get(key), row, base, collector)
         if prompt is not None and winner is not None and loser is not None:
             collector.add_pair(prompt, chosen=EncodedImage(*winner), rejected=EncodedImage(*loser))
+
+
+def _row_caption(
+    index: MemberIndex,
+    base: str,
+    key: str,
+    name: str,
+    row: int,
+    captions: dict[str, str] | None,
+    collector: PairCollector,
+) -> str | None:
+    """The pair's caption from captions.jsonl if there is one, else from its .txt; None if reported."""
+    if captions is None:
+        return _txt_caption(index, base, key, row, collector)
+    if key not in captions:
+        collector.report(row, "caption", f"{name!r} has no caption in {base}{CAPTIONS_FILE}")
+    return captions.get(key)
 
 
 def _folder(names: set[str], folder: str, collector: PairCollector) -> dict[str, str]:
