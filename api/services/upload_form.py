@@ -66,10 +66,10 @@ UPLOAD_FORM_SCHEMA: dict[str, Any] = {
             "type": "string",
             "maxLength": MAX_TRIGGER_CHARS,
             "description": "For images with .txt captions (kind targets) only: put into each caption where "
-            "it has [trigger], else in front (an image without a caption gets the trigger word alone, "
-            "counted in captions_missing). The base model draws each rejected image from the caption "
-            "without it, so `a photo of [trigger] dog` trains `a photo of sks dog` against what the base "
-            "model draws for `a photo of dog`.",
+            "it has [trigger], else in front unless the caption already holds it as a word (an image "
+            "without a caption gets the trigger word alone, counted in captions_missing). The base model "
+            "draws each rejected image from the caption without it, so `a photo of [trigger] dog` trains "
+            "`a photo of sks dog` against what the base model draws for `a photo of dog`.",
             "examples": ["sks"],
         },
     },

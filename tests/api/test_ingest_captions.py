@@ -54,12 +54,18 @@ def test_trigger_word_goes_where_the_caption_asks_and_the_base_model_draws_witho
         "a.txt": b"a photo of [trigger] dog",
         "b.png": png(),
         "b.txt": b"a dog on grass",
+        "c.png": png(),
+        "c.txt": b"sks dog, by the sea",  # already in place, as a word
+        "d.png": png(),
+        "d.txt": b"a sksdog",  # not as a word
     }
     ingest(make_zip(tmp_path / "up.zip", files), tmp_path / "ds", trigger_word="sks")
 
     assert prompts(tmp_path / "ds") == [
         ("a photo of sks dog", "a photo of dog"),
         ("sks a dog on grass", "a dog on grass"),
+        ("sks dog, by the sea", "dog, by the sea"),
+        ("sks a sksdog", "a sksdog"),
     ]
 
 
