@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from typing import Any
 
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -42,7 +43,7 @@ CAPTIONED = zipped(
 )
 
 
-def post(client: TestClient, auth: dict[str, str], payload: bytes, **data: str) -> dict:
+def post(client: TestClient, auth: dict[str, str], payload: bytes, **data: str) -> dict[str, Any]:
     response = client.post("/v1/datasets", files={"file": ("up.zip", payload)}, data=data, headers=auth)
     return {"http_status": response.status_code, **response.json()}
 
