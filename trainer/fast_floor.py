@@ -4,8 +4,9 @@ device: what pays on a GPU is not what pays on a CPU (docs/benchmarks.md, "Faste
 - channels_last for the conv UNets on CUDA (cuDNN's NHWC convolutions); on the CPU it measured slower.
 - torch.compile (inductor) of the denoiser only when the spec asks: compiling takes minutes, which a
   short job never earns back.
-- DPO's reference folded into the policy pass (trainer.objective.folded_errors) on the CPU, where a pass
-  of 2 pairs at small sizes leaves cores idle; not with gradient checkpointing, whose recomputation in
+- DPO's reference folded into the policy pass (trainer.objective.folded_errors) on the CPU at small
+  latent sizes, where a pass of 2 pairs leaves cores idle; not at 128 px and up, where it did not pay;
+  not with gradient checkpointing, whose recomputation in
   the backward would run without the reference mask, and not on CUDA, where the real-size pass is
   compute-bound and the doubled backward costs more than the separate gradient-free pass.
 - AdamW fused into one kernel when every trainable parameter is on CUDA; foreach (a few batched kernels)
@@ -56,6 +57,13 @@ def non_sdpa_processors(denoiser: torch.nn.Module) -> list[str]:
     ]
 
 
-def fold_reference_pays(device: torch.device, gradient_checkpointing: bool) -> bool:
-    """Whether DPO's reference errors come from the policy's pass (see the module's note)."""
-    return device.type == "cpu" and not gradient_checkpointing
+# The largest latent (h * w) for which folding measured faster on the CPU: 8 x 8 (64 px through SDXL's VAE)
+# took 0.78-0.83 x the separate pass; 16 x 16 (128 px) took 0.98-1.16 x, so it is not folded.
+FOLD_MAX_LATENT_AREA = 64
+
+
+def fold_reference_pays(device: torch.device, gradient_checkpointing: bool, latents: torch.Tensor) -> bool:
+    """Whether DPO's reference errors come from the policy's pass (see the module's note); `latents` are
+    the batch's (2B, C, h, w)."""
+    small = latents.shape[-2] * latents.shape[-1] <= FOLD_MAX_LATENT_AREA
+    return device.type == "cpu" and small and not gradient_checkpointing

@@ -90,7 +90,8 @@ def training_terms(
     noise = torch.randn_like(inputs.latents[:num_pairs])
     levels = family.draw_levels(num_pairs, latents=inputs.latents)
     reference: torch.Tensor | None = None
-    if spec.method == "dpo" and fold_reference_pays(inputs.latents.device, spec.gradient_checkpointing):
+    latents = inputs.latents
+    if spec.method == "dpo" and fold_reference_pays(latents.device, spec.gradient_checkpointing, latents):
         errors, reference = folded_errors(denoiser, family, inputs, noise=noise, levels=levels)
     else:
         errors = denoising_errors(denoiser, family, inputs, noise=noise, levels=levels)

@@ -157,7 +157,9 @@ def test_the_mask_is_gone_after_the_folded_pass(tiny_sdxl: Path) -> None:
     torch.testing.assert_close(_errors(family, family.denoiser).detach(), before)
 
 
-def test_the_reference_is_folded_on_the_cpu_without_checkpointing_only() -> None:
-    assert fold_reference_pays(CPU, gradient_checkpointing=False)
-    assert not fold_reference_pays(CPU, gradient_checkpointing=True)
-    assert not fold_reference_pays(CUDA, gradient_checkpointing=False)
+def test_the_reference_is_folded_on_the_cpu_at_small_sizes_without_checkpointing_only() -> None:
+    at_64_px, at_128_px = torch.zeros(4, 4, 8, 8), torch.zeros(4, 4, 16, 16)
+    assert fold_reference_pays(CPU, False, at_64_px)
+    assert not fold_reference_pays(CPU, False, at_128_px)
+    assert not fold_reference_pays(CPU, True, at_64_px)
+    assert not fold_reference_pays(CUDA, False, at_64_px)
