@@ -217,9 +217,10 @@ class TrainSpec(BaseModel):
     gradient_checkpointing: bool = Field(default=False, description="Trade compute for UNet memory.")
     compile_denoiser: bool = Field(
         default=False,
-        description="torch.compile (inductor) the denoiser before training. The first step then takes "
-        "minutes to compile (about 3 minutes for the small test UNet on a 2-core CPU) before later steps "
-        'get faster, so it pays only on long jobs; see docs/benchmarks.md, "Faster floor".',
+        description="torch.compile (inductor) the denoiser before training. The first step then compiles "
+        "(27 s to 4 minutes for the small test UNet on a 2-core CPU, as inductor's cache is warm or cold) "
+        "and later ones get faster (0.85 x there at 128 px), so it pays only on long jobs; see "
+        'docs/benchmarks.md, "Faster floor".',
     )
     seed: int = Field(
         default=0, ge=0, le=MAX_SEED, description="Seed of data order, noise, timesteps and LoRA init."
