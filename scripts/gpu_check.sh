@@ -2,7 +2,8 @@
 # The GPU check a session runs when it is lent a GPU (docs/benchmarks.md, "On a GPU"): versions, a CUDA
 # smoke test of the trainer (bf16 MaPO job that must learn; adapter loaded with load_lora_weights), then
 # the trainer-step benchmark on the small SDXL-shaped model at 128 px and on a real-size SDXL at 1024 px,
-# and the same for the flow-matching families (small SD3 and FLUX; a real-size FLUX.1-dev).
+# and the same for the flow-matching families (small SD3 and FLUX; a real-size FLUX.1-dev); last, the
+# faster-floor variants (bench.trainer_step --variants) on the small and the real-size SDXL.
 # Writes logs and JSON rows to $OUT (default ./gpu-check). Run from the repository root:
 #     OUT=/tmp/gpu scripts/gpu_check.sh
 set -euo pipefail
