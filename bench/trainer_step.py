@@ -258,7 +258,7 @@ def _floor_times(config: dict[str, Any]) -> tuple[list[float], float, dict[str, 
     def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             pred = family.predict(denoiser, latents, levels, cond, geometry)
-        pred.float().pow(2).mean().backward()
+        pred.float().pow(2).mean().backward()  # type: ignore[no-untyped-call]
         if device.type == "cuda":
             torch.cuda.synchronize()
 
