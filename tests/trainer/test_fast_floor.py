@@ -163,3 +163,19 @@ def test_the_reference_is_folded_on_the_cpu_at_small_sizes_without_checkpointing
     assert not fold_reference_pays(CPU, False, at_128_px)
     assert not fold_reference_pays(CPU, True, at_64_px)
     assert not fold_reference_pays(CUDA, False, at_64_px)
+
+
+def test_the_variants_bench_times_every_variant_against_the_floor(tiny_sdxl: Path) -> None:
+    from bench.floor_variants import time_variants
+
+    config = {"model": str(tiny_sdxl), "family": "sdxl", "preset": "tiny", "resolution": 32}
+    rows = time_variants({**config, "rounds": 1, "warmup": 0})
+    assert [row["variant"] for row in rows] == [
+        "floor",
+        "bf16 autocast",
+        "channels_last",
+        "floor + optimizer",
+        "dpo: separate ref",
+        "dpo: folded ref",
+    ]
+    assert all(row["step_ms"] > 0 for row in rows)
