@@ -11,9 +11,10 @@ from api import monitoring
 from api.body_limit import BodyLimitMiddleware
 from api.deps import AppContext
 from api.errors import install_error_handlers
-from api.routes import base_models, datasets, docs, health, jobs, outputs, web, webhooks, workers
+from api.routes import base_models, datasets, docs, health, jobs, outputs, uploads, web, webhooks, workers
 from api.services import dataset_kinds
 from api.services import datasets as datasets_service
+from api.services.uploads import UploadStore
 from api.tenant_cache import SingleFlight, TenantCache
 from core.db import Database
 from core.queue import make_producer
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         datasets_service.sweep_abandoned(context)
+        UploadStore(settings).expire()  # resumable uploads left untouched past their expiry
         dataset_kinds.backfill_at_start(context)
         yield
         context.database.dispose()
@@ -64,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.context = context
     install_error_handlers(app)
     monitoring.install(app, context.database)
-    for module in (health, datasets, jobs, outputs, webhooks, workers, base_models):
+    for module in (health, datasets, uploads, jobs, outputs, webhooks, workers, base_models):
         app.include_router(module.router)
     web.install(app)
     docs.install(app)

@@ -152,6 +152,17 @@ def _add_demo_command(commands: Subparsers) -> None:
     demo.set_defaults(handler=cmd_demo_data)
 
 
+def _part_bytes(text: str) -> int:
+    """A part size: a whole number of bytes from 1 KiB to 1 GiB."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of bytes: {text!r}") from None
+    if not 1 << 10 <= value <= 1 << 30:
+        raise argparse.ArgumentTypeError(f"{value} is not between 1024 (1 KiB) and 1073741824 (1 GiB)")
+    return value
+
+
 def _add_dataset_commands(commands: Subparsers, common: argparse.ArgumentParser) -> None:
     datasets = commands.add_parser("datasets", help="preference datasets")
     sub = datasets.add_subparsers(required=True, metavar="COMMAND")
@@ -164,6 +175,24 @@ def _add_dataset_commands(commands: Subparsers, common: argparse.ArgumentParser)
         default="pairs",
         help="targets / avoid: rows of prompt, image, generation_prompt; the job's base model draws the "
         "rejected (targets) or chosen (avoid) side",
+    )
+    upload.add_argument(
+        "--trigger-word",
+        help="captioned images (kind targets): the word the adapter learns; put in each caption at "
+        "[trigger], else in front, and left out of the prompt the base model draws the rejected side from",
+    )
+    upload.add_argument(
+        "--part-bytes",
+        type=_part_bytes,
+        default=16 << 20,
+        help="size of each resumable part in bytes (default 16 MiB); a dropped connection re-sends at "
+        "most the part in flight",
+    )
+    upload.add_argument(
+        "--one-request",
+        action="store_true",
+        help="send the file in one request instead of resumable parts (no resume after a dropped "
+        "connection; for servers older than /v1/uploads)",
     )
     upload.set_defaults(handler=cmd_datasets_upload)
     listing = sub.add_parser("list", parents=[common], help="your datasets, newest first")
@@ -297,9 +326,19 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets_upload(args: argparse.Namespace) -> int:
-    """Upload a dataset; prints its id first."""
+    """Upload a dataset in resumable parts (run it again to resume one cut off); prints its id first."""
+    path = existing_file(args.file)
+    fields: dict[str, Any] = {"name": args.name, "kind": args.kind, "trigger_word": args.trigger_word}
     with client_from(args) as mapo:
-        dataset = mapo.upload_dataset(existing_file(args.file), name=args.name, kind=args.kind)
+        if args.one_request:
+            dataset = mapo.upload_dataset(path, **fields)
+        else:
+            from client.output import upload_progress
+
+            with upload_progress(path.name) as on_progress:
+                dataset = mapo.upload_dataset_resumable(
+                    path, part_bytes=args.part_bytes, on_progress=on_progress, **fields
+                )
     print(
         f"{dataset['id']} {dataset['status']}: {dataset['num_pairs']} pairs ({dataset['kind']}), "
         f"{dataset['name']!r}"

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from client.sdk import JSON, MapoClient
@@ -114,6 +125,20 @@ def watch_job(mapo: MapoClient, job_id: str, console: Console) -> JSON:
         for event in mapo.iter_events(job_id, after=last_id):
             _show(progress, task, event)
     return mapo.get_job(job_id)
+
+
+@contextmanager
+def upload_progress(filename: str) -> Iterator[Callable[[int, int], None]]:
+    """A bar on stderr (bytes the server holds, speed, time left) for a resumable upload; yields its
+    `on_progress(held, total)`. A resumed upload starts the bar at what was already there."""
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    with Progress(*columns, TimeRemainingColumn(), console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task(filename, total=None)
+
+        def on_progress(held: int, total: int) -> None:
+            bar.update(task, completed=held, total=total)
+
+        yield on_progress
 
 
 def _show(progress: Progress, task: TaskID, event: JSON) -> None:

@@ -113,17 +113,48 @@ class MapoClient:
         *,
         name: str | None = None,
         kind: Literal["pairs", "targets", "avoid"] = "pairs",
+        trigger_word: str | None = None,
         idempotency_key: str | None = None,
     ) -> JSON:
-        """Upload a .zip, .tar(.gz) or .parquet preference dataset (streamed from disk); returns it ready.
-        `kind` "targets" or "avoid": one image per row, the other side drawn by the job's base model.
-        A repeated `idempotency_key` with the same file, name and kind returns the same dataset."""
+        """Upload a .zip, .tar(.gz) or .parquet preference dataset in one request (streamed from disk);
+        returns it ready. `kind` "targets" or "avoid": one image per row, the other side drawn by the
+        job's base model; `trigger_word` for captioned images (see the API). A repeated
+        `idempotency_key` with the same file, name and kind returns the same dataset. For large files
+        prefer `upload_dataset_resumable`."""
         path = Path(path)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        data = {"kind": kind} | ({"name": name} if name is not None else {})
+        data = _dataset_fields(name=name, kind=kind, trigger_word=trigger_word)
         with path.open("rb") as stream:
             files = {"file": (path.name, stream, "application/octet-stream")}
             return self._json("POST", "/v1/datasets", files=files, data=data, headers=headers)
+
+    def upload_dataset_resumable(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        kind: Literal["pairs", "targets", "avoid"] = "pairs",
+        trigger_word: str | None = None,
+        part_bytes: int | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+        state_file: str | os.PathLike[str] | None = None,
+    ) -> JSON:
+        """Upload a dataset in parts (the tus protocol), resuming after dropped connections and server
+        restarts from the bytes the server holds, then make it a dataset; returns it ready.
+        `on_progress(held, total)` is called after each part. The upload's id is kept in `state_file`
+        (default: $XDG_STATE_HOME/mapo/uploads.json), so calling this again for the same file after a
+        crash resumes it. UploadInterrupted if the server stays unreachable."""
+        from client.uploads import DEFAULT_PART_BYTES, ResumableUpload, Transport
+
+        transport = Transport(self._http, self.base_url, self._headers, _raise_for_error)
+        upload = ResumableUpload(
+            transport,
+            Path(path),
+            part_bytes=part_bytes or DEFAULT_PART_BYTES,
+            on_progress=on_progress,
+            state_file=Path(state_file) if state_file is not None else None,
+        )
+        return upload.run(_dataset_fields(name=name, kind=kind, trigger_word=trigger_word))
 
     def get_dataset(self, dataset_id: str) -> JSON:
         """One dataset: pairs, bytes, sha256 and a preview."""
@@ -363,6 +394,11 @@ class MapoClient:
                 partial.unlink(missing_ok=True)
                 raise
         return partial.replace(target)
+
+
+def _dataset_fields(*, name: str | None, kind: str, trigger_word: str | None) -> dict[str, str]:
+    optional = {"name": name, "trigger_word": trigger_word}
+    return {"kind": kind} | {field: value for field, value in optional.items() if value is not None}
 
 
 def _raise_for_error(response: httpx.Response) -> None:

@@ -71,6 +71,20 @@ class Settings(BaseSettings):
         "(data_dir/cache); the least recently used ones not in use are evicted beyond it.",
     )
     max_upload_bytes: int = Field(default=4 << 30, ge=1, description="Largest accepted dataset upload.")
+    upload_expiry_seconds: int = Field(
+        default=86400,
+        ge=60,
+        description="A resumable upload untouched for this long is removed with the bytes it received.",
+    )
+    max_open_uploads: int = Field(
+        default=8, ge=1, description="Most resumable uploads a tenant may have open (not yet a dataset)."
+    )
+    min_free_disk_bytes: int = Field(
+        default=1 << 30,
+        ge=0,
+        description="A resumable upload is refused (507) if its declared length, with what open uploads "
+        "still have to receive, would leave less free than this on the data directory's disk.",
+    )
     max_pairs: int = Field(default=200_000, ge=1, description="Most preference pairs in one dataset.")
     max_image_bytes: int = Field(default=20 << 20, ge=1, description="Largest encoded image file in bytes.")
     max_image_pixels: int = Field(default=4096 * 4096, ge=1, description="Largest decoded image (w * h).")

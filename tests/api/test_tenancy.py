@@ -6,7 +6,7 @@ The route table below must name every /v1 route the app serves: a new route fail
 
 import hashlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -31,6 +31,7 @@ class Owned:
     dataset_id: str
     job_id: str
     sample_id: int
+    upload_id: str  # complete, not yet a dataset
 
 
 @dataclass(frozen=True)
@@ -38,11 +39,16 @@ class Call:
     method: str
     path: str
     kwargs: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)  # beside the key
+
+
+TUS = {"Tus-Resumable": "1.0.0"}
+PART = {**TUS, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
 
 
 def calls(owned: Owned) -> dict[tuple[str, str], Call]:
     """One request per route template, aimed at the owner's objects."""
-    ds, job = owned.dataset_id, owned.job_id
+    ds, job, up = owned.dataset_id, owned.job_id, owned.upload_id
     zipped = {"files": {"file": ("pairs.zip", pairs_zip())}}
     table = {
         ("POST", "/v1/datasets"): Call("POST", "/v1/datasets", zipped),
@@ -73,18 +79,27 @@ def calls(owned: Owned) -> dict[tuple[str, str], Call]:
         ("POST", "/v1/webhooks/secret/rotate"): Call("POST", "/v1/webhooks/secret/rotate", {}),
         ("GET", "/v1/workers"): Call("GET", "/v1/workers", {}),
         ("GET", "/v1/base-models"): Call("GET", "/v1/base-models", {}),
+        ("OPTIONS", "/v1/uploads"): Call("OPTIONS", "/v1/uploads", {}),
+        ("POST", "/v1/uploads"): Call("POST", "/v1/uploads", {}, {**TUS, "Upload-Length": "4"}),
+        ("HEAD", "/v1/uploads/{upload_id}"): Call("HEAD", f"/v1/uploads/{up}", {}, TUS),
+        ("GET", "/v1/uploads/{upload_id}"): Call("GET", f"/v1/uploads/{up}", {}),
+        ("PATCH", "/v1/uploads/{upload_id}"): Call("PATCH", f"/v1/uploads/{up}", {"content": b"abcd"}, PART),
+        ("DELETE", "/v1/uploads/{upload_id}"): Call("DELETE", f"/v1/uploads/{up}", {}, TUS),
+        ("POST", "/v1/uploads/{upload_id}/dataset"): Call("POST", f"/v1/uploads/{up}/dataset", {"json": {}}),
     }
     return table
 
 
 # Routes that create rather than read: a stranger's request succeeds for the stranger, on their own data.
-CREATES = {("POST", "/v1/datasets")}
+CREATES = {("POST", "/v1/datasets"), ("POST", "/v1/uploads")}
 # Lists answer 200 with only the caller's rows.
 LISTS = {("GET", "/v1/datasets"), ("GET", "/v1/jobs")}
 # Shared infrastructure every key may read: it holds no tenant's data.
 SHARED = {("GET", "/v1/workers"), ("GET", "/v1/base-models")}
 # The caller's own webhook secret: a stranger gets (and rotates) theirs, never the owner's.
 OWN_SECRET = {("GET", "/v1/webhooks/secret"), ("POST", "/v1/webhooks/secret/rotate")}
+# tus discovery: what the server takes, the same for every key.
+DISCOVERY = {("OPTIONS", "/v1/uploads")}
 
 
 def v1_routes(client: TestClient) -> set[tuple[str, str]]:
@@ -127,7 +142,12 @@ def owned(client: TestClient, session: Session, settings: Settings, owner: Tenan
     event_repo.append_event(session, job.id, "succeeded", "done")
     session.commit()
     (sample,) = client.get(f"/v1/jobs/{job.id}/samples", headers=headers).json()["data"]
-    return Owned(dataset_id=dataset_id, job_id=job.id, sample_id=sample["id"])
+    archive = pairs_zip()
+    created = client.post("/v1/uploads", headers={**headers, **TUS, "Upload-Length": str(len(archive))})
+    upload_id = created.json()["id"]
+    part = client.patch(f"/v1/uploads/{upload_id}", content=archive, headers={**headers, **PART})
+    assert part.status_code == 204, part.text
+    return Owned(dataset_id=dataset_id, job_id=job.id, sample_id=sample["id"], upload_id=upload_id)
 
 
 def test_every_v1_route_is_covered(client: TestClient, owned: Owned) -> None:
@@ -137,9 +157,10 @@ def test_every_v1_route_is_covered(client: TestClient, owned: Owned) -> None:
 def test_every_v1_route_refuses_a_request_without_a_valid_key(client: TestClient, owned: Owned) -> None:
     for call in calls(owned).values():
         for headers in ({}, {"Authorization": "Bearer mapo_not-a-key"}, {"Authorization": "Basic eDp5"}):
-            response = client.request(call.method, call.path, headers=headers, **call.kwargs)
+            response = client.request(call.method, call.path, headers=headers | call.headers, **call.kwargs)
             assert response.status_code == 401, (call, headers, response.text)
-            assert response.json()["error"]["code"] == "unauthenticated"
+            if call.method != "HEAD":  # a HEAD answer has no body
+                assert response.json()["error"]["code"] == "unauthenticated"
 
 
 def test_another_tenant_gets_404_on_every_route_and_changes_nothing(
@@ -148,11 +169,13 @@ def test_another_tenant_gets_404_on_every_route_and_changes_nothing(
     stranger = auth_headers(session)
     owner_secret = client.get("/v1/webhooks/secret", headers=auth_headers(session, owner)).json()["secret"]
     for route, call in calls(owned).items():
-        response = client.request(call.method, call.path, headers=stranger, **call.kwargs)
+        response = client.request(call.method, call.path, headers=stranger | call.headers, **call.kwargs)
         if route in CREATES:
             assert response.status_code == 201, (route, response.text)
         elif route in SHARED:
             assert response.status_code == 200, (route, response.text)
+        elif route in DISCOVERY:
+            assert response.status_code == 204, (route, response.text)
         elif route in OWN_SECRET:
             assert response.status_code == 200 and response.json()["secret"] != owner_secret, route
         elif route in LISTS:
@@ -160,7 +183,8 @@ def test_another_tenant_gets_404_on_every_route_and_changes_nothing(
             assert owned.dataset_id not in mine and owned.job_id not in mine, route
         else:
             assert response.status_code == 404, (route, response.status_code, response.text)
-            assert response.json()["error"]["code"].endswith("not_found"), route
+            if call.method != "HEAD":
+                assert response.json()["error"]["code"].endswith("not_found"), route
 
     # The owner still sees everything as it was: the stranger's DELETE and cancel touched nothing.
     headers = auth_headers(session, owner)
@@ -169,3 +193,5 @@ def test_another_tenant_gets_404_on_every_route_and_changes_nothing(
             response = client.get(call.path, headers=headers)
             assert response.status_code == 200, (route, response.text)
     assert client.get(f"/v1/jobs/{owned.job_id}", headers=headers).json()["status"] == "succeeded"
+    upload = client.get(f"/v1/uploads/{owned.upload_id}", headers=headers).json()
+    assert (upload["offset"], upload["dataset_id"]) == (upload["length"], None)

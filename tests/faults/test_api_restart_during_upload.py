@@ -124,3 +124,81 @@ def test_upload_cut_by_an_api_kill_leaves_nothing_after_the_restart(tmp_path: Pa
     finally:
         if api.process is not None and api.process.poll() is None:
             api.kill()
+
+
+def send_part_halfway(api: Api, upload_id: str, part: bytes) -> socket.socket:
+    """A PATCH that declares all of `part` but sends only its first half, and stays open."""
+    sock = socket.create_connection(("127.0.0.1", api.port))
+    head = (
+        f"PATCH /v1/uploads/{upload_id} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {api.key}\r\n"
+        "Tus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
+        f"Content-Length: {len(part)}\r\n\r\n"
+    ).encode()
+    sock.sendall(head + part[: len(part) // 2])
+    return sock
+
+
+def test_a_resumable_upload_cut_by_an_api_kill_loses_only_the_part_in_flight(tmp_path: Path) -> None:
+    archive = tmp_path / "pairs.zip"
+    write_demo_upload(archive, kind="zip", num_pairs=200, resolution=64)
+    data = archive.read_bytes()
+    api = Api(tmp_path / "data")
+    api.start()
+    tus = {"Authorization": f"Bearer {api.key}", "Tus-Resumable": "1.0.0"}
+    try:
+        created = httpx.post(f"{api.url}/v1/uploads", headers={**tus, "Upload-Length": str(len(data))})
+        upload_id = created.json()["id"]
+        sock = send_part_halfway(api, upload_id, data)
+        (received,) = (api.data_dir / "tmp" / "uploads").glob(f"*/{upload_id}/data")
+        wait_for(lambda: received.stat().st_size >= len(data) // 4)
+        api.kill()
+        sock.close()
+
+        api.start()
+        head = httpx.head(f"{api.url}/v1/uploads/{upload_id}", headers=tus)
+        held = int(head.headers["Upload-Offset"])
+        # Everything the kernel took before the kill is kept, and it is the file's own first bytes.
+        assert len(data) // 4 <= held <= len(data) // 2
+        assert received.read_bytes() == data[:held]
+        rest = httpx.patch(
+            f"{api.url}/v1/uploads/{upload_id}",
+            content=data[held:],
+            headers={**tus, "Upload-Offset": str(held), "Content-Type": "application/offset+octet-stream"},
+            timeout=60,
+        )
+        assert rest.status_code == 204, rest.text
+        made = httpx.post(f"{api.url}/v1/uploads/{upload_id}/dataset", json={}, headers=tus, timeout=120)
+        assert made.status_code == 201, made.text
+        assert made.json()["num_pairs"] == 200
+    finally:
+        if api.process is not None and api.process.poll() is None:
+            api.kill()
+
+
+def test_the_cli_upload_resumes_on_its_own_across_an_api_restart(tmp_path: Path) -> None:
+    archive = tmp_path / "pairs.zip"
+    write_demo_upload(archive, kind="zip", num_pairs=400, resolution=64)
+    size = archive.stat().st_size
+    api = Api(tmp_path / "data")
+    api.start()
+    try:
+        env = {**api.env, "MAPO_API_URL": api.url, "MAPO_API_KEY": api.key, "XDG_STATE_HOME": str(tmp_path)}
+        # Many small parts, so that the kill lands in the middle of the upload.
+        command = [sys.executable, "-m", "client", "datasets", "upload", str(archive), "--name", "resumed"]
+        command += ["--part-bytes", str(64 << 10)]
+        with (tmp_path / "cli.log").open("wb") as log:
+            cli = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log)
+            uploads = api.data_dir / "tmp" / "uploads"
+            wait_for(lambda: any(p.stat().st_size > size // 3 for p in uploads.glob("*/*/data")))
+            api.kill()
+            time.sleep(1)
+            api.start()
+            out, _ = cli.communicate(timeout=300)
+        assert cli.returncode == 0, (tmp_path / "cli.log").read_text()
+        dataset_id = out.decode().split()[0]
+        dataset = api.get(f"/v1/datasets/{dataset_id}").json()
+        assert (dataset["num_pairs"], dataset["bytes"], dataset["name"]) == (400, size, "resumed")
+        assert [d["id"] for d in api.get("/v1/datasets").json()["data"]] == [dataset_id]
+    finally:
+        if api.process is not None and api.process.poll() is None:
+            api.kill()

@@ -1,0 +1,252 @@
+"""Resumable uploads (the tus 1.0 core protocol, with its creation, expiration and termination
+extensions): a large dataset is sent in parts, and a client whose connection drops asks for the offset
+the server holds and sends only the rest. Once complete, the file becomes a dataset through the same
+checks as a one-shot upload (`POST /v1/uploads/{id}/dataset`).
+
+Each upload is a folder of files, not a database row, because its bytes are local to the API host that
+receives them anyway: `tmp_dir/uploads/<tenant>/<upload>/` holds `info.json` (the declared length, the
+file name, the dataset it became) and `data` (the bytes received, in order). The offset is the size of
+`data`: what the kernel has accepted is what a client resumes from, so killing the API mid-part loses
+only the part in flight. An exclusive `flock` on `lock` keeps two requests from writing one upload at
+once; the kernel drops it when a process dies, however it dies.
+
+Disk is reserved when an upload is created: one whose declared length, added to what every open upload
+still has to receive, would leave less than `min_free_disk_bytes` free is refused (507), so accepted
+uploads cannot fill the disk between them. Uploads untouched for `upload_expiry_seconds` are removed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from api.errors import ApiError, Conflict, NotFound, PayloadTooLarge
+from core.models import new_id
+from core.settings import Settings
+
+INFO_FILE, DATA_FILE, LOCK_FILE = "info.json", "data", "lock"
+MAX_FILENAME_CHARS = 255
+
+
+class InsufficientStorage(ApiError):
+    status_code, code = 507, "insufficient_storage"
+
+
+class TooManyUploads(ApiError):
+    status_code, code = 429, "too_many_open_uploads"
+
+
+@dataclass(frozen=True)
+class UploadInfo:
+    """What is known of an upload besides its bytes."""
+
+    id: str
+    length: int
+    filename: str
+    created_at: float
+    dataset_id: str | None = None
+
+
+@dataclass(frozen=True)
+class UploadState:
+    info: UploadInfo
+    offset: int
+    expires_at: float
+
+    @property
+    def complete(self) -> bool:
+        return self.offset == self.info.length
+
+
+class UploadStore:
+    """The resumable uploads of every tenant, under `root` (one folder per tenant, then per upload)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.root = settings.tmp_dir / "uploads"
+        self.max_bytes = settings.max_upload_bytes
+        self.expiry_seconds = settings.upload_expiry_seconds
+        self.max_open = settings.max_open_uploads
+        self.min_free_bytes = settings.min_free_disk_bytes
+
+    def create(self, tenant_id: str, *, length: int, filename: str) -> UploadState:
+        """Open a new upload of `length` bytes (413 past the upload limit, 429 with too many open for
+        the tenant, 507 if the disk cannot hold it beside the others)."""
+        if length > self.max_bytes:
+            raise PayloadTooLarge(f"Upload-Length exceeds {self.max_bytes} bytes", param="Upload-Length")
+        self.expire()
+        tenant_dir = self.root / tenant_id
+        tenant_dir.mkdir(parents=True, exist_ok=True)
+        if sum(1 for _ in self._open_states(tenant_dir)) >= self.max_open:
+            raise TooManyUploads(
+                f"{self.max_open} uploads are already open; finish or delete one first", param="Upload-Length"
+            )
+        self._reserve(length)
+        info = UploadInfo(new_id("up"), length, filename[-MAX_FILENAME_CHARS:], time.time())
+        folder = tenant_dir / info.id
+        folder.mkdir()
+        (folder / DATA_FILE).touch()
+        (folder / LOCK_FILE).touch()
+        _write_info(folder, info)
+        return self._state(folder, info)
+
+    def get(self, tenant_id: str, upload_id: str) -> UploadState:
+        """The upload's state; 404 for one that does not exist, expired, or is another tenant's."""
+        folder = self._folder(tenant_id, upload_id)
+        return self._state(folder, _read_info(folder))
+
+    def append(self, tenant_id: str, upload_id: str, *, offset: int, chunks: Iterable[bytes]) -> UploadState:
+        """Write `chunks` at `offset`, which must be the offset the server holds (409 otherwise, or while
+        another request writes this upload). Bytes past the declared length are refused (413) after the
+        ones that fit are kept; a body cut short keeps what arrived."""
+        folder = self._folder(tenant_id, upload_id)
+        with _locked(folder):
+            info = _read_info(folder)
+            held = (folder / DATA_FILE).stat().st_size
+            if offset != held:
+                raise Conflict(
+                    f"Upload-Offset is {offset}, but the server holds {held} bytes of this upload",
+                    param="Upload-Offset",
+                    code="upload_offset_mismatch",
+                )
+            if info.dataset_id is not None:
+                raise Conflict("the upload is already a dataset", param="upload_id", code="upload_finished")
+            _append_within(folder / DATA_FILE, chunks, room=info.length - held)
+            return self._state(folder, info)
+
+    @contextmanager
+    def completed(self, tenant_id: str, upload_id: str) -> Iterator[tuple[UploadState, Path]]:
+        """Hold the complete upload (409 if bytes are missing) and its data file while it is made a
+        dataset; no other request can write or finish it meanwhile."""
+        folder = self._folder(tenant_id, upload_id)
+        with _locked(folder):
+            state = self._state(folder, _read_info(folder))
+            if not state.complete:
+                raise Conflict(
+                    f"the upload holds {state.offset} of its {state.info.length} bytes",
+                    param="upload_id",
+                    code="upload_incomplete",
+                )
+            yield state, folder / DATA_FILE
+
+    def mark_dataset(self, tenant_id: str, upload_id: str, dataset_id: str) -> None:
+        """Record which dataset the upload became (a repeated request answers with it) and free its bytes."""
+        folder = self._folder(tenant_id, upload_id)
+        info = _read_info(folder)
+        _write_info(folder, UploadInfo(**{**asdict(info), "dataset_id": dataset_id}))
+        (folder / DATA_FILE).write_bytes(b"")
+
+    def delete(self, tenant_id: str, upload_id: str) -> None:
+        folder = self._folder(tenant_id, upload_id)
+        with _locked(folder):
+            shutil.rmtree(folder)
+
+    def expire(self) -> list[str]:
+        """Remove every upload untouched for the expiry time (and not being written); returns their ids."""
+        removed = []
+        for folder in self.root.glob("*/*"):
+            try:
+                if _last_touched(folder) + self.expiry_seconds > time.time():
+                    continue
+                with _locked(folder):
+                    shutil.rmtree(folder)
+                removed.append(folder.name)
+            except (Conflict, NotFound, FileNotFoundError):
+                continue  # being written, or removed by another process meanwhile
+        return removed
+
+    def _reserve(self, length: int) -> None:
+        pending = 0
+        for tenant_dir in self.root.iterdir():
+            pending += sum(s.info.length - s.offset for s in self._open_states(tenant_dir))
+        free = shutil.disk_usage(self.root).free
+        if free - pending - length < self.min_free_bytes:
+            raise InsufficientStorage(
+                f"the server cannot hold {length} more bytes now ({free} free, {pending} promised to "
+                f"open uploads, {self.min_free_bytes} kept free)",
+                param="Upload-Length",
+            )
+
+    def _open_states(self, tenant_dir: Path) -> Iterator[UploadState]:
+        for folder in tenant_dir.iterdir():
+            try:
+                state = self._state(folder, _read_info(folder))
+            except NotFound:
+                continue
+            if state.info.dataset_id is None:
+                yield state
+
+    def _folder(self, tenant_id: str, upload_id: str) -> Path:
+        # Ids are ours (`up_` + hex): anything else cannot name a folder, so no path can be built from it.
+        if not (upload_id.startswith("up_") and upload_id[3:].isalnum() and len(upload_id) <= 64):
+            raise NotFound(f"upload {upload_id!r} not found", param="upload_id")
+        folder = self.root / tenant_id / upload_id
+        if not (folder / INFO_FILE).is_file():
+            raise NotFound(f"upload {upload_id!r} not found", param="upload_id")
+        return folder
+
+    def _state(self, folder: Path, info: UploadInfo) -> UploadState:
+        try:
+            offset = (folder / DATA_FILE).stat().st_size
+        except FileNotFoundError:
+            raise NotFound(f"upload {info.id!r} not found", param="upload_id") from None
+        if info.dataset_id is not None:
+            offset = info.length  # its bytes were freed once it became a dataset
+        return UploadState(info, offset, _last_touched(folder) + self.expiry_seconds)
+
+
+def _append_within(path: Path, chunks: Iterable[bytes], *, room: int) -> None:
+    """Append `chunks` to `path`, at most `room` bytes; 413 for more. Synced before returning, so a
+    machine that crashes right after the answer still holds the offset it gave."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        for chunk in chunks:
+            if len(chunk) > room:
+                os.write(fd, chunk[:room])
+                raise PayloadTooLarge("the part goes past the upload's Upload-Length", param="Upload-Offset")
+            os.write(fd, chunk)
+            room -= len(chunk)
+    finally:
+        os.fsync(fd)
+        os.close(fd)
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    try:
+        fd = os.open(folder / LOCK_FILE, os.O_CREAT | os.O_WRONLY, 0o600)
+    except FileNotFoundError:
+        raise NotFound(f"upload {folder.name!r} not found", param="upload_id") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Conflict(
+                "another request is writing this upload", param="upload_id", code="upload_busy"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _read_info(folder: Path) -> UploadInfo:
+    try:
+        return UploadInfo(**json.loads((folder / INFO_FILE).read_text()))
+    except FileNotFoundError:
+        raise NotFound(f"upload {folder.name!r} not found", param="upload_id") from None
+
+
+def _write_info(folder: Path, info: UploadInfo) -> None:
+    pending = folder / f"{INFO_FILE}.tmp"
+    pending.write_text(json.dumps(asdict(info)))
+    os.replace(pending, folder / INFO_FILE)  # a reader sees the old file or the new one, never half
+
+
+def _last_touched(folder: Path) -> float:
+    return max((folder / name).stat().st_mtime for name in (INFO_FILE, DATA_FILE))
