@@ -20,6 +20,7 @@ from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
 from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
 from bench.full_sdxl import TEXT_ENCODERS, _text_config
+from bench.full_size import count_parameters, kl_vae_config
 from trainer.synthetic.tiny import build_tokenizer
 from trainer.synthetic.tiny_flow import build_t5_tokenizer, flux_scheduler
 
@@ -35,20 +36,13 @@ FLUX_TRANSFORMER: dict[str, Any] = {
     "guidance_embeds": True,
     "axes_dims_rope": (16, 56, 56),
 }
-FLUX_VAE: dict[str, Any] = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ("DownEncoderBlock2D",) * 4,
-    "up_block_types": ("UpDecoderBlock2D",) * 4,
-    "block_out_channels": (128, 256, 512, 512),
-    "layers_per_block": 2,
-    "latent_channels": 16,
-    "sample_size": 1024,
-    "scaling_factor": 0.3611,
-    "shift_factor": 0.1159,
-    "use_quant_conv": False,
-    "use_post_quant_conv": False,
-}
+FLUX_VAE = kl_vae_config(
+    latent_channels=16,
+    scaling_factor=0.3611,
+    shift_factor=0.1159,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
+)
 T5_XXL: dict[str, Any] = {"d_model": 4096, "d_ff": 10240, "d_kv": 64, "num_layers": 24, "num_heads": 64}
 
 
@@ -85,15 +79,11 @@ def parameter_counts() -> dict[str, int]:
     """Parameters per component, counted on the meta device (nothing is allocated)."""
     with torch.device("meta"):
         return {
-            "transformer": _count(FluxTransformer2DModel(**FLUX_TRANSFORMER)),
-            "vae": _count(AutoencoderKL(**FLUX_VAE)),
-            "text_encoder": _count(CLIPTextModel(_text_config(TEXT_ENCODERS[0]))),
-            "text_encoder_2": _count(T5EncoderModel(_t5_config(32128))),
+            "transformer": count_parameters(FluxTransformer2DModel(**FLUX_TRANSFORMER)),
+            "vae": count_parameters(AutoencoderKL(**FLUX_VAE)),
+            "text_encoder": count_parameters(CLIPTextModel(_text_config(TEXT_ENCODERS[0]))),
+            "text_encoder_2": count_parameters(T5EncoderModel(_t5_config(32128))),
         }
-
-
-def _count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 if __name__ == "__main__":

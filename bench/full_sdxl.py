@@ -18,6 +18,7 @@ import torch
 from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from bench.full_size import count_parameters, kl_vae_config
 from trainer.synthetic.tiny import MAX_LENGTH, build_tokenizer, sd_scheduler
 
 SDXL_UNET: dict[str, Any] = {
@@ -37,17 +38,7 @@ SDXL_UNET: dict[str, Any] = {
     "projection_class_embeddings_input_dim": 2816,
     "norm_num_groups": 32,
 }
-SDXL_VAE: dict[str, Any] = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ("DownEncoderBlock2D",) * 4,
-    "up_block_types": ("UpDecoderBlock2D",) * 4,
-    "block_out_channels": (128, 256, 512, 512),
-    "layers_per_block": 2,
-    "latent_channels": 4,
-    "sample_size": 1024,
-    "scaling_factor": 0.13025,
-}
+SDXL_VAE = kl_vae_config(latent_channels=4, scaling_factor=0.13025)
 # (hidden, intermediate, layers, heads, activation) of CLIP ViT-L/14 and OpenCLIP ViT-bigG/14.
 TEXT_ENCODERS = ((768, 3072, 12, 12, "quick_gelu"), (1280, 5120, 32, 20, "gelu"))
 
@@ -100,14 +91,13 @@ def _text_config(
 def parameter_counts() -> dict[str, int]:
     """Parameters per component, counted on the meta device (nothing is allocated)."""
     with torch.device("meta"):
-        counts = {"unet": _count(UNet2DConditionModel(**SDXL_UNET)), "vae": _count(AutoencoderKL(**SDXL_VAE))}
+        counts = {
+            "unet": count_parameters(UNet2DConditionModel(**SDXL_UNET)),
+            "vae": count_parameters(AutoencoderKL(**SDXL_VAE)),
+        }
         for name, shape in zip(("text_encoder", "text_encoder_2"), TEXT_ENCODERS, strict=True):
-            counts[name] = _count(CLIPTextModelWithProjection(_text_config(shape)))
+            counts[name] = count_parameters(CLIPTextModelWithProjection(_text_config(shape)))
     return counts
-
-
-def _count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 if __name__ == "__main__":
