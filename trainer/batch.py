@@ -24,6 +24,9 @@ class PairBatch:
     latent_mean: torch.Tensor | None = None  # (2B, C, h, w), unscaled VAE posterior
     latent_std: torch.Tensor | None = None
     conditioning: Conditioning | None = None  # of the B prompts
+    # (B, 1, H, W) preference weights in [0, 1], one per pair, at any resolution (pixels, or the latent grid
+    # from the cache); None when the dataset has no masks.
+    mask: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -40,4 +43,5 @@ class PairBatch:
             latent_mean=move(self.latent_mean),
             latent_std=move(self.latent_std),
             conditioning=None if self.conditioning is None else self.conditioning.to(device),
+            mask=move(self.mask),
         )

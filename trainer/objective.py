@@ -17,16 +17,19 @@ from trainer.encoding import encode_pixels, sample_latents
 from trainer.families.base import Conditioning, ImageGeometry, ModelFamily
 from trainer.fast_floor import fold_reference_pays
 from trainer.lora import frozen_dtype, lora_masked
+from trainer.masks import latent_grid_mask, masked_mean_error
 from trainer.spec import TrainSpec
 
 
 @dataclass
 class PairInputs:
-    """Model inputs of B pairs: latents (2B, C, h, w), conditioning of B prompts, the pairs' geometry."""
+    """Model inputs of B pairs: latents (2B, C, h, w), conditioning of B prompts, the pairs' geometry,
+    and the preference masks on the latent grid, (2B, 1, h, w), or None where the dataset has none."""
 
     latents: torch.Tensor
     conditioning: Conditioning
     geometry: ImageGeometry
+    mask: torch.Tensor | None = None
 
 
 def prepare_inputs(family: ModelFamily, batch: PairBatch, resolution: int) -> PairInputs:
@@ -38,7 +41,12 @@ def prepare_inputs(family: ModelFamily, batch: PairBatch, resolution: int) -> Pa
         mean, std = encode_pixels(family.vae, batch.pixels)
         conditioning = family.encode_prompts(batch.prompts)
     geometry = ImageGeometry(batch.original_sizes, batch.crop_top_lefts, resolution)
-    return PairInputs(sample_latents(family, mean, std), conditioning, geometry)
+    latents = sample_latents(family, mean, std)
+    mask = None
+    if batch.mask is not None:
+        # One mask per pair serves both of its images.
+        mask = latent_grid_mask(batch.mask.to(latents.device), (latents.shape[-2], latents.shape[-1])).repeat(2, 1, 1, 1)
+    return PairInputs(latents, conditioning, geometry, mask)
 
 
 def denoising_errors(
@@ -49,7 +57,9 @@ def denoising_errors(
     noise: torch.Tensor,
     levels: torch.Tensor,
 ) -> torch.Tensor:
-    """Per-sample weighted mean squared error of the prediction, float32, shape (2B,).
+    """Per-sample weighted mean squared error of the prediction, float32, shape (2B,), averaged over the
+    preference mask where the inputs have one. Every family predicts on the unpacked (2B, C, h, w) grid
+    (FLUX unpacks its tokens in `predict`), so one mask layout serves all.
 
     noise: (B, C, h, w) and levels: (B,) are shared by the chosen and rejected image of each pair.
     """
@@ -59,7 +69,7 @@ def denoising_errors(
     noised = family.add_noise(inputs.latents, noise2, levels2)
     cond = inputs.conditioning.repeat_for_pairs().to(noised.noisy.device, dtype)
     pred = family.predict(denoiser, noised.noisy.to(dtype), levels2, cond, inputs.geometry)
-    errors = (pred.float() - noised.target.float()).pow(2).mean(dim=tuple(range(1, pred.ndim)))
+    errors = masked_mean_error(pred, noised.target, inputs.mask)
     if noised.weighting is not None:
         errors = errors * noised.weighting.float()
     return errors
@@ -145,12 +155,17 @@ def folded_errors(
     machine idle (the CPU at small sizes) this costs less than a second, gradient-free pass."""
     chosen, rejected = inputs.latents.chunk(2)
     geometry = inputs.geometry
+    mask = None
+    if inputs.mask is not None:
+        chosen_mask, rejected_mask = inputs.mask.chunk(2)
+        mask = torch.cat([chosen_mask, chosen_mask, rejected_mask, rejected_mask])
     doubled = PairInputs(
         torch.cat([chosen, chosen, rejected, rejected]),
         inputs.conditioning.repeat(2),
         ImageGeometry(
             geometry.original_sizes.repeat(2, 1), geometry.crop_top_lefts.repeat(2, 1), geometry.resolution
         ),
+        mask,
     )
     num_pairs = len(chosen)
     policy = torch.tensor([True, False], device=chosen.device).repeat_interleave(num_pairs).repeat(2)
