@@ -45,7 +45,8 @@ def prepare_inputs(family: ModelFamily, batch: PairBatch, resolution: int) -> Pa
     mask = None
     if batch.mask is not None:
         # One mask per pair serves both of its images.
-        mask = latent_grid_mask(batch.mask.to(latents.device), (latents.shape[-2], latents.shape[-1])).repeat(2, 1, 1, 1)
+        grid = (latents.shape[-2], latents.shape[-1])
+        mask = latent_grid_mask(batch.mask.to(latents.device), grid).repeat(2, 1, 1, 1)
     return PairInputs(latents, conditioning, geometry, mask)
 
 
