@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from bench.floor_batch import load_floor
 from trainer.fast_floor import adamw_options, channels_last_pays, prepare_denoiser
 
 Step = Callable[[], None]
@@ -29,23 +30,11 @@ Step = Callable[[], None]
 def time_variants(config: dict[str, Any]) -> list[dict[str, Any]]:
     """Median seconds of each variant over `rounds` interleaved rounds (after `warmup` dropped)."""
     from trainer.families.base import ImageGeometry
-    from trainer.families.registry import load_family
-    from trainer.lora import attach_lora
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    family = load_family(config["model"], device=device, weight_dtype=dtype)
-    denoiser = family.denoiser
-    attach_lora(denoiser, rank=4, alpha=4, dropout=0.0, targets=list(family.default_lora_targets))
-    if config.get("gradient_checkpointing"):
-        denoiser.enable_gradient_checkpointing()
-    denoiser.train()
-    side = config["resolution"] // family.vae_scale_factor
-    channels = int(family.vae.config.latent_channels)
-    latents = torch.randn(4, channels, side, side, device=device, dtype=dtype)
-    cond = family.encode_prompts(["a red circle", "a blue square"]).repeat_for_pairs().to(device, dtype)
-    levels = family.draw_levels(2, latents=latents).repeat(2)
-    geometry = ImageGeometry.uncropped(2, config["resolution"])
+    floor = load_floor(config, device)
+    family, denoiser = floor.family, floor.denoiser
+    latents, cond, levels, geometry = floor.latents, floor.cond, floor.levels, floor.geometry
     cuda = device.type == "cuda"
 
     def pass_of(model: Any, *, bf16: bool = cuda, doubled: bool = False, reference: bool = False) -> Step:

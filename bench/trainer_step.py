@@ -236,24 +236,12 @@ def _floor_times(config: dict[str, Any]) -> tuple[list[float], float, dict[str, 
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from trainer.families.base import ImageGeometry
-    from trainer.families.registry import load_family
-    from trainer.lora import attach_lora
+    from bench.floor_batch import load_floor
 
     device = torch.device(_device_name())
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    family = load_family(config["model"], device=device, weight_dtype=dtype)
-    denoiser = family.denoiser
-    attach_lora(denoiser, rank=4, alpha=4, dropout=0.0, targets=list(family.default_lora_targets))
-    if config.get("gradient_checkpointing"):
-        denoiser.enable_gradient_checkpointing()
-        denoiser.train()
-    side = config["resolution"] // family.vae_scale_factor
-    channels = int(family.vae.config.latent_channels)
-    latents = torch.randn(4, channels, side, side, device=device, dtype=dtype)
-    cond = family.encode_prompts(["a red circle", "a blue square"]).repeat_for_pairs().to(device, dtype)
-    geometry = ImageGeometry.uncropped(2, config["resolution"])
-    levels = family.draw_levels(2, latents=latents).repeat(2)
+    floor = load_floor(config, device)
+    family, denoiser = floor.family, floor.denoiser
+    latents, cond, levels, geometry = floor.latents, floor.cond, floor.levels, floor.geometry
 
     def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
