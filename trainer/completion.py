@@ -240,11 +240,18 @@ def _uploaded_path(out: Path, kind: OneSided, index: int, row: TargetRecord) -> 
     return out / IMAGES_DIR / f"{index:06d}_{UPLOADED_ROLE[kind]}{Path(row.image).suffix}"
 
 
+def _mask_path(index: int, uploaded_mask: str) -> str:
+    """Where pair `index`'s uploaded mask is linked in, relative to the completed dataset."""
+    return f"{IMAGES_DIR}/{index:06d}_mask{Path(uploaded_mask).suffix}"
+
+
 def _link_uploaded(dataset_dir: Path, out: Path, rows: list[TargetRecord], kind: OneSided) -> None:
     """Link every uploaded image of `rows` into `out` that is not there yet."""
     (out / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     for index, row in enumerate(rows):
         _link(dataset_dir / row.image, _uploaded_path(out, kind, index, row))
+        if row.mask is not None:
+            _link(dataset_dir / row.mask, out / _mask_path(index, row.mask))
 
 
 def _write_pairs(dataset_dir: Path, out: Path, rows: list[TargetRecord], kind: OneSided) -> None:
@@ -255,7 +262,9 @@ def _write_pairs(dataset_dir: Path, out: Path, rows: list[TargetRecord], kind: O
         uploaded = _uploaded_path(out, kind, index, row).relative_to(out).as_posix()
         drawn = drawn_image_path(out, kind, index).relative_to(out).as_posix()
         chosen, rejected = (uploaded, drawn) if UPLOADED_ROLE[kind] == "chosen" else (drawn, uploaded)
-        lines.append(PairRecord(prompt=row.prompt, chosen=chosen, rejected=rejected).model_dump_json() + "\n")
+        mask = None if row.mask is None else _mask_path(index, row.mask)
+        record = PairRecord(prompt=row.prompt, chosen=chosen, rejected=rejected, mask=mask)
+        lines.append(record.model_dump_json(exclude=None if mask else {"mask"}) + "\n")
     try:
         _replace_text(out / PAIRS_FILE, "".join(lines))
         write_manifest(out, Manifest(kind="pairs", num_pairs=len(rows)))

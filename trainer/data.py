@@ -61,20 +61,45 @@ def prepare_image(
     with Image.open(path) as raw:
         image = raw.convert("RGB")
     original = (image.height, image.width)
-    scale = resolution / min(original)
+    image, top_left = _resize_flip_crop(image, resolution=resolution, flip=flip, crop_fraction=crop_fraction)
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return PreparedImage(torch.from_numpy(array).permute(2, 0, 1).contiguous(), original, top_left)
+
+
+def prepare_mask(
+    path: Path,
+    *,
+    image_size: tuple[int, int],
+    resolution: int,
+    flip: bool,
+    crop_fraction: tuple[float, float],
+) -> torch.Tensor:
+    """A pair's mask as (1, R, R) weights in [0, 1] (white = 1), aligned with its images: stretched to the
+    chosen image's (h, w) `image_size` first (a mask may have any size), then flipped and cropped as they
+    are."""
+    with Image.open(path) as raw:
+        mask = raw.convert("L").resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR)
+    mask, _ = _resize_flip_crop(mask, resolution=resolution, flip=flip, crop_fraction=crop_fraction)
+    return torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0)[None].contiguous()
+
+
+def _resize_flip_crop(
+    image: Image.Image, *, resolution: int, flip: bool, crop_fraction: tuple[float, float]
+) -> tuple[Image.Image, tuple[int, int]]:
+    """The square crop of side `resolution` and its (top, left) in the resized image."""
+    scale = resolution / min(image.height, image.width)
     size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
     image = image.resize(size, Image.Resampling.BICUBIC)
     if flip:
         image = ImageOps.mirror(image)
     top = round(crop_fraction[0] * (image.height - resolution))
     left = round(crop_fraction[1] * (image.width - resolution))
-    image = image.crop((left, top, left + resolution, top + resolution))
-    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    return PreparedImage(torch.from_numpy(array).permute(2, 0, 1).contiguous(), original, (top, left))
+    return image.crop((left, top, left + resolution, top + resolution)), (top, left)
 
 
 class PairDataset(Dataset[dict[str, Any]]):
-    """Yields `{"pixels": (2, 3, R, R) [chosen, rejected], "prompt", "original_size", "crop_top_left"}`.
+    """Yields `{"pixels": (2, 3, R, R) [chosen, rejected], "prompt", "original_size", "crop_top_left",
+    "mask"}`, the mask (1, R, R) or None for a pair without one.
 
     Indexed by draw (see `EpochSampler`); the flip and crop of a draw come from its own generator.
     """
@@ -95,12 +120,22 @@ class PairDataset(Dataset[dict[str, Any]]):
             prepare_image(self.root / rel, resolution=self.augment.resolution, flip=flip, crop_fraction=crop)
             for rel in (pair.chosen, pair.rejected)
         ]
+        mask = None
+        if pair.mask is not None:
+            mask = prepare_mask(
+                self.root / pair.mask,
+                image_size=images[0].original_size,
+                resolution=self.augment.resolution,
+                flip=flip,
+                crop_fraction=crop,
+            )
         return {
             "pixels": torch.stack([images[0].pixels, images[1].pixels]),
             "prompt": pair.prompt,
             "original_size": torch.tensor(images[0].original_size),
             "crop_top_left": torch.tensor(images[0].crop_top_left),
             "index": index,
+            "mask": mask,
         }
 
 
@@ -113,7 +148,17 @@ def collate_pairs(items: list[dict[str, Any]]) -> PairBatch:
         crop_top_lefts=torch.stack([item["crop_top_left"] for item in items]),
         prompts=[item["prompt"] for item in items],
         pixels=torch.cat([pixels[:, 0], pixels[:, 1]]),
+        mask=collate_masks(items, pixels.shape[-2:]),
     )
+
+
+def collate_masks(items: list[dict[str, Any]], size: tuple[int, ...]) -> torch.Tensor | None:
+    """(B, 1, *size) masks of a batch, or None when no pair has one; a pair without a mask in a dataset
+    that has some gets all ones (its whole image counts)."""
+    masks: list[torch.Tensor | None] = [item.get("mask") for item in items]
+    if all(mask is None for mask in masks):
+        return None
+    return torch.stack([torch.ones(1, *size) if mask is None else mask for mask in masks])
 
 
 def augmentation_rng(seed: int, draw: int) -> torch.Generator:

@@ -5,16 +5,18 @@
     manifest.json          {"format": "mapo-pairs", "version": 1, "kind": "pairs", "num_pairs": N,
                             "pairs_file": "pairs.jsonl"}
     pairs.jsonl            one JSON object per pair: {"prompt", "chosen", "rejected"}, image paths relative
-                           to <dataset_dir>, always under images/
+                           to <dataset_dir>, always under images/; optionally "mask": a grayscale image
+                           of where the preference applies (white), for both images of the pair
     images/                the image files, encoded as uploaded (PNG, JPEG, WebP)
 ```
 The manifest is written last, so a directory without one is incomplete and never read.
 
 A dataset of kind "targets" or "avoid" holds one side of each pair only; its rows file is targets.jsonl,
-one `{"prompt", "image", "generation_prompt"}` per pair. The uploaded image is the chosen side ("targets":
-the images the user wants) or the rejected side ("avoid"); the worker makes the other side with the base
-model at job start (`trainer.completion`), from `generation_prompt` (or the prompt itself when absent,
-allowed for targets only), into a pairs dataset of its own under generated/. The two prompts differ where
+one `{"prompt", "image", "generation_prompt"}` per pair (and optionally "mask", as in pairs.jsonl, which
+the completed pairs keep). The uploaded image is the chosen side ("targets": the images the user wants)
+or the rejected side ("avoid"); the worker makes the other side with the base model at job start
+(`trainer.completion`), from `generation_prompt` (or the prompt itself when absent, allowed for targets
+only), into a pairs dataset of its own under generated/. The two prompts differ where
 the trained prompt holds a trigger word: "a photo of sks dog" trains against what the base model draws for
 "a photo of dog".
 """
@@ -76,6 +78,11 @@ class PairRecord(BaseModel):
     prompt: str
     chosen: str = Field(description="Image path relative to the dataset directory.")
     rejected: str = Field(description="Image path relative to the dataset directory.")
+    mask: str | None = Field(
+        default=None,
+        description="Preference mask path relative to the dataset directory: white where the preference "
+        "applies, to both images; None (left out of the row) trains on the whole image.",
+    )
 
 
 class TargetRecord(BaseModel):
@@ -89,6 +96,9 @@ class TargetRecord(BaseModel):
         default=None,
         description="What the base model is asked to draw for the missing side; None: `prompt`. It may be "
         "empty (drawn from no prompt at all): a caption that was only a trigger word.",
+    )
+    mask: str | None = Field(
+        default=None, description="Preference mask path relative to the dataset directory, as PairRecord's."
     )
 
     @property
@@ -123,8 +133,10 @@ class DatasetWriter:
         self.num_pairs = 0
         self.captions_missing: int | None = None  # recorded in the manifest; see Manifest
 
-    def add_pair(self, prompt: str, *, chosen: EncodedImage, rejected: EncodedImage) -> PairRecord:
-        """Store one pair of already-encoded images; streams are copied in chunks."""
+    def add_pair(
+        self, prompt: str, *, chosen: EncodedImage, rejected: EncodedImage, mask: EncodedImage | None = None
+    ) -> PairRecord:
+        """Store one pair of already-encoded images (and its mask); streams are copied in chunks."""
         if self.kind != "pairs":
             raise DatasetFormatError(f"a {self.kind} dataset holds one image per row; use add_target")
         index = self.num_pairs
@@ -132,19 +144,32 @@ class DatasetWriter:
             store_image(self.root, index, "chosen", chosen),
             store_image(self.root, index, "rejected", rejected),
         ]
-        return self._write(PairRecord(prompt=prompt, chosen=names[0], rejected=names[1]))
+        mask_name = None if mask is None else store_image(self.root, index, "mask", mask)
+        return self._write(PairRecord(prompt=prompt, chosen=names[0], rejected=names[1], mask=mask_name))
 
-    def add_target(self, prompt: str, *, image: EncodedImage, generation_prompt: str | None) -> TargetRecord:
+    def add_target(
+        self,
+        prompt: str,
+        *,
+        image: EncodedImage,
+        generation_prompt: str | None,
+        mask: EncodedImage | None = None,
+    ) -> TargetRecord:
         """Store one row of a targets/avoid dataset; the image is stored under the role it plays."""
         if self.kind == "pairs":
             raise DatasetFormatError("a pairs dataset holds two images per row; use add_pair")
         if generation_prompt is None and self.kind == "avoid":
             raise DatasetFormatError("an avoid dataset needs a generation_prompt on every row")
         name = store_image(self.root, self.num_pairs, UPLOADED_ROLE[self.kind], image)
-        return self._write(TargetRecord(prompt=prompt, image=name, generation_prompt=generation_prompt))
+        mask_name = None if mask is None else store_image(self.root, self.num_pairs, "mask", mask)
+        return self._write(
+            TargetRecord(prompt=prompt, image=name, generation_prompt=generation_prompt, mask=mask_name)
+        )
 
     def _write(self, record: _Row) -> _Row:
-        self._rows.write(record.model_dump_json() + "\n")
+        # A row without a mask is written as before masks existed.
+        unset = {"mask"} if record.mask is None else None
+        self._rows.write(record.model_dump_json(exclude=unset) + "\n")
         self.num_pairs += 1
         return record
 
@@ -229,6 +254,8 @@ def iter_pairs(root: Path) -> Iterator[PairRecord]:
     for row, record in _iter_rows(root, manifest, PairRecord):
         for field in ("chosen", "rejected"):
             _check_image_path(root, manifest, getattr(record, field), row=row, field=field)
+        if record.mask is not None:
+            _check_image_path(root, manifest, record.mask, row=row, field="mask")
         yield record
 
 
@@ -239,6 +266,8 @@ def iter_targets(root: Path) -> Iterator[TargetRecord]:
         raise DatasetFormatError(f"{root} is a pairs dataset, not a targets or avoid one")
     for row, record in _iter_rows(root, manifest, TargetRecord):
         _check_image_path(root, manifest, record.image, row=row, field="image")
+        if record.mask is not None:
+            _check_image_path(root, manifest, record.mask, row=row, field="mask")
         if manifest.kind == "avoid" and record.generation_prompt is None:
             raise DatasetFormatError(
                 f"{manifest.pairs_file} row {row}: an avoid row needs a generation_prompt"
@@ -262,6 +291,7 @@ class StoredPair(NamedTuple):
     prompt: str
     chosen: str | None
     rejected: str | None
+    mask: str | None = None
 
 
 def stored_pairs(lines: Iterable[str | bytes], manifest: Manifest) -> Iterator[StoredPair]:
@@ -269,7 +299,7 @@ def stored_pairs(lines: Iterable[str | bytes], manifest: Manifest) -> Iterator[S
     of its rows file read from any stream (a local file, an object-store body)."""
     if manifest.kind == "pairs":
         for _, pair in parse_rows(lines, manifest, PairRecord):
-            yield StoredPair(pair.prompt, pair.chosen, pair.rejected)
+            yield StoredPair(pair.prompt, pair.chosen, pair.rejected, pair.mask)
         return
     uploaded_chosen = UPLOADED_ROLE[manifest.kind] == "chosen"
     for _, target in parse_rows(lines, manifest, TargetRecord):
@@ -277,6 +307,7 @@ def stored_pairs(lines: Iterable[str | bytes], manifest: Manifest) -> Iterator[S
             target.prompt,
             target.image if uploaded_chosen else None,
             None if uploaded_chosen else target.image,
+            target.mask,
         )
 
 

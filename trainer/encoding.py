@@ -3,7 +3,8 @@
 The cache stores each image's latent *distribution* (mean and std) rather than one sample, and draws a
 fresh sample every step, so cached training sees the same latent noise as uncached training. With hflip,
 both the image and its mirror are encoded; crops are center crops (spec forbids random_crop with cache).
-Images and prompts are encoded in batches of ENCODE_BATCH.
+Images and prompts are encoded in batches of ENCODE_BATCH. Preference masks are not encoded: each is
+area-averaged onto the latent grid once (per flip) and kept beside the latents.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from diffusers import AutoencoderKL
 from torch.utils.data import Dataset
 
 from trainer.batch import PairBatch
-from trainer.data import Augment, PreparedImage, augmentation_rng, prepare_image
+from trainer.data import Augment, PreparedImage, augmentation_rng, collate_masks, prepare_image, prepare_mask
 from trainer.dataset_format import PairRecord
 from trainer.families.base import Conditioning, ModelFamily
+from trainer.masks import latent_grid_mask
 
 ENCODE_BATCH = 8
 CacheProgress = Callable[[int, int], None]  # pairs encoded, pairs in all
@@ -48,6 +50,8 @@ class LatentCache:
     prompts: list[str]
     original_sizes: torch.Tensor  # (N, 2)
     crop_top_lefts: torch.Tensor  # (N, 2)
+    # Per pair: its mask on the latent grid, (F, 1, h, w), or None for a pair without one.
+    masks: list[torch.Tensor | None] | None = None
 
 
 def build_cache(
@@ -63,6 +67,7 @@ def build_cache(
     means: list[torch.Tensor] = []
     stds: list[torch.Tensor] = []
     sizes, crops = [], []
+    masks: list[torch.Tensor | None] = []
     for start in range(0, len(pairs), ENCODE_BATCH):
         chunk = pairs[start : start + ENCODE_BATCH]
         images = [_pair_images(root, pair, augment, flips) for pair in chunk]
@@ -72,12 +77,46 @@ def build_cache(
         stds += list(std.cpu().reshape(per_pair).unbind(0))
         sizes += [row[0].original_size for row in images]
         crops += [row[0].crop_top_left for row in images]
+        grid = (mean.shape[-2], mean.shape[-1])
+        masks += [
+            _grid_mask(root, p, row[0], augment, flips, grid) for p, row in zip(chunk, images, strict=True)
+        ]
         if on_progress is not None:
             on_progress(start + len(chunk), len(pairs))
     prompts = [p.prompt for p in pairs]
     return LatentCache(
-        means, stds, encode_all_prompts(family, prompts), prompts, torch.tensor(sizes), torch.tensor(crops)
+        means,
+        stds,
+        encode_all_prompts(family, prompts),
+        prompts,
+        torch.tensor(sizes),
+        torch.tensor(crops),
+        masks,
     )
+
+
+def _grid_mask(
+    root: Path,
+    pair: PairRecord,
+    chosen: PreparedImage,
+    augment: Augment,
+    flips: tuple[bool, ...],
+    grid: tuple[int, int],
+) -> torch.Tensor | None:
+    """The pair's mask for each flip, cropped as its images are and area-averaged onto the latent grid."""
+    if pair.mask is None:
+        return None
+    pixels = [
+        prepare_mask(
+            root / pair.mask,
+            image_size=chosen.original_size,
+            resolution=augment.resolution,
+            flip=flip,
+            crop_fraction=(0.5, 0.5),
+        )
+        for flip in flips
+    ]
+    return latent_grid_mask(torch.stack(pixels), grid)
 
 
 def _pair_images(
@@ -120,7 +159,13 @@ class CachedPairDataset(Dataset[dict[str, Any]]):
             "original_size": self.cache.original_sizes[index],
             "crop_top_left": self.cache.crop_top_lefts[index],
             "index": index,
+            "mask": self._mask(index, flip),
         }
+
+    def _mask(self, index: int, flip: int) -> torch.Tensor | None:
+        masks = self.cache.masks
+        mask = None if masks is None else masks[index]
+        return None if mask is None else mask[flip]
 
 
 def collate_cached(items: list[dict[str, Any]]) -> PairBatch:
@@ -135,4 +180,5 @@ def collate_cached(items: list[dict[str, Any]]) -> PairBatch:
         latent_mean=torch.cat([mean[:, 0], mean[:, 1]]),
         latent_std=torch.cat([std[:, 0], std[:, 1]]),
         conditioning=Conditioning.cat([item["conditioning"] for item in items]),
+        mask=collate_masks(items, mean.shape[-2:]),
     )
