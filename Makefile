@@ -9,7 +9,7 @@ run: setup
 	.venv/bin/mapo serve
 
 # The whole suite. PostgreSQL/Redis tests use the servers MAPO_TEST_POSTGRES_URL / MAPO_TEST_REDIS_URL point
-# at (.ci/run sets both), and otherwise throwaway ones that the session starts (tests/session_servers.py).
+# at (.ci/run sets both), and otherwise throwaway ones that the session starts (tests/support/session_servers.py).
 test: setup
 	.venv/bin/python -m pytest
 
