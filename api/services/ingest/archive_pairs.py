@@ -1,19 +1,27 @@
-"""Turning an extracted archive into pairs: each manifest row's prompt and its two images."""
+"""Turning an extracted archive into pairs: each manifest row's prompt, its two images and its mask."""
 
 from __future__ import annotations
 
 import posixpath
 from pathlib import Path
+from typing import NamedTuple
 
 from api.services.ingest.collector import PairCollector
 from api.services.ingest.images import ImageProblem, inspect_image
 from api.services.ingest.limits import IngestLimits
+from api.services.ingest.masks import MASK_FIELD, has_mask, refuse_black
 from api.services.ingest.members import MemberIndex, normalise_name, unsafe_name_reason
 from api.services.ingest.pairs_file import PAIR_FIELDS, Record, locate_pairs_file, read_records
 from trainer.dataset_format import EncodedImage
 
 # A checked image still in scratch: where it is and the suffix it is stored under.
 CheckedImage = tuple[Path, str]
+
+
+class RowMask(NamedTuple):
+    """A row's checked mask, or None where the row names none."""
+
+    image: EncodedImage | None
 
 
 def ingest_archive_rows(index: MemberIndex, collector: PairCollector) -> None:
@@ -24,11 +32,14 @@ def ingest_archive_rows(index: MemberIndex, collector: PairCollector) -> None:
         prompt = row_prompt(record, row, collector)
         chosen = row_image(index, base, record, row, "chosen", collector)
         rejected = row_image(index, base, record, row, "rejected", collector)
+        mask = row_mask(index, base, record, row, collector)
         if chosen is not None and rejected is not None and chosen[0] == rejected[0]:
             collector.report(row, "rejected", "is the same image as chosen")
             continue
-        if prompt is not None and chosen is not None and rejected is not None:
-            collector.add_pair(prompt, chosen=EncodedImage(*chosen), rejected=EncodedImage(*rejected))
+        if prompt is not None and chosen is not None and rejected is not None and mask is not None:
+            collector.add_pair(
+                prompt, chosen=EncodedImage(*chosen), rejected=EncodedImage(*rejected), mask=mask.image
+            )
 
 
 def row_prompt(record: Record, row: int, collector: PairCollector) -> str | None:
@@ -51,6 +62,24 @@ def row_image(
     except ImageProblem as exc:
         collector.report(row, field, str(exc))
         return None
+
+
+def row_mask(
+    index: MemberIndex, base: str, record: Record, row: int, collector: PairCollector
+) -> RowMask | None:
+    """The row's optional mask, or None after reporting what is wrong with it (missing file, not an
+    image, black everywhere)."""
+    if not has_mask(record):
+        return RowMask(None)
+    checked = row_image(index, base, record, row, MASK_FIELD, collector)
+    if checked is None:
+        return None
+    try:
+        refuse_black(checked[0])
+    except ImageProblem as exc:
+        collector.report(row, MASK_FIELD, str(exc))
+        return None
+    return RowMask(EncodedImage(*checked))
 
 
 def _resolve(index: MemberIndex, base: str, path: object, limits: IngestLimits) -> CheckedImage:

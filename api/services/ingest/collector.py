@@ -75,15 +75,24 @@ class PairCollector:
             return value
         return None
 
-    def add_pair(self, prompt: str, *, chosen: EncodedImage, rejected: EncodedImage) -> None:
+    def add_pair(
+        self, prompt: str, *, chosen: EncodedImage, rejected: EncodedImage, mask: EncodedImage | None = None
+    ) -> None:
         """Keep a fully checked pair; it is written only while the upload is still without problems."""
         if self._keep(prompt):
-            self._writer.add_pair(prompt, chosen=chosen, rejected=rejected)
+            self._writer.add_pair(prompt, chosen=chosen, rejected=rejected, mask=mask)
 
-    def add_target(self, prompt: str, *, image: EncodedImage, generation_prompt: str | None) -> None:
+    def add_target(
+        self,
+        prompt: str,
+        *,
+        image: EncodedImage,
+        generation_prompt: str | None,
+        mask: EncodedImage | None = None,
+    ) -> None:
         """Keep a fully checked row of a targets or avoid upload, written like `add_pair`'s pairs."""
         if self._keep(prompt):
-            self._writer.add_target(prompt, image=image, generation_prompt=generation_prompt)
+            self._writer.add_target(prompt, image=image, generation_prompt=generation_prompt, mask=mask)
 
     def _keep(self, prompt: str) -> bool:
         """Count a valid row (and preview it); whether it is to be written."""

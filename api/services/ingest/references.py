@@ -13,6 +13,7 @@ import posixpath
 from api.services.ingest.captions import caption_members
 from api.services.ingest.collector import PairCollector, StopIngest
 from api.services.ingest.layouts import detect_layout
+from api.services.ingest.masks import MASK_FIELD
 from api.services.ingest.members import MemberIndex, normalise_name, unsafe_name_reason
 from api.services.ingest.pair_folders import pair_folder_members
 from api.services.ingest.pairs_file import locate_pairs_file, read_records
@@ -41,7 +42,7 @@ def referenced_members(index: MemberIndex, collector: PairCollector) -> set[str]
         for count, (_, record) in enumerate(read_records(index.files[manifest], manifest, quiet, fields)):
             if count >= collector.limits.max_pairs:
                 break
-            wanted.update(_member(base, record.get(field)) for field in fields)
+            wanted.update(_member(base, record.get(field)) for field in (*fields, MASK_FIELD))
     except StopIngest:
         pass  # the reporting pass meets the same fatal problem and reports it
     return (wanted & index.names) - index.refused

@@ -1,9 +1,10 @@
 """Rows of a targets or avoid upload: a prompt, one image, and what the base model is to draw beside it.
 
-Archives hold pairs.jsonl or pairs.csv rows `{"prompt", "image", "generation_prompt"}` (image paths as
-in a pairs upload); parquet files hold the columns `prompt`, `image` (encoded bytes) and
-`generation_prompt`. The generation prompt is required in an avoid upload (the chosen image is drawn from
-it) and optional in a targets upload (the rejected image is drawn from the prompt itself when it is absent).
+Archives hold pairs.jsonl or pairs.csv rows `{"prompt", "image", "generation_prompt"}` and optionally
+`"mask"` (image paths as in a pairs upload); parquet files hold the columns `prompt`, `image` (encoded
+bytes) and `generation_prompt`, and no masks. The generation prompt is required in an avoid upload (the
+chosen image is drawn from it) and optional in a targets upload (the rejected image is drawn from the
+prompt itself when it is absent).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from api.services.ingest.archive_pairs import row_image as archive_image
-from api.services.ingest.archive_pairs import row_prompt
+from api.services.ingest.archive_pairs import row_mask, row_prompt
 from api.services.ingest.collector import PairCollector
 from api.services.ingest.members import MemberIndex
 from api.services.ingest.pairs_file import Record, locate_pairs_file, read_records
@@ -39,9 +40,12 @@ def ingest_archive_targets(index: MemberIndex, collector: PairCollector) -> None
         prompt = row_prompt(record, row, collector)
         generation_prompt = _generation_prompt(record.get(GENERATION_PROMPT), row, collector)
         image = archive_image(index, base, record, row, "image", collector)
-        if prompt is None or image is None or isinstance(generation_prompt, _Invalid):
+        mask = row_mask(index, base, record, row, collector)
+        if prompt is None or image is None or mask is None or isinstance(generation_prompt, _Invalid):
             continue
-        collector.add_target(prompt, image=EncodedImage(*image), generation_prompt=generation_prompt)
+        collector.add_target(
+            prompt, image=EncodedImage(*image), generation_prompt=generation_prompt, mask=mask.image
+        )
 
 
 def ingest_parquet_targets(upload: Path, collector: PairCollector) -> None:
