@@ -3,6 +3,7 @@
     python -m bench.dataset_ingest                  # 10,000 pairs of small PNGs, 5 rounds
     python -m bench.dataset_ingest --large          # also a ~2 GB archive of 512 px PNGs (slow)
     python -m bench.dataset_ingest --layouts manifest pair-folders captions   # the default: all three
+    python -m bench.dataset_ingest --resumable      # also each archive in tus parts (/v1/uploads)
 
 Builds the archives once (cached under the temp dir), deflated as zip tools do, in each layout: pairs.jsonl
 and images/ (manifest); w/, l/ and a .txt caption per pair (pair-folders); and the chosen images with
@@ -13,7 +14,9 @@ from the first byte sent to the 201. In the same round the bare floor runs: the 
 temp folder, then every image opened and fully decoded by Pillow, one after the other in one process.
 Peak RSS is the API process's high-water mark as the kernel keeps it (VmHWM, Linux), over all uploads so
 far (so a layout's own peak is at most its figure). Rounds alternate bare and API; the table shows
-medians.
+medians. With --resumable each round also sends each archive the way `mapo datasets upload` does (the
+SDK's resumable upload: 16 MiB tus parts, then POST /v1/uploads/{id}/dataset), timed the same way, so
+the table shows what the parts cost beside one request.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class Round:
     bare_s: float
     api_s: float
     api_peak_rss_mb: float
+    resumable_s: float | None = None
 
 
 def main() -> None:
@@ -77,6 +81,7 @@ def main() -> None:
                 result = Round(
                     bare_s=_bare(archive.path, Path(tmp)),
                     **_upload(url, key, process, archive),
+                    resumable_s=_upload_resumable(url, key, archive, Path(tmp)) if args.resumable else None,
                 )
                 results[archive.label].append(result)
                 print(
@@ -94,6 +99,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--large-gb", type=float, default=2.0, help="size of the large archive")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS))
+    parser.add_argument("--resumable", action="store_true", help="also upload in resumable tus parts")
     return parser.parse_args()
 
 
@@ -211,6 +217,24 @@ def _upload(url: str, key: str, process: psutil.Process, archive: Archive) -> di
     return {"api_s": elapsed, "api_peak_rss_mb": _peak_rss_mb(process)}
 
 
+def _upload_resumable(url: str, key: str, archive: Archive, tmp: Path) -> float:
+    from client.sdk import MapoClient
+
+    captions = archive.layout == "captions"
+    with MapoClient(url, key, timeout=3600) as mapo:
+        started = time.perf_counter()
+        dataset = mapo.upload_dataset_resumable(
+            archive.path,
+            kind="targets" if captions else "pairs",
+            trigger_word="sks" if captions else None,
+            state_file=tmp / "uploads.json",
+        )
+        elapsed = time.perf_counter() - started
+        assert dataset["num_pairs"] == archive.pairs, dataset
+        mapo.delete_dataset(dataset["id"])
+    return elapsed
+
+
 def _peak_rss_mb(process: psutil.Process) -> float:
     """The kernel's high-water mark of the process's resident memory (VmHWM: since it started, so it
     covers every upload so far), plus that of any child processes it has now."""
@@ -238,6 +262,15 @@ def _print_table(archives: list[Archive], results: dict[str, list[Round]], round
             f"{archive.label:22} {archive.pairs:6d} {size:6.0f} {bare:7.1f} {api:7.1f} "
             f"{archive.pairs / bare:13.0f} {archive.pairs / api:12.0f} {ratio:11.2f} {rss:16.0f}"
         )
+    resumable = {a.label: [r for r in results[a.label] if r.resumable_s is not None] for a in archives}
+    if not any(resumable.values()):
+        return
+    print(f"\n{'archive':22} {'one request s':>14} {'tus parts s':>12} {'parts ÷ one request':>20}")
+    for label, rows in resumable.items():
+        one = statistics.median(r.api_s for r in rows)
+        parts = statistics.median(r.resumable_s or 0.0 for r in rows)
+        each = statistics.median((r.resumable_s or 0.0) / r.api_s for r in rows)
+        print(f"{label:22} {one:14.1f} {parts:12.1f} {each:20.2f}")
 
 
 if __name__ == "__main__":
