@@ -84,6 +84,11 @@ class PreviewPairOut(BaseModel):
     rejected_url: str | None = Field(
         description="The rejected image; null in a targets dataset (the base model draws it at job start)."
     )
+    mask_url: str | None = Field(
+        default=None,
+        description="The pair's preference mask (white where the preference applies), uploaded as the row's "
+        "`mask`; null for a pair without one.",
+    )
 
 
 class DatasetOut(BaseModel):

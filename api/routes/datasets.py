@@ -128,8 +128,9 @@ def pair_image(
     tenant: CurrentTenant,
     dataset_id: str,
     n: Annotated[int, Path(ge=0, le=INT64_MAX, description="0-based pair index.")],
-    role: Literal["chosen", "rejected"],
+    role: Literal["chosen", "rejected", "mask"],
 ) -> Response:
-    """One image of pair `n`, for the dashboard."""
+    """One image of pair `n`, for the dashboard: its chosen or rejected image, or its preference mask (404
+    for a pair without one)."""
     download = service.pair_image(session, context, tenant, dataset_id, n=n, role=role)
     return file_response(download, attachment=False)

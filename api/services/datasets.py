@@ -282,22 +282,26 @@ def _replayed(dataset: Dataset, request_hash: str) -> DatasetOut:
 
 
 def pair_out(
-    dataset_id: str, index: int, prompt: str, *, kind: DatasetKind | None = "pairs"
+    dataset_id: str, index: int, prompt: str, *, kind: DatasetKind | None = "pairs", masked: bool = False
 ) -> PreviewPairOut:
-    """A pair with the URLs of its images; the side the base model draws at job start has none."""
+    """A pair with the URLs of its images (and mask); the side the base model draws at job start has none."""
     base = f"/v1/datasets/{dataset_id}/pairs/{index}"
     return PreviewPairOut(
         index=index,
         prompt=prompt,
         chosen_url=None if kind == "avoid" else f"{base}/chosen",
         rejected_url=None if kind == "targets" else f"{base}/rejected",
+        mask_url=f"{base}/mask" if masked else None,
     )
 
 
 def dataset_out(dataset: Dataset) -> DatasetOut:
     """The dataset as its row records it: nothing is read from storage."""
     kind = dataset.kind
-    preview = [pair_out(dataset.id, i, p["prompt"], kind=kind) for i, p in enumerate(dataset.preview)]
+    preview = [
+        pair_out(dataset.id, i, p["prompt"], kind=kind, masked=bool(p.get("masked")))
+        for i, p in enumerate(dataset.preview)
+    ]
     return DatasetOut(
         id=dataset.id,
         name=dataset.name,
@@ -345,7 +349,7 @@ def delete_dataset(session: Session, context: AppContext, tenant: Tenant, datase
 def pair_image(
     session: Session, context: AppContext, tenant: Tenant, dataset_id: str, *, n: int, role: str
 ) -> FileDownload:
-    """The file of image `role` (chosen or rejected) of pair `n`, found reading the rows line by line."""
+    """The file `role` (chosen, rejected or mask) of pair `n`, found reading the rows line by line."""
     dataset = require_dataset(session, tenant, dataset_id)
     key = _pair_image_key(context, dataset, n=n, role=role)
     suffix = "." + key.rsplit(".", 1)[-1].lower()
@@ -384,13 +388,17 @@ def list_pairs(
                 continue
             if len(data) == limit:
                 return ListResponse[PreviewPairOut](data=data, has_more=True)
-            data.append(pair_out(dataset.id, index, pair.prompt, kind=kind))
+            data.append(pair_out(dataset.id, index, pair.prompt, kind=kind, masked=pair.mask is not None))
     except (DatasetFormatError, FileNotFoundError) as exc:
         raise NotFound(f"dataset {dataset.id} files are unreadable: {exc}", param="dataset_id") from None
     return ListResponse[PreviewPairOut](data=data, has_more=False)
 
 
 def _uploaded_side(dataset: Dataset, pair: StoredPair, *, n: int, role: str) -> str:
+    if role == "mask":
+        if pair.mask is None:
+            raise NotFound(f"pair {n} of dataset {dataset.id} has no mask", param="role")
+        return pair.mask
     path = pair.chosen if role == "chosen" else pair.rejected
     if path is None:
         raise NotFound(

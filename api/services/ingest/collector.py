@@ -79,7 +79,7 @@ class PairCollector:
         self, prompt: str, *, chosen: EncodedImage, rejected: EncodedImage, mask: EncodedImage | None = None
     ) -> None:
         """Keep a fully checked pair; it is written only while the upload is still without problems."""
-        if self._keep(prompt):
+        if self._keep(prompt, masked=mask is not None):
             self._writer.add_pair(prompt, chosen=chosen, rejected=rejected, mask=mask)
 
     def add_target(
@@ -91,14 +91,14 @@ class PairCollector:
         mask: EncodedImage | None = None,
     ) -> None:
         """Keep a fully checked row of a targets or avoid upload, written like `add_pair`'s pairs."""
-        if self._keep(prompt):
+        if self._keep(prompt, masked=mask is not None):
             self._writer.add_target(prompt, image=image, generation_prompt=generation_prompt, mask=mask)
 
-    def _keep(self, prompt: str) -> bool:
+    def _keep(self, prompt: str, *, masked: bool) -> bool:
         """Count a valid row (and preview it); whether it is to be written."""
         self.valid_pairs += 1
         if len(self.preview) < PREVIEW_PAIRS:
-            self.preview.append(PreviewPair(prompt=prompt))
+            self.preview.append(PreviewPair(prompt=prompt, masked=masked))
         return not self.problems
 
     def finish(self, source_format: SourceFormat) -> IngestReport:

@@ -31,6 +31,7 @@ class PreviewPair(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     prompt: str
+    masked: bool = False  # whether the pair has a preference mask
 
 
 class IngestReport(BaseModel):
