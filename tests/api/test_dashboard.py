@@ -355,6 +355,21 @@ def test_a_targets_dataset_shows_the_side_drawn_at_job_start_as_a_placeholder(
     page.screenshot(path=str(SCREENSHOTS / "dataset-targets.png"), full_page=True)
 
 
+def test_a_masked_pair_shows_its_mask_beside_its_images(page: Page, service: Service, tmp_path: Path) -> None:
+    files = valid_files(2)
+    files["pairs.jsonl"] = jsonl([pair_row(0) | {"mask": "mask.png"}, pair_row(1)])
+    files["mask.png"] = png((255, 255, 255), size=(24, 24))  # any size: the trainer stretches it
+    dataset_id = upload(service, make_zip(tmp_path / "masked.zip", files), "masked")
+    page.goto(f"{service.url}/ui/#/datasets/{dataset_id}")
+    page.wait_for_selector('#pairs article[data-pair="1"]')
+    assert loaded_images(page, '#pairs img[data-role="mask"]') == [24]
+    masked = page.locator('#pairs article[data-pair="0"]')
+    assert masked.locator("figcaption").all_inner_texts() == ["chosen", "rejected", "mask"]
+    plain = page.locator('#pairs article[data-pair="1"]')
+    assert plain.locator("figcaption").all_inner_texts() == ["chosen", "rejected"]
+    page.screenshot(path=str(SCREENSHOTS / "dataset-masks.png"), full_page=True)
+
+
 def api_get(service: Service, path: str) -> Any:
     response = httpx.get(f"{service.url}{path}", headers={"Authorization": f"Bearer {service.key}"})
     assert response.status_code == 200, response.text

@@ -183,7 +183,10 @@ function pairCard(api, pair, showError) {
     api.imageUrl(url).then((src) => { img.src = src; }, showError);
     return h("figure", { class: role }, img, h("figcaption", {}, role));
   };
+  const figures = [image(pair.chosen_url, "chosen"), image(pair.rejected_url, "rejected")];
+  // The preference mask (white where the preference applies), beside the pair it weighs.
+  if (pair.mask_url) figures.push(image(pair.mask_url, "mask"));
   return h("article", { class: "card pair", "data-pair": pair.index },
     h("p", { class: "prompt" }, h("span", { class: "muted mono" }, `#${pair.index} `), pair.prompt),
-    h("div", { class: "pair-images" }, image(pair.chosen_url, "chosen"), image(pair.rejected_url, "rejected")));
+    h("div", { class: "pair-images", "data-images": figures.length }, ...figures));
 }
