@@ -45,7 +45,9 @@ UPLOAD_FORM_SCHEMA: dict[str, Any] = {
             "l/ (rejected) with the same file names, captioned by captions.jsonl "
             '({"file_name": "x.png", "caption": "..."} per line) or else by x.txt beside the folders; '
             "for kind targets, images with same-name .txt captions (cat1.png + cat1.txt) in any folder. "
-            "A manifest, where present, is always what is read.",
+            "A manifest, where present, is always what is read. A manifest row may name a `mask` (an "
+            "image of any size in the archive, white where the preference applies; the loss averages each "
+            "image's error over it); a missing, undecodable or all-black mask is a 422 for that row.",
         },
         "name": {
             "type": "string",
