@@ -10,6 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.support.specs import tiny_spec
+from trainer.completion import complete_dataset
 from trainer.data import Augment, PairDataset, collate_pairs, load_pairs
 from trainer.dataset_format import DatasetFormatError, DatasetWriter, EncodedImage, read_pairs
 from trainer.encoding import CachedPairDataset, build_cache, collate_cached
@@ -110,3 +112,21 @@ def test_the_latent_cache_keeps_the_mask_on_the_latent_grid(tmp_path: Path, tiny
     left, right = _halves(batch.mask[0])
     assert left > 0.95 and right < 0.05
     assert torch.equal(batch.mask[1, 0], torch.ones(side, side))
+
+
+def test_a_completed_targets_dataset_keeps_each_row_s_mask(tmp_path: Path, tiny_sd: Path) -> None:
+    root = tmp_path / "targets"
+    with DatasetWriter(root, kind="targets") as writer:
+        for i in range(2):
+            writer.add_target(
+                f"row {i}",
+                image=_png(Image.new("RGB", (32, 32), (200, 40, 40))),
+                generation_prompt=None,
+                mask=_left_white((32, 32)) if i == 0 else None,
+            )
+    spec = tiny_spec(tiny_sd, generation={"num_inference_steps": 2})
+    pairs_dir = complete_dataset(root, spec, seed_namespace="ds_masks", on_event=lambda _: None)
+    assert pairs_dir is not None
+    pairs = read_pairs(pairs_dir)
+    assert pairs[0].mask is not None and pairs[1].mask is None
+    assert (pairs_dir / pairs[0].mask).read_bytes() == (root / "images/000000_mask.png").read_bytes()
