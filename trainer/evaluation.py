@@ -2,6 +2,7 @@
 
 Every held-out pair is scored at the family's fixed noise levels (five timesteps, or five sigmas) with
 fixed noise and the latent mean (no sampling), so two evaluations differ only because the model changed.
+A masked pair is scored over its mask, as it is trained.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class HeldOutEvaluator:
         self.latents = family.to_latents(torch.stack([m[0] for m in cache.means]))  # (N, 2, C, h, w)
         self.conditioning = cache.conditioning
         self.geometry = ImageGeometry(cache.original_sizes, cache.crop_top_lefts, resolution)
+        self.mask = _pair_masks(cache.masks, self.latents.shape[-2:])
         pairs_latents = torch.cat([self.latents[:, 0], self.latents[:, 1]])
         self.levels = family.evaluation_levels(latents=pairs_latents)
         generator = torch.Generator().manual_seed(seed)
@@ -42,6 +44,7 @@ class HeldOutEvaluator:
             latents=torch.cat([self.latents[:, 0], self.latents[:, 1]]).to(device),
             conditioning=self.conditioning,
             geometry=self.geometry,
+            mask=None if self.mask is None else self.mask.repeat(2, 1, 1, 1).to(device),
         )
         chosen, rejected = [], []
         with inference_mode(denoiser):
@@ -59,3 +62,10 @@ class HeldOutEvaluator:
             "heldout_rejected_loss": float(m_l.mean()),
             "heldout_error_gap": float((m_l - m_w).mean()),
         }
+
+
+def _pair_masks(masks: list[torch.Tensor | None] | None, grid: tuple[int, ...]) -> torch.Tensor | None:
+    """(N, 1, h, w) masks of the unflipped pairs, ones for a pair without one; None when none has one."""
+    if masks is None or all(mask is None for mask in masks):
+        return None
+    return torch.stack([torch.ones(1, *grid) if mask is None else mask[0] for mask in masks])

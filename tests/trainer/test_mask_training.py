@@ -1,5 +1,6 @@
 """Training with preference masks, end to end on the tiny models: a masked dataset trains, an all-white
-mask trains exactly as no mask, and a half mask changes the loss (with and without the latent cache)."""
+mask trains exactly as no mask, and a half mask changes the loss (with and without the latent cache) and
+the held-out scores."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.support.specs import tiny_spec
+from trainer.data import load_pairs
 from trainer.dataset_format import DatasetWriter, EncodedImage
+from trainer.evaluation import HeldOutEvaluator
 from trainer.events import Event, Step
+from trainer.families.registry import load_family
 from trainer.loop import train
 
 
@@ -86,3 +91,16 @@ def test_every_family_trains_on_a_masked_dataset(
     plain = _losses(base, _dataset(tmp_path / "none", "none"), tmp_path / "out-none")
     assert len(masked) == 2 and all(np.isfinite(masked))
     assert masked[0] != pytest.approx(plain[0], rel=1e-4)
+
+
+def test_held_out_pairs_are_scored_over_their_masks(tiny_sd: Path, tmp_path: Path) -> None:
+    model = load_family(str(tiny_sd), device=torch.device("cpu"), weight_dtype=torch.float32)
+
+    def scores(mask: str) -> dict[str, float]:
+        root = _dataset(tmp_path / mask, mask)
+        evaluator = HeldOutEvaluator(model, root, load_pairs(root), resolution=32, seed=0)
+        return evaluator.evaluate(model.denoiser)
+
+    plain, white, left = scores("none"), scores("white"), scores("left")
+    assert white["heldout_chosen_loss"] == pytest.approx(plain["heldout_chosen_loss"], rel=1e-5)
+    assert left["heldout_chosen_loss"] != pytest.approx(plain["heldout_chosen_loss"], rel=1e-4)
