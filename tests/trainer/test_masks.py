@@ -3,14 +3,17 @@ every family's error path."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from trainer import losses
 from trainer.families.base import ImageGeometry
 from trainer.families.registry import load_family
+from trainer.lora import attach_lora
 from trainer.masks import latent_grid_mask, masked_mean_error
-from trainer.objective import PairInputs, denoising_errors
+from trainer.objective import PairInputs, denoising_errors, folded_errors
 
 CPU = torch.device("cpu")
 
@@ -118,3 +121,21 @@ def test_every_family_s_error_path_takes_the_mask(family: str, request: pytest.F
     # FLUX packs 2x2 cells into tokens.
     torch.testing.assert_close((errors(left) + errors(1.0 - left)) / 2, plain, rtol=1e-5, atol=0)
     assert not torch.allclose(errors(left), plain)
+
+
+def test_dpo_s_folded_reference_takes_each_pair_s_mask(tiny_sd: Path) -> None:
+    loaded = load_family(str(tiny_sd), device=CPU, weight_dtype=torch.float32)
+    attach_lora(loaded.denoiser, rank=4, alpha=4.0, dropout=0.0, targets=list(loaded.default_lora_targets))
+    generator = torch.Generator().manual_seed(5)
+    side = 32 // loaded.vae_scale_factor
+    latents = torch.randn(4, loaded.vae.config.latent_channels, side, side, generator=generator)
+    # A different mask per pair, so a mask paired with the wrong image would show.
+    masks = torch.cat([_left_half(1, side, side), 1.0 - _left_half(1, side, side)]).repeat(2, 1, 1, 1)
+    inputs = PairInputs(latents, loaded.encode_prompts(["a", "b"]), ImageGeometry.uncropped(2, 32), masks)
+    noise = torch.randn(2, *latents.shape[1:], generator=generator)
+    levels = loaded.draw_levels(2, latents=latents)
+    policy, reference = folded_errors(loaded.denoiser, loaded, inputs, noise=noise, levels=levels)
+    with torch.no_grad():
+        separate = denoising_errors(loaded.denoiser, loaded, inputs, noise=noise, levels=levels)
+    torch.testing.assert_close(policy.detach(), separate, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(reference, separate, rtol=1e-4, atol=1e-6)  # a zero LoRA is the base
