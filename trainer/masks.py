@@ -28,9 +28,7 @@ def masked_mean_error(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tens
     if mask is None:
         return squared.mean(dim=dims)
     weights = mask.float().expand_as(squared)
-    total = weights.sum(dim=dims)
-    empty = total == 0
-    if bool(empty.any()):
-        weights = torch.where(empty.view(-1, *([1] * (squared.ndim - 1))), torch.ones_like(weights), weights)
-        total = weights.sum(dim=dims)
-    return (squared * weights).sum(dim=dims) / total
+    # No `if empty.any()`: on an accelerator that would wait for the device every step.
+    empty = (weights.sum(dim=dims) == 0).view(-1, *([1] * (squared.ndim - 1)))
+    weights = torch.where(empty, torch.ones_like(weights), weights)
+    return (squared * weights).sum(dim=dims) / weights.sum(dim=dims)
