@@ -116,7 +116,7 @@ def test_a_full_disk_fails_the_job_with_checkpoint_failed_and_keeps_the_last_che
     spec = TrainSpec.model_validate(
         {
             **failed.spec,
-            "base_model": ctx.settings.base_model_location(failed.base_model),
+            "base_model": ctx.settings.base_model_location(failed.spec["base_model"]),
             "max_train_steps": kept_step + 2,
         }
     )
