@@ -156,8 +156,20 @@ def _device_name() -> str:
 
 
 def _child(config: dict[str, Any]) -> dict[str, Any] | None:
-    """Run one configuration in a fresh process; a failure (say, out of GPU memory) is reported and
-    skipped so the other rows of the table still come out."""
+    """Run one configuration in a fresh process and print its row; None if it failed."""
+    row: dict[str, Any] | None = _in_child(config)
+    if row is not None:
+        print(
+            f"  {row['family']:4} {row['preset']:5} {row['resolution']:4}px {row['label']:14} "
+            f"{row['step_ms']:8.1f} ms",
+            file=sys.stderr,
+        )
+    return row
+
+
+def _in_child(config: dict[str, Any]) -> Any:
+    """What `--one config` prints last, run in a fresh process; a failure (say, out of GPU memory) is
+    reported and gives None, so the other rows of the table still come out."""
     out = subprocess.run(
         [sys.executable, "-m", "bench.trainer_step", "--one", json.dumps(config)],
         capture_output=True,
@@ -166,13 +178,7 @@ def _child(config: dict[str, Any]) -> dict[str, Any] | None:
     if out.returncode != 0:
         print(f"  FAILED {config}:\n{out.stderr[-3000:]}", file=sys.stderr)
         return None
-    row: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    print(
-        f"  {row['family']:4} {row['preset']:5} {row['resolution']:4}px {row['label']:14} "
-        f"{row['step_ms']:8.1f} ms",
-        file=sys.stderr,
-    )
-    return row
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _run_one(config: dict[str, Any]) -> dict[str, Any]:
@@ -323,15 +329,7 @@ def _variants_main(args: argparse.Namespace) -> None:
                 "compile": args.compile,
                 "gradient_checkpointing": args.gradient_checkpointing,
             }
-            out = subprocess.run(
-                [sys.executable, "-m", "bench.trainer_step", "--one", json.dumps(config)],
-                capture_output=True,
-                text=True,
-            )
-            if out.returncode != 0:
-                print(f"  FAILED {config}:\n{out.stderr[-3000:]}", file=sys.stderr)
-                continue
-            rows.extend(json.loads(out.stdout.strip().splitlines()[-1]))
+            rows.extend(_in_child(config) or [])
     print_variants(rows, BF16_PEAK_TFLOPS)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
