@@ -27,8 +27,9 @@ from tests.support.specs import FAST_SPEC
 from trainer.synthetic.demo_data import make_demo_dataset
 
 T = TypeVar("T")
-# Long enough that training outlasts the outage by many steps (about 0.2-0.5 s a step on CI's CPU).
-RESTART_STEPS = 80
+# Long enough that training outlasts the outage by many steps: since a step reads the device once, the
+# tiny model's steps take ~0.05 s on a quiet CPU, and 80 of them could end inside a 4 s outage.
+RESTART_STEPS = 200
 # The job only has to run once the database is back.
 DELIVERY_STEPS = 10
 
@@ -71,6 +72,13 @@ def queued_job(database: Database, settings: Settings, *, steps: int) -> str:
         job = create_job(session, tenant_id=tenant.id, dataset_id=dataset.id, spec=spec, total_steps=steps)
         session.commit()
         return job.id
+
+
+def wait_for_line(log: Path, text: str, *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"no {text!r} in the worker's log within {timeout} s"
+        time.sleep(0.1)
 
 
 def poll(database: Database, probe: Callable[[Session], T | None], *, timeout: float = 240) -> T:
@@ -127,7 +135,9 @@ def test_database_restart_mid_training_loses_and_duplicates_nothing(
         enqueue_train_job(make_producer(settings), job_id)
         poll(database, lambda s: (job_repo.get_job_any_tenant(s, job_id) or Job(step=0)).step >= 10)
         postgres.stop()
-        time.sleep(4)  # several flush ticks fail meanwhile; training goes on
+        # Down until a flush tick of the running job has failed (ticks fail only while it trains).
+        wait_for_line(log, "writing events failed", timeout=60)
+        time.sleep(2)  # a few more ticks fail; training goes on
         postgres.start()
         job = finished(database, job_id)
     text = log.read_text(errors="replace")
