@@ -215,7 +215,6 @@ def make_job(session: Session, ctx: WorkerContext, tmp_path: Path) -> Callable[.
             tenant_id=tenant.id,
             dataset_id=dataset.id,
             spec=spec,
-            total_steps=spec["max_train_steps"],
         )
         session.commit()
         return job

@@ -150,7 +150,6 @@ def trained_job(service: Service) -> tuple[str, str]:
             dataset_id=dataset.id,
             spec=TRAINED_SPEC,
             validation=TRAINED_SPEC["validation"],
-            total_steps=TRAINED_SPEC["max_train_steps"],
         )
         job_id, dataset_id = job.id, dataset.id
     context = WorkerContext(service.settings, service.database, storage, "dashboard-test:1")

@@ -69,7 +69,7 @@ def queued_job(database: Database, settings: Settings, *, steps: int) -> str:
         dataset = create_dataset(session, tenant_id=tenant.id, num_pairs=6)
         make_demo_dataset(storage.local_path(dataset.storage_key), num_pairs=6, resolution=32)
         spec = {**FAST_SPEC, "max_train_steps": steps, "checkpoint_every_n_steps": 20, "validation": {}}
-        job = create_job(session, tenant_id=tenant.id, dataset_id=dataset.id, spec=spec, total_steps=steps)
+        job = create_job(session, tenant_id=tenant.id, dataset_id=dataset.id, spec=spec)
         session.commit()
         return job.id
 

@@ -62,7 +62,9 @@ def create_job(session: Session, **overrides: Any) -> Job:
     request = {"base_model": "tiny-sd", "method": "mapo", "validation": {}, "seed": 0}
     given = {name: overrides.pop(name) for name in request.keys() & overrides.keys()}
     overrides["spec"] = {**request, **overrides.get("spec", {"max_train_steps": 10}), **given}
-    values: dict[str, Any] = {"metadata_": {}, "status": "queued", "total_steps": 10}
+    # A queued job's total is its spec's step count, as the API records it.
+    total_steps = overrides["spec"].get("max_train_steps", 10)
+    values: dict[str, Any] = {"metadata_": {}, "status": "queued", "total_steps": total_steps}
     job = Job(tenant_id=tenant_id, **{**values, **overrides})
     session.add(job)
     session.flush()

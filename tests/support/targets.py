@@ -42,7 +42,6 @@ def job_on(session: Session, dataset: Dataset) -> Job:
         tenant_id=dataset.tenant_id,
         dataset_id=dataset.id,
         spec=TARGETS_SPEC,
-        total_steps=TARGETS_SPEC["max_train_steps"],
     )
     session.commit()
     return job

@@ -53,7 +53,6 @@ def flux_job(
         dataset_id=dataset.id,
         base_model="tiny-flux",
         spec=full,
-        total_steps=full["max_train_steps"],
     )
     session.commit()
     return job

@@ -52,7 +52,6 @@ def _first_chosen_loss(session: Session, ctx: WorkerContext, tmp_path: Path, *, 
         tenant_id=dataset.tenant_id,
         dataset_id=dataset.id,
         spec=spec,
-        total_steps=spec["max_train_steps"],
     )
     session.commit()
     assert run_job(job.id, ctx) == "succeeded"
