@@ -65,13 +65,14 @@ class ResumableUpload:
         state_file: Path | None = None,
     ) -> None:
         self.transport, self.path = transport, path
-        self.size = path.stat().st_size
+        # One stat for the size sent and the state key, so the two describe the same version of the file.
+        stat = path.stat()
+        self.size = stat.st_size
         if part_bytes < 1:
             raise ValueError(f"part_bytes must be positive, not {part_bytes}")
         self.part_bytes, self.retries = part_bytes, retries
         self.on_progress = on_progress or (lambda held, total: None)
         self.state = _StateFile(state_file or default_state_file())
-        stat = path.stat()
         self.state_key = f"{transport.base_url} {path.resolve()} {stat.st_size} {stat.st_mtime_ns}"
 
     def run(self, fields: JSON) -> JSON:
