@@ -38,9 +38,12 @@ _COLUMNS: dict[str, ColumnType] = {
 }
 
 
-def ingest_parquet(upload: Path, collector: PairCollector) -> None:
-    """Check every row of the parquet file and hand the valid, non-tie pairs to `collector`."""
-    for row, record in enumerate(read_rows(upload, collector, _COLUMNS)):
+def ingest_parquet(upload: Path, collector: PairCollector, *, first_row: int = 0) -> None:
+    """Check every row of the parquet file and hand the valid, non-tie pairs to `collector`.
+
+    Rows are numbered from `first_row` in problems, so that an upload read in several files (shards)
+    names each row by its place in the whole upload."""
+    for row, record in enumerate(read_rows(upload, collector, _COLUMNS), start=first_row):
         _ingest_row(row, record, collector)
 
 

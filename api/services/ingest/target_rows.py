@@ -48,11 +48,12 @@ def ingest_archive_targets(index: MemberIndex, collector: PairCollector) -> None
         )
 
 
-def ingest_parquet_targets(upload: Path, collector: PairCollector) -> None:
-    """Check every row of a targets/avoid parquet file and hand the valid ones to `collector`."""
+def ingest_parquet_targets(upload: Path, collector: PairCollector, *, first_row: int = 0) -> None:
+    """Check every row of a targets/avoid parquet file and hand the valid ones to `collector`; rows are
+    numbered from `first_row`, as `ingest_parquet`'s."""
     columns = {"prompt": TEXT, "image": IMAGE_BYTES, GENERATION_PROMPT: TEXT}
     optional = frozenset({GENERATION_PROMPT}) if collector.kind == "targets" else frozenset()
-    for row, record in enumerate(read_rows(upload, collector, columns, optional=optional)):
+    for row, record in enumerate(read_rows(upload, collector, columns, optional=optional), start=first_row):
         collector.admit_row(row)
         prompt = collector.check_prompt(row, "prompt", record["prompt"])
         generation_prompt = _generation_prompt(record.get(GENERATION_PROMPT), row, collector)
