@@ -74,9 +74,9 @@ def backends(stack: ExitStack, scratch: Path) -> dict[str, Settings]:
     local = Settings(data_dir=scratch / "local")
     if os.environ.get("MAPO_STORAGE_URL"):
         return {"local directory": local, "S3 (MAPO_STORAGE_URL)": Settings()}
-    from tests.support.servers import SeaweedFS
+    from ops.local_s3 import LocalS3Server
 
-    server = SeaweedFS(scratch / "seaweedfs")
+    server = LocalS3Server(scratch / "seaweedfs")
     stack.callback(server.close)
     s3 = Settings(
         data_dir=scratch / "s3",

@@ -101,9 +101,9 @@ def db_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One SeaweedFS server for the whole run; each test gets a key prefix of its own in its bucket."""
-    from tests.support.servers import SeaweedFS
+    from tests.support.servers import start_seaweedfs
 
-    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
     yield server
     server.close()
 

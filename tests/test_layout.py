@@ -16,12 +16,7 @@ SUPPORT = "tests.support"
 
 # (file, module) imports that cross the boundary knowingly, with the reason. An entry must still be
 # needed: test_every_known_exception_is_still_needed fails once the import is gone.
-KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
-    # The object-store benchmark's S3 rows start the tests' SeaweedFS (test bucket and credentials, a
-    # pytest skip when `weed` is missing): test infrastructure, not bench code, so it stays in
-    # tests/support until bench has an S3 server launcher of its own.
-    ("bench/object_store.py", "tests.support.servers"): "bench's S3 rows start the tests' SeaweedFS",
-}
+KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 
 def _imports(node: ast.AST, module_name: str, is_package: bool) -> Iterator[str]:

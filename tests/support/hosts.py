@@ -25,7 +25,7 @@ import httpx
 
 from tests.support.factories import TEST_PEPPER
 from tests.support.netns import Host, Network
-from tests.support.servers import SeaweedFS
+from tests.support.servers import start_seaweedfs
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class SharedStorage:
 @contextmanager
 def s3_storage(network: Network, root: Path) -> Iterator[SharedStorage]:
     """A SeaweedFS server on `network.gateway` (see the module docstring), removed afterwards."""
-    server = SeaweedFS(root / "object-store", address=network.gateway)
+    server = start_seaweedfs(root / "object-store", address=network.gateway)
     try:
         yield SharedStorage(
             env={
