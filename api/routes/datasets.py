@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Annotated, Literal
 
-import anyio.from_thread
 from fastapi import APIRouter, Header, Path, Query, Request, status
 from fastapi.responses import Response, StreamingResponse
 
 from api.deps import ContextDep, CurrentTenant, SessionDep
+from api.request_stream import request_body
 from api.routes.downloads import REDIRECT_RESPONSE, file_response
 from api.schemas import INT64_MAX, DatasetOut, ErrorResponse, ListResponse, PreviewPairOut
 from api.services import datasets as service
@@ -62,22 +61,6 @@ def upload_dataset(
         content_type=request.headers.get("content-type", ""),
         idempotency_key=idempotency_key,
     )
-
-
-def request_body(request: Request) -> Iterator[bytes]:
-    """The request body chunk by chunk, read from this sync route's worker thread (the stream itself is
-    the event loop's)."""
-    stream = request.stream()
-
-    async def next_chunk() -> bytes | None:
-        try:
-            return await stream.__anext__()
-        except StopAsyncIteration:
-            return None
-
-    while (chunk := anyio.from_thread.run(next_chunk)) is not None:
-        if chunk:
-            yield chunk
 
 
 @router.get("")

@@ -16,7 +16,7 @@ from starlette.requests import ClientDisconnect
 
 from api.deps import ContextDep, CurrentTenant, SessionDep
 from api.errors import ApiError, InvalidRequest
-from api.routes.datasets import request_body
+from api.request_stream import request_body
 from api.schemas import INT64_MAX, DatasetOut, ErrorResponse
 from api.services import upload_datasets
 from api.services.upload_datasets import DatasetFromUpload

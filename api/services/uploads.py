@@ -65,6 +65,15 @@ class UploadState:
         return self.offset == self.info.length
 
 
+@dataclass
+class _OpenUploads:
+    """What the open uploads hold now: how many are the tenant's, and the bytes all of them may still
+    bring (their declared lengths less what has arrived)."""
+
+    of_tenant: int = 0
+    pending_bytes: int = 0
+
+
 class UploadStore:
     """The resumable uploads of every tenant, under `root` (one folder per tenant, then per upload)."""
 
@@ -80,14 +89,14 @@ class UploadStore:
         the tenant, 507 if the disk cannot hold it beside the others)."""
         if length > self.max_bytes:
             raise PayloadTooLarge(f"Upload-Length exceeds {self.max_bytes} bytes", param="Upload-Length")
-        self.expire()
-        tenant_dir = self.root / tenant_id
-        tenant_dir.mkdir(parents=True, exist_ok=True)
-        if sum(1 for _ in self._open_states(tenant_dir)) >= self.max_open:
+        open_uploads = self._sweep(tenant_id)
+        if open_uploads.of_tenant >= self.max_open:
             raise TooManyUploads(
                 f"{self.max_open} uploads are already open; finish or delete one first", param="Upload-Length"
             )
-        self._reserve(length)
+        self._reserve(length, pending=open_uploads.pending_bytes)
+        tenant_dir = self.root / tenant_id
+        tenant_dir.mkdir(parents=True, exist_ok=True)
         info = UploadInfo(new_id("up"), length, filename[-MAX_FILENAME_CHARS:], time.time())
         folder = tenant_dir / info.id
         folder.mkdir()
@@ -149,22 +158,39 @@ class UploadStore:
 
     def expire(self) -> list[str]:
         """Remove every upload untouched for the expiry time (and not being written); returns their ids."""
-        removed = []
-        for folder in self.root.glob("*/*"):
-            try:
-                if _last_touched(folder) + self.expiry_seconds > time.time():
-                    continue
-                with _locked(folder):
-                    shutil.rmtree(folder)
-                removed.append(folder.name)
-            except (Conflict, NotFound, FileNotFoundError):
-                continue  # being written, or removed by another process meanwhile
-        return removed
+        return [folder.name for folder in self.root.glob("*/*") if self._expire_if_stale(folder)]
 
-    def _reserve(self, length: int) -> None:
-        pending = 0
-        for tenant_dir in self.root.iterdir():
-            pending += sum(s.info.length - s.offset for s in self._open_states(tenant_dir))
+    def _expire_if_stale(self, folder: Path) -> bool:
+        """Remove `folder` if its upload is past its expiry and not being written; True if removed."""
+        try:
+            if _last_touched(folder) + self.expiry_seconds > time.time():
+                return False
+            with _locked(folder):
+                shutil.rmtree(folder)
+            return True
+        except (Conflict, NotFound, FileNotFoundError):
+            return False  # being written, or removed by another process meanwhile
+
+    def _sweep(self, tenant_id: str) -> _OpenUploads:
+        """One pass over every tenant's uploads: the expired ones are removed, and the open ones (not yet
+        a dataset) counted for `tenant_id` and summed for the bytes they may still bring."""
+        open_uploads = _OpenUploads()
+        for folder in self.root.glob("*/*"):
+            if self._expire_if_stale(folder):
+                continue
+            try:
+                state = self._state(folder, _read_info(folder))
+            except NotFound:
+                continue
+            if state.info.dataset_id is None:
+                open_uploads.pending_bytes += state.info.length - state.offset
+                open_uploads.of_tenant += folder.parent.name == tenant_id
+        return open_uploads
+
+    def _reserve(self, length: int, *, pending: int) -> None:
+        """507 unless the disk keeps `min_free_bytes` free after this upload and the `pending` bytes the
+        open ones may still bring."""
+        self.root.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(self.root).free
         if free - pending - length < self.min_free_bytes:
             raise InsufficientStorage(
@@ -172,15 +198,6 @@ class UploadStore:
                 f"open uploads, {self.min_free_bytes} kept free)",
                 param="Upload-Length",
             )
-
-    def _open_states(self, tenant_dir: Path) -> Iterator[UploadState]:
-        for folder in tenant_dir.iterdir():
-            try:
-                state = self._state(folder, _read_info(folder))
-            except NotFound:
-                continue
-            if state.info.dataset_id is None:
-                yield state
 
     def _folder(self, tenant_id: str, upload_id: str) -> Path:
         # Ids are ours (`up_` + hex): anything else cannot name a folder, so no path can be built from it.
