@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import posixpath
 from pathlib import Path
-from typing import NamedTuple
 
 from api.services.ingest.collector import PairCollector
 from api.services.ingest.images import ImageProblem, inspect_image
 from api.services.ingest.limits import IngestLimits
-from api.services.ingest.masks import MASK_FIELD, has_mask, refuse_black
+from api.services.ingest.masks import MASK_FIELD, RowMask, has_mask, refuse_black
 from api.services.ingest.members import MemberIndex, normalise_name, unsafe_name_reason
 from api.services.ingest.pairs_file import PAIR_FIELDS, Record, locate_pairs_file, read_records
 from trainer.dataset_format import EncodedImage
 
 # A checked image still in scratch: where it is and the suffix it is stored under.
 CheckedImage = tuple[Path, str]
-
-
-class RowMask(NamedTuple):
-    """A row's checked mask, or None where the row names none."""
-
-    image: EncodedImage | None
 
 
 def ingest_archive_rows(index: MemberIndex, collector: PairCollector) -> None:

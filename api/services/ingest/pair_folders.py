@@ -2,7 +2,9 @@
 the same name, captioned by one captions.jsonl of {"file_name": "x.png", "caption": ...} beside the two
 folders or, without it, by `x.txt` beside them. Images are matched by name without the suffix, so a PNG
 may be paired with a JPEG; names may include subfolders (`w/cats/1.png` pairs with `l/cats/1.jpg`, and is
-captioned by `cats/1.txt` or the file_name `cats/1.png`)."""
+captioned by `cats/1.txt` or the file_name `cats/1.png`). An optional third folder m/ beside them holds a
+pair's mask under the same name (`m/cats/1.png`, matched the same way); a pair without one trains on the
+whole image."""
 
 from __future__ import annotations
 
@@ -18,11 +20,13 @@ from api.services.ingest.layouts import (
     is_image_name,
     stem,
 )
+from api.services.ingest.masks import RowMask, refuse_black
 from api.services.ingest.members import MemberIndex
 from api.services.ingest.pairs_file import read_records
 from trainer.dataset_format import EncodedImage
 
 CAPTION_FIELDS = ("file_name", "caption")
+MASK_DIR = "m/"
 
 
 def folder_images(names: set[str], folder: str) -> dict[str, str]:
@@ -35,21 +39,24 @@ def folder_images(names: set[str], folder: str) -> dict[str, str]:
 
 
 def pair_folder_members(index: MemberIndex, base: str) -> set[str]:
-    """Every member a pair-folders upload reads besides captions.jsonl: both folders' images and the
-    caption files beside them (but for those too large to be one)."""
+    """Every member a pair-folders upload reads besides captions.jsonl: both folders' images, the masks
+    of their pairs and the caption files beside them (but for those too large to be one)."""
     names = index.names
     chosen = folder_images(names, base + CHOSEN_DIR)
     members = set(chosen.values()) | set(folder_images(names, base + REJECTED_DIR).values())
+    masks = folder_images(names, base + MASK_DIR)
+    members |= {name for key, name in masks.items() if key in chosen}  # an orphan is refused unread
     captions = {base + key + CAPTION_SUFFIX for key in chosen} & names
     return members | {name for name in captions if index.sizes.get(name, 0) <= MAX_CAPTION_BYTES}
 
 
 def ingest_pair_folders(index: MemberIndex, collector: PairCollector, base: str) -> None:
-    """Check every pair of w/ and l/ and its caption, and hand the valid ones to `collector`."""
+    """Check every pair of w/ and l/, its caption and its mask in m/ if it has one, and hand the valid
+    ones to `collector`."""
     chosen = _folder(index.names, base + CHOSEN_DIR, collector)
     rejected = _folder(index.names, base + REJECTED_DIR, collector)
-    for key in sorted(rejected.keys() - chosen.keys()):
-        collector.report(None, "w", f"{rejected[key]!r} has no twin of the same name in {base}{CHOSEN_DIR}")
+    masks = _folder(index.names, base + MASK_DIR, collector)
+    _report_orphans(chosen, rejected=rejected, masks=masks, base=base, collector=collector)
     captions = _jsonl_captions(index, base, set(chosen), collector)
     for row, key in enumerate(sorted(chosen)):
         collector.admit_row(row)
@@ -58,8 +65,28 @@ def ingest_pair_folders(index: MemberIndex, collector: PairCollector, base: str)
         prompt = None if caption is None else collector.check_prompt(row, "caption", caption.strip())
         winner = _image(index, name, row, "w", collector)
         loser = _twin(index, name, rejected.get(key), row, base, collector)
-        if prompt is not None and winner is not None and loser is not None:
-            collector.add_pair(prompt, chosen=EncodedImage(*winner), rejected=EncodedImage(*loser))
+        mask = _mask(index, masks.get(key), row, collector)
+        if prompt is not None and winner is not None and loser is not None and mask is not None:
+            collector.add_pair(
+                prompt, chosen=EncodedImage(*winner), rejected=EncodedImage(*loser), mask=mask.image
+            )
+
+
+def _report_orphans(
+    chosen: dict[str, str],
+    *,
+    rejected: dict[str, str],
+    masks: dict[str, str],
+    base: str,
+    collector: PairCollector,
+) -> None:
+    """A rejected image or a mask whose name is not in w/ belongs to no pair: refuse it, naming the file."""
+    for key in sorted(rejected.keys() - chosen.keys()):
+        collector.report(None, "w", f"{rejected[key]!r} has no twin of the same name in {base}{CHOSEN_DIR}")
+    for key in sorted(masks.keys() - chosen.keys()):
+        collector.report(
+            None, "m", f"{masks[key]!r} masks no pair: there is no image of its name in {base}{CHOSEN_DIR}"
+        )
 
 
 def _row_caption(
@@ -105,6 +132,22 @@ def _twin(
         collector.report(row, "l", f"{name!r} has no twin of the same name in {base}{REJECTED_DIR}")
         return None
     return _image(index, twin, row, "l", collector)
+
+
+def _mask(index: MemberIndex, name: str | None, row: int, collector: PairCollector) -> RowMask | None:
+    """The pair's mask from m/ (`name`, None if it has none), or None after reporting what is wrong with
+    it (not an image, over the image limits, black everywhere)."""
+    if name is None:
+        return RowMask(None)
+    checked = _image(index, name, row, "m", collector)
+    if checked is None:
+        return None
+    try:
+        refuse_black(checked[0])
+    except ImageProblem as exc:
+        collector.report(row, "m", f"{name!r}: {exc}")
+        return None
+    return RowMask(EncodedImage(*checked))
 
 
 def _image(

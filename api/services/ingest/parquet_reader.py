@@ -1,4 +1,5 @@
-"""Reading a Pick-a-Pic style parquet upload in small batches: caption, jpg_0, jpg_1, label_0, label_1."""
+"""Reading a Pick-a-Pic style parquet upload in small batches: caption, jpg_0, jpg_1, label_0, label_1,
+and optionally mask (encoded image bytes, null on a row without one)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import pyarrow.parquet as pq
 from api.services.ingest.collector import PairCollector, StopIngest
 from api.services.ingest.images import ImageProblem, inspect_image
 from api.services.ingest.limits import RATIO_FLOOR_BYTES
+from api.services.ingest.masks import MASK_FIELD, RowMask, has_mask, refuse_black
 from api.services.ingest.members import ByteBudget, LimitExceeded
 from trainer.dataset_format import EncodedImage
 
-# Small batches: a row holds two encoded images of up to max_image_bytes each.
+# Small batches: a row holds two encoded images and a mask of up to max_image_bytes each.
 BATCH_ROWS = 16
 
 # A column's expected type: how to name it in a message, and the test of an arrow type.
@@ -35,6 +37,7 @@ _COLUMNS: dict[str, ColumnType] = {
     "jpg_1": IMAGE_BYTES,
     "label_0": NUMBER,
     "label_1": NUMBER,
+    MASK_FIELD: IMAGE_BYTES,
 }
 
 
@@ -43,7 +46,8 @@ def ingest_parquet(upload: Path, collector: PairCollector, *, first_row: int = 0
 
     Rows are numbered from `first_row` in problems, so that an upload read in several files (shards)
     names each row by its place in the whole upload."""
-    for row, record in enumerate(read_rows(upload, collector, _COLUMNS), start=first_row):
+    rows = read_rows(upload, collector, _COLUMNS, optional=frozenset({MASK_FIELD}))
+    for row, record in enumerate(rows, start=first_row):
         _ingest_row(row, record, collector)
 
 
@@ -118,9 +122,10 @@ def _ingest_row(row: int, record: dict[str, Any], collector: PairCollector) -> N
     first, second = ("jpg_1", "jpg_0") if swap else ("jpg_0", "jpg_1")
     chosen = row_image(row, first, record[first], collector)
     rejected = row_image(row, second, record[second], collector)
-    if None in labels or prompt is None or chosen is None or rejected is None:
+    mask = row_mask(row, record, collector)
+    if None in labels or prompt is None or chosen is None or rejected is None or mask is None:
         return
-    collector.add_pair(prompt, chosen=chosen, rejected=rejected)
+    collector.add_pair(prompt, chosen=chosen, rejected=rejected, mask=mask.image)
 
 
 def _label(row: int, field: str, value: object, collector: PairCollector) -> float | None:
@@ -144,3 +149,20 @@ def row_image(row: int, field: str, value: object, collector: PairCollector) -> 
         collector.report(row, field, str(exc))
         return None
     return EncodedImage(value, suffix)
+
+
+def row_mask(row: int, record: dict[str, Any], collector: PairCollector) -> RowMask | None:
+    """The row's optional `mask` (null or empty bytes: none), or None after reporting what is wrong with
+    it (not an image, over the image limits, black everywhere)."""
+    if not has_mask(record):
+        return RowMask(None)
+    value = record[MASK_FIELD]
+    mask = row_image(row, MASK_FIELD, value, collector)
+    if mask is None:
+        return None
+    try:
+        refuse_black(io.BytesIO(value))  # bytes: row_image has checked them
+    except ImageProblem as exc:
+        collector.report(row, MASK_FIELD, str(exc))
+        return None
+    return RowMask(mask)

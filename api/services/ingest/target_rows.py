@@ -2,9 +2,9 @@
 
 Archives hold pairs.jsonl or pairs.csv rows `{"prompt", "image", "generation_prompt"}` and optionally
 `"mask"` (image paths as in a pairs upload); parquet files hold the columns `prompt`, `image` (encoded
-bytes) and `generation_prompt`, and no masks. The generation prompt is required in an avoid upload (the
-chosen image is drawn from it) and optional in a targets upload (the rejected image is drawn from the
-prompt itself when it is absent).
+bytes), `generation_prompt` and optionally `mask` (encoded bytes, null on a row without one). The
+generation prompt is required in an avoid upload (the chosen image is drawn from it) and optional in a
+targets upload (the rejected image is drawn from the prompt itself when it is absent).
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from pathlib import Path
 from api.services.ingest.archive_pairs import row_image as archive_image
 from api.services.ingest.archive_pairs import row_mask, row_prompt
 from api.services.ingest.collector import PairCollector
+from api.services.ingest.masks import MASK_FIELD
 from api.services.ingest.members import MemberIndex
 from api.services.ingest.pairs_file import Record, locate_pairs_file, read_records
 from api.services.ingest.parquet_reader import IMAGE_BYTES, TEXT, read_rows
 from api.services.ingest.parquet_reader import row_image as parquet_image
+from api.services.ingest.parquet_reader import row_mask as parquet_mask
 from trainer.dataset_format import UPLOADED_ROLE, EncodedImage
 
 GENERATION_PROMPT = "generation_prompt"
@@ -51,16 +53,17 @@ def ingest_archive_targets(index: MemberIndex, collector: PairCollector) -> None
 def ingest_parquet_targets(upload: Path, collector: PairCollector, *, first_row: int = 0) -> None:
     """Check every row of a targets/avoid parquet file and hand the valid ones to `collector`; rows are
     numbered from `first_row`, as `ingest_parquet`'s."""
-    columns = {"prompt": TEXT, "image": IMAGE_BYTES, GENERATION_PROMPT: TEXT}
-    optional = frozenset({GENERATION_PROMPT}) if collector.kind == "targets" else frozenset()
+    columns = {"prompt": TEXT, "image": IMAGE_BYTES, GENERATION_PROMPT: TEXT, MASK_FIELD: IMAGE_BYTES}
+    optional = frozenset({MASK_FIELD, GENERATION_PROMPT} if collector.kind == "targets" else {MASK_FIELD})
     for row, record in enumerate(read_rows(upload, collector, columns, optional=optional), start=first_row):
         collector.admit_row(row)
         prompt = collector.check_prompt(row, "prompt", record["prompt"])
         generation_prompt = _generation_prompt(record.get(GENERATION_PROMPT), row, collector)
         image = parquet_image(row, "image", record["image"], collector)
-        if prompt is None or image is None or isinstance(generation_prompt, _Invalid):
+        mask = parquet_mask(row, record, collector)
+        if prompt is None or image is None or mask is None or isinstance(generation_prompt, _Invalid):
             continue
-        collector.add_target(prompt, image=image, generation_prompt=generation_prompt)
+        collector.add_target(prompt, image=image, generation_prompt=generation_prompt, mask=mask.image)
 
 
 def _generation_prompt(value: object, row: int, collector: PairCollector) -> str | _Invalid | None:
