@@ -4,8 +4,13 @@
 - `pair_folders` (kind pairs): folders w/ and l/ there, the chosen and the rejected image of each pair
   under the same name, captioned by captions.jsonl beside them or else by <name>.txt files beside them.
 - `captions` (kind targets): image files anywhere, each captioned by the .txt file of the same name.
+- `parquet_shards` (any kind): nothing but .parquet files, in any folders (Hugging Face's
+  data/train-00000-of-00004.parquet), each with the columns of a single parquet upload, read in name order.
+  Without a manifest, .parquet files beside anything else (images, a README) are refused: which of them
+  is the dataset would be a guess. Hidden files (.DS_Store, ._x) are ignored, as everywhere.
 
-A manifest always wins, so every archive that was valid before these layouts reads as it did.
+A manifest always wins, so every archive that was valid before these layouts reads as it did (but for one
+that held .parquet files beside pair folders or captioned images, now refused as mixed).
 """
 
 from __future__ import annotations
@@ -18,10 +23,11 @@ from api.services.ingest.collector import PairCollector
 from api.services.ingest.pairs_file import MANIFEST_NAMES
 from trainer.dataset_format import IMAGE_SUFFIXES
 
-LayoutName = Literal["manifest", "captions", "pair_folders"]
+LayoutName = Literal["manifest", "captions", "pair_folders", "parquet_shards"]
 CHOSEN_DIR, REJECTED_DIR = "w/", "l/"
 CAPTIONS_FILE = "captions.jsonl"
 CAPTION_SUFFIX = ".txt"
+PARQUET_SUFFIX = ".parquet"
 
 
 @dataclass(frozen=True)
@@ -42,10 +48,24 @@ def archive_bases(names: Iterable[str]) -> list[str]:
     return [""]
 
 
+def is_hidden(name: str) -> bool:
+    """Whether a member is a hidden file (.DS_Store, macOS's ._x.png resource forks): never data."""
+    return name.rsplit("/", 1)[-1].startswith(".")
+
+
 def is_image_name(name: str) -> bool:
     """Whether a member is an image by its suffix; hidden files (.DS_Store, ._x.png) never are."""
-    leaf = name.rsplit("/", 1)[-1]
-    return not leaf.startswith(".") and leaf.lower().endswith(IMAGE_SUFFIXES)
+    return not is_hidden(name) and name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def is_parquet_name(name: str) -> bool:
+    """Whether a member is a parquet shard by its suffix (hidden files never are)."""
+    return not is_hidden(name) and name.lower().endswith(PARQUET_SUFFIX)
+
+
+def parquet_shard_names(names: Iterable[str]) -> list[str]:
+    """The parquet shards among member names, in the order they are read (and their rows numbered)."""
+    return sorted(name for name in names if is_parquet_name(name))
 
 
 def stem(name: str) -> str:
@@ -62,6 +82,8 @@ def detect_layout(names: set[str], collector: PairCollector) -> Layout:
     for base in bases:
         if any(base + manifest in names for manifest in MANIFEST_NAMES):
             return Layout("manifest", base)
+    if any(is_parquet_name(name) for name in names):
+        return _parquet_shards(names, collector)
     folders = [
         b for b in bases if _has_folder(names, b + CHOSEN_DIR) and _has_folder(names, b + REJECTED_DIR)
     ]
@@ -81,6 +103,17 @@ def detect_layout(names: set[str], collector: PairCollector) -> Layout:
     collector.fatal(
         f"archive has no {wanted}pairs.jsonl or pairs.csv at its root or in its single top-level folder"
     )
+
+
+def _parquet_shards(names: set[str], collector: PairCollector) -> Layout:
+    others = sorted(name for name in names if not is_hidden(name) and not is_parquet_name(name))
+    if others:
+        shown = ", ".join(repr(name) for name in others[:3]) + (" and more" if len(others) > 3 else "")
+        collector.fatal(
+            f"archive holds .parquet files and other files ({shown}) but no pairs.jsonl or pairs.csv: an "
+            "archive of parquet shards holds nothing else, and images need a manifest or a folder layout"
+        )
+    return Layout("parquet_shards", "")
 
 
 def _has_folder(names: set[str], folder: str) -> bool:

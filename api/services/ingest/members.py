@@ -119,6 +119,8 @@ class MemberIndex:
     refused: set[str] = field(default_factory=set)
     # Each named file's declared size, so that a layout can refuse a member before extracting it.
     sizes: dict[str, int] = field(default_factory=dict)
+    # Scratch files ever stored: names them, so that one freed by `discard` is never reused for another.
+    stored: int = 0
 
     def name_problem(self, name: str) -> str | None:
         """Why a member's name is refused (unsafe, or a second member of the same name), or None."""
@@ -140,7 +142,8 @@ class MemberIndex:
 
     def store(self, name: str, source: Readable, *, declared: int, budget: ExpansionBudget | None) -> None:
         """Copy one member to scratch, counting its real bytes against its declared size and `budget`."""
-        target = self.scratch / f"{len(self.files):08d}"
+        target = self.scratch / f"{self.stored:08d}"
+        self.stored += 1
         written = 0
         with target.open("wb") as out:
             while chunk := _read_chunk(source, name):
@@ -151,6 +154,13 @@ class MemberIndex:
                     budget.spend(len(chunk))
                 _write_chunk(out, chunk)
         self.files[normalise_name(name)] = target
+
+    def discard(self, name: str) -> None:
+        """Delete a stored member's scratch copy once it has been read (a parquet shard: the next one
+        then takes its place on disk rather than adding to it)."""
+        stored = self.files.pop(normalise_name(name), None)
+        if stored is not None:
+            stored.unlink(missing_ok=True)
 
 
 def _read_chunk(source: Readable, name: str) -> bytes:

@@ -15,16 +15,17 @@ from pathlib import Path
 from api.services.ingest.archive_pairs import ingest_archive_rows
 from api.services.ingest.captions import ingest_captions
 from api.services.ingest.collector import PairCollector, StopIngest
-from api.services.ingest.layouts import detect_layout
+from api.services.ingest.layouts import detect_layout, parquet_shard_names
 from api.services.ingest.limits import IngestLimits
 from api.services.ingest.members import MemberIndex
 from api.services.ingest.pair_folders import ingest_pair_folders
 from api.services.ingest.parquet_reader import ingest_parquet
+from api.services.ingest.parquet_shards import ShardStream, ingest_parquet_shards
 from api.services.ingest.report import IngestRejected, IngestReport, Problem, SourceFormat
 from api.services.ingest.sniff import UploadKind, sniff_kind
-from api.services.ingest.tar_reader import extract_tar
+from api.services.ingest.tar_reader import extract_tar, stream_tar_members
 from api.services.ingest.target_rows import ingest_archive_targets, ingest_parquet_targets
-from api.services.ingest.zip_reader import extract_zip
+from api.services.ingest.zip_reader import extract_zip, stream_zip_members
 from trainer.dataset_format import DatasetKind, DatasetWriter
 
 STAGING_MARKER = ".ingest-"  # staging folders are named ".<dest name>.ingest-<random>"; safe to sweep
@@ -53,9 +54,10 @@ def ingest_upload(
         limits: size and count limits; the defaults if None.
         kind: "pairs" (prompt, chosen, rejected), or "targets" / "avoid" (prompt, image, and the
             generation_prompt the base model draws the other side from at job start). Archives without
-            a manifest are read by their layout (`layouts`): w/ and l/ pair folders, or captioned images.
+            a manifest are read by their layout (`layouts`): w/ and l/ pair folders, captioned images, or
+            parquet shards (`parquet_shards`).
         trigger_word: put into every caption of a captioned-images upload (`trigger`); refused with any
-            other layout.
+            other layout and with parquet.
     Raises:
         IngestRejected: with every problem found; `dest_dir` is then absent.
         FileExistsError: `dest_dir` holds files already.
@@ -124,10 +126,25 @@ def _read(
         ingest_captions(index, collector, trigger_word)
         return
     _refuse_trigger_word(trigger_word, f"a {layout.name.replace('_', ' ')} upload", collector)
-    if layout.name == "pair_folders":
+    if layout.name == "parquet_shards":
+        with contextlib.closing(_shard_stream(upload_path, kind, index, collector)) as shards:
+            ingest_parquet_shards(shards, index, collector)
+    elif layout.name == "pair_folders":
         ingest_pair_folders(index, collector, layout.base)
     else:
         (ingest_archive_rows if pairs else ingest_archive_targets)(index, collector)
+
+
+def _shard_stream(
+    upload_path: Path, kind: UploadKind, index: MemberIndex, collector: PairCollector
+) -> ShardStream:
+    """The archive's parquet shards, extracted one at a time in name order."""
+    names = parquet_shard_names(index.names)
+    if kind == "zip":
+        return stream_zip_members(upload_path, names, index, collector)
+    return stream_tar_members(
+        upload_path, gzipped=kind == "tar.gz", names=names, index=index, collector=collector
+    )
 
 
 def _refuse_trigger_word(trigger_word: str | None, upload: str, collector: PairCollector) -> None:

@@ -3,7 +3,8 @@
 A tar can only be read forward, and its manifest may come after the images, so the first pass names
 every member and extracts only the manifest, and the second extracts the members the manifest's rows
 reference (`references`). Nothing else reaches the disk; a gzip bomb is refused by the running ratio of
-decompressed to compressed bytes within a few MiB past the floor.
+decompressed to compressed bytes within a few MiB past the floor. An archive of parquet shards is read in
+one second pass too (`stream_tar_members`), each shard handed on as soon as its turn comes.
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ from __future__ import annotations
 import gzip
 import io
 import tarfile
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
 from api.services.ingest.collector import PairCollector
+from api.services.ingest.layouts import detect_layout
 from api.services.ingest.members import (
     READ_ERRORS,
     ByteBudget,
@@ -27,6 +31,7 @@ from api.services.ingest.members import (
     normalise_name,
 )
 from api.services.ingest.pairs_file import is_manifest_candidate
+from api.services.ingest.parquet_shards import ShardStream
 from api.services.ingest.references import referenced_members
 
 # What one pass does with each member that is a regular file, given the archive it is read from.
@@ -69,6 +74,8 @@ def extract_tar(upload: Path, *, gzipped: bool, index: MemberIndex, collector: P
                 _store(archive, info, index)
 
     _stream(upload, gzipped, collector, name_member)
+    if detect_layout(index.names | index.refused, collector).name == "parquet_shards":
+        return  # extracted one at a time as they are read (`stream_tar_members`)
     wanted = referenced_members(index, collector) - index.files.keys()
 
     def extract_wanted(archive: tarfile.TarFile, info: tarfile.TarInfo) -> None:
@@ -79,8 +86,40 @@ def extract_tar(upload: Path, *, gzipped: bool, index: MemberIndex, collector: P
         _stream(upload, gzipped, collector, extract_wanted)
 
 
+def stream_tar_members(
+    upload: Path, *, gzipped: bool, names: list[str], index: MemberIndex, collector: PairCollector
+) -> ShardStream:
+    """Yield the accepted members `names` (normalised, as `extract_tar` named them in `index`) in that
+    order, each with its scratch copy, in one forward pass; the caller reads and discards each one.
+
+    A member is handed on as soon as it and all those before it in `names` are extracted: when the tar
+    holds them in that order (tools that sort names, Hugging Face's shards), scratch holds one at a time;
+    one met early waits in scratch for its turn rather than costing another pass over the archive.
+    """
+    pending, wanted = deque(names), set(names)
+    with _tar_errors(collector):
+        for archive, info in _members(upload, gzipped, collector):
+            name = normalise_name(info.name)
+            if info.isreg() and name in wanted:
+                wanted.discard(name)  # a second member of that name was refused by `extract_tar`
+                _store(archive, info, index)
+            while pending and pending[0] in index.files:
+                ready = pending.popleft()
+                yield ready, index.files[ready]
+
+
 def _stream(upload: Path, gzipped: bool, collector: PairCollector, action: MemberAction) -> None:
     """One forward pass over the tar, calling `action` for each member; stops the ingest on a limit."""
+    with _tar_errors(collector):
+        for archive, info in _members(upload, gzipped, collector):
+            action(archive, info)
+
+
+def _members(
+    upload: Path, gzipped: bool, collector: PairCollector
+) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
+    """The tar's members in order, with the archive to read their data from, counting every byte
+    decompressed and every size declared against the limits."""
     limits = collector.limits
     declared = ByteBudget(
         limits.max_uncompressed_bytes, f"archive declares more than {limits.max_uncompressed_bytes} bytes"
@@ -91,19 +130,25 @@ def _stream(upload: Path, gzipped: bool, collector: PairCollector, action: Membe
     with upload.open("rb") as raw:
         inner: Readable = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
         stream = io.BufferedReader(_CountingStream(inner, raw, budget))
-        try:
-            # "r|" reads strictly forward and never seeks.
-            with tarfile.open(fileobj=stream, mode="r|") as archive:
-                for position, info in enumerate(archive):
-                    if position >= limits.max_members:
-                        collector.fatal(f"archive has more than {limits.max_members} entries")
-                    if not info.isdir():
-                        declared.spend(info.size)
-                    action(archive, info)
-        except (LimitExceeded, CorruptArchive) as exc:
-            collector.fatal(str(exc))
-        except (tarfile.TarError, *READ_ERRORS) as exc:
-            collector.fatal(f"not a readable tar archive: {exc}")
+        # "r|" reads strictly forward and never seeks.
+        with tarfile.open(fileobj=stream, mode="r|") as archive:
+            for position, info in enumerate(archive):
+                if position >= limits.max_members:
+                    collector.fatal(f"archive has more than {limits.max_members} entries")
+                if not info.isdir():
+                    declared.spend(info.size)
+                yield archive, info
+
+
+@contextmanager
+def _tar_errors(collector: PairCollector) -> Iterator[None]:
+    """Turn a limit crossed or unreadable bytes while reading the tar into the fatal problem that says so."""
+    try:
+        yield
+    except (LimitExceeded, CorruptArchive) as exc:
+        collector.fatal(str(exc))
+    except (tarfile.TarError, *READ_ERRORS) as exc:
+        collector.fatal(f"not a readable tar archive: {exc}")
 
 
 def _store(archive: tarfile.TarFile, info: tarfile.TarInfo, index: MemberIndex) -> None:

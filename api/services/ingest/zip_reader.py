@@ -1,13 +1,17 @@
 """Extracting a zip upload: sizes are checked from the central directory before any byte is inflated,
-and only the manifest and the members its rows reference are inflated at all."""
+and only the manifest and the members its rows reference are inflated at all (parquet shards: one at a
+time, as they are read)."""
 
 from __future__ import annotations
 
 import stat
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from api.services.ingest.collector import PairCollector
+from api.services.ingest.layouts import detect_layout
 from api.services.ingest.limits import RATIO_FLOOR_BYTES
 from api.services.ingest.members import (
     READ_ERRORS,
@@ -18,6 +22,7 @@ from api.services.ingest.members import (
     normalise_name,
 )
 from api.services.ingest.pairs_file import is_manifest_candidate
+from api.services.ingest.parquet_shards import ShardStream
 from api.services.ingest.references import referenced_members
 
 _ENCRYPTED_FLAG = 0x1
@@ -27,23 +32,52 @@ _MACOS_METADATA = "__MACOSX/"  # resource forks that macOS's Finder adds; never 
 def extract_zip(upload: Path, index: MemberIndex, collector: PairCollector) -> None:
     """Extract the manifest of a zip and the members its rows reference into `index`; every other
     acceptable regular file is only named there. Reports each refused member."""
-    limits = collector.limits
+    with _zip_errors(collector), zipfile.ZipFile(upload) as archive:
+        members = archive.infolist()
+        _check_declared_sizes(members, collector)
+        accepted = {normalise_name(i.filename): i for i in members if _accept(i, index, collector)}
+        budget = _budget(collector)
+        for name in [name for name in accepted if is_manifest_candidate(name)]:
+            _extract(archive, accepted[name], index, budget)
+        if detect_layout(index.names | index.refused, collector).name == "parquet_shards":
+            return  # extracted one at a time as they are read (`stream_zip_members`)
+        for name in sorted(referenced_members(index, collector) - index.files.keys()):
+            _extract(archive, accepted[name], index, budget)
+
+
+def stream_zip_members(
+    upload: Path, names: list[str], index: MemberIndex, collector: PairCollector
+) -> ShardStream:
+    """Extract the accepted members `names` (normalised, as `extract_zip` named them in `index`) one at a
+    time, in that order, yielding each with its scratch copy; the caller reads and discards it before the
+    next is extracted."""
+    with _zip_errors(collector), zipfile.ZipFile(upload) as archive:
+        first: dict[str, zipfile.ZipInfo] = {}
+        for info in archive.infolist():
+            # A second member of the same name was refused by `extract_zip`: the first one is the member.
+            first.setdefault(normalise_name(info.filename), info)
+        budget = _budget(collector)
+        for name in names:
+            _extract(archive, first[name], index, budget)
+            yield name, index.files[name]
+
+
+@contextmanager
+def _zip_errors(collector: PairCollector) -> Iterator[None]:
+    """Turn a limit crossed or unreadable bytes while reading the zip into the fatal problem that says so."""
     try:
-        with zipfile.ZipFile(upload) as archive:
-            members = archive.infolist()
-            _check_declared_sizes(members, collector)
-            accepted = {normalise_name(i.filename): i for i in members if _accept(i, index, collector)}
-            budget = ExpansionBudget(
-                max_bytes=limits.max_uncompressed_bytes, max_ratio=limits.max_compression_ratio, bomb="zip"
-            )
-            for name in [name for name in accepted if is_manifest_candidate(name)]:
-                _extract(archive, accepted[name], index, budget)
-            for name in sorted(referenced_members(index, collector) - index.files.keys()):
-                _extract(archive, accepted[name], index, budget)
+        yield
     except (LimitExceeded, CorruptArchive) as exc:
         collector.fatal(str(exc))
     except (zipfile.BadZipFile, *READ_ERRORS) as exc:
         collector.fatal(f"not a readable zip archive: {exc}")
+
+
+def _budget(collector: PairCollector) -> ExpansionBudget:
+    limits = collector.limits
+    return ExpansionBudget(
+        max_bytes=limits.max_uncompressed_bytes, max_ratio=limits.max_compression_ratio, bomb="zip"
+    )
 
 
 def _extract(
