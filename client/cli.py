@@ -143,11 +143,18 @@ def _add_demo_command(commands: Subparsers) -> None:
     )
     demo.add_argument(
         "--format",
-        choices=["manifest", "captions", "pair-folders"],
+        choices=["manifest", "captions", "pair-folders", "parquet-shards"],
         default="manifest",
         help="archive layout: manifest (default): pairs.jsonl and images/; captions: the chosen images "
         "with same-name .txt captions, to upload with kind=targets; pair-folders: w/ and l/ with .txt "
-        "captions beside them, to upload as pairs",
+        "captions beside them, to upload as pairs; parquet-shards: Pick-a-Pic parquet files "
+        "data/train-0000K-of-0000N.parquet, as Hugging Face publishes datasets",
+    )
+    demo.add_argument(
+        "--shards",
+        type=int,
+        default=None,
+        help="number of parquet files of --format parquet-shards (default 4)",
     )
     demo.set_defaults(handler=cmd_demo_data)
 
@@ -306,6 +313,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--format {args.format} is an archive layout: use a .zip, .tar, .tar.gz or .tgz name"
         )
+    shards = _demo_shards(args)
     args.file.parent.mkdir(parents=True, exist_ok=True)
     write_demo_upload(
         args.file,
@@ -315,11 +323,27 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
         seed=args.seed,
         preset=args.preset,
         layout=args.format,
+        shards=shards,
     )
     layout = "" if args.format == "manifest" else f", {args.format} layout"
+    if args.format == "parquet-shards":
+        layout = f", {shards} parquet shards"
     upload_as = " (upload with kind=targets)" if args.format == "captions" else ""
     print(f"{args.file}: {args.pairs} {args.preset} demo pairs at {args.resolution}px{layout}{upload_as}")
     return EXIT_OK
+
+
+def _demo_shards(args: argparse.Namespace) -> int:
+    """The number of parquet shards to write; --shards with another format would be silently ignored."""
+    from trainer.synthetic.demo_data import DEMO_SHARDS
+
+    if args.shards is None:
+        return DEMO_SHARDS
+    if args.format != "parquet-shards":
+        raise UsageError(f"--shards applies to --format parquet-shards, not --format {args.format}")
+    if args.shards < 1:
+        raise UsageError(f"--shards must be at least 1, not {args.shards}")
+    return int(args.shards)
 
 
 # API commands

@@ -1,7 +1,9 @@
-"""`mapo demo-data --format`: the captioned-images and pair-folders layouts, ingested for real."""
+"""`mapo demo-data --format`: the captioned-images, pair-folders and parquet-shards layouts, ingested
+for real."""
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,28 @@ def test_a_layout_other_than_the_manifest_is_refused_for_parquet(tmp_path: Path)
     argv = ["demo-data", str(tmp_path / "demo.parquet"), "--format", "captions"]
     assert main(argv) != 0
     assert not (tmp_path / "demo.parquet").exists()
+
+
+@pytest.mark.parametrize("suffix", [".zip", ".tar.gz"])
+def test_parquet_shards_format_is_a_pairs_upload_read_shard_by_shard(tmp_path: Path, suffix: str) -> None:
+    upload = tmp_path / f"demo{suffix}"
+    argv = ["demo-data", str(upload), "--pairs", str(PAIRS), "--format", "parquet-shards", "--shards", "2"]
+    assert main(argv) == 0
+
+    report = ingest_upload(upload, upload.name, tmp_path / "ds", kind="pairs")
+
+    assert report.num_pairs == PAIRS
+    pairs = read_pairs(tmp_path / "ds")
+    assert all(is_red(tmp_path / "ds" / p.chosen) and not is_red(tmp_path / "ds" / p.rejected) for p in pairs)
+
+
+def test_shards_default_to_four_and_apply_only_to_the_parquet_shards_format(tmp_path: Path) -> None:
+    upload = tmp_path / "demo.zip"
+    assert main(["demo-data", str(upload), "--format", "parquet-shards"]) == 0
+    assert ingest_upload(upload, upload.name, tmp_path / "ds").num_pairs == 48
+    with zipfile.ZipFile(upload) as archive:
+        assert archive.namelist()[-1] == "data/train-00003-of-00004.parquet"
+
+    assert main(["demo-data", str(tmp_path / "other.zip"), "--shards", "2"]) != 0
+    assert main(["demo-data", str(tmp_path / "none.zip"), "--format", "parquet-shards", "--shards", "0"]) != 0
+    assert not (tmp_path / "other.zip").exists() and not (tmp_path / "none.zip").exists()

@@ -131,3 +131,17 @@ def test_prefer_red_preset_leaves_colour_out_of_prompts_and_prefers_red(tmp_path
     with zipfile.ZipFile(upload) as archive:
         prompts = [json.loads(line)["prompt"] for line in archive.read("pairs.jsonl").splitlines()]
     assert prompts == [pair.prompt for pair in pairs[:3]]
+
+
+def test_parquet_shards_split_the_parquet_upload_into_hugging_face_named_shards(tmp_path: Path) -> None:
+    whole = pq.read_table(write_demo_upload(tmp_path / "demo.parquet", kind="parquet", num_pairs=10))
+    path = write_demo_upload(
+        tmp_path / "demo.zip", kind="zip", num_pairs=10, layout="parquet-shards", shards=3
+    )
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        shards = [pq.read_table(io.BytesIO(archive.read(name))) for name in names]
+    assert names == [f"data/train-{i:05d}-of-00003.parquet" for i in range(3)]
+    assert [shard.num_rows for shard in shards] == [4, 4, 2]
+    # The same rows, in the same order, as the one parquet file: labels alternate across shard boundaries.
+    assert [row for shard in shards for row in shard.to_pylist()] == whole.to_pylist()

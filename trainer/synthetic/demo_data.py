@@ -35,9 +35,11 @@ Rgb = tuple[int, int, int]
 DemoPreset = Literal["prefer-red", "warm-cool"]
 DEMO_PRESETS: tuple[DemoPreset, ...] = ("prefer-red", "warm-cool")
 # How an archive lays the pairs out: a pairs.jsonl manifest; captioned images (the chosen images with
-# same-name .txt captions, a targets upload); or w/ and l/ pair folders with .txt captions beside them.
-DemoLayout = Literal["manifest", "captions", "pair-folders"]
-DEMO_LAYOUTS: tuple[DemoLayout, ...] = ("manifest", "captions", "pair-folders")
+# same-name .txt captions, a targets upload); w/ and l/ pair folders with .txt captions beside them; or
+# Pick-a-Pic parquet shards named as Hugging Face names them.
+DemoLayout = Literal["manifest", "captions", "pair-folders", "parquet-shards"]
+DEMO_LAYOUTS: tuple[DemoLayout, ...] = ("manifest", "captions", "pair-folders", "parquet-shards")
+DEMO_SHARDS = 4
 
 WARM_PALETTE: tuple[Rgb, ...] = ((214, 48, 39), (244, 109, 67), (253, 174, 97), (230, 171, 2))
 COOL_PALETTE: tuple[Rgb, ...] = ((49, 54, 149), (69, 117, 180), (27, 158, 119), (117, 112, 179))
@@ -160,27 +162,34 @@ def write_demo_upload(
     seed: int = 0,
     preset: DemoPreset = "warm-cool",
     layout: DemoLayout = "manifest",
+    shards: int = DEMO_SHARDS,
 ) -> Path:
     """Write the demo pairs as a file a user would upload, and return `path`.
 
     - "zip" / "tar": by `layout`, `pairs.jsonl` plus `images/NNNN_{chosen,rejected}.png` ("manifest"),
-      `NNNN.png` chosen images with their prompts in `NNNN.txt` ("captions", a targets upload), or
-      `w/NNNN.png`, `l/NNNN.png` and `NNNN.txt` ("pair-folders"), at the archive root; a tar is gzipped
-      when `path` ends in ".gz" or ".tgz".
+      `NNNN.png` chosen images with their prompts in `NNNN.txt` ("captions", a targets upload),
+      `w/NNNN.png`, `l/NNNN.png` and `NNNN.txt` ("pair-folders"), at the archive root, or the "parquet"
+      file's rows split into `shards` files `data/train-0000K-of-0000N.parquet` ("parquet-shards", the
+      last ones shorter when `shards` does not divide the pairs); a tar is gzipped when `path` ends in
+      ".gz" or ".tgz".
     - "parquet": Pick-a-Pic columns `caption`, `jpg_0`, `jpg_1` (JPEG bytes), `label_0`, `label_1`; the
       chosen image alternates between the two columns, so only the labels tell which one it is.
     """
+    if shards < 1:
+        raise ValueError(f"shards must be at least 1, not {shards}")
     pairs = demo_pairs(
         num_pairs=num_pairs,
         resolution=resolution,
         seed=seed,
-        image_format="JPEG" if kind == "parquet" else "PNG",
+        image_format="JPEG" if kind == "parquet" or layout == "parquet-shards" else "PNG",
         preset=preset,
     )
     if kind == "parquet":
         if layout != "manifest":
             raise ValueError(f"a parquet upload has no {layout} layout; use a zip or tar")
-        _write_parquet(path, pairs)
+        path.write_bytes(_parquet_bytes(list(pairs)))
+    elif layout == "parquet-shards":
+        _write_archive(path, kind, _shard_files(list(pairs), shards))
     else:
         _write_archive(path, kind, _ARCHIVE_FILES[layout](pairs))
     return path
@@ -212,6 +221,16 @@ def _pair_folder_files(pairs: Iterator[DemoPair]) -> dict[str, bytes]:
     return files
 
 
+def _shard_files(pairs: list[DemoPair], shards: int) -> dict[str, bytes]:
+    size = -(-len(pairs) // shards)  # ceiling: the last shards are the shorter ones
+    return {
+        f"data/train-{k:05d}-of-{shards:05d}.parquet": _parquet_bytes(
+            pairs[k * size : (k + 1) * size], k * size
+        )
+        for k in range(shards)
+    }
+
+
 _ARCHIVE_FILES: dict[DemoLayout, Callable[[Iterator[DemoPair]], dict[str, bytes]]] = {
     "manifest": _manifest_files,
     "captions": _caption_files,
@@ -233,14 +252,16 @@ def _write_archive(path: Path, kind: Literal["zip", "tar"], files: dict[str, byt
             archive.addfile(info, io.BytesIO(data))
 
 
-def _write_parquet(path: Path, pairs: Iterator[DemoPair]) -> None:
+def _parquet_bytes(pairs: list[DemoPair], first_index: int = 0) -> bytes:
+    """A Pick-a-Pic parquet file of `pairs`, the first of which is pair `first_index` of the upload (whose
+    parity decides which column holds its chosen image)."""
     # pyarrow is a base dependency, but only this function needs it: keep importing the module cheap.
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     names = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
     columns: dict[str, list[object]] = {name: [] for name in names}
-    for index, pair in enumerate(pairs):
+    for index, pair in enumerate(pairs, start=first_index):
         flipped = index % 2 == 1
         columns["caption"].append(pair.prompt)
         columns["jpg_0"].append(pair.rejected if flipped else pair.chosen)
@@ -249,4 +270,6 @@ def _write_parquet(path: Path, pairs: Iterator[DemoPair]) -> None:
         columns["label_1"].append(1.0 if flipped else 0.0)
     types = (pa.string(), pa.binary(), pa.binary(), pa.float64(), pa.float64())
     schema = pa.schema(list(zip(names, types, strict=True)))
-    pq.write_table(pa.table(columns, schema=schema), path, row_group_size=16)
+    out = io.BytesIO()
+    pq.write_table(pa.table(columns, schema=schema), out, row_group_size=16)
+    return out.getvalue()
