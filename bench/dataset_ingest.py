@@ -2,16 +2,19 @@
 
     python -m bench.dataset_ingest                  # 10,000 pairs of small PNGs, 5 rounds
     python -m bench.dataset_ingest --large          # also a ~2 GB archive of 512 px PNGs (slow)
-    python -m bench.dataset_ingest --layouts manifest pair-folders captions   # the default: all three
+    python -m bench.dataset_ingest --layouts manifest parquet-shards   # some layouts (default: all four)
     python -m bench.dataset_ingest --resumable      # also each archive in tus parts (/v1/uploads)
 
 Builds the archives once (cached under the temp dir), deflated as zip tools do, in each layout: pairs.jsonl
-and images/ (manifest); w/, l/ and a .txt caption per pair (pair-folders); and the chosen images with
-same-name .txt captions, uploaded as kind=targets with a trigger word (captions; one image per pair).
+and images/ (manifest); w/, l/ and a .txt caption per pair (pair-folders); the chosen images with
+same-name .txt captions, uploaded as kind=targets with a trigger word (captions; one image per pair); and
+4 Pick-a-Pic parquet shards data/train-0000K-of-00004.parquet, the PNGs as bytes in jpg_0/jpg_1
+(parquet-shards).
 Serves the API as the Dockerfile does (`uvicorn api.main:create_app --factory`, embedded defaults: SQLite,
 local storage) and POSTs each archive to /v1/datasets with httpx, streaming it from disk; the clock runs
 from the first byte sent to the 201. In the same round the bare floor runs: the `unzip` command into a
-temp folder, then every image opened and fully decoded by Pillow, one after the other in one process.
+temp folder, then every image opened and fully decoded by Pillow, one after the other in one process (for
+parquet shards: every image of each shard's jpg_0 and jpg_1, read in batches with pyarrow).
 Peak RSS is the API process's high-water mark as the kernel keeps it (VmHWM, Linux), over all uploads so
 far (so a layout's own peak is at most its figure). Rounds alternate bare and API; the table shows
 medians. With --resumable each round also sends each archive the way `mapo datasets upload` does (the
@@ -40,6 +43,8 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
 from bench.api_load import HOST, REPO, _free_port, _wait_listening
@@ -48,7 +53,8 @@ WORK = Path(tempfile.gettempdir()) / "mapo-bench-ingest"
 POOL = 256  # distinct images per archive; pairs draw from them
 
 
-LAYOUTS = ("manifest", "pair-folders", "captions")
+LAYOUTS = ("manifest", "pair-folders", "captions", "parquet-shards")
+SHARDS = 4  # parquet files of the parquet-shards archive
 
 
 @dataclass(frozen=True)
@@ -125,6 +131,9 @@ def _archive(
 def _write_archive(path: Path, pairs: int, pool: list[bytes], layout: str) -> None:
     # Level 1: PNGs barely deflate, and the large archive would otherwise take minutes to build.
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        if layout == "parquet-shards":
+            _write_shards(archive, pairs, pool)
+            return
         rows = io.StringIO()
         for i in range(pairs):
             chosen, rejected = pool[(2 * i) % POOL], pool[(2 * i + 1) % POOL]
@@ -145,6 +154,30 @@ def _write_archive(path: Path, pairs: int, pool: list[bytes], layout: str) -> No
             archive.writestr("pairs.jsonl", rows.getvalue())
 
 
+def _write_shards(archive: zipfile.ZipFile, pairs: int, pool: list[bytes]) -> None:
+    """The pairs as SHARDS Pick-a-Pic parquet files; the chosen image alternates between jpg_0 and jpg_1."""
+    size = -(-pairs // SHARDS)
+    for shard in range(SHARDS):
+        numbers = range(shard * size, min((shard + 1) * size, pairs))
+        flipped = [i % 2 == 1 for i in numbers]
+        chosen, rejected = (
+            [pool[(2 * i) % POOL] for i in numbers],
+            [pool[(2 * i + 1) % POOL] for i in numbers],
+        )
+        table = pa.table(
+            {
+                "caption": [f"a red circle, number {i}" for i in numbers],
+                "jpg_0": [r if f else c for c, r, f in zip(chosen, rejected, flipped, strict=True)],
+                "jpg_1": [c if f else r for c, r, f in zip(chosen, rejected, flipped, strict=True)],
+                "label_0": [0.0 if f else 1.0 for f in flipped],
+                "label_1": [1.0 if f else 0.0 for f in flipped],
+            }
+        )
+        out = io.BytesIO()
+        pq.write_table(table, out, row_group_size=256)
+        archive.writestr(f"data/train-{shard:05d}-of-{SHARDS:05d}.parquet", out.getvalue())
+
+
 def _png(rng: random.Random, side: int) -> bytes:
     """A gradient with noise on top: PNG sizes like those of small renders (~1 byte per pixel)."""
     base = Image.linear_gradient("L").resize((side, side)).convert("RGB")
@@ -162,9 +195,21 @@ def _bare(archive: Path, tmp: Path) -> float:
     for image in sorted(target.rglob("*.png")):
         with Image.open(image) as decoded:
             decoded.load()
+    for shard in sorted(target.rglob("*.parquet")):
+        _decode_shard(shard)
     elapsed = time.perf_counter() - started
     shutil.rmtree(target)
     return elapsed
+
+
+def _decode_shard(shard: Path) -> None:
+    """Fully decode every image of a parquet shard, reading it in batches as the ingest does."""
+    with pq.ParquetFile(shard) as parquet:
+        for batch in parquet.iter_batches(batch_size=256, columns=["jpg_0", "jpg_1"]):
+            for column in batch.columns:
+                for value in column.to_pylist():
+                    with Image.open(io.BytesIO(value)) as decoded:
+                        decoded.load()
 
 
 @contextmanager
