@@ -51,7 +51,9 @@ def upload_dataset(
     - pair folders (kind `pairs`): `w/cat.png`, `l/cat.png` and `cat.txt` ("a cat on a sofa"), or one
       `captions.jsonl` of `{"file_name": "cat.png", "caption": "a cat on a sofa"}` beside `w/` and `l/`;
     - captioned images (kind `targets`): `cat1.png` and `cat1.txt` ("a photo of [trigger] cat"); with
-      `trigger_word=sks` it trains "a photo of sks cat" against the base model's "a photo of cat".
+      `trigger_word=sks` it trains "a photo of sks cat" against the base model's "a photo of cat";
+    - parquet shards (any kind): `data/train-00000-of-00004.parquet`, ... and nothing else, read in name
+      order as one parquet of all their rows.
     """
     return service.upload_dataset(
         session,

@@ -44,7 +44,10 @@ UPLOAD_FORM_SCHEMA: dict[str, Any] = {
             "Without a manifest, an archive is read by its layout: for kind pairs, folders w/ (chosen) and "
             "l/ (rejected) with the same file names, captioned by captions.jsonl "
             '({"file_name": "x.png", "caption": "..."} per line) or else by x.txt beside the folders; '
-            "for kind targets, images with same-name .txt captions (cat1.png + cat1.txt) in any folder. "
+            "for kind targets, images with same-name .txt captions (cat1.png + cat1.txt) in any folder; "
+            "for any kind, nothing but parquet shards (data/train-00000-of-00004.parquet, ...: each with "
+            "the columns of a parquet upload), read one by one in name order as one parquet of all their "
+            "rows, each problem naming its shard. "
             "A manifest, where present, is always what is read. A manifest row may name a `mask` (an "
             "image of any size in the archive, white where the preference applies; the loss averages each "
             "image's error over it); a missing, undecodable or all-black mask is a 422 for that row.",
