@@ -40,8 +40,7 @@ def ingest_parquet_shards(shards: ShardStream, index: MemberIndex, collector: Pa
     for name, path in shards:
         try:
             rows, declared = _declared(name, path, collector)
-            if declared_before + declared > limit:
-                total = declared_before + declared
+            if (total := declared_before + declared) > limit:
                 collector.fatal(
                     f"parquet shard {name!r} brings the bytes the shards declare to {total}, over the limit "
                     f"of {limit}"
