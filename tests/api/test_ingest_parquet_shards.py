@@ -276,7 +276,27 @@ def test_a_shard_declaring_less_than_it_decodes_to_is_refused(tmp_path: Path, co
     )
 
     assert len(problems) == 1
-    assert shard_name(2, 3) in problems[0].reason and "expands to more than" in problems[0].reason
+    assert shard_name(2, 3) in problems[0].reason and "expand to more than" in problems[0].reason
+
+
+@pytest.mark.parametrize("container", ARCHIVES)
+def test_shards_that_each_understate_their_data_are_held_to_one_budget_together(
+    tmp_path: Path, container: str
+) -> None:
+    # Each shard repeats one large image (declared once by the dictionary encoding, decoded 16 times) and
+    # decodes to under the budget, but the three of them together are over it: the decoded bytes of all
+    # the shards count against one budget, not each shard against what the declarations left.
+    image = uncompressed_png(64)
+    rows = [row | {"jpg_0": image, "jpg_1": image} for row in pick_rows(16)]
+    files = {shard_name(i, 3): parquet_bytes(rows, compression="zstd") for i in range(3)}
+    limits = IngestLimits(max_uncompressed_bytes=48 * len(image))
+
+    problems = rejection(
+        archive(tmp_path / "shards.tar.gz", container, files), tmp_path / "ds", limits=limits
+    )
+
+    assert len(problems) == 1
+    assert shard_name(1, 3) in problems[0].reason and "expand to more than" in problems[0].reason
 
 
 # --- one shard at a time -----------------------------------------------------------------------------------

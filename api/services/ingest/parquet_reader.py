@@ -41,12 +41,15 @@ _COLUMNS: dict[str, ColumnType] = {
 }
 
 
-def ingest_parquet(upload: Path, collector: PairCollector, *, first_row: int = 0) -> None:
+def ingest_parquet(
+    upload: Path, collector: PairCollector, *, first_row: int = 0, budget: ByteBudget | None = None
+) -> None:
     """Check every row of the parquet file and hand the valid, non-tie pairs to `collector`.
 
-    Rows are numbered from `first_row` in problems, so that an upload read in several files (shards)
-    names each row by its place in the whole upload."""
-    rows = read_rows(upload, collector, _COLUMNS, optional=frozenset({MASK_FIELD}))
+    Rows are numbered from `first_row` in problems, and the decoded bytes are charged to `budget` (a new
+    one of the collector's limit if None), so that an upload read in several files (shards) names each
+    row by its place in the whole upload and is held to one limit over all of them."""
+    rows = read_rows(upload, collector, _COLUMNS, optional=frozenset({MASK_FIELD}), budget=budget)
     for row, record in enumerate(rows, start=first_row):
         _ingest_row(row, record, collector)
 
@@ -57,13 +60,15 @@ def read_rows(
     columns: dict[str, ColumnType],
     *,
     optional: frozenset[str] = frozenset(),
+    budget: ByteBudget | None = None,
 ) -> Iterator[dict[str, Any]]:
     """The rows as dicts of `columns` (those in `optional` only where the file has them), read BATCH_ROWS
-    at a time; parquet errors become a fatal problem.
+    at a time, their decoded bytes charged to `budget` (one of the collector's limit if None); parquet
+    errors become a fatal problem.
 
     Only reading is inside the `try`: an error while writing the dataset is the server's, not the upload's.
     """
-    budget = ByteBudget(
+    budget = budget or ByteBudget(
         collector.limits.max_uncompressed_bytes,
         f"parquet file expands to more than {collector.limits.max_uncompressed_bytes} bytes",
     )

@@ -7,9 +7,9 @@ same columns, BATCH_ROWS rows at a time) and deleted before the next one is read
 one batch and scratch disk about that of one shard, whatever the number of shards.
 
 Rows are numbered across the shards in name order, so row N of a problem is row N of the whole upload;
-each problem's reason also names its shard and the row's place in it. One byte budget,
-`max_uncompressed_bytes`, covers the parquet data of all the shards together: each shard is charged what
-its metadata declares, before it is read, and may decode to no more than what the shards before it left.
+each problem's reason also names its shard and the row's place in it. One byte limit,
+`max_uncompressed_bytes`, covers the parquet data of all the shards together, twice: what their footers
+declare is added up before each shard is read, and what they decode to is counted as it is read.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from api.services.ingest.collector import PairCollector
-from api.services.ingest.members import MemberIndex
+from api.services.ingest.members import ByteBudget, MemberIndex
 from api.services.ingest.parquet_reader import ingest_parquet
 from api.services.ingest.report import Problem
 from api.services.ingest.target_rows import ingest_parquet_targets
@@ -37,6 +37,9 @@ def ingest_parquet_shards(shards: ShardStream, index: MemberIndex, collector: Pa
     read = ingest_parquet if collector.kind == "pairs" else ingest_parquet_targets
     limit = collector.limits.max_uncompressed_bytes
     first_row = declared_before = 0
+    # What the shards decode to, all of them together: a shard whose footer understates its data (the
+    # dictionary encoding of a repeated value does) cannot then bring more than the limit once per shard.
+    decoded = ByteBudget(limit, f"parquet shards expand to more than {limit} bytes together")
     for name, path in shards:
         try:
             rows, declared = _declared(name, path, collector)
@@ -48,7 +51,7 @@ def ingest_parquet_shards(shards: ShardStream, index: MemberIndex, collector: Pa
             shard = ShardCollector(
                 collector, shard=name, first_row=first_row, max_bytes=limit - declared_before
             )
-            read(path, shard, first_row=first_row)
+            read(path, shard, first_row=first_row, budget=decoded)
         finally:
             index.discard(name)
         first_row += rows

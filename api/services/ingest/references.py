@@ -30,6 +30,8 @@ def referenced_members(index: MemberIndex, collector: PairCollector) -> set[str]
     of the rows is left to the reporting pass, which reads them again.
     """
     layout = detect_layout(index.names | index.refused, collector)
+    if layout.name == "parquet_shards":
+        return set()  # the shards are extracted one at a time as they are read, not beforehand
     if layout.name == "captions":
         return caption_members(index) - index.refused
     if layout.name == "pair_folders":

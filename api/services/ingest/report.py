@@ -15,7 +15,9 @@ class Problem(BaseModel):
     """One thing wrong with an upload.
 
     `row` is the 0-based data row (of pairs.jsonl / pairs.csv, blank lines and the CSV header not
-    counted, or of the parquet file); None for the upload as a whole. `field` names the column or key.
+    counted; of the parquet file; of an archive of parquet shards, counted across the shards in name
+    order, the reason naming the shard; of pair folders and captioned images, in name order); None for
+    the upload as a whole. `field` names the column or key.
     """
 
     model_config = ConfigDict(frozen=True)

@@ -15,7 +15,7 @@ from api.services.ingest.archive_pairs import row_image as archive_image
 from api.services.ingest.archive_pairs import row_mask, row_prompt
 from api.services.ingest.collector import PairCollector
 from api.services.ingest.masks import MASK_FIELD
-from api.services.ingest.members import MemberIndex
+from api.services.ingest.members import ByteBudget, MemberIndex
 from api.services.ingest.pairs_file import Record, locate_pairs_file, read_records
 from api.services.ingest.parquet_reader import IMAGE_BYTES, TEXT, read_rows
 from api.services.ingest.parquet_reader import row_image as parquet_image
@@ -50,12 +50,15 @@ def ingest_archive_targets(index: MemberIndex, collector: PairCollector) -> None
         )
 
 
-def ingest_parquet_targets(upload: Path, collector: PairCollector, *, first_row: int = 0) -> None:
+def ingest_parquet_targets(
+    upload: Path, collector: PairCollector, *, first_row: int = 0, budget: ByteBudget | None = None
+) -> None:
     """Check every row of a targets/avoid parquet file and hand the valid ones to `collector`; rows are
-    numbered from `first_row`, as `ingest_parquet`'s."""
+    numbered from `first_row` and decoded bytes charged to `budget`, as `ingest_parquet`'s."""
     columns = {"prompt": TEXT, "image": IMAGE_BYTES, GENERATION_PROMPT: TEXT, MASK_FIELD: IMAGE_BYTES}
     optional = frozenset({MASK_FIELD, GENERATION_PROMPT} if collector.kind == "targets" else {MASK_FIELD})
-    for row, record in enumerate(read_rows(upload, collector, columns, optional=optional), start=first_row):
+    rows = read_rows(upload, collector, columns, optional=optional, budget=budget)
+    for row, record in enumerate(rows, start=first_row):
         collector.admit_row(row)
         prompt = collector.check_prompt(row, "prompt", record["prompt"])
         generation_prompt = _generation_prompt(record.get(GENERATION_PROMPT), row, collector)
