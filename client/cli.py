@@ -156,6 +156,11 @@ def _add_demo_command(commands: Subparsers) -> None:
         default=None,
         help="number of parquet files of --format parquet-shards (default 4)",
     )
+    demo.add_argument(
+        "--masks",
+        action="store_true",
+        help="give every other pair a mask, white over its shapes (every format but captions)",
+    )
     demo.set_defaults(handler=cmd_demo_data)
 
 
@@ -314,6 +319,8 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
             f"--format {args.format} is an archive layout: use a .zip, .tar, .tar.gz or .tgz name"
         )
     shards = _demo_shards(args)
+    if args.masks and args.format == "captions":
+        raise UsageError("--masks: captioned images have no place for a mask; use another --format")
     args.file.parent.mkdir(parents=True, exist_ok=True)
     write_demo_upload(
         args.file,
@@ -324,10 +331,12 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
         preset=args.preset,
         layout=args.format,
         shards=shards,
+        masks=args.masks,
     )
     layout = "" if args.format == "manifest" else f", {args.format} layout"
     if args.format == "parquet-shards":
         layout = f", {shards} parquet shards"
+    layout += ", a mask on every other pair" if args.masks else ""
     upload_as = " (upload with kind=targets)" if args.format == "captions" else ""
     print(f"{args.file}: {args.pairs} {args.preset} demo pairs at {args.resolution}px{layout}{upload_as}")
     return EXIT_OK

@@ -7,7 +7,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageChops
 
 from api.services.ingest import ingest_upload
 from client.cli import main
@@ -84,3 +84,49 @@ def test_shards_default_to_four_and_apply_only_to_the_parquet_shards_format(tmp_
     assert main(["demo-data", str(tmp_path / "other.zip"), "--shards", "2"]) != 0
     assert main(["demo-data", str(tmp_path / "none.zip"), "--format", "parquet-shards", "--shards", "0"]) != 0
     assert not (tmp_path / "other.zip").exists() and not (tmp_path / "none.zip").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "layout"),
+    [
+        ("demo.zip", "manifest"),
+        ("demo.tar.gz", "pair-folders"),
+        ("demo.parquet", "manifest"),
+        ("demo.zip", "parquet-shards"),
+    ],
+)
+def test_masks_cover_the_shapes_of_every_other_pair_in_each_format(
+    tmp_path: Path, name: str, layout: str
+) -> None:
+    upload = tmp_path / name
+    argv = ["demo-data", str(upload), "--pairs", str(PAIRS), "--format", layout, "--masks"]
+    assert main(argv) == 0
+
+    assert ingest_upload(upload, upload.name, tmp_path / "ds", kind="pairs").num_pairs == PAIRS
+    pairs = read_pairs(tmp_path / "ds")
+    assert [p.mask is not None for p in pairs] == [True, False] * (PAIRS // 2)
+    for pair in pairs[::2]:
+        assert pair.mask is not None
+        white = _box(tmp_path / "ds" / pair.mask, threshold=127)
+        # The shape: where the chosen (red) and the rejected (green or blue) drawing differ.
+        shape = _differing_box(tmp_path / "ds" / pair.chosen, tmp_path / "ds" / pair.rejected)
+        assert white is not None and shape is not None
+        assert all(abs(a - b) <= 2 for a, b in zip(white, shape, strict=True)), (white, shape)
+
+
+def _box(path: Path, *, threshold: int) -> tuple[int, int, int, int] | None:
+    with Image.open(path) as image:
+        return image.convert("L").point(lambda v: 255 if v > threshold else 0).getbbox()
+
+
+def _differing_box(a: Path, b: Path) -> tuple[int, int, int, int] | None:
+    """The bounding box of the pixels where two images differ by more than JPEG's noise."""
+    with Image.open(a) as first, Image.open(b) as second:
+        difference = ImageChops.difference(first.convert("RGB"), second.convert("RGB"))
+    return difference.convert("L").point(lambda v: 255 if v > 40 else 0).getbbox()
+
+
+def test_masks_are_refused_for_captioned_images(tmp_path: Path) -> None:
+    argv = ["demo-data", str(tmp_path / "demo.zip"), "--format", "captions", "--masks"]
+    assert main(argv) != 0
+    assert not (tmp_path / "demo.zip").exists()

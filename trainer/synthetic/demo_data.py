@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageChops, ImageDraw
 
 from trainer.dataset_format import DatasetWriter, EncodedImage, Manifest, read_manifest
 from trainer.synthetic.shape_preferences import prefer_red_pairs
@@ -66,11 +66,13 @@ class _Shape:
 
 
 class DemoPair(NamedTuple):
-    """One synthetic pair: a prompt and the encoded chosen (warm) and rejected (cool) images."""
+    """One synthetic pair: a prompt, the encoded chosen and rejected images, and optionally a PNG mask
+    (white where the preference applies)."""
 
     prompt: str
     chosen: bytes
     rejected: bytes
+    mask: bytes | None = None
 
 
 def demo_pairs(
@@ -80,21 +82,40 @@ def demo_pairs(
     seed: int,
     image_format: Literal["PNG", "JPEG"] = "PNG",
     preset: DemoPreset = "warm-cool",
+    masks: bool = False,
 ) -> Iterator[DemoPair]:
-    """Yield `num_pairs` synthetic pairs of `resolution`² RGB images, the same ones for the same seed."""
+    """Yield `num_pairs` synthetic pairs of `resolution`² RGB images, the same ones for the same seed.
+
+    With `masks`, every other pair (the first, the third, ...) has a mask over its shapes, so that a
+    dataset shows masked and unmasked rows side by side: the preference is the shapes' colour."""
     if preset == "prefer-red":
-        for pair in prefer_red_pairs(num_pairs=num_pairs, seed=seed):
+        for index, pair in enumerate(prefer_red_pairs(num_pairs=num_pairs, seed=seed)):
             chosen, rejected = (render(side, resolution) for side in (pair.chosen, pair.rejected))
-            yield DemoPair(pair.prompt, _encode(chosen, image_format), _encode(rejected, image_format))
+            mask = _differing(chosen, rejected) if masks and index % 2 == 0 else None
+            yield DemoPair(pair.prompt, _encode(chosen, image_format), _encode(rejected, image_format), mask)
         return
     rng = random.Random(seed)
-    for _ in range(num_pairs):
+    for index in range(num_pairs):
         layout = _layout(rng)
+        mask = _shapes_mask(layout, resolution) if masks and index % 2 == 0 else None
         yield DemoPair(
             prompt=_prompt(layout),
             chosen=_encode(_render(layout, WARM_PALETTE, WARM_BACKGROUND, resolution), image_format),
             rejected=_encode(_render(layout, COOL_PALETTE, COOL_BACKGROUND, resolution), image_format),
+            mask=mask,
         )
+
+
+def _differing(chosen: Image.Image, rejected: Image.Image) -> bytes:
+    """A PNG mask, white where the two drawings differ (a prefer-red pair's shape), black elsewhere."""
+    difference = ImageChops.difference(chosen.convert("RGB"), rejected.convert("RGB")).convert("L")
+    return _encode(difference.point(lambda v: 255 if v else 0), "PNG")
+
+
+def _shapes_mask(layout: list[_Shape], resolution: int) -> bytes:
+    """A PNG mask, white over a warm-cool layout's shapes, black over its background."""
+    white = ((255, 255, 255),) * len(WARM_PALETTE)
+    return _encode(_render(layout, white, (0, 0, 0), resolution).convert("L"), "PNG")
 
 
 def make_demo_dataset(out_dir: Path, *, num_pairs: int = 48, resolution: int = 64, seed: int = 0) -> Manifest:
@@ -163,6 +184,7 @@ def write_demo_upload(
     preset: DemoPreset = "warm-cool",
     layout: DemoLayout = "manifest",
     shards: int = DEMO_SHARDS,
+    masks: bool = False,
 ) -> Path:
     """Write the demo pairs as a file a user would upload, and return `path`.
 
@@ -174,15 +196,22 @@ def write_demo_upload(
       ".gz" or ".tgz".
     - "parquet": Pick-a-Pic columns `caption`, `jpg_0`, `jpg_1` (JPEG bytes), `label_0`, `label_1`; the
       chosen image alternates between the two columns, so only the labels tell which one it is.
+
+    With `masks`, every other pair has a PNG mask over its shapes (`demo_pairs`): `masks/NNNN.png` named
+    by the row's "mask" (manifest), `m/NNNN.png` (pair folders), or a `mask` column, null on the other
+    rows (parquet, parquet shards). Captioned images have no place for one.
     """
     if shards < 1:
         raise ValueError(f"shards must be at least 1, not {shards}")
+    if masks and layout == "captions":
+        raise ValueError("captioned images have no place for a mask; use another layout")
     pairs = demo_pairs(
         num_pairs=num_pairs,
         resolution=resolution,
         seed=seed,
         image_format="JPEG" if kind == "parquet" or layout == "parquet-shards" else "PNG",
         preset=preset,
+        masks=masks,
     )
     if kind == "parquet":
         if layout != "manifest":
@@ -201,7 +230,11 @@ def _manifest_files(pairs: Iterator[DemoPair]) -> dict[str, bytes]:
     for index, pair in enumerate(pairs):
         chosen, rejected = f"images/{index:04d}_chosen.png", f"images/{index:04d}_rejected.png"
         files[chosen], files[rejected] = pair.chosen, pair.rejected
-        lines.append(json.dumps({"prompt": pair.prompt, "chosen": chosen, "rejected": rejected}) + "\n")
+        row = {"prompt": pair.prompt, "chosen": chosen, "rejected": rejected}
+        if pair.mask is not None:
+            row["mask"] = f"masks/{index:04d}.png"
+            files[row["mask"]] = pair.mask
+        lines.append(json.dumps(row) + "\n")
     files["pairs.jsonl"] = "".join(lines).encode("utf-8")
     return files
 
@@ -218,6 +251,8 @@ def _pair_folder_files(pairs: Iterator[DemoPair]) -> dict[str, bytes]:
     for index, pair in enumerate(pairs):
         files[f"w/{index:04d}.png"], files[f"l/{index:04d}.png"] = pair.chosen, pair.rejected
         files[f"{index:04d}.txt"] = pair.prompt.encode("utf-8")
+        if pair.mask is not None:
+            files[f"m/{index:04d}.png"] = pair.mask
     return files
 
 
@@ -259,7 +294,8 @@ def _parquet_bytes(pairs: list[DemoPair], first_index: int = 0) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    names = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
+    masked = any(pair.mask is not None for pair in pairs)
+    names = ("caption", "jpg_0", "jpg_1", "label_0", "label_1", *(["mask"] if masked else []))
     columns: dict[str, list[object]] = {name: [] for name in names}
     for index, pair in enumerate(pairs, start=first_index):
         flipped = index % 2 == 1
@@ -268,8 +304,10 @@ def _parquet_bytes(pairs: list[DemoPair], first_index: int = 0) -> bytes:
         columns["jpg_1"].append(pair.chosen if flipped else pair.rejected)
         columns["label_0"].append(0.0 if flipped else 1.0)
         columns["label_1"].append(1.0 if flipped else 0.0)
-    types = (pa.string(), pa.binary(), pa.binary(), pa.float64(), pa.float64())
-    schema = pa.schema(list(zip(names, types, strict=True)))
+        if masked:
+            columns["mask"].append(pair.mask)
+    types = (pa.string(), pa.binary(), pa.binary(), pa.float64(), pa.float64(), pa.binary())
+    schema = pa.schema(list(zip(names, types[: len(names)], strict=True)))
     out = io.BytesIO()
     pq.write_table(pa.table(columns, schema=schema), out, row_group_size=16)
     return out.getvalue()
