@@ -50,7 +50,9 @@ UPLOAD_FORM_SCHEMA: dict[str, Any] = {
             "rows, each problem naming its shard. "
             "A manifest, where present, is always what is read. A manifest row may name a `mask` (an "
             "image of any size in the archive, white where the preference applies; the loss averages each "
-            "image's error over it); a missing, undecodable or all-black mask is a 422 for that row.",
+            "image's error over it); a missing, undecodable or all-black mask is a 422 for that row. "
+            "Likewise a parquet (or shard) may add a binary `mask` column (null: no mask for that row), "
+            "and pair folders an m/ folder of masks under their pairs' names.",
         },
         "name": {
             "type": "string",
