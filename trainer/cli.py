@@ -12,13 +12,16 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import yaml
 from pydantic import ValidationError
 
 from trainer.families import FAMILIES
 from trainer.spec import TrainSpec
+
+if TYPE_CHECKING:
+    from trainer.errors import TrainingError
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 1, 2, 130
 
@@ -87,9 +90,25 @@ def _train(args: argparse.Namespace) -> int:
         try:
             result = train(spec, args.dataset, args.output, on_event=printer, should_stop=stop_requested)
         except TrainingError as exc:
-            print(json.dumps({"type": "error", "code": exc.code, "message": exc.message}), flush=True)
+            report_training_error(exc, sys.stdout)
             return EXIT_FAILED
     return EXIT_STOPPED if result.stopped else 0
+
+
+def report_training_error(error: TrainingError, out: TextIO) -> None:
+    """`error` as one JSON line on `out`, and for a launcher that started this process as one rank of
+    several, in this rank's error file too (see trainer.launch)."""
+    from trainer.launch import record_rank_error
+
+    try:
+        record_rank_error(error)
+    except OSError as exc:  # a full disk, say: the stdout line below still tells the launcher
+        print(f"could not record the error for the launcher: {exc}", file=sys.stderr)
+    # One write of the whole line: the ranks share one stdout pipe, and torchrun runs them under
+    # `python -u`, where print() writes the text and its newline apart; two ranks failing at once
+    # interleaved their lines into one that no reader could parse.
+    out.write(json.dumps({"type": "error", "code": error.code, "message": error.message}) + "\n")
+    out.flush()
 
 
 def _install_stop_handlers() -> Any:

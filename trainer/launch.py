@@ -11,6 +11,11 @@ True it sends SIGTERM to every rank: the ranks agree on a micro-step, checkpoint
 output folder resumes. A rank that fails ends the run with the rank's error code, or `rank_failed` and the
 tail of the ranks' stderr.
 
+A rank's typed error travels in a file of its own (`record_rank_error`, under the folder that
+RANK_ERRORS_ENV names), not only as a stdout line: the ranks share one stdout pipe, and two ranks failing
+at the same moment interleaved their error lines into one unreadable line, which turned the run's typed
+error (invalid_dataset, say) into `rank_failed`. Of several ranks' errors the earliest is the run's.
+
 The ranks write their events into a pipe that this process reads: if this process dies, the main rank's
 next event write fails and the launcher takes the other ranks down, so no orphaned run goes on training.
 """
@@ -25,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -40,6 +46,8 @@ from trainer.spec import TrainSpec
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.2
 STDERR_TAIL_LINES = 40
+# The folder into which each rank writes its typed error (set by `train_data_parallel` for the ranks).
+RANK_ERRORS_ENV = "MAPO_RANK_ERRORS_DIR"
 
 
 class RankFailedError(TrainingError):
@@ -85,8 +93,10 @@ def train_data_parallel(
     with tempfile.TemporaryDirectory(prefix="mapo-launch-") as tmp:
         spec_file = Path(tmp) / "spec.json"
         spec_file.write_text(spec.model_dump_json(), encoding="utf-8")
+        rank_errors = Path(tmp) / "rank-errors"
+        rank_errors.mkdir()
         command = launch_command(spec_file, dataset_dir, output_dir, num_processes=spec.gpus)
-        env = {**os.environ, "ACCELERATE_USE_CPU": "1" if cpu else "0"}
+        env = {**os.environ, "ACCELERATE_USE_CPU": "1" if cpu else "0", RANK_ERRORS_ENV: str(rank_errors)}
         process = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
@@ -105,7 +115,39 @@ def train_data_parallel(
         stop_sent = _supervise(process, should_stop)
         for reader in readers:
             reader.join()
+        run.error = first_rank_error(rank_errors) or run.error
     return run.outcome(process.returncode, stop_sent=stop_sent)
+
+
+def record_rank_error(error: TrainingError) -> None:
+    """In a rank started by `train_data_parallel`: leave `error` for the launcher in a file of this
+    process's own (a no-op elsewhere). Written aside and renamed, so a rank killed while writing leaves
+    no half record."""
+    folder = os.environ.get(RANK_ERRORS_ENV)
+    if not folder:
+        return
+    record = {"code": error.code, "message": error.message, "at": time.time()}
+    final = Path(folder) / f"{os.getpid()}.json"
+    partial = final.with_suffix(".partial")
+    partial.write_text(json.dumps(record), encoding="utf-8")
+    os.replace(partial, final)
+
+
+def first_rank_error(folder: Path) -> tuple[str, str] | None:
+    """(code, message) of the earliest error the ranks recorded in `folder`, or None if none did."""
+    recorded = [r for r in map(_read_rank_error, sorted(folder.glob("*.json"))) if r is not None]
+    if not recorded:
+        return None
+    _, code, message = min(recorded)
+    return code, message
+
+
+def _read_rank_error(path: Path) -> tuple[float, str, str] | None:
+    record = _json_object(path.read_text(encoding="utf-8"))
+    at = record.get("at") if record is not None else None
+    if record is None or not isinstance(at, int | float):
+        return None
+    return float(at), str(record.get("code")), str(record.get("message"))
 
 
 def launch_command(spec_file: Path, dataset_dir: Path, output_dir: Path, *, num_processes: int) -> list[str]:
