@@ -30,6 +30,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -165,7 +166,10 @@ def _run(
     run_dir: Path,
 ) -> dict[str, Any]:
     out = run_dir / runner.label.replace(" ", "-")
-    out.mkdir(parents=True, exist_ok=True)
+    # A fresh folder each time: our trainer resumes from what a killed earlier run with the same --work
+    # left there, and would then time no steps at all.
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     steps = args.steps + args.warmup
     if runner.kind == "floor":
         return _floor(model, resolution, args)
