@@ -34,12 +34,11 @@ class RecordedWrites(io.RawIOBase):
         return len(data)
 
 
-def test_the_error_line_reaches_the_pipe_in_one_write(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_error_line_reaches_the_pipe_in_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(RANK_ERRORS_ENV, raising=False)
     raw = RecordedWrites()
-    unbuffered = io.TextIOWrapper(raw, encoding="utf-8", write_through=True)
+    # Text straight over the raw stream, as `python -u` sets up sys.stdout (no buffer to merge writes).
+    unbuffered = io.TextIOWrapper(raw, encoding="utf-8", write_through=True)  # type: ignore[type-var]
     report_training_error(InvalidDatasetError("no manifest.json " + "x" * 2000), unbuffered)
     [write] = raw.writes  # one write of at most PIPE_BUF bytes is never interleaved with another's
     line = json.loads(write.decode())
