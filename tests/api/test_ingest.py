@@ -12,12 +12,12 @@ import zipfile
 import zlib
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 
 from api.services.ingest import IngestLimits, IngestRejected, IngestReport, Problem, ingest_upload
 from tests.support.archives import (
     COOL,
+    PICK_SCHEMA,
     WARM,
     is_warm,
     jsonl,
@@ -87,17 +87,6 @@ def bomb_tar_gz(path: Path, *, members: int, member_bytes: int, files: dict[str,
             out.write(gzip.compress(tar_member(f"junk/{i:05d}.bin", member_bytes)) + zeros)
         out.write(gzip.compress(rest + bytes(2 * tarfile.BLOCKSIZE)))
     return path
-
-
-PICK_SCHEMA = pa.schema(
-    [
-        ("caption", pa.string()),
-        ("jpg_0", pa.binary()),
-        ("jpg_1", pa.binary()),
-        ("label_0", pa.float64()),
-        ("label_1", pa.float64()),
-    ]
-)
 
 
 def ingest(upload: Path, dest: Path, limits: IngestLimits | None = None) -> IngestReport:

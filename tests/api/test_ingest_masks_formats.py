@@ -17,19 +17,17 @@ from api.services.ingest.collector import PairCollector
 from api.services.ingest.parquet_reader import ingest_parquet
 from api.services.ingest.target_rows import ingest_parquet_targets
 from tests.support.api_calls import upload as upload_dataset
-from tests.support.archives import is_warm, make_tar, make_zip
+from tests.support.archives import PICK_SCHEMA, is_warm, make_parquet, make_tar, make_zip
 from tests.support.mask_formats import (
     AVOID_MASK_SCHEMA,
     PICK_MASK_SCHEMA,
-    PICK_SCHEMA,
     TARGETS_MASK_SCHEMA,
     mask_image,
     masked_folders,
-    parquet_bytes,
     pick_row,
     target_row,
-    write_parquet,
 )
+from tests.support.parquet_shards import parquet_bytes
 from tests.support.problems import where
 from trainer.dataset_format import DatasetKind, DatasetWriter, read_pairs, read_targets
 
@@ -46,7 +44,7 @@ def collect(dest: Path, kind: DatasetKind) -> tuple[DatasetWriter, PairCollector
 
 def test_pairs_parquet_rows_are_numbered_from_first_row(tmp_path: Path) -> None:
     rows = [pick_row(0), pick_row(1, jpg_1=b"\x89PNG garbage")]
-    upload = write_parquet(tmp_path / "p.parquet", rows, PICK_MASK_SCHEMA)
+    upload = make_parquet(tmp_path / "p.parquet", rows, PICK_MASK_SCHEMA)
     writer, collector = collect(tmp_path / "ds", "pairs")
     with writer:
         ingest_parquet(upload, collector, first_row=100)
@@ -55,7 +53,7 @@ def test_pairs_parquet_rows_are_numbered_from_first_row(tmp_path: Path) -> None:
 
 def test_targets_parquet_rows_are_numbered_from_first_row(tmp_path: Path) -> None:
     rows = [target_row(0), target_row(1, prompt="")]
-    upload = write_parquet(tmp_path / "t.parquet", rows, TARGETS_MASK_SCHEMA)
+    upload = make_parquet(tmp_path / "t.parquet", rows, TARGETS_MASK_SCHEMA)
     writer, collector = collect(tmp_path / "ds", "targets")
     with writer:
         ingest_parquet_targets(upload, collector, first_row=7)
@@ -88,7 +86,7 @@ def test_a_parquet_mask_column_gives_each_row_its_own_mask_or_none(tmp_path: Pat
         pick_row(1),  # null: trains on the whole image
         pick_row(2, mask=grey_jpeg, label_0=0.0, label_1=1.0),  # jpg_1 chosen: the mask stays with the pair
     ]
-    upload = write_parquet(tmp_path / "p.parquet", rows, PICK_MASK_SCHEMA)
+    upload = make_parquet(tmp_path / "p.parquet", rows, PICK_MASK_SCHEMA)
 
     report = ingest(upload, tmp_path / "ds")
 
@@ -104,7 +102,7 @@ def test_a_parquet_mask_column_gives_each_row_its_own_mask_or_none(tmp_path: Pat
 
 def test_a_parquet_without_a_mask_column_still_ingests_unmasked(tmp_path: Path) -> None:
     rows = [pick_row(i) for i in range(2)]  # the schema leaves their mask out
-    ingest(write_parquet(tmp_path / "p.parquet", rows, PICK_SCHEMA), tmp_path / "ds")
+    ingest(make_parquet(tmp_path / "p.parquet", rows, PICK_SCHEMA), tmp_path / "ds")
     assert stored_masks(tmp_path / "ds") == [None, None]
 
 
@@ -115,7 +113,7 @@ def test_parquet_masks_that_are_black_or_undecodable_are_refused_naming_row_and_
         pick_row(2, mask=b"\x89PNG not really"),
         pick_row(3, mask=mask_image(white=False, mode="RGB")),
     ]
-    upload = write_parquet(tmp_path / "p.parquet", rows, PICK_MASK_SCHEMA)
+    upload = make_parquet(tmp_path / "p.parquet", rows, PICK_MASK_SCHEMA)
 
     problems = rejection(upload, tmp_path / "ds")
 
@@ -127,7 +125,7 @@ def test_parquet_masks_that_are_black_or_undecodable_are_refused_naming_row_and_
 
 def test_a_parquet_mask_over_the_image_limits_is_refused(tmp_path: Path) -> None:
     rows = [pick_row(0, mask=mask_image(size=(64, 64)))]
-    upload = write_parquet(tmp_path / "p.parquet", rows, PICK_MASK_SCHEMA)
+    upload = make_parquet(tmp_path / "p.parquet", rows, PICK_MASK_SCHEMA)
 
     problems = rejection(upload, tmp_path / "ds", max_image_pixels=1024)  # the 16x16 images fit
 
@@ -139,7 +137,7 @@ def test_a_parquet_mask_column_of_text_is_refused_naming_the_column(tmp_path: Pa
     schema = PICK_SCHEMA.append(pa.field("mask", pa.string()))
     rows = [pick_row(0) | {"mask": "masks/0.png"}]  # a path, as in a manifest: not what parquet holds
 
-    problems = rejection(write_parquet(tmp_path / "p.parquet", rows, schema), tmp_path / "ds")
+    problems = rejection(make_parquet(tmp_path / "p.parquet", rows, schema), tmp_path / "ds")
 
     assert where(problems) == {(None, "mask")}
     assert "binary image bytes" in problems[0].reason
@@ -147,7 +145,7 @@ def test_a_parquet_mask_column_of_text_is_refused_naming_the_column(tmp_path: Pa
 
 def test_a_targets_parquet_may_carry_masks(tmp_path: Path) -> None:
     rows = [target_row(0), target_row(1, mask=mask_image(size=(3, 5)))]
-    upload = write_parquet(tmp_path / "t.parquet", rows, TARGETS_MASK_SCHEMA)
+    upload = make_parquet(tmp_path / "t.parquet", rows, TARGETS_MASK_SCHEMA)
 
     ingest(upload, tmp_path / "ds", "targets")
 
@@ -158,7 +156,7 @@ def test_a_targets_parquet_may_carry_masks(tmp_path: Path) -> None:
 
 def test_an_avoid_parquet_s_black_mask_is_refused_naming_row_and_field(tmp_path: Path) -> None:
     rows = [target_row(i, mask=mask_image(white=i != 1), generation_prompt="a grey shape") for i in range(3)]
-    upload = write_parquet(tmp_path / "a.parquet", rows, AVOID_MASK_SCHEMA)
+    upload = make_parquet(tmp_path / "a.parquet", rows, AVOID_MASK_SCHEMA)
 
     problems = rejection(upload, tmp_path / "ds", "avoid")
 

@@ -21,11 +21,17 @@ from api.services.ingest.collector import PairCollector
 from api.services.ingest.members import MemberIndex
 from api.services.ingest.parquet_shards import ingest_parquet_shards
 from api.services.ingest.service import staging_dirs
-from tests.support.archives import WARM, is_warm, make_tar, make_zip, png
+from tests.support.archives import (
+    PICK_SCHEMA,
+    TARGETS_GENERATION_SCHEMA,
+    WARM,
+    is_warm,
+    make_tar,
+    make_zip,
+    png,
+)
 from tests.support.factories import auth_headers
 from tests.support.parquet_shards import (
-    PICK_SCHEMA,
-    TARGET_SCHEMA,
     noisy_png,
     parquet_bytes,
     pick_rows,
@@ -126,7 +132,7 @@ def test_hidden_files_beside_the_shards_are_ignored(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["targets", "avoid"])
 def test_targets_shards_give_a_targets_dataset(tmp_path: Path, kind: DatasetKind) -> None:
-    upload = make_zip(tmp_path / "shards.zip", shard_files(target_rows(9), 3, TARGET_SCHEMA))
+    upload = make_zip(tmp_path / "shards.zip", shard_files(target_rows(9), 3, TARGETS_GENERATION_SCHEMA))
 
     report = ingest(upload, tmp_path / "ds", kind=kind)
 
@@ -234,7 +240,7 @@ def test_an_archive_mixing_shards_with_other_files_is_refused(tmp_path: Path) ->
 
 
 def test_a_trigger_word_is_refused_as_with_one_parquet(tmp_path: Path) -> None:
-    upload = make_zip(tmp_path / "shards.zip", shard_files(target_rows(4), 2, TARGET_SCHEMA))
+    upload = make_zip(tmp_path / "shards.zip", shard_files(target_rows(4), 2, TARGETS_GENERATION_SCHEMA))
     problems = rejection(upload, tmp_path / "ds", kind="targets", trigger_word="sks")
 
     assert where(problems) == {(None, "trigger_word")}

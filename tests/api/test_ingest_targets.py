@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 
 from api.services.ingest import IngestRejected, IngestReport, Problem, ingest_upload
 from tests.support.archives import (
     COOL,
+    TARGETS_GENERATION_SCHEMA,
+    TARGETS_SCHEMA,
     WARM,
     is_warm,
     jsonl,
@@ -21,11 +22,6 @@ from tests.support.archives import (
 )
 from tests.support.problems import where
 from trainer.dataset_format import DatasetKind, read_manifest, read_targets
-
-TARGETS_SCHEMA = pa.schema([("prompt", pa.string()), ("image", pa.binary())])
-AVOID_SCHEMA = pa.schema(
-    [("prompt", pa.string()), ("image", pa.binary()), ("generation_prompt", pa.string())]
-)
 
 
 def ingest(upload: Path, dest: Path, kind: DatasetKind) -> IngestReport:
@@ -86,7 +82,7 @@ def test_avoid_parquet_reads_the_generation_prompt_column(tmp_path: Path) -> Non
     rows: list[dict[str, object]] = [
         {"prompt": "a street", "image": png(COOL), "generation_prompt": "a clean street"}
     ]
-    ingest(make_parquet(tmp_path / "a.parquet", rows, AVOID_SCHEMA), tmp_path / "ds", "avoid")
+    ingest(make_parquet(tmp_path / "a.parquet", rows, TARGETS_GENERATION_SCHEMA), tmp_path / "ds", "avoid")
 
     assert read_targets(tmp_path / "ds")[0].generation_prompt == "a clean street"
 

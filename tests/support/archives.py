@@ -17,6 +17,20 @@ from PIL import Image
 WARM = (220, 60, 40)
 COOL = (40, 80, 220)
 
+# The parquet uploads' columns: Pick-a-Pic pairs, targets rows, and targets rows with the generation prompt
+# (which avoid rows require).
+PICK_SCHEMA = pa.schema(
+    [
+        ("caption", pa.string()),
+        ("jpg_0", pa.binary()),
+        ("jpg_1", pa.binary()),
+        ("label_0", pa.float64()),
+        ("label_1", pa.float64()),
+    ]
+)
+TARGETS_SCHEMA = pa.schema([("prompt", pa.string()), ("image", pa.binary())])
+TARGETS_GENERATION_SCHEMA = TARGETS_SCHEMA.append(pa.field("generation_prompt", pa.string()))
+
 
 def png(colour: tuple[int, int, int] = WARM, size: tuple[int, int] = (16, 16)) -> bytes:
     """A PNG of one colour (16×16 unless told)."""

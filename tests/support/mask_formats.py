@@ -4,29 +4,17 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
-from tests.support.archives import COOL, WARM, png
+from tests.support.archives import COOL, PICK_SCHEMA, TARGETS_GENERATION_SCHEMA, TARGETS_SCHEMA, WARM, png
 
-PICK_SCHEMA = pa.schema(
-    [
-        ("caption", pa.string()),
-        ("jpg_0", pa.binary()),
-        ("jpg_1", pa.binary()),
-        ("label_0", pa.float64()),
-        ("label_1", pa.float64()),
-    ]
-)
-TARGETS_SCHEMA = pa.schema([("prompt", pa.string()), ("image", pa.binary())])
 MASK_COLUMN = pa.field("mask", pa.binary())
 PICK_MASK_SCHEMA = PICK_SCHEMA.append(MASK_COLUMN)
 TARGETS_MASK_SCHEMA = TARGETS_SCHEMA.append(MASK_COLUMN)
-AVOID_MASK_SCHEMA = TARGETS_SCHEMA.append(pa.field("generation_prompt", pa.string())).append(MASK_COLUMN)
+AVOID_MASK_SCHEMA = TARGETS_GENERATION_SCHEMA.append(MASK_COLUMN)
 
 
 def mask_image(
@@ -57,18 +45,6 @@ def pick_row(index: int, *, mask: bytes | None = None, **overrides: object) -> d
 def target_row(index: int, *, mask: bytes | None = None, **overrides: object) -> dict[str, object]:
     """A targets row of a WARM image and `mask` (None: no mask)."""
     return {"prompt": f"a warm shape {index}", "image": png(WARM), "mask": mask} | overrides
-
-
-def parquet_bytes(rows: Sequence[Mapping[str, object]], schema: pa.Schema) -> bytes:
-    """The parquet file of `rows`, in memory (for an upload through the API)."""
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(list(rows), schema=schema), buffer)
-    return buffer.getvalue()
-
-
-def write_parquet(path: Path, rows: Sequence[Mapping[str, object]], schema: pa.Schema) -> Path:
-    path.write_bytes(parquet_bytes(rows, schema))
-    return path
 
 
 def masked_folders(masks: Mapping[str, bytes | None], prefix: str = "") -> dict[str, bytes]:

@@ -11,20 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from tests.support.archives import COOL, WARM, png
-
-PICK_SCHEMA = pa.schema(
-    [
-        ("caption", pa.string()),
-        ("jpg_0", pa.binary()),
-        ("jpg_1", pa.binary()),
-        ("label_0", pa.float64()),
-        ("label_1", pa.float64()),
-    ]
-)
-TARGET_SCHEMA = pa.schema(
-    [("prompt", pa.string()), ("image", pa.binary()), ("generation_prompt", pa.string())]
-)
+from tests.support.archives import COOL, PICK_SCHEMA, WARM, png
 
 Row = dict[str, object]
 
