@@ -4,7 +4,6 @@ and pair folders; captions_missing on the dataset; the trigger word in the idemp
 from __future__ import annotations
 
 import io
-import zipfile
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -13,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from core.repositories import tenants as tenant_repo
 from core.settings import Settings
+from tests.support.archives import zip_bytes
 
 
 def headers(session: Session, settings: Settings) -> dict[str, str]:
@@ -30,15 +30,7 @@ def png(colour: tuple[int, int, int]) -> bytes:
     return buffer.getvalue()
 
 
-def zipped(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
-
-
-CAPTIONED = zipped(
+CAPTIONED = zip_bytes(
     {"a.png": png((200, 0, 0)), "a.txt": b"a photo of [trigger] dog", "b.png": png((200, 0, 0))}
 )
 
@@ -76,7 +68,7 @@ def test_a_missing_caption_without_a_trigger_word_is_a_422_naming_row_and_field(
 def test_pair_folders_upload_has_no_captions_count(
     client: TestClient, session: Session, settings: Settings
 ) -> None:
-    payload = zipped({"w/x.png": png((200, 0, 0)), "l/x.png": png((0, 0, 200)), "x.txt": b"a circle"})
+    payload = zip_bytes({"w/x.png": png((200, 0, 0)), "l/x.png": png((0, 0, 200)), "x.txt": b"a circle"})
     made = post(client, headers(session, settings), payload)
     assert (made["http_status"], made["kind"], made["num_pairs"], made["captions_missing"]) == (
         201,

@@ -8,7 +8,6 @@ import base64
 import io
 import tarfile
 import tracemalloc
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from tests.support.archives import (
     make_tar,
     make_zip,
     png,
+    zip_bytes,
 )
 from tests.support.factories import auth_headers
 from tests.support.parquet_shards import (
@@ -371,25 +371,17 @@ def test_memory_stays_flat_whatever_the_number_of_shards(tmp_path: Path, contain
 # --- through the API ---------------------------------------------------------------------------------------
 
 
-def zipped(files: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as zip_file:
-        for name, data in files.items():
-            zip_file.writestr(name, data)
-    return out.getvalue()
-
-
 def test_a_zip_of_shards_uploads_as_a_dataset_and_a_bad_one_is_a_422(
     client: TestClient, session: Session
 ) -> None:
     headers = auth_headers(session)
-    good = zipped(shard_files(pick_rows(10), 3))
+    good = zip_bytes(shard_files(pick_rows(10), 3))
     bad_rows = pick_rows(10)
     bad_rows[5] = bad_rows[5] | {"jpg_0": None}
 
     made = client.post("/v1/datasets", files={"file": ("hf.zip", good)}, headers=headers)
     refused = client.post(
-        "/v1/datasets", files={"file": ("hf.zip", zipped(shard_files(bad_rows, 3)))}, headers=headers
+        "/v1/datasets", files={"file": ("hf.zip", zip_bytes(shard_files(bad_rows, 3)))}, headers=headers
     )
 
     assert made.status_code == 201, made.text

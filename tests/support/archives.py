@@ -71,10 +71,17 @@ def target_files(count: int, **extra: object) -> dict[str, bytes]:
     return files
 
 
-def make_zip(path: Path, files: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+def zip_bytes(files: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
+    """A zip of `files` (member name to bytes) in memory, for an upload through the API."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression) as archive:
         for name, data in files.items():
             archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def make_zip(path: Path, files: dict[str, bytes]) -> Path:
+    path.write_bytes(zip_bytes(files, zipfile.ZIP_DEFLATED))
     return path
 
 
