@@ -10,10 +10,13 @@ import posixpath
 import re
 import unicodedata
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from api.services.ingest.collector import PairCollector
 from api.services.ingest.limits import RATIO_FLOOR_BYTES
 
 CHUNK_BYTES = 1 << 20
@@ -34,6 +37,21 @@ class LimitExceeded(Exception):
 
 class CorruptArchive(Exception):
     """The archive's bytes cannot be read; the message is the reason shown to the user."""
+
+
+@contextmanager
+def archive_errors(
+    collector: PairCollector, kind: str, unreadable: tuple[type[Exception], ...]
+) -> Iterator[None]:
+    """Turn a limit crossed or unreadable bytes while reading a `kind` archive ("zip", "tar") into the
+    fatal problem that says so; `unreadable` are the archive module's own errors."""
+    unreadable_bytes: tuple[type[Exception], ...] = (*unreadable, *READ_ERRORS)
+    try:
+        yield
+    except (LimitExceeded, CorruptArchive) as exc:
+        collector.fatal(str(exc))
+    except unreadable_bytes as exc:
+        collector.fatal(f"not a readable {kind} archive: {exc}")
 
 
 class ScratchWriteError(Exception):

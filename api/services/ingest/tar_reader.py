@@ -14,20 +14,19 @@ import io
 import tarfile
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO
 
 from api.services.ingest.collector import PairCollector
 from api.services.ingest.layouts import detect_layout
 from api.services.ingest.members import (
-    READ_ERRORS,
     ByteBudget,
     CorruptArchive,
     ExpansionBudget,
-    LimitExceeded,
     MemberIndex,
     Readable,
+    archive_errors,
     normalise_name,
 )
 from api.services.ingest.pairs_file import is_manifest_candidate
@@ -140,15 +139,8 @@ def _members(
                 yield archive, info
 
 
-@contextmanager
-def _tar_errors(collector: PairCollector) -> Iterator[None]:
-    """Turn a limit crossed or unreadable bytes while reading the tar into the fatal problem that says so."""
-    try:
-        yield
-    except (LimitExceeded, CorruptArchive) as exc:
-        collector.fatal(str(exc))
-    except (tarfile.TarError, *READ_ERRORS) as exc:
-        collector.fatal(f"not a readable tar archive: {exc}")
+def _tar_errors(collector: PairCollector) -> AbstractContextManager[None]:
+    return archive_errors(collector, "tar", (tarfile.TarError,))
 
 
 def _store(archive: tarfile.TarFile, info: tarfile.TarInfo, index: MemberIndex) -> None:

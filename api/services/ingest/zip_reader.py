@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import stat
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from api.services.ingest.collector import PairCollector
 from api.services.ingest.layouts import detect_layout
 from api.services.ingest.limits import RATIO_FLOOR_BYTES
 from api.services.ingest.members import (
-    READ_ERRORS,
-    CorruptArchive,
     ExpansionBudget,
-    LimitExceeded,
     MemberIndex,
+    archive_errors,
     normalise_name,
 )
 from api.services.ingest.pairs_file import is_manifest_candidate
@@ -62,15 +59,8 @@ def stream_zip_members(
             yield name, index.files[name]
 
 
-@contextmanager
-def _zip_errors(collector: PairCollector) -> Iterator[None]:
-    """Turn a limit crossed or unreadable bytes while reading the zip into the fatal problem that says so."""
-    try:
-        yield
-    except (LimitExceeded, CorruptArchive) as exc:
-        collector.fatal(str(exc))
-    except (zipfile.BadZipFile, *READ_ERRORS) as exc:
-        collector.fatal(f"not a readable zip archive: {exc}")
+def _zip_errors(collector: PairCollector) -> AbstractContextManager[None]:
+    return archive_errors(collector, "zip", (zipfile.BadZipFile,))
 
 
 def _budget(collector: PairCollector) -> ExpansionBudget:
