@@ -61,6 +61,17 @@ class Started:
 
 
 @dataclass(frozen=True)
+class Compile:
+    """Whether the denoiser's repeated blocks were compiled (torch.compile) before step `step` + 1, and why:
+    the spec's choice, or for "auto" the measured step time against what compiling costs."""
+
+    step: int
+    compiled: bool
+    reason: str
+    type: Literal["compile"] = "compile"
+
+
+@dataclass(frozen=True)
 class Step:
     """One optimizer step finished; metrics are means over its micro-batches and, in a data-parallel
     run, over the processes (lr and step_time_s are the main process's)."""
@@ -125,12 +136,25 @@ class Finished:
     type: Literal["finished"] = "finished"
 
 
-Event = Preparing | Caching | Started | Step | Checkpoint | Sample | Evaluation | Artifact | Finished
+Event = (
+    Preparing | Caching | Started | Compile | Step | Checkpoint | Sample | Evaluation | Artifact | Finished
+)
 
 
 _TYPES: dict[str, type[Any]] = {
     cls.type: cls
-    for cls in (Preparing, Caching, Started, Step, Checkpoint, Sample, Evaluation, Artifact, Finished)
+    for cls in (
+        Preparing,
+        Caching,
+        Started,
+        Compile,
+        Step,
+        Checkpoint,
+        Sample,
+        Evaluation,
+        Artifact,
+        Finished,
+    )
 }
 
 

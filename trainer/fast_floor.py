@@ -2,8 +2,7 @@
 device: what pays on a GPU is not what pays on a CPU (docs/benchmarks.md, "Faster floor").
 
 - channels_last for the conv UNets on CUDA (cuDNN's NHWC convolutions); on the CPU it measured slower.
-- torch.compile (inductor) of the denoiser only when the spec asks: compiling takes minutes, which a
-  short job never earns back.
+- torch.compile of the denoiser's repeated blocks is trainer.compiling's (it is decided during the run).
 - DPO's reference folded into the policy pass (trainer.objective.folded_errors) on the CPU at small
   latent sizes, where a pass of 2 pairs leaves cores idle; not at 128 px and up, where it did not pay;
   not with gradient checkpointing, whose recomputation in
@@ -27,16 +26,11 @@ def channels_last_pays(device: torch.device, denoiser: torch.nn.Module) -> bool:
     return device.type == "cuda" and isinstance(denoiser, UNet2DConditionModel)
 
 
-def prepare_denoiser(denoiser: torch.nn.Module, device: torch.device, *, compile: bool) -> None:
-    """Put the denoiser (LoRA attached, on `device`) in the layout that pays there, compiled if asked.
-
-    `Module.compile` compiles in place, so the module keeps its class and peft's adapter switches (DPO's
-    reference pass turns the LoRA off), which recompiles once for that second graph."""
+def prepare_denoiser(denoiser: torch.nn.Module, device: torch.device) -> None:
+    """Put the denoiser (LoRA attached, on `device`) in the layout that pays there."""
     if channels_last_pays(device, denoiser):
         # torch's stubs lack Module.to's memory_format keyword, which the runtime accepts.
         denoiser.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    if compile:
-        denoiser.compile()
 
 
 def adamw_options(trainable: Sequence[torch.nn.Parameter]) -> dict[str, Any]:

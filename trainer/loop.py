@@ -19,8 +19,9 @@ import torch
 
 from trainer import checkpoints
 from trainer.batch import PairBatch
+from trainer.compiling import CompilePlan, compile_blocks
 from trainer.errors import CheckpointError, NonFiniteLossError
-from trainer.events import Artifact, Checkpoint, Event, Finished, Started, Step
+from trainer.events import Artifact, Checkpoint, Compile, Event, Finished, Started, Step
 from trainer.export import save_diffusers_lora, save_kohya_lora
 from trainer.objective import prepare_inputs, read_terms, training_terms
 from trainer.session import TrainingSession, open_session
@@ -85,6 +86,8 @@ def _run_steps(
     spec, accelerator = session.spec, session.accelerator
     per_epoch = session.updates_per_epoch
     metrics: dict[str, float] = {}
+    plan = CompilePlan(spec.compile_denoiser, total_steps=spec.max_train_steps)
+    _apply(session, plan.start(step=step), emit)
     while step < spec.max_train_steps:
         epoch, done_in_epoch = divmod(step, per_epoch)
         loader = session.epoch_loader(epoch, skip_updates=done_in_epoch)
@@ -102,10 +105,29 @@ def _run_steps(
             metrics = _finish_step(session, sums, micro, time.perf_counter() - started, step)
             emit(Step(step=step, total_steps=spec.max_train_steps, metrics=metrics))
             _after_step(session, step, metrics, emit)
+            if not plan.decided:
+                _apply(session, plan.after_step(step, seconds=_agreed(session, metrics["step_time_s"])), emit)
             sums, micro, started = {}, 0, time.perf_counter()
             if step >= spec.max_train_steps:
                 break
     return step, False, metrics
+
+
+def _apply(session: TrainingSession, decision: Compile | None, emit: Callable[[Event], None]) -> None:
+    if decision is None:
+        return
+    if decision.compiled:
+        compile_blocks(session.lora_denoiser)
+    emit(decision)
+
+
+def _agreed(session: TrainingSession, seconds: float) -> float:
+    """The processes' mean step time, so that all of them take the same compile decision."""
+    accelerator = session.accelerator
+    if accelerator.num_processes == 1:
+        return seconds
+    mean = accelerator.reduce(torch.tensor(seconds, device=accelerator.device), reduction="mean")
+    return float(mean)
 
 
 def _stop_agreed(session: TrainingSession, should_stop: Callable[[], bool]) -> bool:

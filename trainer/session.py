@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 
 from trainer.batch import PairBatch
+from trainer.compiling import eager
 from trainer.data import Augment, EpochSampler, PairDataset, collate_pairs, load_pairs, split_pairs
 from trainer.dataset_format import PairRecord
 from trainer.encoding import CachedPairDataset, build_cache, collate_cached
@@ -90,13 +91,14 @@ class TrainingSession:
             self._renderer = Renderer.build(self.model, self.lora_denoiser)
         # The base model's images (LoRA off) never change: rendered once, reported at step 0.
         folder, shown_step = ("base", 0) if initial else (f"step-{step:06d}", step)
-        images = render(
-            self._renderer,
-            validation,
-            resolution=self.resolution,
-            out_dir=self.output_dir / "samples" / folder,
-            with_lora=not initial,
-        )
+        with eager():  # a few sampling calls would not earn back their recompiles
+            images = render(
+                self._renderer,
+                validation,
+                resolution=self.resolution,
+                out_dir=self.output_dir / "samples" / folder,
+                with_lora=not initial,
+            )
         emit(Sample(step=shown_step, images=images))
 
     def run_evaluation(self, *, step: int, emit: Callable[[Event], None], force: bool = False) -> None:
@@ -105,7 +107,9 @@ class TrainingSession:
         due = force or (every is not None and step % every == 0)
         if self.evaluator is None or not due or not self.accelerator.is_main_process:
             return
-        emit(Evaluation(step=step, metrics=self.evaluator.evaluate(self.lora_denoiser)))
+        with eager():
+            metrics = self.evaluator.evaluate(self.lora_denoiser)
+        emit(Evaluation(step=step, metrics=metrics))
 
 
 def open_session(
@@ -136,7 +140,7 @@ def open_session(
     )
     if spec.gradient_checkpointing:
         model.denoiser.enable_gradient_checkpointing()
-    prepare_denoiser(model.denoiser, accelerator.device, compile=spec.compile_denoiser)
+    prepare_denoiser(model.denoiser, accelerator.device)
     report = on_event if on_event is not None and accelerator.is_main_process else None
     data = _build_data(spec, model, dataset_dir, resolution, on_event=report)
     trainable = trainable_parameters(model.denoiser)

@@ -215,11 +215,12 @@ class TrainSpec(BaseModel):
         "On a machine without CUDA training runs in float32 and the Started event says so.",
     )
     gradient_checkpointing: bool = Field(default=False, description="Trade compute for UNet memory.")
-    compile_denoiser: bool = Field(
-        default=False,
-        description="torch.compile (inductor) the denoiser before training. The first step then compiles "
-        "(27 s to 4 minutes for the small test UNet on a 2-core CPU, as inductor's cache is warm or cold) "
-        "and later ones get faster (0.85 x there at 128 px), so it pays only on long jobs; see "
+    compile_denoiser: bool | Literal["auto"] = Field(
+        default="auto",
+        description='torch.compile (inductor) the denoiser\'s repeated blocks. "auto": time the first 3 '
+        "steps and compile when the steps left at that speed save more than compiling costs (about 11% of a "
+        "step saved, about 60 s of compiling), so long jobs compile and short ones do not; true: compile "
+        "before the first step; false: never. The `compile` event says what was decided and why; see "
         'docs/benchmarks.md, "Faster floor".',
     )
     seed: int = Field(

@@ -17,6 +17,7 @@ from trainer.events import (
     Artifact,
     Caching,
     Checkpoint,
+    Compile,
     Evaluation,
     Event,
     Finished,
@@ -115,6 +116,10 @@ def describe(event: Event) -> str:
             f"training {event.model_family} at {event.resolution}px on {event.num_train_pairs} pairs "
             f"({event.num_eval_pairs} held out){parallel}, {event.trainable_parameters:,} LoRA parameters, "
             f"latent cache {'on' if event.cache_latents else 'off'} ({event.cache_reason})"
+        )
+    if isinstance(event, Compile):
+        return (
+            f"denoiser {'compiled' if event.compiled else 'left eager'} at step {event.step} ({event.reason})"
         )
     if isinstance(event, Step):
         return f"step {event.step}/{event.total_steps} loss {event.metrics.get('loss', float('nan')):.4f}"

@@ -1,4 +1,5 @@
-"""The faster floor: device-chosen layout and optimizer, SDPA attention, opt-in compile, one sync a step."""
+"""The faster floor: device-chosen layout and optimizer, SDPA attention, one sync a step (compiling:
+test_compiling.py)."""
 
 from __future__ import annotations
 
@@ -69,14 +70,11 @@ def test_a_channels_last_unet_gives_the_same_errors_and_gradients(tiny_sdxl: Pat
             torch.testing.assert_close(param.grad, grads[name], rtol=1e-3, atol=1e-6)
 
 
-def test_on_the_cpu_the_denoiser_keeps_its_layout_unless_compile_is_asked(tiny_sdxl: Path) -> None:
+def test_on_the_cpu_the_denoiser_keeps_its_layout(tiny_sdxl: Path) -> None:
     family = _with_lora(tiny_sdxl)
-    prepare_denoiser(family.denoiser, CPU, compile=False)
+    prepare_denoiser(family.denoiser, CPU)
     assert family.denoiser.conv_in.weight.is_contiguous()
     assert family.denoiser._compiled_call_impl is None
-    prepare_denoiser(family.denoiser, CPU, compile=True)
-    assert family.denoiser._compiled_call_impl is not None
-    assert hasattr(family.denoiser, "disable_adapters"), "compiled in place: peft's switches stay"
 
 
 @pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux"])
@@ -97,14 +95,12 @@ def test_adamw_is_fused_on_cuda() -> None:
     assert adamw_options([torch.nn.Parameter(torch.zeros(3, device=CUDA))]) == {"fused": True}
 
 
-def test_the_session_compiles_the_denoiser_only_when_the_spec_asks(
+def test_the_session_builds_a_foreach_adamw_on_the_cpu(
     tiny_sdxl: Path, color_pairs: Path, tmp_path: Path
 ) -> None:
-    plain = open_session(tiny_spec(tiny_sdxl), color_pairs, tmp_path / "plain")
-    assert plain.lora_denoiser._compiled_call_impl is None
-    assert plain.optimizer.optimizer.defaults["foreach"] is True
-    compiled = open_session(tiny_spec(tiny_sdxl, compile_denoiser=True), color_pairs, tmp_path / "compiled")
-    assert compiled.lora_denoiser._compiled_call_impl is not None
+    session = open_session(tiny_spec(tiny_sdxl), color_pairs, tmp_path / "plain")
+    assert session.lora_denoiser._compiled_call_impl is None, "compiling is the loop's decision"
+    assert session.optimizer.optimizer.defaults["foreach"] is True
 
 
 def test_accumulated_steps_report_the_mean_of_their_micro_steps(
