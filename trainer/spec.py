@@ -218,8 +218,9 @@ class TrainSpec(BaseModel):
     compile_denoiser: bool | Literal["auto"] = Field(
         default="auto",
         description='torch.compile (inductor) the denoiser\'s repeated blocks. "auto": time the first 3 '
-        "steps and compile when the steps left at that speed save more than compiling costs (about 11% of a "
-        "step saved, about 60 s of compiling), so long jobs compile and short ones do not; true: compile "
+        "steps and compile when the steps left at that speed save more than compiling costs (counting "
+        "5% of a step saved against about 60 s of compiling), so long jobs compile and short ones do "
+        "not; true: compile "
         "before the first step; false: never. The `compile` event says what was decided and why; see "
         'docs/benchmarks.md, "Faster floor".',
     )
