@@ -47,14 +47,15 @@ def test_the_spec_s_choice_is_taken_before_the_first_step() -> None:
 
 
 def test_auto_waits_for_the_probe_steps_then_weighs_the_saving_against_the_cost() -> None:
-    # 1 000 steps of 1 s: compiling saves ~120 s, more than it costs.
+    # Steps slow enough that the steps left save twice what compiling costs.
+    seconds = 2 * COMPILE_COST_S / ((1000 - COMPILE_PROBE_STEPS) * COMPILE_SAVING)
     plan = CompilePlan("auto", total_steps=1000)
     assert plan.start(step=0) is None
-    decisions = [plan.after_step(step, seconds=1.0) for step in range(1, COMPILE_PROBE_STEPS + 1)]
+    decisions = [plan.after_step(step, seconds=seconds) for step in range(1, COMPILE_PROBE_STEPS + 1)]
     assert decisions[:-1] == [None] * (COMPILE_PROBE_STEPS - 1)
     decided = decisions[-1]
     assert decided is not None and decided.compiled and decided.step == COMPILE_PROBE_STEPS
-    assert plan.after_step(COMPILE_PROBE_STEPS + 1, seconds=1.0) is None, "decided once"
+    assert plan.after_step(COMPILE_PROBE_STEPS + 1, seconds=seconds) is None, "decided once"
 
 
 def test_auto_leaves_a_job_eager_when_compiling_would_not_pay() -> None:
