@@ -61,6 +61,7 @@ def time_variants(config: dict[str, Any]) -> list[dict[str, Any]]:
     variants: dict[str, Step] = {"floor": pass_of(denoiser)}
     if not cuda:
         variants["bf16 autocast"] = pass_of(denoiser, bf16=True)
+        variants["bf16 fpmath (oneDNN)"] = _with_bf16_fpmath(pass_of(denoiser))
     layout = copy.deepcopy(denoiser)
     layout.to(memory_format=torch.channels_last)
     variants["channels_last"] = pass_of(layout)
@@ -90,6 +91,22 @@ def time_variants(config: dict[str, Any]) -> list[dict[str, Any]]:
     if compile_s is not None:
         rows.append({**facts, "variant": "torch.compile (blocks): first call", "step_ms": 1000 * compile_s})
     return rows
+
+
+def _with_bf16_fpmath(step: Step) -> Step:
+    """The float32 pass with oneDNN allowed to run its matmuls and convolutions in bf16 internally (the
+    CPU's counterpart of CUDA's TF32): no casts in the graph, unlike autocast."""
+    # torch's stubs lack the per-operation fp32_precision switches the module has at runtime.
+    backends: Any = torch.backends.mkldnn
+
+    def run() -> None:
+        backends.matmul.fp32_precision = backends.conv.fp32_precision = "bf16"
+        try:
+            step()
+        finally:
+            backends.matmul.fp32_precision = backends.conv.fp32_precision = "none"
+
+    return run
 
 
 def _with_optimizer(step: Step, denoiser: torch.nn.Module) -> Step:
