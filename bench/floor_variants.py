@@ -20,10 +20,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from peft.tuners.lora import Linear as PeftLoraLinear
 
 from bench.floor_batch import load_floor
 from trainer.compiling import compile_blocks
 from trainer.fast_floor import adamw_options, channels_last_pays
+from trainer.lora_linear import FusedLoraLinear
 
 Step = Callable[[], None]
 
@@ -58,7 +60,10 @@ def time_variants(config: dict[str, Any]) -> list[dict[str, Any]]:
 
         return step
 
-    variants: dict[str, Step] = {"floor": pass_of(denoiser)}
+    variants: dict[str, Step] = {
+        "floor": pass_of(denoiser),
+        "peft's LoRA forward": pass_of(_peft_forward(denoiser)),
+    }
     if not cuda:
         variants["bf16 autocast"] = pass_of(denoiser, bf16=True)
         variants["bf16 fpmath (oneDNN)"] = _with_bf16_fpmath(pass_of(denoiser))
@@ -91,6 +96,16 @@ def time_variants(config: dict[str, Any]) -> list[dict[str, Any]]:
     if compile_s is not None:
         rows.append({**facts, "variant": "torch.compile (blocks): first call", "step_ms": 1000 * compile_s})
     return rows
+
+
+def _peft_forward(denoiser: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the denoiser whose LoRA layers run peft's own forward instead of the trainer's
+    (trainer/lora_linear.py): the same weights and layers, only the computation differs."""
+    stock = copy.deepcopy(denoiser)
+    for layer in stock.modules():
+        if isinstance(layer, FusedLoraLinear):
+            layer.__class__ = PeftLoraLinear
+    return stock
 
 
 def _with_bf16_fpmath(step: Step) -> Step:

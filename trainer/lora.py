@@ -10,6 +10,7 @@ from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
 
 from trainer.errors import ModelLoadError
+from trainer.lora_linear import FusedLoraLinear
 
 
 def attach_lora(
@@ -20,6 +21,8 @@ def attach_lora(
     config = LoraConfig(
         r=rank, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights="gaussian", target_modules=targets
     )
+    # peft's hook for custom layer classes: its own LoRA linear with a faster plain case (lora_linear.py).
+    config._register_custom_module({torch.nn.Linear: FusedLoraLinear})
     try:
         denoiser.add_adapter(config)  # type: ignore[operator]
     except ValueError as exc:
@@ -64,14 +67,21 @@ def lora_masked(module: torch.nn.Module, keep: torch.Tensor) -> Iterator[None]:
             raise ValueError(f"a LoRA layer's batch axis has {output.shape[0]} items, the mask {len(keep)}")
         return output * keep.view(-1, *([1] * (output.ndim - 1))).to(output.dtype)
 
+    layers = [layer for layer in module.modules() if isinstance(layer, LoraLayer)]
+    fused = [layer for layer in layers if isinstance(layer, FusedLoraLinear)]
+    # Fused layers mask their rank-wide product themselves; a hook on lora_B would send them to peft's path.
     handles = [
         up.register_forward_hook(mask)
-        for layer in module.modules()
-        if isinstance(layer, LoraLayer)
+        for layer in layers
+        if not isinstance(layer, FusedLoraLinear)
         for up in layer.lora_B.values()
     ]
+    for layer in fused:
+        layer.batch_keep = keep
     try:
         yield
     finally:
         for handle in handles:
             handle.remove()
+        for layer in fused:
+            layer.batch_keep = None

@@ -168,7 +168,9 @@ def test_the_variants_bench_times_every_variant_against_the_floor(tiny_sdxl: Pat
     rows = time_variants({**config, "rounds": 1, "warmup": 0})
     assert [row["variant"] for row in rows] == [
         "floor",
+        "peft's LoRA forward",
         "bf16 autocast",
+        "bf16 fpmath (oneDNN)",
         "channels_last",
         "floor + optimizer",
         "dpo: separate ref",
