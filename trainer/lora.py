@@ -10,7 +10,7 @@ from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
 
 from trainer.errors import ModelLoadError
-from trainer.lora_linear import FusedLoraLinear
+from trainer.lora_linear import FusedLoraLinear, masked_items
 
 
 def attach_lora(
@@ -63,9 +63,7 @@ def lora_masked(module: torch.nn.Module, keep: torch.Tensor) -> Iterator[None]:
     True; the others see the base model. Every LoRA layer's input must have the batch axis first."""
 
     def mask(layer: torch.nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
-        if output.shape[0] != len(keep):
-            raise ValueError(f"a LoRA layer's batch axis has {output.shape[0]} items, the mask {len(keep)}")
-        return output * keep.view(-1, *([1] * (output.ndim - 1))).to(output.dtype)
+        return masked_items(output, keep, items=output.shape[0])
 
     layers = [layer for layer in module.modules() if isinstance(layer, LoraLayer)]
     fused = [layer for layer in layers if isinstance(layer, FusedLoraLinear)]

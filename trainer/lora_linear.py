@@ -38,7 +38,7 @@ class FusedLoraLinear(PeftLoraLinear):  # type: ignore[misc]  # peft ships no ty
         out = F.linear(tokens, base.weight, base.bias)
         down = F.linear(self.lora_dropout[adapter](tokens), down_layer.weight)
         if self.batch_keep is not None:
-            down = _masked_per_item(down, self.batch_keep, items=x.shape[0])
+            down = masked_items(down, self.batch_keep, items=x.shape[0])
         out = torch.addmm(out, down, up_layer.weight.t(), alpha=self.scaling[adapter])
         return out.view(*x.shape[:-1], out.shape[-1])
 
@@ -64,13 +64,14 @@ class FusedLoraLinear(PeftLoraLinear):  # type: ignore[misc]  # peft ships no ty
         return adapter
 
 
-def _masked_per_item(down: torch.Tensor, keep: torch.Tensor, *, items: int) -> torch.Tensor:
-    """`down` (items x tokens, rank) with the rows of the items where `keep` is False zeroed: masking the
-    rank-wide product masks the LoRA's whole contribution, at a fraction of the output's size."""
+def masked_items(values: torch.Tensor, keep: torch.Tensor, *, items: int) -> torch.Tensor:
+    """`values`, whose elements fall into `items` equal runs in batch order, with the runs of the items
+    where `keep` (a (items,) bool) is False zeroed. Both ways a LoRA's output is masked use it: on the
+    rank-wide product here (a fraction of the output's size), on lora_B's output in peft's layers."""
     if len(keep) != items:
         raise ValueError(f"a LoRA layer's batch axis has {items} items, the mask {len(keep)}")
-    per_item = down.view(items, -1, down.shape[-1])
-    return (per_item * keep.view(-1, 1, 1).to(down.dtype)).view_as(down)
+    per_item = values.reshape(items, -1)
+    return (per_item * keep.view(-1, 1).to(values.dtype)).view(values.shape)
 
 
 def _hooked(module: nn.Module) -> bool:
