@@ -58,6 +58,25 @@ def frozen_dtype(module: torch.nn.Module) -> torch.dtype:
 
 
 @contextmanager
+def lora_switched_off(module: torch.nn.Module) -> Iterator[None]:
+    """Within the block, `module` is its base model: every LoRA layer that was on passes its input through
+    its base layer alone, and is on again after the block.
+
+    It flips each layer's own switch. peft's `disable_adapters()` / `enable_adapters()` also set
+    requires_grad on every LoRA weight, off and back on, which took 7 ms of each DPO step on the small
+    SDXL UNet (docs/benchmarks.md); the passes this serves run without gradients, so that is not needed."""
+    layers = [layer for layer in module.modules() if isinstance(layer, LoraLayer)]
+    layers = [layer for layer in layers if not layer.disable_adapters]
+    for layer in layers:
+        layer._disable_adapters = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer._disable_adapters = False
+
+
+@contextmanager
 def lora_masked(module: torch.nn.Module, keep: torch.Tensor) -> Iterator[None]:
     """Within the block, the LoRA adds its output only to the batch items where `keep` (a (N,) bool) is
     True; the others see the base model. Every LoRA layer's input must have the batch axis first."""

