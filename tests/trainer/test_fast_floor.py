@@ -22,7 +22,7 @@ from trainer.fast_floor import (
 )
 from trainer.loop import train
 from trainer.lora import attach_lora, lora_masked
-from trainer.objective import PairInputs, denoising_errors, folded_errors
+from trainer.objective import PairInputs, denoising_errors, folded_errors, reference_errors
 from trainer.session import open_session
 
 CPU = torch.device("cpu")
@@ -85,22 +85,49 @@ def test_every_family_attends_through_sdpa(family: str, request: pytest.FixtureR
     assert non_sdpa_processors(denoiser) == []
 
 
-def test_adamw_is_foreach_on_the_cpu() -> None:
+def test_adamw_is_fused_on_the_cpu() -> None:
     params = [torch.nn.Parameter(torch.zeros(3))]
-    assert adamw_options(params) == {"foreach": True}
+    assert adamw_options(params) == {"fused": True}
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="fused AdamW is chosen on CUDA only")
-def test_adamw_is_fused_on_cuda() -> None:
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_adamw_is_fused_on_cuda_and_foreach_across_devices() -> None:
     assert adamw_options([torch.nn.Parameter(torch.zeros(3, device=CUDA))]) == {"fused": True}
+    mixed = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(3, device=CUDA))]
+    assert adamw_options(mixed) == {"foreach": True}
 
 
-def test_the_session_builds_a_foreach_adamw_on_the_cpu(
+def test_fused_adamw_takes_the_steps_of_the_foreach_one_and_resumes_its_state() -> None:
+    """Checkpoints written by the foreach AdamW of earlier versions resume under the fused one."""
+    torch.manual_seed(0)
+    start = [torch.randn(8, 4), torch.randn(4)]
+    grads = [[torch.randn_like(p) for p in start] for _ in range(4)]
+
+    def run(options: dict[str, bool], steps: range, state: dict | None = None) -> tuple[list, dict]:
+        params = [torch.nn.Parameter(p.clone()) for p in start]
+        optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=1e-2, **options)
+        if state is not None:
+            params[0].data, params[1].data = state["params"]
+            optimizer.load_state_dict(state["optimizer"])
+        for step in steps:
+            for p, g in zip(params, grads[step], strict=True):
+                p.grad = g.clone()
+            optimizer.step()
+        return params, {"params": [p.detach().clone() for p in params], "optimizer": optimizer.state_dict()}
+
+    foreach_all, _ = run({"foreach": True}, range(4))
+    _, halfway = run({"foreach": True}, range(2))
+    fused_rest, _ = run({"fused": True}, range(2, 4), state=halfway)
+    for a, b in zip(fused_rest, foreach_all, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_the_session_builds_a_fused_adamw_on_the_cpu(
     tiny_sdxl: Path, color_pairs: Path, tmp_path: Path
 ) -> None:
     session = open_session(tiny_spec(tiny_sdxl), color_pairs, tmp_path / "plain")
     assert session.lora_denoiser._compiled_call_impl is None, "compiling is the loop's decision"
-    assert session.optimizer.optimizer.defaults["foreach"] is True
+    assert session.optimizer.optimizer.defaults["fused"] is True
 
 
 def test_accumulated_steps_report_the_mean_of_their_micro_steps(
@@ -137,6 +164,9 @@ def test_dpo_s_folded_reference_equals_the_separate_pass(family: str, request: p
     torch.testing.assert_close(policy, separate, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(reference, base, rtol=1e-4, atol=1e-6)
     assert not reference.requires_grad
+    unfolded = reference_errors(loaded.denoiser, loaded, inputs, noise, levels)
+    torch.testing.assert_close(unfolded, base)
+    assert not unfolded.requires_grad and not unfolded.is_inference(), "an ordinary tensor for the loss"
     trainable = [p for p in loaded.denoiser.parameters() if p.requires_grad]
     folded_grads = torch.autograd.grad(policy.sum(), trainable)
     separate_grads = torch.autograd.grad(separate.sum(), trainable)
