@@ -25,6 +25,7 @@ from peft.tuners.lora import Linear as PeftLoraLinear
 from bench.floor_batch import load_floor
 from trainer.compiling import compile_blocks
 from trainer.fast_floor import adamw_options, channels_last_pays
+from trainer.lora import lora_switched_off
 from trainer.lora_linear import FusedLoraLinear
 
 Step = Callable[[], None]
@@ -40,7 +41,12 @@ def time_variants(config: dict[str, Any]) -> list[dict[str, Any]]:
     latents, cond, levels, geometry = floor.latents, floor.cond, floor.levels, floor.geometry
     cuda = device.type == "cuda"
 
-    def pass_of(model: Any, *, bf16: bool = cuda, doubled: bool = False, reference: bool = False) -> Step:
+    def pass_of(
+        model: Any, *, bf16: bool = cuda, doubled: bool = False, reference: str | None = None
+    ) -> Step:
+        """A policy forward + backward; `reference` adds DPO's gradient-free base-model pass, switched
+        the trainer's way ("flags": trainer.lora.lora_switched_off in inference mode) or peft's
+        ("peft": disable_adapters() under no_grad)."""
         x, c, t, g = latents, cond, levels, geometry
         if doubled:
             x, c, t = x.repeat(2, 1, 1, 1), c.repeat(2), t.repeat(2)
@@ -49,7 +55,10 @@ def time_variants(config: dict[str, Any]) -> list[dict[str, Any]]:
         def step() -> None:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 pred = family.predict(model, x, t, c, g)
-                if reference:
+                if reference == "flags":
+                    with torch.inference_mode(), lora_switched_off(model):
+                        family.predict(model, x, t, c, g)
+                elif reference == "peft":
                     model.disable_adapters()
                     with torch.no_grad():
                         family.predict(model, x, t, c, g)
@@ -71,7 +80,8 @@ def time_variants(config: dict[str, Any]) -> list[dict[str, Any]]:
     layout.to(memory_format=torch.channels_last)
     variants["channels_last"] = pass_of(layout)
     variants["floor + optimizer"] = _with_optimizer(variants["floor"], denoiser)
-    variants["dpo: separate ref"] = pass_of(denoiser, reference=True)
+    variants["dpo: separate ref"] = pass_of(denoiser, reference="flags")
+    variants["dpo: separate, peft switch"] = pass_of(denoiser, reference="peft")
     variants["dpo: folded ref"] = pass_of(denoiser, doubled=True)
     compile_s = None
     if config.get("compile"):

@@ -204,6 +204,7 @@ def test_the_variants_bench_times_every_variant_against_the_floor(tiny_sdxl: Pat
         "channels_last",
         "floor + optimizer",
         "dpo: separate ref",
+        "dpo: separate, peft switch",
         "dpo: folded ref",
     ]
     assert all(row["step_ms"] > 0 for row in rows)
