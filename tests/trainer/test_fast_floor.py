@@ -209,3 +209,15 @@ def test_the_variants_bench_times_every_variant_against_the_floor(tiny_sdxl: Pat
         "dpo: folded ref",
     ]
     assert all(row["step_ms"] > 0 for row in rows)
+
+
+def test_the_update_bench_times_every_adamw_of_the_trainer_s_lora(tiny_sdxl: Path) -> None:
+    from bench.lora_update import IMPLEMENTATIONS, lora_parameters, time_updates
+
+    params = lora_parameters(str(tiny_sdxl))
+    assert params and all(p.requires_grad for p in params)
+    before = [p.detach().clone() for p in params]
+    medians = time_updates(params, rounds=1, steps=2)
+    assert list(medians) == [*IMPLEMENTATIONS, "clip only"]
+    assert all(seconds > 0 for seconds in medians.values())
+    assert any(not torch.equal(p, b) for p, b in zip(params, before, strict=True)), "the updates ran"
