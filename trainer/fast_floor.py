@@ -47,6 +47,22 @@ def adamw_options(trainable: Sequence[torch.nn.Parameter]) -> dict[str, Any]:
     return {"foreach": True}
 
 
+def reapply_adamw_options(optimizer: Any) -> None:
+    """Give every parameter group of a loaded optimizer the options `adamw_options` picks for it now.
+
+    Loading a state dict puts the saved groups back, options included, so a checkpoint of a foreach run
+    (every one written before AdamW was fused on the CPU) would otherwise resume foreach. The fused
+    kernel keeps each parameter's step count as a float32 tensor on the parameter's device."""
+    for group in optimizer.param_groups:
+        group.update({"foreach": None, "fused": None, **adamw_options(group["params"])})
+        if not group["fused"]:
+            continue
+        for param in group["params"]:
+            state = optimizer.state.get(param)
+            if state and torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].to(param.device, torch.float32)
+
+
 def non_sdpa_processors(denoiser: torch.nn.Module) -> list[str]:
     """Attention layers whose processor does not call torch's scaled_dot_product_attention (diffusers
     names those processors ...2_0 or, for SD3/FLUX, JointAttnProcessor2_0 / FluxAttnProcessor...)."""

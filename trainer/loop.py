@@ -23,6 +23,7 @@ from trainer.compiling import CompilePlan, compile_blocks
 from trainer.errors import CheckpointError, NonFiniteLossError
 from trainer.events import Artifact, Checkpoint, Compile, Event, Finished, Started, Step
 from trainer.export import save_diffusers_lora, save_kohya_lora
+from trainer.fast_floor import reapply_adamw_options
 from trainer.objective import prepare_inputs, read_terms, training_terms
 from trainer.session import TrainingSession, open_session
 from trainer.spec import TrainSpec
@@ -247,6 +248,7 @@ def _resume(session: TrainingSession, output_dir: Path) -> int:
         return 0
     step, path = latest
     session.accelerator.load_state(str(path / "state"))
+    reapply_adamw_options(session.optimizer)
     session.last_checkpoint_step = step
     return min(step, session.spec.max_train_steps)
 

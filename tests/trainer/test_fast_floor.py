@@ -19,8 +19,9 @@ from trainer.fast_floor import (
     fold_reference_pays,
     non_sdpa_processors,
     prepare_denoiser,
+    reapply_adamw_options,
 )
-from trainer.loop import train
+from trainer.loop import _resume, train
 from trainer.lora import attach_lora, lora_masked
 from trainer.objective import PairInputs, denoising_errors, folded_errors, reference_errors
 from trainer.session import open_session
@@ -97,29 +98,47 @@ def test_adamw_is_fused_on_cuda_and_foreach_across_devices() -> None:
     assert adamw_options(mixed) == {"foreach": True}
 
 
-def test_fused_adamw_takes_the_steps_of_the_foreach_one_and_resumes_its_state() -> None:
-    """Checkpoints written by the foreach AdamW of earlier versions resume under the fused one."""
+def test_a_foreach_optimizer_state_resumes_fused_and_takes_the_same_steps() -> None:
+    """Checkpoints written by the foreach AdamW of earlier versions: loading one puts its groups' options
+    back (foreach), so the trainer re-applies its own after the load."""
     torch.manual_seed(0)
     start = [torch.randn(8, 4), torch.randn(4)]
     grads = [[torch.randn_like(p) for p in start] for _ in range(4)]
 
-    def run(options: dict[str, bool], steps: range, state: dict | None = None) -> tuple[list, dict]:
-        params = [torch.nn.Parameter(p.clone()) for p in start]
-        optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=1e-2, **options)
-        if state is not None:
-            params[0].data, params[1].data = state["params"]
-            optimizer.load_state_dict(state["optimizer"])
-        for step in steps:
+    def steps(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], which: range) -> None:
+        for step in which:
             for p, g in zip(params, grads[step], strict=True):
                 p.grad = g.clone()
             optimizer.step()
-        return params, {"params": [p.detach().clone() for p in params], "optimizer": optimizer.state_dict()}
 
-    foreach_all, _ = run({"foreach": True}, range(4))
-    _, halfway = run({"foreach": True}, range(2))
-    fused_rest, _ = run({"fused": True}, range(2, 4), state=halfway)
-    for a, b in zip(fused_rest, foreach_all, strict=True):
+    straight = [torch.nn.Parameter(p.clone()) for p in start]
+    steps(torch.optim.AdamW(straight, lr=1e-2, weight_decay=1e-2, foreach=True), straight, range(4))
+    old = [torch.nn.Parameter(p.clone()) for p in start]
+    old_optimizer = torch.optim.AdamW(old, lr=1e-2, weight_decay=1e-2, foreach=True)
+    steps(old_optimizer, old, range(2))
+
+    resumed = [torch.nn.Parameter(p.detach().clone()) for p in old]
+    optimizer = torch.optim.AdamW(resumed, lr=1e-2, weight_decay=1e-2, **adamw_options(resumed))
+    optimizer.load_state_dict(old_optimizer.state_dict())
+    assert optimizer.param_groups[0]["foreach"] is True, "what loading alone leaves"
+    reapply_adamw_options(optimizer)
+    assert optimizer.param_groups[0]["fused"] is True and not optimizer.param_groups[0]["foreach"]
+    steps(optimizer, resumed, range(2, 4))
+    for a, b in zip(resumed, straight, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_resumed_run_updates_with_the_fused_adamw(
+    tiny_sdxl: Path, color_pairs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = tiny_spec(tiny_sdxl, max_train_steps=2, gradient_accumulation_steps=1, checkpoint_every_n_steps=2)
+    with monkeypatch.context() as old_version:
+        old_version.setattr("trainer.session.adamw_options", lambda params: {"foreach": True})
+        train(spec, color_pairs, tmp_path, on_event=lambda event: None)
+    session = open_session(spec.model_copy(update={"max_train_steps": 3}), color_pairs, tmp_path)
+    assert _resume(session, tmp_path) == 2, "resumed from the foreach run's checkpoint"
+    group = session.optimizer.param_groups[0]
+    assert group["fused"] is True and not group["foreach"]
 
 
 def test_the_session_builds_a_fused_adamw_on_the_cpu(
@@ -127,7 +146,7 @@ def test_the_session_builds_a_fused_adamw_on_the_cpu(
 ) -> None:
     session = open_session(tiny_spec(tiny_sdxl), color_pairs, tmp_path / "plain")
     assert session.lora_denoiser._compiled_call_impl is None, "compiling is the loop's decision"
-    assert session.optimizer.optimizer.defaults["fused"] is True
+    assert session.optimizer.param_groups[0]["fused"] is True
 
 
 def test_accumulated_steps_report_the_mean_of_their_micro_steps(
