@@ -66,6 +66,9 @@ def lora_switched_off(module: torch.nn.Module) -> Iterator[None]:
     requires_grad on every LoRA weight, off and back on, which took 7 ms of each DPO step on the small
     SDXL UNet (docs/benchmarks.md); the passes this serves run without gradients, so that is not needed."""
     layers = [layer for layer in module.modules() if isinstance(layer, LoraLayer)]
+    if any(layer.merged for layer in layers):
+        # peft's forward would unmerge a switched-off merged layer in place, in whatever mode the pass runs.
+        raise ValueError("cannot switch off a merged LoRA: unmerge it first")
     layers = [layer for layer in layers if not layer.disable_adapters]
     for layer in layers:
         layer._disable_adapters = True

@@ -21,7 +21,8 @@ from trainer.events import Compile, Event, Finished, Step, from_dict, to_dict
 from trainer.families.base import ImageGeometry
 from trainer.families.registry import load_family
 from trainer.loop import train
-from trainer.lora import attach_lora
+from trainer.lora import attach_lora, lora_switched_off
+from trainer.objective import PairInputs, denoising_errors, reference_errors
 from trainer.spec import TrainSpec
 
 CPU = torch.device("cpu")
@@ -140,6 +141,34 @@ def test_a_job_told_to_compile_trains_evaluates_and_exports(
     assert compiles == [Compile(step=0, compiled=True, reason="the spec asks for it")]
     assert [e.step for e in events if isinstance(e, Step)] == [1, 2, 3]
     assert isinstance(events[-1], Finished) and result.adapter_path is not None
+
+
+def test_the_separate_reference_pass_through_compiled_blocks_is_the_base_model(tiny_sdxl: Path) -> None:
+    """DPO's reference pass beside the policy's (CUDA, gradient checkpointing, larger latents on the
+    CPU) runs the compiled blocks in inference mode with the LoRA switched off, between policy passes
+    that need gradients."""
+    family = load_family(str(tiny_sdxl), device=CPU, weight_dtype=torch.float32)
+    attach_lora(family.denoiser, rank=4, alpha=4.0, dropout=0.0, targets=list(family.default_lora_targets))
+    denoiser = family.denoiser
+    generator = torch.Generator().manual_seed(0)
+    for name, param in denoiser.named_parameters():
+        if "lora_B" in name:
+            param.data = 0.5 * torch.randn(param.shape, generator=generator)
+    latents = torch.randn(4, denoiser.config.in_channels, 4, 4, generator=generator)
+    inputs = PairInputs(latents, family.encode_prompts(["a", "b"]), ImageGeometry.uncropped(2, 32))
+    noise = torch.randn(2, *latents.shape[1:], generator=generator)
+    levels = torch.tensor([10, 700])
+    with torch.no_grad(), lora_switched_off(denoiser):
+        base = denoising_errors(denoiser, family, inputs, noise=noise, levels=levels)
+    policy = denoising_errors(denoiser, family, inputs, noise=noise, levels=levels).detach()
+    assert not torch.allclose(policy, base, rtol=1e-3), "the LoRA must matter for this to test anything"
+    compile_blocks(denoiser)
+    for _ in range(2):
+        compiled_policy = denoising_errors(denoiser, family, inputs, noise=noise, levels=levels)
+        compiled_policy.sum().backward()
+        reference = reference_errors(denoiser, family, inputs, noise, levels)
+        torch.testing.assert_close(reference, base, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(compiled_policy.detach(), policy, rtol=1e-4, atol=1e-6)
 
 
 def test_a_short_auto_job_says_why_it_stays_eager(tiny_sdxl: Path, color_pairs: Path, tmp_path: Path) -> None:

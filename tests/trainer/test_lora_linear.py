@@ -178,11 +178,11 @@ def test_switched_off_the_model_is_its_base_and_every_lora_weight_stays_trainabl
         base = stock(x)
         with lora_switched_off(fused):
             switched = fused(x)
+            trainable_inside = [p for p in fused.parameters() if p.requires_grad]
     assert not torch.allclose(with_lora, base), "the LoRA must change the output for this to test anything"
     torch.testing.assert_close(switched, base)
     torch.testing.assert_close(fused(x), with_lora, msg="back on after the block")
-    trainable = [p for p in fused.parameters() if p.requires_grad]
-    assert len(trainable) == 4, "both layers' A and B"
+    assert len(trainable_inside) == 4, "both layers' A and B stay trainable while switched off"
 
 
 def test_switching_off_leaves_a_layer_that_was_off_before_off_after() -> None:
@@ -195,3 +195,7 @@ def test_switching_off_leaves_a_layer_that_was_off_before_off_after() -> None:
     with pytest.raises(RuntimeError, match="inside"), lora_switched_off(fused):
         raise RuntimeError("inside")
     assert not fused.to_out.disable_adapters, "back on after an exception too"
+    fused.to_out.merge()
+    with pytest.raises(ValueError, match="merged"), lora_switched_off(fused):
+        pass
+    assert not fused.to_out.disable_adapters, "a refused switch changes nothing"
