@@ -3,8 +3,9 @@
 The cache stores each image's latent *distribution* (mean and std) rather than one sample, and draws a
 fresh sample every step, so cached training sees the same latent noise as uncached training. With hflip,
 both the image and its mirror are encoded; crops are center crops (spec forbids random_crop with cache).
-Images and prompts are encoded in batches of ENCODE_BATCH. Preference masks are not encoded: each is
-area-averaged onto the latent grid once (per flip) and kept beside the latents.
+Images go through the VAE a bounded number of pixels per call (ENCODE_PIXELS), prompts through the text
+encoders PROMPT_BATCH at a time. Preference masks are not encoded: each is area-averaged onto the latent
+grid once (per flip) and kept beside the latents.
 """
 
 from __future__ import annotations
@@ -24,15 +25,36 @@ from trainer.dataset_format import PairRecord
 from trainer.families.base import Conditioning, ModelFamily
 from trainer.masks import latent_grid_mask
 
-ENCODE_BATCH = 8
+# Pixels per VAE call while caching, by device type. Building the cache set a job's peak memory: 32
+# images of 128 px a call raised the small SDXL job's peak RSS by 340 MB, its training steps by 210.
+# On the CPU, 4 such images a call (a pair and its mirror) encoded 64 pairs fastest and with a quarter of
+# that memory (docs/benchmarks.md, "Building the cache"); on CUDA a bigger call keeps the GPU busy, and
+# two 1024 px images are about what the training step itself holds in activations.
+ENCODE_PIXELS = {"cpu": 4 * 128 * 128, "cuda": 2 * 1024 * 1024}
+PROMPT_BATCH = 8
 CacheProgress = Callable[[int, int], None]  # pairs encoded, pairs in all
 
 
+def images_per_call(device: torch.device, resolution: int) -> int:
+    """How many `resolution`-px images one VAE call encodes on `device`: its pixel budget's worth, at
+    least one. Devices without a budget of their own get the CPU's."""
+    if resolution < 1:
+        raise ValueError(f"resolution must be positive, not {resolution}")
+    budget = ENCODE_PIXELS.get(device.type, ENCODE_PIXELS["cpu"])
+    return max(1, budget // (resolution * resolution))
+
+
 @torch.no_grad()
-def encode_pixels(vae: AutoencoderKL, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 3, R, R) pixels in [-1, 1] -> latent mean and std, each (N, C, R/f, R/f), float32."""
-    dist = vae.encode(pixels.to(vae.device, torch.float32)).latent_dist
-    return dist.mean, dist.std
+def encode_pixels(
+    vae: AutoencoderKL, pixels: torch.Tensor, *, per_call: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 3, R, R) pixels in [-1, 1] -> latent mean and std, each (N, C, R/f, R/f), float32; at most
+    `per_call` images per VAE call (all N at once without it)."""
+    chunks = torch.split(pixels, per_call) if per_call is not None else (pixels,)
+    dists = [vae.encode(chunk.to(vae.device, torch.float32)).latent_dist for chunk in chunks]
+    if len(dists) == 1:
+        return dists[0].mean, dists[0].std
+    return torch.cat([d.mean for d in dists]), torch.cat([d.std for d in dists])
 
 
 def sample_latents(family: ModelFamily, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -62,16 +84,20 @@ def build_cache(
     *,
     on_progress: CacheProgress | None = None,
 ) -> LatentCache:
-    """Encode every pair (and its mirror when hflip) and every prompt once, ENCODE_BATCH pairs at a time."""
+    """Encode every pair (and its mirror when hflip) and every prompt once: as many pairs at a time as
+    fill one VAE call's pixel budget, a pair's images split over calls where they exceed it."""
     flips = (False, True) if augment.hflip else (False,)
+    per_call = images_per_call(family.vae.device, augment.resolution)
+    pairs_per_chunk = max(1, per_call // (2 * len(flips)))
     means: list[torch.Tensor] = []
     stds: list[torch.Tensor] = []
     sizes, crops = [], []
     masks: list[torch.Tensor | None] = []
-    for start in range(0, len(pairs), ENCODE_BATCH):
-        chunk = pairs[start : start + ENCODE_BATCH]
+    for start in range(0, len(pairs), pairs_per_chunk):
+        chunk = pairs[start : start + pairs_per_chunk]
         images = [_pair_images(root, pair, augment, flips) for pair in chunk]
-        mean, std = encode_pixels(family.vae, torch.stack([im.pixels for row in images for im in row]))
+        pixels = torch.stack([im.pixels for row in images for im in row])
+        mean, std = encode_pixels(family.vae, pixels, per_call=per_call)
         per_pair = (len(chunk), len(flips), 2, *mean.shape[1:])
         means += list(mean.cpu().reshape(per_pair).unbind(0))
         stds += list(std.cpu().reshape(per_pair).unbind(0))
@@ -131,10 +157,10 @@ def _pair_images(
 
 
 def encode_all_prompts(family: ModelFamily, prompts: list[str]) -> Conditioning:
-    """The conditioning of every prompt, encoded ENCODE_BATCH at a time, on the CPU."""
+    """The conditioning of every prompt, encoded PROMPT_BATCH at a time, on the CPU."""
     parts = [
-        family.encode_prompts(prompts[i : i + ENCODE_BATCH]).to(torch.device("cpu"))
-        for i in range(0, len(prompts), ENCODE_BATCH)
+        family.encode_prompts(prompts[i : i + PROMPT_BATCH]).to(torch.device("cpu"))
+        for i in range(0, len(prompts), PROMPT_BATCH)
     ]
     return Conditioning.cat(parts)
 

@@ -13,7 +13,7 @@ import torch
 
 from trainer import losses
 from trainer.batch import PairBatch
-from trainer.encoding import encode_pixels, sample_latents
+from trainer.encoding import encode_pixels, images_per_call, sample_latents
 from trainer.families.base import Conditioning, ImageGeometry, ModelFamily
 from trainer.fast_floor import fold_reference_pays
 from trainer.lora import frozen_dtype, lora_masked, lora_switched_off
@@ -38,7 +38,8 @@ def prepare_inputs(family: ModelFamily, batch: PairBatch, resolution: int) -> Pa
         mean, std, conditioning = batch.latent_mean, batch.latent_std, batch.conditioning
     else:
         assert batch.pixels is not None, "a batch holds pixels or cached latents"
-        mean, std = encode_pixels(family.vae, batch.pixels)
+        per_call = images_per_call(family.vae.device, resolution)
+        mean, std = encode_pixels(family.vae, batch.pixels, per_call=per_call)
         conditioning = family.encode_prompts(batch.prompts)
     geometry = ImageGeometry(batch.original_sizes, batch.crop_top_lefts, resolution)
     latents = sample_latents(family, mean, std)
