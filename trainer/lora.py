@@ -57,6 +57,11 @@ def frozen_dtype(module: torch.nn.Module) -> torch.dtype:
     return next(p for p in module.parameters() if not p.requires_grad).dtype
 
 
+def lora_layers(module: torch.nn.Module) -> list[LoraLayer]:
+    """Every peft LoRA layer inside `module`, in module order."""
+    return [layer for layer in module.modules() if isinstance(layer, LoraLayer)]
+
+
 @contextmanager
 def lora_switched_off(module: torch.nn.Module) -> Iterator[None]:
     """Within the block, `module` is its base model: every LoRA layer that was on passes its input through
@@ -65,7 +70,7 @@ def lora_switched_off(module: torch.nn.Module) -> Iterator[None]:
     It flips each layer's own switch. peft's `disable_adapters()` / `enable_adapters()` also set
     requires_grad on every LoRA weight, off and back on, which took 7 ms of each DPO step on the small
     SDXL UNet (docs/benchmarks.md); the passes this serves run without gradients, so that is not needed."""
-    layers = [layer for layer in module.modules() if isinstance(layer, LoraLayer)]
+    layers = lora_layers(module)
     if any(layer.merged for layer in layers):
         # peft's forward would unmerge a switched-off merged layer in place, in whatever mode the pass runs.
         raise ValueError("cannot switch off a merged LoRA: unmerge it first")
@@ -87,7 +92,7 @@ def lora_masked(module: torch.nn.Module, keep: torch.Tensor) -> Iterator[None]:
     def mask(layer: torch.nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
         return masked_items(output, keep, items=output.shape[0])
 
-    layers = [layer for layer in module.modules() if isinstance(layer, LoraLayer)]
+    layers = lora_layers(module)
     fused = [layer for layer in layers if isinstance(layer, FusedLoraLinear)]
     # Fused layers mask their rank-wide product themselves; a hook on lora_B would send them to peft's path.
     handles = [
