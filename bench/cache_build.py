@@ -19,31 +19,35 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _measure(config: dict[str, Any]) -> dict[str, float]:
     """One setting, in this process: the budget is set for the build and put back after it."""
     import torch
 
-    import trainer.encoding as encoding
+    from trainer import encoding
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolution, images = config["resolution"], config["images"]
     default = encoding.ENCODE_PIXELS[device.type]
-    if images is not None:
-        encoding.ENCODE_PIXELS[device.type] = images * resolution * resolution
+    if config["images"] is not None:
+        encoding.ENCODE_PIXELS[device.type] = config["images"] * config["resolution"] ** 2
     try:
-        return _build(encoding, device, config)
+        return _build(device, config)
     finally:
         encoding.ENCODE_PIXELS[device.type] = default
 
 
-def _build(encoding: Any, device: Any, config: dict[str, Any]) -> dict[str, float]:
+def _build(device: torch.device, config: dict[str, Any]) -> dict[str, float]:
+    """Seconds and peak memory of building the cache of `config`'s pairs, after a one-pair warm-up."""
     import torch
 
     from bench.trainer_step import _dataset, _model
     from trainer.data import Augment, load_pairs
+    from trainer.encoding import build_cache, images_per_call
     from trainer.families.registry import load_family
 
     resolution = config["resolution"]
@@ -51,18 +55,18 @@ def _build(encoding: Any, device: Any, config: dict[str, Any]) -> dict[str, floa
     root = _dataset(resolution, config["pairs"])
     pairs = load_pairs(root)
     augment = Augment(resolution, random_crop=False, hflip=True)
-    encoding.build_cache(family, root, pairs[:1], augment)  # warm-up: first-call allocations, thread pools
+    build_cache(family, root, pairs[:1], augment)  # warm-up: first-call allocations, thread pools
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    encoding.build_cache(family, root, pairs, augment)
+    build_cache(family, root, pairs, augment)
     seconds = time.perf_counter() - started
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
-    return {"seconds": seconds, "peak_mb": peak, "per_call": encoding.images_per_call(device, resolution)}
+    return {"seconds": seconds, "peak_mb": peak, "per_call": images_per_call(device, resolution)}
 
 
 def main() -> None:

@@ -26,17 +26,27 @@ class Floor:
     geometry: ImageGeometry
 
 
-def load_floor(config: dict[str, Any], device: torch.device) -> Floor:
-    """`config["model"]` loaded on `device` (bf16 weights on CUDA, fp32 elsewhere), with the batch at
-    `config["resolution"]`; `config["gradient_checkpointing"]` turns it on."""
-    from trainer.families.base import ImageGeometry
+def load_with_lora(model: str, device: torch.device) -> ModelFamily:
+    """`model` loaded on `device` (bf16 weights on CUDA, fp32 elsewhere), its denoiser with the benches'
+    LoRA: rank 4, the family's default targets, no dropout."""
     from trainer.families.registry import load_family
     from trainer.lora import attach_lora
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    family = load_family(config["model"], device=device, weight_dtype=dtype)
+    family = load_family(model, device=device, weight_dtype=dtype)
+    attach_lora(family.denoiser, rank=4, alpha=4, dropout=0.0, targets=list(family.default_lora_targets))
+    return family
+
+
+def load_floor(config: dict[str, Any], device: torch.device) -> Floor:
+    """`config["model"]` loaded with LoRA (`load_with_lora`), with the batch at `config["resolution"]`;
+    `config["gradient_checkpointing"]` turns it on."""
+    from trainer.families.base import ImageGeometry
+    from trainer.lora import frozen_dtype
+
+    family = load_with_lora(config["model"], device)
     denoiser = family.denoiser
-    attach_lora(denoiser, rank=4, alpha=4, dropout=0.0, targets=list(family.default_lora_targets))
+    dtype = frozen_dtype(denoiser)  # the base weights' dtype, which the inputs take
     if config.get("gradient_checkpointing"):
         denoiser.enable_gradient_checkpointing()
     denoiser.train()

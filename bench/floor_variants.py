@@ -79,9 +79,8 @@ def time_variants(config: dict[str, Any]) -> list[dict[str, Any]]:
     layout = copy.deepcopy(denoiser)
     layout.to(memory_format=torch.channels_last)
     variants["channels_last"] = pass_of(layout)
-    trainable = [p for p in denoiser.parameters() if p.requires_grad]
-    variants["floor + update"] = _with_update(variants["floor"], denoiser, adamw_options(trainable))
-    variants["floor + update, foreach"] = _with_update(variants["floor"], denoiser, {"foreach": True})
+    variants["floor + update"] = _with_update(variants["floor"], denoiser)
+    variants["floor + update, foreach"] = _with_update(variants["floor"], denoiser, foreach=True)
     variants["dpo: separate ref"] = pass_of(denoiser, reference="flags")
     variants["dpo: separate, peft switch"] = pass_of(denoiser, reference="peft")
     variants["dpo: folded ref"] = pass_of(denoiser, doubled=True)
@@ -136,10 +135,11 @@ def _with_bf16_fpmath(step: Step) -> Step:
     return run
 
 
-def _with_update(step: Step, denoiser: torch.nn.Module, options: dict[str, Any]) -> Step:
-    """The floor plus the update the trainer runs after it: gradient clipping, AdamW with `options`
-    (the trainer's are `adamw_options`: fused on the CPU and CUDA) and zero_grad(set_to_none)."""
+def _with_update(step: Step, denoiser: torch.nn.Module, *, foreach: bool = False) -> Step:
+    """The floor plus the update the trainer runs after it: gradient clipping, AdamW with the trainer's
+    options (`adamw_options`: fused on the CPU and CUDA) or foreach, and zero_grad(set_to_none)."""
     trainable = [p for p in denoiser.parameters() if p.requires_grad]
+    options = {"foreach": True} if foreach else adamw_options(trainable)
     optimizer = torch.optim.AdamW(trainable, lr=1e-4, **options)
 
     def run() -> None:

@@ -4,8 +4,8 @@
     python -m bench.lora_update --model PATH --rounds 20 --steps 50
 
 Times the update the trainer runs once per optimizer step (gradient clipping to norm 1, AdamW, then
-zero_grad(set_to_none)) over the trainable parameters of the LoRA the trainer attaches (rank 4, the
-family's default targets), with random gradients in place of a backward, so nothing else is in the
+zero_grad(set_to_none)) over the trainable parameters of the benches' LoRA (bench/floor_batch.py: rank
+4, the family's default targets), with random gradients in place of a backward, so nothing else is in the
 figure. AdamW's fused, foreach and for-loop implementations run interleaved, a round each in turn, and
 the table gives the median of the rounds' medians. The trainer picks with `trainer.fast_floor.adamw_options`.
 """
@@ -50,13 +50,11 @@ def time_updates(params: list[torch.nn.Parameter], *, rounds: int, steps: int) -
 
 
 def lora_parameters(model: str) -> list[torch.nn.Parameter]:
-    """The trainable parameters of the trainer's LoRA on `model`'s denoiser."""
-    from trainer.families.registry import load_family
-    from trainer.lora import attach_lora, trainable_parameters
+    """The trainable parameters of the benches' LoRA (bench.floor_batch) on `model`'s denoiser, on the CPU."""
+    from bench.floor_batch import load_with_lora
+    from trainer.lora import trainable_parameters
 
-    family = load_family(model, device=torch.device("cpu"), weight_dtype=torch.float32)
-    attach_lora(family.denoiser, rank=4, alpha=4, dropout=0.0, targets=list(family.default_lora_targets))
-    return trainable_parameters(family.denoiser)
+    return trainable_parameters(load_with_lora(model, torch.device("cpu")).denoiser)
 
 
 def main() -> None:
