@@ -87,7 +87,7 @@ def time_variants(config: dict[str, Any]) -> list[dict[str, Any]]:
     compile_s = None
     if config.get("compile"):
         compiled = copy.deepcopy(denoiser)
-        compile_blocks(compiled)
+        compile_blocks(compiled, family.repeated_block_names())
         started = time.perf_counter()
         pass_of(compiled)()  # the first call compiles
         compile_s = time.perf_counter() - started

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from bench.shape_jobs import JobSettings, judge_base, pretrained_base, run_job
+from trainer.families import FAMILIES
 from trainer.spec import Method
 from trainer.synthetic.shape_preferences import PREFERRED_COLOUR, prefer_red_pairs, write_dataset
 from trainer.synthetic.shape_samples import Judged, contact_sheet, every_caption_drawing
@@ -38,7 +39,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sheet", type=Path, default=None, help="save before/after images here (PNG)")
-    parser.add_argument("--family", default="sdxl", choices=["sd", "sdxl", "sd3", "flux"])
+    parser.add_argument("--family", default="sdxl", choices=sorted(FAMILIES))
     parser.add_argument("--methods", nargs="+", default=["mapo"], choices=["mapo", "dpo", "sft"])
     parser.add_argument("--margin-scale", type=float, default=None, help="MaPO's T (default: the family's)")
     parser.add_argument("--beta-dpo", type=float, default=None, help="DPO's beta (default: the family's)")

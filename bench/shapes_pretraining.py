@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from bench.shape_jobs import pipeline
-from trainer.synthetic.base_models import shipped_base_models
+from trainer.families import FAMILIES
+from trainer.synthetic.base_models import SHIPPED, shipped_base_models
 from trainer.synthetic.shape_samples import caption_accuracy, contact_sheet, every_caption_drawing, judge
 from trainer.synthetic.tiny import build_tiny_pipeline
 
@@ -26,6 +27,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--sheet", type=Path, default=None)
+    parser.add_argument(
+        "--families", nargs="+", default=sorted(set(SHIPPED.values())), choices=sorted(FAMILIES)
+    )
+    parser.add_argument(
+        "--sheet-family", default="sdxl", choices=sorted(FAMILIES), help="whose images to sheet"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)  # the CPU is shared; one thread wastes no time waiting for another
     shipped = shipped_base_models()
@@ -33,7 +40,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     sheet = []
     with tempfile.TemporaryDirectory() as scratch:
-        for family in ("sd", "sdxl"):
+        for family in sorted(args.families):
             models = {
                 f"tiny-{family} (random)": build_tiny_pipeline(family, Path(scratch) / family),
                 f"shapes-{family}": Path(shipped[f"shapes-{family}"]),
@@ -47,7 +54,7 @@ def main() -> None:
                 a = caption_accuracy(judged)
                 cells = " | ".join(f"{a[k]:.3f}" for k in ("kind", "colour", "background", "all"))
                 print(f"| {family} | {name} | {cells} |")
-                if family == "sdxl":
+                if family == args.sheet_family:
                     sheet += [item.image for item in judged[:27]]
     if args.sheet:
         contact_sheet(sheet, columns=9).save(args.sheet)

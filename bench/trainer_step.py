@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import resource
 import statistics
@@ -35,14 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.floor_variants import print_variants
+from trainer.families import FAMILIES
 
 # Keyed by the tiny-model builder's source, so a change to it never benchmarks a stale model.
-_BUILDERS = [
-    Path(__file__).resolve().parents[1] / "trainer" / "synthetic" / f for f in ("tiny.py", "tiny_flow.py")
-]
+_BUILDERS = sorted((Path(__file__).resolve().parents[1] / "trainer" / "synthetic").glob("tiny*.py"))
 _BUILDER_HASH = hashlib.sha256(b"".join(p.read_bytes() for p in _BUILDERS)).hexdigest()[:10]
 WORK = Path(tempfile.gettempdir()) / f"mapo-bench-{_BUILDER_HASH}"
-FULL_BUILDERS = {"sdxl": "bench.full_sdxl", "flux": "bench.full_flux"}
 METHODS = ("mapo", "dpo", "sft")
 CACHE_CHOICES = {"both": (False, True), "on": (True,), "off": (False,)}
 # bf16 dense tensor-core peak (TFLOP/s) of the cards we are lent; the H200 has the H100's compute.
@@ -100,7 +99,7 @@ def main() -> None:
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["tiny", "small"], choices=["tiny", "small", "full"])
-    parser.add_argument("--families", nargs="+", default=["sdxl"], choices=["sd", "sdxl", "sd3", "flux"])
+    parser.add_argument("--families", nargs="+", default=["sdxl"], choices=sorted(FAMILIES))
     parser.add_argument("--resolutions", nargs="+", type=int, default=[64, 128])
     parser.add_argument("--steps", type=int, default=20, help="measured steps per configuration")
     parser.add_argument("--warmup", type=int, default=3, help="steps dropped before measuring")
@@ -115,11 +114,19 @@ def _parse() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def full_builder(family: str) -> str:
+    """The module that builds `family`'s real-size random pipeline: bench.full_<family>, where it exists."""
+    module = f"bench.full_{family}"
+    if importlib.util.find_spec(module) is None:
+        raise SystemExit(f"no real-size config for {family}: {module} does not exist")
+    return module
+
+
 def _model(family: str, preset: str) -> Path:
     path = WORK / f"{preset}-{family}"
     if preset == "full" and not (path / "model_index.json").is_file():
         # In a child, so this process never holds GPU memory the measured children could use.
-        subprocess.run([sys.executable, "-m", FULL_BUILDERS[family], str(path)], check=True)
+        subprocess.run([sys.executable, "-m", full_builder(family), str(path)], check=True)
     if not (path / "model_index.json").is_file():
         subprocess.run(
             [

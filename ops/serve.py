@@ -1,16 +1,16 @@
 """`mapo serve`: the embedded single-machine service in the foreground.
 
 SQLite, local storage and kombu's filesystem broker, all under MAPO_DATA_DIR (default ./mapo-data). It
-migrates the database, builds the offline tiny models on first start (allowed as `tiny-sd`,
-`tiny-sdxl`, `tiny-sd3` and `tiny-flux` beside the shipped pre-trained `shapes-*` bases and the operator's
-MAPO_BASE_MODELS), prints a first API key, then supervises two child processes: the API (uvicorn) and
-one Celery worker. A worker that dies is restarted; if the API dies everything stops with exit code 1.
-SIGTERM/SIGINT stop both children and exit 0. The children never outlive the supervisor: each is asked
-(Linux's parent-death signal) to get SIGTERM when it dies, even by SIGKILL, so the worker still hands
-its job back. One instance per data directory (a lock file) and per port: a second one refuses to start.
-What it prints (ops/terminal.py): its own lines, a line per job start and end, and the children's errors;
-`--log-level` warning, info (one line per request) or debug (all of it, as the children write it) for more.
-"""
+migrates the database, builds the offline tiny models on first start (one per family, allowed as
+`tiny-<family>`: `tiny-sd`, `tiny-flux`, ... beside the shipped pre-trained `shapes-*` bases and the
+operator's MAPO_BASE_MODELS), prints a first API key, then supervises two child processes: the API
+(uvicorn) and one Celery worker. A worker that dies is restarted; if the API dies everything stops with
+exit code 1. SIGTERM/SIGINT stop both children and exit 0. The children never outlive the supervisor: each
+is asked (Linux's parent-death signal) to get SIGTERM when it dies, even by SIGKILL, so the worker still
+hands its job back. One instance per data directory (a lock file) and per port: a second one refuses to
+start. What it prints (ops/terminal.py): its own lines, a line per job start and end, and the children's
+errors; `--log-level` warning, info (one line per request) or debug (all of it, as the children write it)
+for more."""
 
 from __future__ import annotations
 
@@ -39,9 +39,10 @@ from core.db import Database
 from core.settings import Settings
 from ops import admin
 from ops.terminal import DEFAULT_LOG_LEVEL, JobAnnouncer, relay, threshold, uvicorn_logging
+from trainer.families import FAMILIES
 from trainer.synthetic.base_models import shipped_base_models
 
-TINY_MODELS = {"tiny-sd": "sd", "tiny-sdxl": "sdxl", "tiny-sd3": "sd3", "tiny-flux": "flux"}
+TINY_MODELS = {f"tiny-{name}": name for name in FAMILIES}  # one random tiny model of every family
 BUILT_MARKER = ".mapo-built"
 FIRST_TENANT = "default"
 POLL_S = 0.5

@@ -30,6 +30,7 @@ from tests.support.databases import REDIS_ENV, postgres_server_url
 from tests.support.factories import TEST_PEPPER, create_dataset, create_job, create_tenant, store_demo_dataset
 from tests.support.specs import FAST_SPEC
 from tests.support.storage_backends import s3_settings
+from trainer.families import FAMILIES
 
 if TYPE_CHECKING:
     from tests.support.servers import PrivateRedis
@@ -161,31 +162,51 @@ def client(settings: Settings, database: Database) -> Iterator[TestClient]:
 
 
 @pytest.fixture(scope="session")
-def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from trainer.synthetic.tiny import build_tiny_pipeline  # torch loads only for tests that need a model
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """The session's tiny random pipeline of a family, built on first use."""
+    built: dict[str, Path] = {}
 
-    return build_tiny_pipeline("sd", tmp_path_factory.mktemp("tiny-sd"))
+    def tiny_model_of(family: str) -> Path:
+        from trainer.synthetic.tiny import build_tiny_pipeline  # torch loads only for tests that need it
+
+        if family not in built:
+            built[family] = build_tiny_pipeline(family, tmp_path_factory.mktemp(f"tiny-{family}"))
+        return built[family]
+
+    return tiny_model_of
+
+
+@pytest.fixture(scope="session", params=sorted(FAMILIES))
+def family_name(request: pytest.FixtureRequest) -> str:
+    """Every family by name: a test that takes it (or `tiny_model`) runs once per family."""
+    name: str = request.param
+    return name
 
 
 @pytest.fixture(scope="session")
-def tiny_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from trainer.synthetic.tiny import build_tiny_pipeline  # torch loads only for tests that need a model
-
-    return build_tiny_pipeline("sdxl", tmp_path_factory.mktemp("tiny-sdxl"))
-
-
-@pytest.fixture(scope="session")
-def tiny_sd3(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from trainer.synthetic.tiny import build_tiny_pipeline  # torch loads only for tests that need a model
-
-    return build_tiny_pipeline("sd3", tmp_path_factory.mktemp("tiny-sd3"))
+def tiny_model(tiny_models: Callable[[str], Path], family_name: str) -> Path:
+    """The tiny random pipeline of each family in turn (see `family_name`)."""
+    return tiny_models(family_name)
 
 
 @pytest.fixture(scope="session")
-def tiny_flux(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from trainer.synthetic.tiny import build_tiny_pipeline  # torch loads only for tests that need a model
+def tiny_sd(tiny_models: Callable[[str], Path]) -> Path:
+    return tiny_models("sd")
 
-    return build_tiny_pipeline("flux", tmp_path_factory.mktemp("tiny-flux"))
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tiny_models: Callable[[str], Path]) -> Path:
+    return tiny_models("sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3(tiny_models: Callable[[str], Path]) -> Path:
+    return tiny_models("sd3")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux(tiny_models: Callable[[str], Path]) -> Path:
+    return tiny_models("flux")
 
 
 @pytest.fixture

@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset", type=Path, required=True, help="dataset dir in the canonical layout")
     train.add_argument("--output", type=Path, required=True, help="output dir (same dir = resume)")
     train.set_defaults(handler=_train)
-    tiny = commands.add_parser("make-tiny-model", help="build an offline random-weight SD or SDXL pipeline")
+    tiny = commands.add_parser("make-tiny-model", help="build an offline random-weight pipeline of a family")
     tiny.add_argument("--family", choices=sorted(FAMILIES), default="sdxl")
     tiny.add_argument("--preset", choices=["tiny", "small"], default="tiny")
     tiny.add_argument("--out", type=Path, required=True)
@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_pretrain_parser(commands: Any) -> None:
     pretrain = commands.add_parser(
-        "pretrain-tiny", help="pre-train a tiny SD or SDXL pipeline to draw captioned shapes (CPU minutes)"
+        "pretrain-tiny", help="pre-train a tiny pipeline of a family to draw captioned shapes (CPU minutes)"
     )
     pretrain.add_argument("--family", choices=sorted(FAMILIES), default="sdxl")
     pretrain.add_argument("--out", type=Path, required=True)

@@ -34,21 +34,17 @@ COMPILE_SAVING = 0.05
 # 2 CPU cores (5.5 s warm); rounded up for bigger denoisers, whose distinct block shapes compile apart.
 COMPILE_COST_S = 60.0
 
-# diffusers names the blocks most denoisers repeat (ModelMixin._repeated_blocks); SD3's does not.
-UNDECLARED_REPEATED_BLOCKS = {"SD3Transformer2DModel": ("JointTransformerBlock",)}
 
-
-def repeated_blocks(denoiser: torch.nn.Module) -> list[torch.nn.Module]:
-    """The denoiser's modules of the classes it repeats (its transformer blocks)."""
-    kind = type(denoiser).__name__
-    names = set(getattr(denoiser, "_repeated_blocks", ()) or UNDECLARED_REPEATED_BLOCKS.get(kind, ()))
+def repeated_blocks(denoiser: torch.nn.Module, names: tuple[str, ...]) -> list[torch.nn.Module]:
+    """The denoiser's modules of the classes `names` (a family's `repeated_block_names()`)."""
     return [module for module in denoiser.modules() if type(module).__name__ in names]
 
 
-def compile_blocks(denoiser: torch.nn.Module) -> int:
-    """Compile the repeated blocks in place (the denoiser keeps its class, its state-dict keys and peft's
-    adapter switches); a denoiser without known blocks is compiled whole. Returns the blocks compiled."""
-    blocks = repeated_blocks(denoiser)
+def compile_blocks(denoiser: torch.nn.Module, names: tuple[str, ...]) -> int:
+    """Compile the repeated blocks of the classes `names` in place (the denoiser keeps its class, its
+    state-dict keys and peft's adapter switches); a denoiser without such blocks is compiled whole.
+    Returns the blocks compiled."""
+    blocks = repeated_blocks(denoiser, names)
     for block in blocks:
         block.compile()
     if not blocks:

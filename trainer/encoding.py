@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL
 from torch.utils.data import Dataset
 
 from trainer.batch import PairBatch
@@ -46,15 +45,15 @@ def images_per_call(device: torch.device, resolution: int) -> int:
 
 @torch.no_grad()
 def encode_pixels(
-    vae: AutoencoderKL, pixels: torch.Tensor, *, per_call: int | None = None
+    family: ModelFamily, pixels: torch.Tensor, *, per_call: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 3, R, R) pixels in [-1, 1] -> latent mean and std, each (N, C, R/f, R/f), float32; at most
     `per_call` images per VAE call (all N at once without it)."""
     chunks = torch.split(pixels, per_call) if per_call is not None else (pixels,)
-    dists = [vae.encode(chunk.to(vae.device, torch.float32)).latent_dist for chunk in chunks]
+    dists = [family.encode_pixels(chunk) for chunk in chunks]
     if len(dists) == 1:
-        return dists[0].mean, dists[0].std
-    return torch.cat([d.mean for d in dists]), torch.cat([d.std for d in dists])
+        return dists[0]
+    return torch.cat([mean for mean, _ in dists]), torch.cat([std for _, std in dists])
 
 
 def sample_latents(family: ModelFamily, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -97,7 +96,7 @@ def build_cache(
         chunk = pairs[start : start + pairs_per_chunk]
         images = [_pair_images(root, pair, augment, flips) for pair in chunk]
         pixels = torch.stack([im.pixels for row in images for im in row])
-        mean, std = encode_pixels(family.vae, pixels, per_call=per_call)
+        mean, std = encode_pixels(family, pixels, per_call=per_call)
         per_pair = (len(chunk), len(flips), 2, *mean.shape[1:])
         means += list(mean.cpu().reshape(per_pair).unbind(0))
         stds += list(std.cpu().reshape(per_pair).unbind(0))

@@ -63,17 +63,6 @@ def reapply_adamw_options(optimizer: Any) -> None:
                 state["step"] = state["step"].to(param.device, torch.float32)
 
 
-def non_sdpa_processors(denoiser: torch.nn.Module) -> list[str]:
-    """Attention layers whose processor does not call torch's scaled_dot_product_attention (diffusers
-    names those processors ...2_0 or, for SD3/FLUX, JointAttnProcessor2_0 / FluxAttnProcessor...)."""
-    processors: dict[str, object] = getattr(denoiser, "attn_processors", {})
-    return [
-        name
-        for name, processor in processors.items()
-        if not type(processor).__name__.endswith(("2_0", "FluxAttnProcessor", "FluxAttnProcessor2_0"))
-    ]
-
-
 # The largest latent (h * w) for which folding measured faster on the CPU: 8 x 8 (64 px through SDXL's VAE)
 # took 0.78-0.83 x the separate pass; 16 x 16 (128 px) took 0.98-1.16 x, so it is not folded.
 FOLD_MAX_LATENT_AREA = 64

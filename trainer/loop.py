@@ -118,7 +118,7 @@ def _apply(session: TrainingSession, decision: Compile | None, emit: Callable[[E
     if decision is None:
         return
     if decision.compiled:
-        compile_blocks(session.lora_denoiser)
+        compile_blocks(session.lora_denoiser, session.model.repeated_block_names())
     emit(decision)
 
 

@@ -39,7 +39,7 @@ def prepare_inputs(family: ModelFamily, batch: PairBatch, resolution: int) -> Pa
     else:
         assert batch.pixels is not None, "a batch holds pixels or cached latents"
         per_call = images_per_call(family.vae.device, resolution)
-        mean, std = encode_pixels(family.vae, batch.pixels, per_call=per_call)
+        mean, std = encode_pixels(family, batch.pixels, per_call=per_call)
         conditioning = family.encode_prompts(batch.prompts)
     geometry = ImageGeometry(batch.original_sizes, batch.crop_top_lefts, resolution)
     latents = sample_latents(family, mean, std)

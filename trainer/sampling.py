@@ -66,7 +66,7 @@ class Renderer:
         """One PIL image per prompt, in one pipeline call; prompt i's noise from a CPU generator seeded
         seeds[i]."""
         latents = self.pipeline(
-            prompts,
+            prompt=prompts,  # by name: FLUX.2's pipelines take a reference image first
             num_inference_steps=num_inference_steps,
             height=resolution,
             width=resolution,
@@ -79,8 +79,7 @@ class Renderer:
     def _decode(self, latents: torch.Tensor) -> list[Any]:
         """Decode in float32 whatever the denoiser's dtype: the VAE is kept in float32 (SDXL's overflows
         in fp16), and the pipeline would otherwise hand it half-precision latents."""
-        vae = self.family.vae
-        pixels = vae.decode(self.family.from_latents(latents.to(vae.device, torch.float32))).sample
+        pixels = self.family.decode_latents(latents)
         decoded: list[Any] = self.pipeline.image_processor.postprocess(pixels, output_type="pil")
         return decoded
 

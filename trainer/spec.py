@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from trainer.families import FAMILIES, FAMILY_SPECIFIC_FIELDS, FamilyName
+from trainer.families import FAMILIES, FAMILY_SPECIFIC_FIELDS, FamilyName, families_of, families_taking
 
 Method = Literal["mapo", "dpo", "sft"]
 # numpy seeds with 32 bits and the job's row stores the seed as an INTEGER: the smaller of the two.
@@ -159,41 +159,54 @@ class TrainSpec(BaseModel):
         gt=0.0,
         le=1e6,
         description="MaPO: T, the scale of the margin inside the log-sigmoid. None: the family's default, "
-        "1000 (the scheduler's timesteps, as the reference) for SD/SDXL and 100 for SD3/FLUX, whose "
-        "velocity errors are larger (measured by a sweep: docs/experiments.md, section 2b).",
+        f"1000 (the scheduler's timesteps, as the reference) for {families_of('noise_prediction')} and 100 "
+        f"for the flow-matching families ({families_of('flow_matching')}), whose velocity errors are "
+        "larger (measured by a sweep: docs/experiments.md, section 2b).",
     )
     beta_dpo: float | None = Field(
         default=None,
         gt=0.0,
         le=1e7,
-        description="Diffusion-DPO: KL strength beta. None: the family's default, 5000 for SD/SDXL (the "
-        "reference) and 500 for SD3/FLUX (measured by a sweep: docs/experiments.md, section 2b).",
+        description="Diffusion-DPO: KL strength beta. None: the family's default, 5000 for "
+        f"{families_of('noise_prediction')} (the reference) and 500 for the flow-matching families "
+        f"({families_of('flow_matching')}; measured by a sweep: docs/experiments.md, section 2b).",
     )
     weighting_scheme: WeightingScheme | None = Field(
         default=None,
-        description="SD3/FLUX only: how the noise level sigma is drawn per pair (logit_normal, mode, "
+        description=f"{families_taking('weighting_scheme')} only: how the noise level sigma is drawn per "
+        "pair (logit_normal, mode, "
         "uniform) or the loss weighted (sigma_sqrt, cosmap; levels uniform), as in diffusers' scripts. "
         "None: logit_normal.",
     )
     logit_mean: float | None = Field(
-        default=None, ge=-10.0, le=10.0, description="SD3/FLUX, logit_normal: mean of the normal (0)."
+        default=None,
+        ge=-10.0,
+        le=10.0,
+        description=f"{families_taking('logit_mean')}, logit_normal: mean of the normal (0).",
     )
     logit_std: float | None = Field(
-        default=None, gt=0.0, le=10.0, description="SD3/FLUX, logit_normal: std of the normal (1)."
+        default=None,
+        gt=0.0,
+        le=10.0,
+        description=f"{families_taking('logit_std')}, logit_normal: std of the normal (1).",
     )
     mode_scale: float | None = Field(
-        default=None, ge=0.0, le=2.0, description="SD3/FLUX, mode weighting: its scale (1.29)."
+        default=None,
+        ge=0.0,
+        le=2.0,
+        description=f"{families_taking('mode_scale')}, mode weighting: its scale (1.29).",
     )
     guidance: float | None = Field(
         default=None,
         ge=0.0,
         le=100.0,
-        description="FLUX only: the guidance value given to a guidance-distilled transformer (FLUX.1-dev) "
-        "while training. None: 3.5, as diffusers' FLUX scripts.",
+        description=f"{families_taking('guidance')} only: the guidance value given to a guidance-distilled "
+        "transformer (FLUX.1-dev) while training. None: 3.5, as diffusers' FLUX scripts.",
     )
     use_t5: bool | None = Field(
         default=None,
-        description="SD3 only: false trains without the T5 encoder (its tokens are zeros, as the "
+        description=f"{families_taking('use_t5')} only: false trains without the T5 encoder (its tokens "
+        "are zeros, as the "
         "pipeline does without text_encoder_3), saving its memory. None: true.",
     )
     lora_rank: int = Field(default=8, ge=1, le=1024, description="LoRA rank r.")
@@ -206,8 +219,8 @@ class TrainSpec(BaseModel):
         min_length=1,
         max_length=256,
         description="Module names (suffixes) of the denoiser that receive LoRA adapters. None: the family's "
-        "default, the attention projections (to_q, to_k, to_v, to_out.0; SD3/FLUX also add_q_proj, "
-        "add_k_proj, add_v_proj, to_add_out of the joint attention).",
+        "default, its attention projections (to_q, to_k, to_v, to_out.0, and in a joint attention the "
+        "text stream's: add_q_proj, add_k_proj, add_v_proj, to_add_out).",
     )
     mixed_precision: MixedPrecision = Field(
         default="fp16",

@@ -92,24 +92,13 @@ def test_the_compile_event_round_trips() -> None:
     assert from_dict(to_dict(event)) == event
 
 
-@pytest.mark.parametrize(
-    ("family", "block"),
-    [
-        ("sd", "BasicTransformerBlock"),
-        ("sdxl", "BasicTransformerBlock"),
-        ("sd3", "JointTransformerBlock"),
-        ("flux", "FluxTransformerBlock"),
-    ],
-)
-def test_every_family_names_its_repeated_blocks(
-    family: str, block: str, request: pytest.FixtureRequest
-) -> None:
-    loaded = load_family(
-        str(request.getfixturevalue(f"tiny_{family}")), device=CPU, weight_dtype=torch.float32
-    )
-    denoiser = loaded.denoiser
-    names = {type(module).__name__ for module in repeated_blocks(denoiser)}
-    assert block in names
+def test_every_family_names_its_repeated_blocks(tiny_model: Path) -> None:
+    loaded = load_family(str(tiny_model), device=CPU, weight_dtype=torch.float32)
+    names = loaded.repeated_block_names()
+    blocks = repeated_blocks(loaded.denoiser, names)
+    assert names and blocks, "regional compile needs the blocks the denoiser repeats"
+    assert {type(block).__name__ for block in blocks} <= set(names)
+    assert all("Transformer" in type(block).__name__ for block in blocks)
 
 
 def test_blocks_are_compiled_in_place_and_give_the_eager_errors(tiny_sdxl: Path) -> None:
@@ -121,8 +110,8 @@ def test_blocks_are_compiled_in_place_and_give_the_eager_errors(tiny_sdxl: Path)
     geometry = ImageGeometry.uncropped(2, 32)
     levels = torch.tensor([10, 700])
     eager = family.predict(denoiser, latents, levels, cond, geometry)
-    count = compile_blocks(denoiser)
-    blocks = repeated_blocks(denoiser)
+    count = compile_blocks(denoiser, family.repeated_block_names())
+    blocks = repeated_blocks(denoiser, family.repeated_block_names())
     assert count == len(blocks) > 0
     assert all(block._compiled_call_impl is not None for block in blocks)
     assert denoiser._compiled_call_impl is None, "the blocks, not the whole denoiser"
@@ -162,7 +151,7 @@ def test_the_separate_reference_pass_through_compiled_blocks_is_the_base_model(t
         base = denoising_errors(denoiser, family, inputs, noise=noise, levels=levels)
     policy = denoising_errors(denoiser, family, inputs, noise=noise, levels=levels).detach()
     assert not torch.allclose(policy, base, rtol=1e-3), "the LoRA must matter for this to test anything"
-    compile_blocks(denoiser)
+    compile_blocks(denoiser, family.repeated_block_names())
     for _ in range(2):
         compiled_policy = denoising_errors(denoiser, family, inputs, noise=noise, levels=levels)
         compiled_policy.sum().backward()

@@ -27,8 +27,8 @@ def test_a_call_holds_the_device_s_pixel_budget_and_at_least_one_image() -> None
 def test_encoding_in_smaller_calls_gives_the_same_latents(tiny_sdxl: Path) -> None:
     family = load_family(str(tiny_sdxl), device=CPU, weight_dtype=torch.float32)
     pixels = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    whole_mean, whole_std = encode_pixels(family.vae, pixels)
-    split_mean, split_std = encode_pixels(family.vae, pixels, per_call=2)
+    whole_mean, whole_std = encode_pixels(family, pixels)
+    split_mean, split_std = encode_pixels(family, pixels, per_call=2)
     assert split_mean.shape == whole_mean.shape == (5, family.vae.config.latent_channels, 4, 4)
     torch.testing.assert_close(split_mean, whole_mean, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(split_std, whole_std, rtol=1e-5, atol=1e-6)

@@ -17,7 +17,6 @@ from trainer.fast_floor import (
     adamw_options,
     channels_last_pays,
     fold_reference_pays,
-    non_sdpa_processors,
     prepare_denoiser,
     reapply_adamw_options,
 )
@@ -78,12 +77,10 @@ def test_on_the_cpu_the_denoiser_keeps_its_layout(tiny_sdxl: Path) -> None:
     assert family.denoiser._compiled_call_impl is None
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux"])
-def test_every_family_attends_through_sdpa(family: str, request: pytest.FixtureRequest) -> None:
-    folder: Path = request.getfixturevalue(f"tiny_{family}")
-    denoiser = _with_lora(folder).denoiser
-    assert denoiser.attn_processors, "the check must see the attention layers"
-    assert non_sdpa_processors(denoiser) == []
+def test_every_family_attends_through_sdpa(tiny_model: Path) -> None:
+    family = _with_lora(tiny_model)
+    assert family.denoiser.attn_processors, "the check must see the attention layers"
+    assert family.non_sdpa_processors(family.denoiser) == []
 
 
 def test_adamw_is_fused_on_the_cpu() -> None:
@@ -164,12 +161,11 @@ def test_accumulated_steps_report_the_mean_of_their_micro_steps(
         assert step.metrics["grad_norm"] > 0.0
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux"])
-def test_dpo_s_folded_reference_equals_the_separate_pass(family: str, request: pytest.FixtureRequest) -> None:
-    loaded = _with_lora(request.getfixturevalue(f"tiny_{family}"))
+def test_dpo_s_folded_reference_equals_the_separate_pass(tiny_model: Path) -> None:
+    loaded = _with_lora(tiny_model)
     generator = torch.Generator().manual_seed(1)
     side = 32 // loaded.vae_scale_factor
-    latents = torch.randn(4, loaded.vae.config.latent_channels, side, side, generator=generator)
+    latents = torch.randn(4, loaded.latent_channels, side, side, generator=generator)
     inputs = PairInputs(latents, loaded.encode_prompts(["a", "b"]), ImageGeometry.uncropped(2, 32))
     noise = torch.randn(2, *latents.shape[1:], generator=generator)
     levels = loaded.draw_levels(2, latents=latents)

@@ -151,11 +151,10 @@ def test_the_batch_mask_keeps_the_lora_on_the_kept_items_only() -> None:
         fused(x)
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux"])
 def test_every_targeted_linear_of_a_family_gets_it_and_the_adapter_keeps_peft_s_names(
-    family: str, request: pytest.FixtureRequest
+    tiny_model: Path,
 ) -> None:
-    folder: Path = request.getfixturevalue(f"tiny_{family}")
+    folder = tiny_model
     loaded = load_family(str(folder), device=torch.device("cpu"), weight_dtype=torch.float32)
     targets = list(loaded.default_lora_targets)
     attach_lora(loaded.denoiser, rank=4, alpha=4.0, dropout=0.0, targets=targets)

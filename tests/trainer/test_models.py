@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from trainer.families.base import ImageGeometry
-from trainer.families.unet import sdxl_time_ids
+from trainer.families.sdxl import sdxl_time_ids
 
 
 def test_sdxl_time_ids_are_original_size_crop_and_target() -> None:

@@ -7,7 +7,7 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from trainer.families.unet import SDXLFamily
+from trainer.families.sdxl import SDXLFamily
 from trainer.spec import SpecConflict, TrainSpec
 
 

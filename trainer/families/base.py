@@ -92,15 +92,21 @@ class ModelFamily(ABC):
     name: ClassVar[FamilyName]
     denoiser_class: ClassVar[Any]  # UNet2DConditionModel, SD3Transformer2DModel, ...
     scheduler_class: ClassVar[Any]
+    vae_class: ClassVar[Any] = AutoencoderKL
     default_lora_targets: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0")
     lora_layers_argument: ClassVar[str] = "transformer_lora_layers"
+    # Class names of the denoiser's repeated blocks, compiled one by one (regional compile). Empty: the
+    # ones diffusers declares (`_repeated_blocks`); a family whose model declares none names them.
+    repeated_blocks: ClassVar[tuple[str, ...]] = ()
+    # Suffixes of the attention processor classes that call torch's scaled_dot_product_attention.
+    sdpa_processors: ClassVar[tuple[str, ...]] = ("2_0",)
 
     def __init__(
         self,
         *,
         source: str,
         denoiser: Any,
-        vae: AutoencoderKL,
+        vae: Any,
         text_encoders: list[Any],
         tokenizers: list[Any],
         scheduler: Any,
@@ -120,7 +126,7 @@ class ModelFamily(ABC):
             denoiser = cls.denoiser_class.from_pretrained(
                 source, subfolder=subfolder, torch_dtype=weight_dtype
             )
-            vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32)
+            vae = cls.vae_class.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32)
             scheduler = cls.scheduler_class.from_pretrained(source, subfolder="scheduler")
             encoders, tokenizers = cls.load_text_stack(source, weight_dtype=weight_dtype, options=options)
         except (OSError, ValueError, KeyError) as exc:
@@ -151,10 +157,33 @@ class ModelFamily(ABC):
         return int(2 ** (len(self.vae.config.block_out_channels) - 1))
 
     @property
+    def latent_channels(self) -> int:
+        """Channels of the latents the denoiser is trained on (what `to_latents` returns)."""
+        return int(self.vae.config.latent_channels)
+
+    @property
     def native_resolution(self) -> int:
-        """The square size the base model was trained at, in pixels: the denoiser's latent size times the
-        VAE's factor (a family whose denoiser records no size overrides this)."""
-        return int(self.denoiser.config.sample_size) * self.vae_scale_factor
+        """The square size the base model was trained at, in pixels, read as the API reads it."""
+        facts = self.facts
+
+        def read(component: str, _name: str) -> dict[str, Any]:
+            module = {"vae": self.vae, facts.denoiser: self.denoiser}[component]
+            return dict(module.config)
+
+        return facts.native_resolution(read, facts.denoiser)
+
+    def repeated_block_names(self) -> tuple[str, ...]:
+        """The class names of the denoiser's repeated blocks (its transformer blocks)."""
+        return self.repeated_blocks or tuple(getattr(self.denoiser, "_repeated_blocks", ()) or ())
+
+    def non_sdpa_processors(self, denoiser: torch.nn.Module) -> list[str]:
+        """The attention layers of `denoiser` whose processor does not call torch's SDPA."""
+        processors: dict[str, object] = getattr(denoiser, "attn_processors", {})
+        return [
+            name
+            for name, processor in processors.items()
+            if not type(processor).__name__.endswith(self.sdpa_processors)
+        ]
 
     @property
     def num_train_timesteps(self) -> int:
@@ -183,6 +212,20 @@ class ModelFamily(ABC):
         """What the pipeline's classifier-free guidance conditions the unconditional branch on: by
         default the encoded empty prompt, `num` times."""
         return self.encode_prompts([""]).repeat(num)
+
+    @torch.no_grad()
+    def encode_pixels(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 3, R, R) pixels in [-1, 1] -> the VAE posterior's mean and std, each (N, C, R/f, R/f),
+        float32, before `to_latents`."""
+        dist = self.vae.encode(pixels.to(self.vae.device, torch.float32)).latent_dist
+        return dist.mean, dist.std
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents as the denoiser sees them -> (N, 3, R, R) pixels in [-1, 1], float32."""
+        decoded: torch.Tensor = self.vae.decode(
+            self.from_latents(latents.to(self.vae.device, torch.float32))
+        ).sample
+        return decoded
 
     def to_latents(self, sample: torch.Tensor) -> torch.Tensor:
         """A VAE posterior sample -> the latents the denoiser is trained on."""

@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.families import FAMILIES, MODEL_INDEX, FamilyName, UnknownFamilyError, read_family
+from trainer.families import (
+    FAMILIES,
+    MODEL_INDEX,
+    ConfigReader,
+    FamilyName,
+    UnknownFamilyError,
+    read_family,
+)
 
 
 @dataclass(frozen=True)
@@ -52,20 +59,20 @@ def model_folder(location: str) -> Path | None:
     return snapshot if (snapshot / MODEL_INDEX).is_file() else None
 
 
-def _config(folder: Path, component: str, name: str = "config.json") -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads((folder / component / name).read_text(encoding="utf-8"))
-    return loaded
+def _reader(folder: Path) -> ConfigReader:
+    def read(component: str, name: str) -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads((folder / component / name).read_text(encoding="utf-8"))
+        return loaded
+
+    return read
 
 
 def _prediction_type(folder: Path, family: FamilyName) -> str:
     if FAMILIES[family].objective == "flow_matching":
         return "flow"
-    return str(_config(folder, "scheduler", "scheduler_config.json").get("prediction_type", "epsilon"))
+    return str(_reader(folder)("scheduler", "scheduler_config.json").get("prediction_type", "epsilon"))
 
 
 def _native_resolution(folder: Path, family: FamilyName) -> int | None:
-    vae = _config(folder, "vae")
-    if family == "flux":  # the transformer records no image size; FLUX's VAE does
-        return int(vae["sample_size"])
-    denoiser = _config(folder, FAMILIES[family].denoiser)
-    return int(denoiser["sample_size"]) * int(2 ** (len(vae["block_out_channels"]) - 1))
+    facts = FAMILIES[family]
+    return facts.native_resolution(_reader(folder), facts.denoiser)

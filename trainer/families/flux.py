@@ -27,6 +27,8 @@ class FluxFamily(FlowFamily):
     name: ClassVar[FamilyName] = "flux"
     denoiser_class: ClassVar[Any] = FluxTransformer2DModel
     scheduler_class: ClassVar[Any] = FlowMatchEulerDiscreteScheduler
+    # FLUX's processors name no torch version, and they call SDPA through diffusers' dispatcher.
+    sdpa_processors: ClassVar[tuple[str, ...]] = ("2_0", "FluxAttnProcessor")
 
     def __init__(self, *, options: dict[str, Any], **components: Any) -> None:
         super().__init__(options=options, **components)
@@ -50,11 +52,6 @@ class FluxFamily(FlowFamily):
     @property
     def guidance_embeds(self) -> bool:
         return bool(self.denoiser.config.guidance_embeds)
-
-    @property
-    def native_resolution(self) -> int:
-        # The transformer records no image size; FLUX's VAE config does (1024).
-        return int(self.vae.config.sample_size)
 
     @property
     def text_length(self) -> int:

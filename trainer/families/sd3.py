@@ -27,6 +27,8 @@ class SD3Family(FlowFamily):
     name: ClassVar[FamilyName] = "sd3"
     denoiser_class: ClassVar[Any] = SD3Transformer2DModel
     scheduler_class: ClassVar[Any] = FlowMatchEulerDiscreteScheduler
+    # diffusers declares no `_repeated_blocks` for the SD3 transformer.
+    repeated_blocks: ClassVar[tuple[str, ...]] = ("JointTransformerBlock",)
 
     @classmethod
     def load_text_stack(

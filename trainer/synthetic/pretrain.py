@@ -38,7 +38,6 @@ from trainer.synthetic.shape_autoencoder import (
 from trainer.synthetic.shape_samples import caption_accuracy, every_caption_drawing, judge
 from trainer.synthetic.shapes import Drawing, caption, random_drawing, render
 from trainer.synthetic.tiny import Family, build_tiny_pipeline, build_tokenizer
-from trainer.synthetic.tiny_flow import SHAPES_FLOW, build_flow_pipeline
 
 REPORT_FILE = "pretrain.json"
 HELD_OUT = 64
@@ -114,12 +113,7 @@ def pretrain_tiny(
     stores the UNet and VAE weights in float16 (half the size; diffusers loads them as float32)."""
     started = time.perf_counter()
     torch.manual_seed(config.seed)
-    if family in ("sd3", "flux"):
-        # FLUX like schnell, without a guidance embedding: a guidance-distilled model needs a teacher with
-        # classifier-free guidance first, so the shapes base samples with true guidance instead.
-        build_flow_pipeline(family, out_dir, shape=SHAPES_FLOW, guidance_embeds=False)
-    else:
-        build_tiny_pipeline(family, out_dir, seed=config.seed)
+    build_tiny_pipeline(family, out_dir, seed=config.seed, shapes_base=True)
     model = load_family(str(out_dir), device=torch.device("cpu"), weight_dtype=torch.float32)
     report = PretrainReport(family=family, config=asdict(config))
     report.caption_accuracy_before = measure_captions(model, config)

@@ -1,4 +1,5 @@
-"""Tiny SD and SDXL pipelines built entirely offline, for tests, demos and benchmarks.
+"""Tiny pipelines built entirely offline, for tests, demos and benchmarks: SD and SDXL here, and
+`build_tiny_pipeline`, which builds any family's with the builder its `FamilyFacts` names.
 
 Weights are random (seeded); the CLIP BPE tokenizer is trained here on a small word list and written as
 vocab.json + merges.txt, and the text encoders take their special-token ids from it. The pipelines are
@@ -7,6 +8,7 @@ saved with `save_pretrained`, so everything downstream loads them exactly like a
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import json
 import tempfile
@@ -14,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 from diffusers import (
@@ -26,7 +28,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from trainer.families import FamilyName
+from trainer.families import FAMILIES, FamilyName
 
 Family = FamilyName
 Preset = Literal["tiny", "small"]
@@ -62,34 +64,73 @@ PRESETS: dict[Preset, PresetShape] = {
 }
 
 
-def build_tiny_pipeline(family: Family, out_dir: Path, *, preset: Preset = "tiny", seed: int = 0) -> Path:
-    """Build a random-weight pipeline of `family` and save it as a diffusers folder at `out_dir`."""
-    torch.manual_seed(seed)
-    if family in ("sd3", "flux"):
-        from trainer.synthetic.tiny_flow import build_flow_pipeline
+class TinyBuilder(Protocol):
+    """What `FamilyFacts.tiny_builder` names: builds and saves a random pipeline of its family at
+    `out_dir`, of the preset's size, or of the size the pre-trained shapes bases use (`shapes_base`)."""
 
-        return build_flow_pipeline(family, out_dir, preset=preset)
-    shape = PRESETS[preset]
+    def __call__(self, out_dir: Path, *, preset: Preset, shapes_base: bool) -> Path: ...
+
+
+def build_tiny_pipeline(
+    family: Family, out_dir: Path, *, preset: Preset = "tiny", seed: int = 0, shapes_base: bool = False
+) -> Path:
+    """Build a random-weight pipeline of `family` and save it as a diffusers folder at `out_dir`."""
+    module, function = FAMILIES[family].tiny_builder.split(":")
+    builder: TinyBuilder = getattr(importlib.import_module(module), function)
+    torch.manual_seed(seed)
+    return builder(out_dir, preset=preset, shapes_base=shapes_base)
+
+
+def build_sd(out_dir: Path, *, preset: Preset, shapes_base: bool) -> Path:
+    """A random SD 1.x-shaped pipeline (one CLIP encoder); the shapes base is the `tiny` preset."""
+    shape = PRESETS["tiny" if shapes_base else preset]
+    tokenizer = _scratch_tokenizer()
+    pipeline = StableDiffusionPipeline(
+        **_unet_components(shape, tokenizer, _unet(shape, cross_dim=shape.text_hidden[0])),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(out_dir)
+    return out_dir
+
+
+def build_sdxl(out_dir: Path, *, preset: Preset, shapes_base: bool) -> Path:
+    """A random SDXL-shaped pipeline (two CLIP encoders, text-time conditioning)."""
+    shape = PRESETS["tiny" if shapes_base else preset]
+    tokenizer = _scratch_tokenizer()
+    unet = _unet(
+        shape,
+        cross_dim=sum(shape.text_hidden),
+        addition_embed_type="text_time",
+        addition_time_embed_dim=shape.time_embed_dim,
+        projection_class_embeddings_input_dim=6 * shape.time_embed_dim + shape.text_hidden[1],
+    )
+    config = _text_config(tokenizer, shape.text_hidden[1], shape.text_layers)
+    pipeline = StableDiffusionXLPipeline(
+        **_unet_components(shape, tokenizer, unet),
+        tokenizer_2=tokenizer,
+        text_encoder_2=CLIPTextModelWithProjection(config),
+    )
+    pipeline.save_pretrained(out_dir)
+    return out_dir
+
+
+def _scratch_tokenizer() -> CLIPTokenizer:
     with tempfile.TemporaryDirectory() as scratch:
-        tokenizer = build_tokenizer(Path(scratch))
-    components: dict[str, Any] = {
-        "unet": _unet(family, shape),
+        return build_tokenizer(Path(scratch))
+
+
+def _unet_components(
+    shape: PresetShape, tokenizer: CLIPTokenizer, unet: UNet2DConditionModel
+) -> dict[str, Any]:
+    return {
+        "unet": unet,
         "vae": tiny_vae(shape),
         "scheduler": sd_scheduler(),
         "tokenizer": tokenizer,
         "text_encoder": CLIPTextModel(_text_config(tokenizer, shape.text_hidden[0], shape.text_layers)),
     }
-    if family == "sdxl":
-        config = _text_config(tokenizer, shape.text_hidden[1], shape.text_layers)
-        components["tokenizer_2"] = tokenizer
-        components["text_encoder_2"] = CLIPTextModelWithProjection(config)
-        pipeline: Any = StableDiffusionXLPipeline(**components)
-    else:
-        pipeline = StableDiffusionPipeline(
-            **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-        )
-    pipeline.save_pretrained(out_dir)
-    return out_dir
 
 
 def build_tokenizer(directory: Path) -> CLIPTokenizer:
@@ -171,32 +212,21 @@ def _text_config(tokenizer: CLIPTokenizer, hidden: int, layers: int) -> CLIPText
     )
 
 
-def _unet(family: Family, shape: PresetShape) -> UNet2DConditionModel:
+def _unet(shape: PresetShape, *, cross_dim: int, **extra: Any) -> UNet2DConditionModel:
     n = len(shape.unet_channels)
-    down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1)
-    up = ("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",)
-    kwargs: dict[str, Any] = {}
-    cross_dim = shape.text_hidden[0]
-    if family == "sdxl":
-        cross_dim = sum(shape.text_hidden)
-        kwargs = {
-            "addition_embed_type": "text_time",
-            "addition_time_embed_dim": shape.time_embed_dim,
-            "projection_class_embeddings_input_dim": 6 * shape.time_embed_dim + shape.text_hidden[1],
-        }
     return UNet2DConditionModel(
         sample_size=shape.sample_size,
         in_channels=4,
         out_channels=4,
         block_out_channels=shape.unet_channels,
         layers_per_block=shape.layers_per_block,
-        down_block_types=down,
-        up_block_types=up,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
         attention_head_dim=shape.head_dims,
         cross_attention_dim=cross_dim,
         use_linear_projection=True,
         norm_num_groups=min(32, shape.unet_channels[0]),
-        **kwargs,
+        **extra,
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from diffusers import (
     FlowMatchEulerDiscreteScheduler,
@@ -23,7 +23,6 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, T5Config, T
 
 from trainer.synthetic import tiny
 
-FlowFamilyName = Literal["sd3", "flux"]
 LATENT_CHANNELS = 16
 T5_LENGTH = 32  # the tiny T5 tokenizer's model_max_length: the shapes captions need fewer tokens
 T5_VOCAB = 400
@@ -54,49 +53,60 @@ FLOW_PRESETS: dict[tiny.Preset, FlowShape] = {
 SHAPES_FLOW = FlowShape(4, 24, 3, 3, 32, 32, 2, (8, 8, 8), sd3_patch=1)
 
 
-def build_flow_pipeline(
-    family: FlowFamilyName,
-    out_dir: Path,
-    *,
-    preset: tiny.Preset = "tiny",
-    shape: FlowShape | None = None,
-    guidance_embeds: bool = True,
-) -> Path:
-    """Build and save a random tiny SD3 or FLUX pipeline at `out_dir` (the preset's transformer, or
-    `shape`); `guidance_embeds` makes the FLUX transformer guidance-distilled like FLUX.1-dev (False:
-    like schnell)."""
-    shape, unet_shape = shape or FLOW_PRESETS[preset], tiny.PRESETS[preset]
+def build_sd3(out_dir: Path, *, preset: tiny.Preset, shapes_base: bool) -> Path:
+    """A random SD3-shaped pipeline: MMDiT, two CLIP encoders and T5."""
+    shape, unet_shape = SHAPES_FLOW if shapes_base else FLOW_PRESETS[preset], tiny.PRESETS[preset]
+    parts = _text_and_vae(shape, unet_shape)
+    clip_config = tiny._text_config(parts.clip_tokenizer, shape.clip_hidden, shape.t5_layers)
+    StableDiffusion3Pipeline(
+        transformer=_sd3_transformer(shape, unet_shape.sample_size),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=parts.vae,
+        text_encoder=CLIPTextModelWithProjection(clip_config),
+        tokenizer=parts.clip_tokenizer,
+        text_encoder_2=CLIPTextModelWithProjection(clip_config),
+        tokenizer_2=parts.clip_tokenizer,
+        text_encoder_3=parts.t5,
+        tokenizer_3=parts.t5_tokenizer,
+    ).save_pretrained(out_dir)
+    return out_dir
+
+
+def build_flux(out_dir: Path, *, preset: tiny.Preset, shapes_base: bool) -> Path:
+    """A random FLUX.1-shaped pipeline: guidance-distilled like FLUX.1-dev, except the shapes base,
+    which is like schnell (no guidance embedding): a guidance-distilled model needs a teacher with
+    classifier-free guidance first, so the shapes base samples with true guidance instead."""
+    shape, unet_shape = SHAPES_FLOW if shapes_base else FLOW_PRESETS[preset], tiny.PRESETS[preset]
+    parts = _text_and_vae(shape, unet_shape)
+    clip_config = tiny._text_config(parts.clip_tokenizer, shape.clip_hidden, shape.t5_layers)
+    FluxPipeline(
+        transformer=_flux_transformer(shape, guidance_embeds=not shapes_base),
+        scheduler=flux_scheduler(),
+        vae=parts.vae,
+        text_encoder=CLIPTextModel(clip_config),
+        tokenizer=parts.clip_tokenizer,
+        text_encoder_2=parts.t5,
+        tokenizer_2=parts.t5_tokenizer,
+    ).save_pretrained(out_dir)
+    return out_dir
+
+
+@dataclass
+class _TextAndVae:
+    clip_tokenizer: Any
+    t5_tokenizer: T5TokenizerFast
+    t5: T5EncoderModel
+    vae: Any
+
+
+def _text_and_vae(shape: FlowShape, unet_shape: tiny.PresetShape) -> _TextAndVae:
+    """The parts SD3 and FLUX share: the tokenizers, a T5 encoder and the 16-channel shifted VAE."""
     with tempfile.TemporaryDirectory() as scratch:
         clip_tokenizer = tiny.build_tokenizer(Path(scratch) / "clip")
         t5_tokenizer = build_t5_tokenizer(Path(scratch) / "t5")
     t5 = T5EncoderModel(_t5_config(t5_tokenizer, shape))
     vae = tiny.tiny_vae(unet_shape, latent_channels=LATENT_CHANNELS, shifted=True)
-    clip_config = tiny._text_config(clip_tokenizer, shape.clip_hidden, shape.t5_layers)
-    pipeline: Any
-    if family == "sd3":
-        pipeline = StableDiffusion3Pipeline(
-            transformer=_sd3_transformer(shape, unet_shape.sample_size),
-            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-            vae=vae,
-            text_encoder=CLIPTextModelWithProjection(clip_config),
-            tokenizer=clip_tokenizer,
-            text_encoder_2=CLIPTextModelWithProjection(clip_config),
-            tokenizer_2=clip_tokenizer,
-            text_encoder_3=t5,
-            tokenizer_3=t5_tokenizer,
-        )
-    else:
-        pipeline = FluxPipeline(
-            transformer=_flux_transformer(shape, guidance_embeds=guidance_embeds),
-            scheduler=flux_scheduler(),
-            vae=vae,
-            text_encoder=CLIPTextModel(clip_config),
-            tokenizer=clip_tokenizer,
-            text_encoder_2=t5,
-            tokenizer_2=t5_tokenizer,
-        )
-    pipeline.save_pretrained(out_dir)
-    return out_dir
+    return _TextAndVae(clip_tokenizer, t5_tokenizer, t5, vae)
 
 
 def flux_scheduler() -> FlowMatchEulerDiscreteScheduler:

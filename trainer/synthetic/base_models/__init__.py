@@ -1,5 +1,5 @@
-"""Base models shipped with the project: tiny SD, SDXL and FLUX pipelines pre-trained on the shapes domain
-(a shapes-sd3 is not shipped yet: see docs/experiments.md, section 1).
+"""Base models shipped with the project: tiny pipelines pre-trained on the shapes domain, one folder
+`shapes-<family>` per family that has one (docs/experiments.md, section 1, says which do).
 
 Made by `make base-models` (`python -m trainer pretrain-tiny ... --half`, a few CPU minutes each; see
 trainer/synthetic/pretrain.py), weights stored in half precision (diffusers loads them as float32). Each
@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from trainer.families import FAMILIES, MODEL_INDEX
+
 FOLDER = Path(__file__).resolve().parent
-SHIPPED = {"shapes-sd": "sd", "shapes-sdxl": "sdxl", "shapes-flux": "flux"}
+# Every family's shapes base is named shapes-<family>; those whose folder is here are shipped.
+SHIPPED = {f"shapes-{name}": name for name in FAMILIES if (FOLDER / f"shapes-{name}" / MODEL_INDEX).is_file()}
 
 
 def shipped_base_models() -> dict[str, str]:
     """Name -> local diffusers folder of every shipped model present in this installation."""
-    return {name: str(FOLDER / name) for name in SHIPPED if (FOLDER / name / "model_index.json").is_file()}
+    return {name: str(FOLDER / name) for name in SHIPPED}
