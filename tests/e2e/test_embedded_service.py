@@ -156,7 +156,7 @@ def assert_flux_adapters_load_alike(model_dir: Path, diffusers_file: Path, comfy
         pipeline = FluxPipeline.from_pretrained(str(model_dir))
         if adapter is not None:
             pipeline.load_lora_weights(str(adapter.parent), weight_name=adapter.name)
-        drawn.append(render(pipeline, max_sequence_length=32))
+        drawn.append(render(pipeline))
     base, from_diffusers, from_comfyui = drawn
     assert np.abs(from_diffusers - base).max() > 1e-4
     np.testing.assert_allclose(from_comfyui, from_diffusers, atol=1e-5)

@@ -120,7 +120,6 @@ def test_a_targets_job_on_flux_trains_against_what_flux_draws(
             guidance_scale=5.0,
             height=32,
             width=32,
-            max_sequence_length=32,
             generator=torch.Generator("cpu").manual_seed(seed),
         ).images[0]
         ours = np.asarray(

@@ -4,7 +4,9 @@ Latents (B, 16, h, w) are packed into (B, h/2 * w/2, 64) tokens, with position i
 token and zeros for the text tokens. Conditioning: CLIP-L's pooled output and T5's hidden states. The
 transformer takes timestep = sigma (it multiplies by 1000 itself) and, for FLUX.1-dev (guidance_embeds),
 a guidance value (3.5 by default, as diffusers' FLUX scripts use; `guidance` in the spec). Sigmas carry the
-resolution-dependent shift of the scheduler's `use_dynamic_shifting`.
+resolution-dependent shift of the scheduler's `use_dynamic_shifting`. T5 reads the prompt padded to
+`FluxPipeline`'s default max_sequence_length (512), whatever the tokenizer's own length: the transformer
+attends to every padding token, so an adapter trained on another length draws wrongly with the defaults.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokeniz
 from trainer.families import FamilyName
 from trainer.families.base import Conditioning, ImageGeometry
 from trainer.families.flow import FlowFamily
-from trainer.families.text import clip_ids, t5_length, token_ids
+from trainer.families.text import clip_ids, token_ids
 
 DEFAULT_GUIDANCE = 3.5
+TEXT_LENGTH = 512  # FluxPipeline's default max_sequence_length
 
 
 class FluxFamily(FlowFamily):
@@ -53,16 +56,11 @@ class FluxFamily(FlowFamily):
     def guidance_embeds(self) -> bool:
         return bool(self.denoiser.config.guidance_embeds)
 
-    @property
-    def text_length(self) -> int:
-        # FLUX.1-dev was trained with 512 T5 tokens, schnell with 256.
-        return t5_length(self.tokenizers[1], 512 if self.guidance_embeds else 256)
-
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> Conditioning:
         clip, t5 = self.text_encoders
         pooled = clip(clip_ids(self.tokenizers[0], prompts).to(clip.device)).pooler_output
-        hidden = t5(token_ids(self.tokenizers[1], prompts, self.text_length).to(t5.device))[0]
+        hidden = t5(token_ids(self.tokenizers[1], prompts, TEXT_LENGTH).to(t5.device))[0]
         return Conditioning({"prompt_embeds": hidden, "pooled": pooled.to(hidden.dtype)})
 
     def predict(
@@ -105,12 +103,8 @@ class FluxFamily(FlowFamily):
         """FLUX.1-dev takes the guidance as an input (distilled guidance); a model without a guidance
         embedding (schnell, the shapes base) gets true classifier-free guidance against "" instead."""
         if self.guidance_embeds or guidance_scale <= 1.0:
-            return {"guidance_scale": guidance_scale, "max_sequence_length": self.text_length}
-        return {
-            "true_cfg_scale": guidance_scale,
-            "negative_prompt": "",
-            "max_sequence_length": self.text_length,
-        }
+            return {"guidance_scale": guidance_scale}
+        return {"true_cfg_scale": guidance_scale, "negative_prompt": ""}
 
     def pipeline_latents(self, latents: torch.Tensor, resolution: int) -> torch.Tensor:
         size = 2 * (resolution // (self.vae_scale_factor * 2))

@@ -18,9 +18,9 @@ from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderMo
 from trainer.families import FamilyName
 from trainer.families.base import Conditioning, ImageGeometry
 from trainer.families.flow import FlowFamily
-from trainer.families.text import clip_ids, t5_length, token_ids
+from trainer.families.text import CLIP_LENGTH, clip_ids, token_ids
 
-T5_CAP = 256  # the SD3 pipeline's max_sequence_length
+T5_LENGTH = 256  # StableDiffusion3Pipeline's default max_sequence_length: train with what it samples with
 
 
 class SD3Family(FlowFamily):
@@ -53,7 +53,7 @@ class SD3Family(FlowFamily):
 
     @property
     def text_length(self) -> int:
-        return t5_length(self.tokenizers[2], T5_CAP) if self.has_t5 else 77
+        return T5_LENGTH if self.has_t5 else CLIP_LENGTH
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> Conditioning:
@@ -107,5 +107,3 @@ class SD3Family(FlowFamily):
             "tokenizer_3": t5[1],
         }
 
-    def sampling_arguments(self, guidance_scale: float) -> dict[str, Any]:
-        return {"guidance_scale": guidance_scale, "max_sequence_length": self.text_length}

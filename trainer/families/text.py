@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+CLIP_LENGTH = 77
+
 
 def clip_ids(tokenizer: Any, prompts: list[str]) -> torch.Tensor:
     """(N, 77) CLIP token ids, padded and truncated to the tokenizer's length."""
@@ -20,7 +22,3 @@ def token_ids(tokenizer: Any, prompts: list[str], length: int) -> torch.Tensor:
     return ids
 
 
-def t5_length(tokenizer: Any, cap: int) -> int:
-    """The T5 sequence length to train and sample with: the tokenizer's own, at most the pipeline's cap
-    (a real T5 tokenizer says 512; the tiny ones say less, which keeps CPU tests fast)."""
-    return int(min(int(tokenizer.model_max_length), cap))

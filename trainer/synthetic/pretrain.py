@@ -1,4 +1,4 @@
-"""Pre-train a tiny SD or SDXL pipeline on the shapes domain, so that it draws what its caption says.
+"""Pre-train a tiny pipeline of a family on the shapes domain, so that it draws what its caption says.
 
 A random tiny model is no denoiser, and preference training on it shows nothing. This turns one into a
 small but real text-to-image model, in two stages on freshly rendered images (never the same one twice):
@@ -229,7 +229,8 @@ class CaptionEmbeddings:
 
 @torch.no_grad()
 def _latents(model: ModelFamily, pixels: torch.Tensor) -> torch.Tensor:
-    return model.to_latents(model.vae.encode(pixels).latent_dist.sample())
+    mean, std = model.encode_pixels(pixels)
+    return model.to_latents(mean + std * torch.randn_like(mean))
 
 
 def _denoising_error(
@@ -251,7 +252,7 @@ def _denoising_error(
 def denoising_loss(model: ModelFamily, drawings: list[Drawing], config: PretrainConfig) -> float:
     """Mean denoising error on held-out images with their full captions, at fixed timesteps and noise."""
     conditioning = CaptionEmbeddings(model).of([caption(d) for d in drawings])
-    latents = model.to_latents(model.vae.encode(_images(drawings, config)).latent_dist.mean)
+    latents = model.to_latents(model.encode_pixels(_images(drawings, config))[0])
     generator = torch.Generator().manual_seed(config.seed)
     errors = []
     for level in model.evaluation_levels(latents=latents):
