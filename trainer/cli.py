@@ -64,6 +64,12 @@ def _add_pretrain_parser(commands: Any) -> None:
     pretrain.add_argument("--out", type=Path, required=True)
     pretrain.add_argument("--autoencoder-steps", type=int, default=None, help="VAE steps (default: preset)")
     pretrain.add_argument("--denoiser-steps", type=int, default=None, help="UNet steps (default: preset)")
+    pretrain.add_argument(
+        "--adapt-steps", type=int, default=None, help="steps at the pipeline's text length (default: preset)"
+    )
+    pretrain.add_argument(
+        "--start-from", type=Path, default=None, help="a shapes base to run the last (adapt) stage on"
+    )
     pretrain.add_argument("--seed", type=int, default=0)
     pretrain.add_argument("--half", action="store_true", help="store the weights in float16 (as shipped)")
     pretrain.set_defaults(handler=_pretrain)
@@ -143,11 +149,16 @@ def _pretrain(args: argparse.Namespace) -> int:
     from trainer.synthetic.pretrain import PretrainConfig, pretrain_tiny, progress_printer
 
     config = PretrainConfig(seed=args.seed)
-    for name in ("autoencoder_steps", "denoiser_steps"):
+    for name in ("autoencoder_steps", "denoiser_steps", "adapt_steps"):
         if getattr(args, name) is not None:
             config = replace(config, **{name: getattr(args, name)})
     report = pretrain_tiny(
-        args.family, args.out, config, on_progress=progress_printer(sys.stderr), half=args.half
+        args.family,
+        args.out,
+        config,
+        on_progress=progress_printer(sys.stderr),
+        half=args.half,
+        start_from=args.start_from,
     )
     print(json.dumps({"out": str(args.out), **report.summary()}))
     return 0

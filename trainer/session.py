@@ -139,7 +139,7 @@ def open_session(
         targets=spec.lora_target_modules or list(model.default_lora_targets),
     )
     if spec.gradient_checkpointing:
-        model.denoiser.enable_gradient_checkpointing()
+        model.enable_gradient_checkpointing(model.denoiser)
     prepare_denoiser(model.denoiser, accelerator.device)
     report = on_event if on_event is not None and accelerator.is_main_process else None
     data = _build_data(spec, model, dataset_dir, resolution, on_event=report)

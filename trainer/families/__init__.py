@@ -115,6 +115,36 @@ _ROWS = [
         native_resolution=vae_sample_size,
         tiny_builder="trainer.synthetic.tiny_flow:build_flux",
     ),
+    FamilyFacts(
+        name="z_image",
+        label="Z-Image",
+        pipeline_classes=("ZImagePipeline",),
+        objective="flow_matching",
+        denoiser="transformer",
+        fields=FLOW_FIELDS,
+        native_resolution=fixed_resolution(1024),
+        tiny_builder="trainer.synthetic.tiny_z_image:build_z_image",
+    ),
+    FamilyFacts(
+        name="qwen_image",
+        label="Qwen-Image",
+        pipeline_classes=("QwenImagePipeline",),
+        objective="flow_matching",
+        denoiser="transformer",
+        fields=FLOW_FIELDS,
+        native_resolution=fixed_resolution(1024),
+        tiny_builder="trainer.synthetic.tiny_qwen_image:build_qwen_image",
+    ),
+    FamilyFacts(
+        name="chroma",
+        label="Chroma",
+        pipeline_classes=("ChromaPipeline",),
+        objective="flow_matching",
+        denoiser="transformer",
+        fields=FLOW_FIELDS,
+        native_resolution=vae_sample_size,
+        tiny_builder="trainer.synthetic.tiny_chroma:build_chroma",
+    ),
 ]
 FAMILIES: dict[FamilyName, FamilyFacts] = {facts.name: facts for facts in _ROWS}
 # Every field that some family does not take: the spec leaves them unset (None) unless the family does.

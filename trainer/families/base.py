@@ -100,6 +100,9 @@ class ModelFamily(ABC):
     repeated_blocks: ClassVar[tuple[str, ...]] = ()
     # Suffixes of the attention processor classes that call torch's scaled_dot_product_attention.
     sdpa_processors: ClassVar[tuple[str, ...]] = ("2_0",)
+    # Tokens a padded text encoder reads a prompt as: the pipeline's default max_sequence_length, which
+    # training must use (its transformer attends to the padding). None: the family has no such choice.
+    default_text_length: ClassVar[int | None] = None
 
     def __init__(
         self,
@@ -115,6 +118,8 @@ class ModelFamily(ABC):
         # The ML libraries' modules are untyped for mypy (pyproject), so these are Any.
         self.source, self.denoiser, self.vae = source, denoiser, vae
         self.text_encoders, self.tokenizers, self.scheduler = text_encoders, tokenizers, scheduler
+        # Only the shapes pre-training shortens it (trainer/synthetic/pretrain.py); jobs never do.
+        self.text_length = self.default_text_length
 
     @classmethod
     def load(cls, source: str, *, weight_dtype: torch.dtype, options: dict[str, Any]) -> ModelFamily:
@@ -156,6 +161,12 @@ class ModelFamily(ABC):
     def vae_scale_factor(self) -> int:
         return int(2 ** (len(self.vae.config.block_out_channels) - 1))
 
+    def padded_length(self) -> int:
+        """The length the text encoder's tokens are padded to (`text_length`, set by the family)."""
+        if self.text_length is None:
+            raise TypeError(f"the {self.name} family pads no text to a fixed length")
+        return self.text_length
+
     @property
     def latent_channels(self) -> int:
         """Channels of the latents the denoiser is trained on (what `to_latents` returns)."""
@@ -172,16 +183,19 @@ class ModelFamily(ABC):
 
         return facts.native_resolution(read, facts.denoiser)
 
+    def enable_gradient_checkpointing(self, denoiser: torch.nn.Module) -> None:
+        """Recompute the denoiser's activations in the backward pass (diffusers' own switch)."""
+        denoiser.enable_gradient_checkpointing()  # type: ignore[operator]
+
     def repeated_block_names(self) -> tuple[str, ...]:
         """The class names of the denoiser's repeated blocks (its transformer blocks)."""
         return self.repeated_blocks or tuple(getattr(self.denoiser, "_repeated_blocks", ()) or ())
 
     def non_sdpa_processors(self, denoiser: torch.nn.Module) -> list[str]:
         """The attention layers of `denoiser` whose processor does not call torch's SDPA."""
-        processors: dict[str, object] = getattr(denoiser, "attn_processors", {})
         return [
             name
-            for name, processor in processors.items()
+            for name, processor in attention_processors(denoiser).items()
             if not type(processor).__name__.endswith(self.sdpa_processors)
         ]
 
@@ -294,3 +308,14 @@ class ModelFamily(ABC):
             weight_name=name,
             **{self.lora_layers_argument: state, metadata_argument: config.to_dict()},
         )
+
+
+def attention_processors(denoiser: torch.nn.Module) -> dict[str, object]:
+    """{"<module>.processor": processor} of every diffusers attention layer in `denoiser` (those with
+    `get_processor`), as AttentionMixin.attn_processors names them; a denoiser without that mixin
+    (Z-Image's) has them all the same."""
+    return {
+        f"{name}.processor": module.get_processor()
+        for name, module in denoiser.named_modules()
+        if callable(getattr(module, "get_processor", None))
+    }

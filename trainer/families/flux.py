@@ -23,13 +23,13 @@ from trainer.families.flow import FlowFamily
 from trainer.families.text import clip_ids, token_ids
 
 DEFAULT_GUIDANCE = 3.5
-TEXT_LENGTH = 512  # FluxPipeline's default max_sequence_length
 
 
 class FluxFamily(FlowFamily):
     name: ClassVar[FamilyName] = "flux"
     denoiser_class: ClassVar[Any] = FluxTransformer2DModel
     scheduler_class: ClassVar[Any] = FlowMatchEulerDiscreteScheduler
+    default_text_length: ClassVar[int | None] = 512  # FluxPipeline's default max_sequence_length
     # FLUX's processors name no torch version, and they call SDPA through diffusers' dispatcher.
     sdpa_processors: ClassVar[tuple[str, ...]] = ("2_0", "FluxAttnProcessor")
 
@@ -60,7 +60,7 @@ class FluxFamily(FlowFamily):
     def encode_prompts(self, prompts: list[str]) -> Conditioning:
         clip, t5 = self.text_encoders
         pooled = clip(clip_ids(self.tokenizers[0], prompts).to(clip.device)).pooler_output
-        hidden = t5(token_ids(self.tokenizers[1], prompts, TEXT_LENGTH).to(t5.device))[0]
+        hidden = t5(token_ids(self.tokenizers[1], prompts, self.padded_length()).to(t5.device))[0]
         return Conditioning({"prompt_embeds": hidden, "pooled": pooled.to(hidden.dtype)})
 
     def predict(

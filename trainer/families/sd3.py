@@ -20,13 +20,13 @@ from trainer.families.base import Conditioning, ImageGeometry
 from trainer.families.flow import FlowFamily
 from trainer.families.text import CLIP_LENGTH, clip_ids, token_ids
 
-T5_LENGTH = 256  # StableDiffusion3Pipeline's default max_sequence_length: train with what it samples with
-
 
 class SD3Family(FlowFamily):
     name: ClassVar[FamilyName] = "sd3"
     denoiser_class: ClassVar[Any] = SD3Transformer2DModel
     scheduler_class: ClassVar[Any] = FlowMatchEulerDiscreteScheduler
+    # StableDiffusion3Pipeline's default max_sequence_length: train with what it samples with.
+    default_text_length: ClassVar[int | None] = 256
     # diffusers declares no `_repeated_blocks` for the SD3 transformer.
     repeated_blocks: ClassVar[tuple[str, ...]] = ("JointTransformerBlock",)
 
@@ -52,8 +52,9 @@ class SD3Family(FlowFamily):
         return len(self.text_encoders) == 3
 
     @property
-    def text_length(self) -> int:
-        return T5_LENGTH if self.has_t5 else CLIP_LENGTH
+    def t5_tokens(self) -> int:
+        """T5's share of the text tokens; without T5 the pipeline puts 77 zero tokens in its place."""
+        return self.padded_length() if self.has_t5 else CLIP_LENGTH
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> Conditioning:
@@ -66,9 +67,9 @@ class SD3Family(FlowFamily):
         width = int(self.denoiser.config.joint_attention_dim)
         if self.has_t5:
             encoder = self.text_encoders[2]
-            t5 = encoder(token_ids(self.tokenizers[2], prompts, self.text_length).to(encoder.device))[0]
+            t5 = encoder(token_ids(self.tokenizers[2], prompts, self.t5_tokens).to(encoder.device))[0]
         else:
-            t5 = clip.new_zeros((len(prompts), self.text_length, width))
+            t5 = clip.new_zeros((len(prompts), self.t5_tokens, width))
         clip = F.pad(clip, (0, width - clip.shape[-1]))
         return Conditioning(
             {
@@ -106,4 +107,3 @@ class SD3Family(FlowFamily):
             "text_encoder_3": t5[0],
             "tokenizer_3": t5[1],
         }
-

@@ -20,5 +20,3 @@ def token_ids(tokenizer: Any, prompts: list[str], length: int) -> torch.Tensor:
         prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
     ).input_ids
     return ids
-
-

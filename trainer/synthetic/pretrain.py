@@ -8,7 +8,11 @@ small but real text-to-image model, in two stages on freshly rendered images (ne
 2. the whole UNet with the plain denoising loss (epsilon, the pipeline's own noise schedule, a little
    offset noise so that plain backgrounds come from the caption), the text encoders frozen; a share of
    captions leaves the colour out, and a share is dropped to the unconditional embedding the pipeline
-   uses for classifier-free guidance.
+   uses for classifier-free guidance;
+3. for a family whose text encoder pads prompts to the pipeline's max_sequence_length (FLUX: 512 T5
+   tokens, of which a shapes caption fills ten), stage 2 reads the prompts padded to a short length
+   (`short_text_length`: a tenth of the cost of a step), and a last stage (`adapt_steps`) trains at the
+   pipeline's own length, so the base draws right with a default pipeline call.
 The pipeline is written as a diffusers folder, with `pretrain.json` holding the figures measured on the way.
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -57,6 +62,9 @@ class PretrainConfig:
     colourless_captions: float = 0.25
     caption_dropout: float = 0.1
     offset_noise: float = 0.1
+    short_text_length: int = 32
+    adapt_steps: int = 300
+    adapt_lr: float = 5e-4
     seed: int = 0
 
 
@@ -70,6 +78,7 @@ class PretrainReport:
     denoising_loss: tuple[float, float] = (0.0, 0.0)
     caption_accuracy_before: dict[str, float] = field(default_factory=dict)
     caption_accuracy_after: dict[str, float] = field(default_factory=dict)
+    started_from: str | None = None  # the shapes base whose first stages this run reused
     seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
@@ -108,24 +117,34 @@ def pretrain_tiny(
     *,
     on_progress: Progress,
     half: bool = False,
+    start_from: Path | None = None,
 ) -> PretrainReport:
     """Build the tiny random `family` pipeline at `out_dir` and pre-train it there in place; `half`
-    stores the UNet and VAE weights in float16 (half the size; diffusers loads them as float32)."""
+    stores the UNet and VAE weights in float16 (half the size; diffusers loads them as float32).
+    `start_from`, a shapes base made by stages 1 and 2 of this recipe, skips them and runs stage 3 only."""
     started = time.perf_counter()
     torch.manual_seed(config.seed)
-    build_tiny_pipeline(family, out_dir, seed=config.seed, shapes_base=True)
+    if start_from is None:
+        build_tiny_pipeline(family, out_dir, seed=config.seed, shapes_base=True)
+    else:
+        shutil.copytree(start_from, out_dir, dirs_exist_ok=True)
     model = load_family(str(out_dir), device=torch.device("cpu"), weight_dtype=torch.float32)
     report = PretrainReport(family=family, config=asdict(config))
     report.caption_accuracy_before = measure_captions(model, config)
     rng = random.Random(f"held-out-{config.seed}")
     held_out = [random_drawing(rng) for _ in range(HELD_OUT)]
-    before = reconstruction_error(model.vae, _images(held_out, config))
-    model.vae = colour_capable_vae(model.vae, seed=config.seed)
-    _train_vae(model, config, on_progress)
-    report.reconstruction_error = (before, reconstruction_error(model.vae, _images(held_out, config)))
-    before = denoising_loss(model, held_out, config)
-    train_denoiser(model, config, on_progress)
-    report.denoising_loss = (before, denoising_loss(model, held_out, config))
+    if start_from is None:
+        _autoencoder_stage(model, held_out, config, on_progress, report)
+    else:
+        report.started_from = str(start_from)
+    before_loss = denoising_loss(model, held_out, config)
+    if start_from is None:
+        _short_text_denoiser_stage(model, config, on_progress)
+    if model.text_length is not None and model.text_length > config.short_text_length:
+        train_denoiser(
+            model, config, on_progress, stage="adapt", steps=config.adapt_steps, lr=config.adapt_lr
+        )
+    report.denoising_loss = (before_loss, denoising_loss(model, held_out, config))
     report.caption_accuracy_after = measure_captions(model, config)
     _save(model, out_dir, half=half)
     report.seconds = time.perf_counter() - started
@@ -147,6 +166,30 @@ def _save(model: ModelFamily, out_dir: Path, *, half: bool) -> None:
             build_tokenizer(out_dir / name)
 
 
+def _autoencoder_stage(
+    model: ModelFamily,
+    held_out: list[Drawing],
+    config: PretrainConfig,
+    on_progress: Progress,
+    report: PretrainReport,
+) -> None:
+    """Stage 1: a VAE that can draw the shapes, its latents calibrated to unit variance."""
+    before = reconstruction_error(model.vae, _images(held_out, config))
+    model.vae = colour_capable_vae(model.vae, seed=config.seed)
+    _train_vae(model, config, on_progress)
+    report.reconstruction_error = (before, reconstruction_error(model.vae, _images(held_out, config)))
+
+
+def _short_text_denoiser_stage(model: ModelFamily, config: PretrainConfig, on_progress: Progress) -> None:
+    """Stage 2: the denoiser, with prompts padded to `short_text_length` at most."""
+    pipeline_length = model.text_length
+    if pipeline_length is not None:
+        model.text_length = min(pipeline_length, config.short_text_length)
+    steps, lr = config.denoiser_steps, config.denoiser_lr
+    train_denoiser(model, config, on_progress, stage="denoiser", steps=steps, lr=lr)
+    model.text_length = pipeline_length
+
+
 def _images(drawings: list[Drawing], config: PretrainConfig) -> torch.Tensor:
     """(N, 3, R, R) in [-1, 1]."""
     pixels = np.stack([np.asarray(render(d, config.resolution)) for d in drawings])
@@ -166,18 +209,20 @@ def _train_vae(model: ModelFamily, config: PretrainConfig, on_progress: Progress
     calibrate_scaling(model.vae, _images([random_drawing(rng) for _ in range(256)], config))
 
 
-def train_denoiser(model: ModelFamily, config: PretrainConfig, on_progress: Progress) -> None:
+def train_denoiser(
+    model: ModelFamily, config: PretrainConfig, on_progress: Progress, *, stage: str, steps: int, lr: float
+) -> None:
     """Full denoiser training with the family's plain loss (epsilon or velocity) on fresh images and
-    (mostly) their captions."""
-    denoiser, rng = model.denoiser, random.Random(f"denoiser-{config.seed}")
+    (mostly) their captions, `steps` steps at peak learning rate `lr` (cosine), reported as `stage`."""
+    denoiser, rng = model.denoiser, random.Random(f"{stage}-{config.seed}")
     captions = CaptionEmbeddings(model)
     denoiser.requires_grad_(True)
     denoiser.train()
-    optimizer = torch.optim.AdamW(denoiser.parameters(), lr=config.denoiser_lr, weight_decay=1e-2)
+    optimizer = torch.optim.AdamW(denoiser.parameters(), lr=lr, weight_decay=1e-2)
     schedule = get_scheduler(
-        "cosine", optimizer, num_warmup_steps=50, num_training_steps=config.denoiser_steps
+        "cosine", optimizer, num_warmup_steps=min(50, steps // 10), num_training_steps=steps
     )
-    for step in range(1, config.denoiser_steps + 1):
+    for step in range(1, steps + 1):
         drawings = [random_drawing(rng) for _ in range(config.batch_size)]
         prompts = [_training_caption(d, rng, config) for d in drawings]
         latents = _latents(model, _images(drawings, config))
@@ -189,7 +234,7 @@ def train_denoiser(model: ModelFamily, config: PretrainConfig, on_progress: Prog
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        on_progress("denoiser", step, config.denoiser_steps, float(loss.detach()))
+        on_progress(stage, step, steps, float(loss.detach()))
     denoiser.requires_grad_(False)
     denoiser.eval()
 
