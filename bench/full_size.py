@@ -28,3 +28,19 @@ def kl_vae_config(*, latent_channels: int, scaling_factor: float, **latent_optio
 
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+# Qwen3-4B's text model (FLUX.2 [klein] 4B and Z-Image read their prompts with it).
+QWEN3_4B: dict[str, Any] = {
+    "vocab_size": 151936,
+    "hidden_size": 2560,
+    "intermediate_size": 9728,
+    "num_hidden_layers": 36,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "max_position_embeddings": 40960,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0},
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": True,
+}

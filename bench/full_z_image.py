@@ -23,7 +23,7 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipe
 from transformers import Qwen3Config, Qwen3Model
 
 from bench.full_flux import FLUX_VAE
-from bench.full_size import count_parameters
+from bench.full_size import QWEN3_4B, count_parameters
 from trainer.synthetic.tiny_qwen import IM_END, build_qwen_tokenizer
 from trainer.synthetic.tiny_z_image import TURBO_SCHEDULER
 
@@ -43,19 +43,6 @@ Z_IMAGE_TURBO_TRANSFORMER: dict[str, Any] = {
     "t_scale": 1000.0,
     "axes_dims": [32, 48, 48],
     "axes_lens": [1536, 512, 512],
-}
-QWEN3_4B: dict[str, Any] = {
-    "vocab_size": 151936,
-    "hidden_size": 2560,
-    "intermediate_size": 9728,
-    "num_hidden_layers": 36,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "head_dim": 128,
-    "max_position_embeddings": 40960,
-    "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0},
-    "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": True,
 }
 
 

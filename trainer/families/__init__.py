@@ -116,6 +116,16 @@ _ROWS = [
         tiny_builder="trainer.synthetic.tiny_flow:build_flux",
     ),
     FamilyFacts(
+        name="flux2",
+        label="FLUX.2 [klein]/[dev]",
+        pipeline_classes=("Flux2KleinPipeline", "Flux2Pipeline"),
+        objective="flow_matching",
+        denoiser="transformer",
+        fields=FLOW_FIELDS | {"guidance"},
+        native_resolution=fixed_resolution(1024),
+        tiny_builder="trainer.synthetic.tiny_flux2:build_flux2",
+    ),
+    FamilyFacts(
         name="z_image",
         label="Z-Image",
         pipeline_classes=("ZImagePipeline",),
