@@ -51,7 +51,7 @@ def load_floor(config: dict[str, Any], device: torch.device) -> Floor:
         denoiser.enable_gradient_checkpointing()
     denoiser.train()
     side = config["resolution"] // family.vae_scale_factor
-    channels = int(family.vae.config.latent_channels)
+    channels = family.latent_channels
     latents = torch.randn(2 * len(PROMPTS), channels, side, side, device=device, dtype=dtype)
     cond = family.encode_prompts(PROMPTS).repeat_for_pairs().to(device, dtype)
     levels = family.draw_levels(len(PROMPTS), latents=latents).repeat(2)

@@ -156,7 +156,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         args.family,
         args.out,
         config,
-        on_progress=progress_printer(sys.stderr),
+        on_progress=progress_printer(sys.stderr, every=20),
         half=args.half,
         start_from=args.start_from,
     )

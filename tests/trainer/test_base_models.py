@@ -8,16 +8,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffusers import DiffusionPipeline
 
 from tests.support.specs import tiny_spec
 from trainer.events import Evaluation, Event
 from trainer.families.registry import load_family
 from trainer.loop import train
-from trainer.sampling import Renderer, load_renderer
+from trainer.sampling import Renderer
 from trainer.synthetic.base_models import SHIPPED, shipped_base_models
 from trainer.synthetic.pretrain import REPORT_FILE
 from trainer.synthetic.shape_preferences import prefer_red_pairs, write_dataset
 from trainer.synthetic.shape_samples import caption_accuracy, every_caption_drawing, judge
+from trainer.synthetic.shapes import caption, classify
 
 
 @pytest.mark.slow
@@ -36,9 +38,30 @@ def test_shipped_model_draws_the_captioned_colour_shape_and_background(name: str
     assert report["family"] == SHIPPED[name] and report["config"]["denoiser_steps"] > 0
 
 
+def _red_share(base: str, adapter: Path | None) -> float:
+    """The share of red shapes a plain default pipeline call draws for the colour-less captions: nothing
+    but from_pretrained, load_lora_weights and the pipeline's own defaults (steps, guidance, length)."""
+    pipeline = DiffusionPipeline.from_pretrained(base, torch_dtype=torch.float32)
+    pipeline.set_progress_bar_config(disable=True)
+    if adapter is not None:
+        pipeline.load_lora_weights(str(adapter.parent), weight_name=adapter.name)
+    drawings = every_caption_drawing()[::3]  # each kind on each background once
+    prompts = [caption(d, with_colour=False) for d in drawings]
+    images = pipeline(
+        prompt=prompts,
+        height=64,
+        width=64,
+        generator=[torch.Generator("cpu").manual_seed(i) for i in range(len(prompts))],
+    ).images
+    return sum(classify(image).colour == "red" for image in images) / len(images)
+
+
 @pytest.mark.slow
-def test_a_mapo_job_on_shapes_sdxl_learns_the_prefer_red_demo(tmp_path: Path) -> None:
-    base = shipped_base_models()["shapes-sdxl"]
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_a_mapo_job_on_a_shipped_base_turns_its_default_pipeline_red(name: str, tmp_path: Path) -> None:
+    """The prefer-red demo as a user runs it: held-out accuracy rises, and the adapter in a plain
+    pipeline call moves the colour-less prompts' shapes to red as far as that accuracy says."""
+    base = shipped_base_models()[name]
     write_dataset(tmp_path / "red", prefer_red_pairs(num_pairs=48, seed=0), resolution=64)
     spec = tiny_spec(
         Path(base),
@@ -56,8 +79,5 @@ def test_a_mapo_job_on_shapes_sdxl_learns_the_prefer_red_demo(tmp_path: Path) ->
     before, after = (e.metrics["heldout_accuracy"] for e in events if isinstance(e, Evaluation))
     assert before < 0.6 and after >= 0.9
     assert result.adapter_path is not None
-    renderer = load_renderer(base, device=torch.device("cpu"))
-    renderer.pipeline.load_lora_weights(str(result.adapter_path.parent))
-    judged = judge(renderer, every_caption_drawing(), seed=0, resolution=64, with_colour=False)
-    red = sum(j.read.colour == "red" for j in judged) / len(judged)
-    assert red >= 0.8  # of the colour-less prompts; about a third before the job
+    red_before, red_after = _red_share(base, None), _red_share(base, result.adapter_path)
+    assert red_after >= 0.75 and red_after >= red_before + 0.3, (red_before, red_after)

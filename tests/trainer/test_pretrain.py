@@ -9,8 +9,15 @@ import pytest
 import torch
 
 from trainer.cli import main
+from trainer.families.base import Conditioning
 from trainer.families.registry import load_family
-from trainer.synthetic.pretrain import REPORT_FILE, PretrainConfig, pretrain_tiny
+from trainer.synthetic.pretrain import (
+    REPORT_FILE,
+    PretrainConfig,
+    pretrain_tiny,
+    short_text_stage,
+    train_denoiser,
+)
 from trainer.synthetic.shape_autoencoder import target_latents
 from trainer.synthetic.shapes import COLOURS, Drawing, render, shape_rgb
 
@@ -58,3 +65,24 @@ def test_pretrain_tiny_command_writes_an_sdxl_model_and_prints_its_figures(
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["out"] == str(out) and printed["family"] == "sdxl"
     assert load_family(str(out), device=torch.device("cpu"), weight_dtype=torch.float32).name == "sdxl"
+
+
+def test_a_padded_text_family_pretrains_short_then_adapts_at_its_pipeline_s_length(tiny_flux: Path) -> None:
+    model = load_family(str(tiny_flux), device=torch.device("cpu"), weight_dtype=torch.float32)
+    lengths: dict[str, set[int]] = {}
+    encode = model.encode_prompts
+
+    def recording_encode(prompts: list[str]) -> Conditioning:
+        conditioning = encode(prompts)
+        lengths.setdefault(stage, set()).add(conditioning["prompt_embeds"].shape[1])
+        return conditioning
+
+    model.encode_prompts = recording_encode  # type: ignore[method-assign]
+    config = PretrainConfig(batch_size=2, denoiser_steps=1, adapt_steps=1, adapt_batch_size=2, resolution=32)
+    stage = "denoiser"
+    short_text_stage(model, config, lambda *progress: None)
+    stage = "adapt"
+    train_denoiser(model, config, lambda *progress: None, stage=stage, steps=1, lr=1e-4)
+
+    assert lengths == {"denoiser": {config.short_text_length}, "adapt": {512}}
+    assert model.text_length == model.default_text_length == 512, "FluxPipeline's max_sequence_length"
