@@ -24,7 +24,7 @@ def plain_pipeline(base_model: Path) -> Any:
 def base_model_image(base_model: Path, prompt: str, *, seed: int, steps: int = 2) -> np.ndarray:
     """What a plain diffusers pipeline of the base model draws for `prompt` from `seed`."""
     image = plain_pipeline(base_model)(
-        prompt,
+        prompt=prompt,
         num_inference_steps=steps,
         guidance_scale=5.0,
         height=32,

@@ -61,11 +61,8 @@ def generation_record(pairs_dir: Path) -> dict[str, object]:
     return record
 
 
-@pytest.mark.parametrize("family", ["tiny_sd", "tiny_sdxl"])
-def test_targets_dataset_gets_the_base_models_image_as_rejected(
-    family: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> None:
-    base_model: Path = request.getfixturevalue(family)
+def test_targets_dataset_gets_the_base_models_image_as_rejected(tiny_model: Path, tmp_path: Path) -> None:
+    base_model = tiny_model
     dataset = one_sided_dataset(tmp_path / "ds", "targets")
     pairs_dir, events = complete(dataset, base_model)
     assert pairs_dir is not None and pairs_dir.is_relative_to(dataset / "generated")

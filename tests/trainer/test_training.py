@@ -93,11 +93,10 @@ def test_checkpoints_hold_the_lora_not_the_whole_unet(
     assert saved and all("lora_" in k for k in saved)
 
 
-@pytest.mark.parametrize("family", ["sd", "flux"])
 def test_resume_reproduces_the_uninterrupted_run_exactly(
-    family: str, request: pytest.FixtureRequest, color_pairs: Path, tmp_path: Path
+    tiny_model: Path, color_pairs: Path, tmp_path: Path
 ) -> None:
-    base = request.getfixturevalue(f"tiny_{family}")
+    base = tiny_model
     spec = tiny_spec(base, max_train_steps=6, gradient_accumulation_steps=2, checkpoint_every_n_steps=3)
     straight, _ = _run(spec, color_pairs, tmp_path / "straight")
     seen: list[Event] = []
