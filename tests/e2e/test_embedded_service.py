@@ -24,6 +24,7 @@ import pytest
 
 from client.sdk import JSON, MapoClient
 from tests.support.specs import FAST_TRAINING
+from trainer.families import FAMILIES
 from trainer.synthetic.demo_data import write_demo_upload
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -225,7 +226,7 @@ def run_flux_job(url: str, key: str, dataset_id: str, model_dir: Path, tmp_path:
     started = time.monotonic()
     with MapoClient(url, key) as mapo:
         offered = {m["name"]: m for m in mapo.list_base_models()}
-        assert offered["tiny-flux"]["family"] == "flux" and offered["tiny-sd3"]["family"] == "sd3"
+        assert {name: offered[f"tiny-{name}"]["family"] for name in FAMILIES} == {n: n for n in FAMILIES}
         job, events, _ = run_job(mapo, dataset_id, base_model="tiny-flux")
         assert job["status"] == "succeeded", job
         assert "training flux" in next(e["message"] for e in events if e["type"] == "started")

@@ -11,9 +11,10 @@ import torch
 from diffusers import DiffusionPipeline
 from safetensors.torch import load_file
 
+from tests.support.adapters import adapter_files
 from trainer import losses
 from trainer.errors import ModelLoadError
-from trainer.export import from_kohya, save_diffusers_lora, save_kohya_lora
+from trainer.export import from_kohya
 from trainer.families.base import ImageGeometry, ModelFamily
 from trainer.families.registry import load_family
 from trainer.lora import attach_lora, trainable_parameters
@@ -147,29 +148,14 @@ def test_sd3_trains_without_t5_on_zeros_in_its_place(tiny_sd3: Path) -> None:
 
 def test_a_field_of_another_family_is_refused_naming_it() -> None:
     spec = TrainSpec(base_model="x", use_t5=False, guidance=2.0)
-    with pytest.raises(SpecConflict, match="guidance applies to flux base models, not to sd3") as caught:
+    with pytest.raises(
+        SpecConflict, match="guidance applies to flux, flux2 base models, not to sd3"
+    ) as caught:
         spec.check_family("sd3")
     assert caught.value.field == "guidance"
     with pytest.raises(SpecConflict, match="use_t5"):
         TrainSpec(base_model="x", use_t5=False).check_family("sdxl")
     TrainSpec(base_model="x", weighting_scheme="cosmap", guidance=1.0).check_family("flux")
-
-
-def lora_with_weights(folder: Path, tmp_path: Path) -> tuple[ModelFamily, Path, Path]:
-    """A family's model with a non-zero LoRA, exported in both formats: (family, diffusers, kohya)."""
-    family = load_family(str(folder), device=CPU, weight_dtype=torch.float32)
-    config = attach_lora(
-        family.denoiser, rank=4, alpha=2.0, dropout=0.0, targets=list(family.default_lora_targets)
-    )
-    with torch.no_grad():
-        for param in trainable_parameters(family.denoiser):
-            param.normal_(std=0.3)
-    out = tmp_path / "adapter"
-    return (
-        family,
-        save_diffusers_lora(family.denoiser, config, family, out),
-        save_kohya_lora(family.denoiser, family, 2.0, out),
-    )
 
 
 def draw(folder: Path, adapter: Path | None) -> torch.Tensor:
@@ -188,7 +174,8 @@ def test_the_diffusers_adapter_loads_into_the_family_s_pipeline_and_changes_its_
     tiny_model: Path, tmp_path: Path
 ) -> None:
     folder = tiny_model
-    family, adapter, _ = lora_with_weights(folder, tmp_path)
+    files = adapter_files(folder, tmp_path / "adapter")
+    family, adapter = files.family, files.diffusers
     assert type(DiffusionPipeline.from_pretrained(str(folder))).__name__ in family.facts.pipeline_classes
     assert not torch.allclose(draw(folder, adapter), draw(folder, None))
 
@@ -196,7 +183,8 @@ def test_the_diffusers_adapter_loads_into_the_family_s_pipeline_and_changes_its_
 def test_the_flux_comfyui_file_converts_in_diffusers_to_identical_images(
     tiny_flux: Path, tmp_path: Path
 ) -> None:
-    _, adapter, kohya = lora_with_weights(tiny_flux, tmp_path)
+    files = adapter_files(tiny_flux, tmp_path / "adapter")
+    adapter, kohya = files.diffusers, files.comfyui
     assert all(k.startswith("lora_transformer_") for k in load_file(str(kohya)))
     torch.testing.assert_close(draw(tiny_flux, kohya), draw(tiny_flux, adapter))
 
@@ -205,7 +193,8 @@ def test_the_sd3_comfyui_file_names_every_adapted_module_and_round_trips(
     tiny_sd3: Path, tmp_path: Path
 ) -> None:
     # diffusers' SD3 loader reads no ComfyUI naming, so the file is checked against the model itself.
-    family, adapter, kohya = lora_with_weights(tiny_sd3, tmp_path)
+    files = adapter_files(tiny_sd3, tmp_path / "adapter")
+    family, adapter, kohya = files.family, files.diffusers, files.comfyui
     modules = [name for name, _ in family.denoiser.named_modules()]
     state, alpha = from_kohya(load_file(str(kohya)), modules, prefix="lora_transformer_")
     diffusers = load_file(str(adapter))

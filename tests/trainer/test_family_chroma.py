@@ -14,12 +14,11 @@ import torch
 from diffusers import DiffusionPipeline
 from safetensors.torch import load_file
 
-from trainer.export import save_diffusers_lora, save_kohya_lora
+from tests.support.adapters import adapter_files
 from trainer.families.base import ImageGeometry
 from trainer.families.chroma import ChromaFamily, joint_mask
 from trainer.families.flux import image_ids, pack_latents, unpack_latents
 from trainer.families.registry import load_family
-from trainer.lora import attach_lora, trainable_parameters
 from trainer.sampling import Renderer
 
 CPU = torch.device("cpu")
@@ -151,15 +150,8 @@ def _draw(folder: Path, adapter: Path | None) -> torch.Tensor:
 def test_the_comfyui_file_loads_in_diffusers_to_the_same_images_as_the_diffusers_file(
     folder: Path, tmp_path: Path
 ) -> None:
-    family = load_family(str(folder), device=CPU, weight_dtype=torch.float32)
-    config = attach_lora(
-        family.denoiser, rank=4, alpha=2.0, dropout=0.0, targets=list(family.default_lora_targets)
-    )
-    with torch.no_grad():
-        for param in trainable_parameters(family.denoiser):
-            param.normal_(std=0.3)
-    diffusers_file = save_diffusers_lora(family.denoiser, config, family, tmp_path)
-    kohya_file = save_kohya_lora(family.denoiser, family, 2.0, tmp_path)
+    files = adapter_files(folder, tmp_path)
+    diffusers_file, kohya_file = files.diffusers, files.comfyui
     assert all(key.startswith("transformer.") for key in load_file(str(diffusers_file)))
     assert all(key.startswith("lora_transformer_") for key in load_file(str(kohya_file)))
     with_adapter = _draw(folder, diffusers_file)

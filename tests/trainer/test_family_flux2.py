@@ -13,11 +13,10 @@ from diffusers import DiffusionPipeline, Flux2Pipeline, Flux2Transformer2DModel
 from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu
 from safetensors.torch import load_file
 
-from trainer.export import save_diffusers_lora, save_kohya_lora
+from tests.support.adapters import adapter_files
 from trainer.families.base import Conditioning, ImageGeometry
 from trainer.families.flux2 import REFERENCE_STEPS, Flux2Family, empirical_mu
 from trainer.families.registry import load_family
-from trainer.lora import attach_lora, trainable_parameters
 
 CPU = torch.device("cpu")
 PROMPTS = ["a red circle on a blue background", "a small green star"]
@@ -145,15 +144,8 @@ def draw(folder: Path, adapter: Path) -> torch.Tensor:
 def test_the_comfyui_file_has_bfl_names_and_draws_what_the_diffusers_file_draws(
     tiny_flux2: Path, tmp_path: Path
 ) -> None:
-    family = load_family(str(tiny_flux2), device=CPU, weight_dtype=torch.float32)
-    config = attach_lora(
-        family.denoiser, rank=4, alpha=2.0, dropout=0.0, targets=list(family.default_lora_targets)
-    )
-    with torch.no_grad():
-        for param in trainable_parameters(family.denoiser):
-            param.normal_(std=0.3)
-    diffusers_file = save_diffusers_lora(family.denoiser, config, family, tmp_path)
-    comfy_file = save_kohya_lora(family.denoiser, family, 2.0, tmp_path)
+    files = adapter_files(tiny_flux2, tmp_path)
+    diffusers_file, comfy_file = files.diffusers, files.comfyui
     names = {key.rsplit(".", 2)[0] for key in load_file(str(comfy_file))}
     assert names == {
         *(

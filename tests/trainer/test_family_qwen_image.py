@@ -14,7 +14,7 @@ from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, QwenIm
 from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift
 from safetensors.torch import load_file
 
-from trainer.export import save_diffusers_lora, save_kohya_lora
+from tests.support.adapters import adapter_files
 from trainer.families.base import ImageGeometry
 from trainer.families.qwen_image import (
     MAX_SEQUENCE_LENGTH,
@@ -24,7 +24,6 @@ from trainer.families.qwen_image import (
     pipeline_text,
 )
 from trainer.families.registry import load_family
-from trainer.lora import attach_lora, trainable_parameters
 from trainer.sampling import Renderer
 
 CPU = torch.device("cpu")
@@ -204,16 +203,8 @@ def _draw(folder: Path, adapter: Path | None) -> torch.Tensor:
 
 
 def test_the_comfyui_file_loads_in_diffusers_to_the_same_images(folder: Path, tmp_path: Path) -> None:
-    family = load_family(str(folder), device=CPU, weight_dtype=torch.float32)
-    config = attach_lora(
-        family.denoiser, rank=4, alpha=2.0, dropout=0.0, targets=list(family.default_lora_targets)
-    )
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for param in trainable_parameters(family.denoiser):
-            param.normal_(std=0.3)
-    adapter = save_diffusers_lora(family.denoiser, config, family, tmp_path / "adapter")
-    comfy = save_kohya_lora(family.denoiser, family, 2.0, tmp_path / "adapter")
+    files = adapter_files(folder, tmp_path / "adapter")
+    family, adapter, comfy = files.family, files.diffusers, files.comfyui
     keys = load_file(str(comfy)).keys()
     modules = {k.removesuffix(".alpha") for k in keys if k.endswith(".alpha")}
     assert all(k.startswith("diffusion_model.transformer_blocks.") for k in keys)

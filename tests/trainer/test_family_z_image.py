@@ -13,11 +13,10 @@ import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from safetensors.torch import load_file
 
-from trainer.export import save_diffusers_lora, save_kohya_lora
+from tests.support.adapters import adapter_files
 from trainer.families.base import Conditioning, ImageGeometry, attention_processors
 from trainer.families.registry import load_family
 from trainer.families.z_image import MAX_SEQUENCE_LENGTH, ZImageFamily, unpad_captions
-from trainer.lora import attach_lora, trainable_parameters
 
 CPU = torch.device("cpu")
 # Short, empty, and longer than 512 tokens (truncated, template included).
@@ -171,20 +170,6 @@ def test_latents_decode_as_the_pipeline_decodes_them(family: ZImageFamily, pipel
     torch.testing.assert_close(family.from_latents(family.to_latents(mean)), mean)
 
 
-def adapter_files(folder: Path, out: Path, targets: list[str]) -> tuple[Path, Path]:
-    """A non-zero rank-4, alpha-2 adapter on `targets`, saved as the diffusers and the ComfyUI file."""
-    family = load_family(str(folder), device=CPU, weight_dtype=torch.float32)
-    config = attach_lora(family.denoiser, rank=4, alpha=2.0, dropout=0.0, targets=targets)
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for param in trainable_parameters(family.denoiser):
-            param.normal_(std=0.3, generator=generator)
-    return (
-        save_diffusers_lora(family.denoiser, config, family, out),
-        save_kohya_lora(family.denoiser, family, 2.0, out),
-    )
-
-
 def draw(folder: Path, adapter: Path | None) -> torch.Tensor:
     pipe = DiffusionPipeline.from_pretrained(str(folder))
     pipe.set_progress_bar_config(disable=True)
@@ -210,7 +195,8 @@ def draw(folder: Path, adapter: Path | None) -> torch.Tensor:
 def test_the_comfyui_file_converts_in_diffusers_to_identical_images(
     folder: Path, tmp_path: Path, targets: list[str]
 ) -> None:
-    adapter, comfy = adapter_files(folder, tmp_path / "adapter", targets)
+    files = adapter_files(folder, tmp_path / "adapter", targets=targets)
+    adapter, comfy = files.diffusers, files.comfyui
     keys = load_file(str(comfy))
     assert all(key.startswith("diffusion_model.") for key in keys)
     assert not any(".to_q." in key or ".to_out." in key for key in keys)
@@ -223,7 +209,7 @@ def test_the_comfyui_file_converts_in_diffusers_to_identical_images(
 
 
 def test_the_adapter_targets_the_attention_of_every_block(family: ZImageFamily, tmp_path: Path) -> None:
-    adapter, _ = adapter_files(Path(family.source), tmp_path, list(family.default_lora_targets))
+    adapter = adapter_files(Path(family.source), tmp_path).diffusers
     modules = {key.removeprefix("transformer.").rsplit(".lora_", 1)[0] for key in load_file(str(adapter))}
     config = family.denoiser.config
     blocks = config.n_layers + 2 * config.n_refiner_layers  # main layers, noise and context refiners
