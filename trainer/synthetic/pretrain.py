@@ -63,9 +63,9 @@ class PretrainConfig:
     caption_dropout: float = 0.1
     offset_noise: float = 0.1
     short_text_length: int = 32
-    adapt_steps: int = 200
+    adapt_steps: int = 1200
     adapt_batch_size: int = 8  # a step at 512 text tokens costs about ten at 32
-    adapt_lr: float = 5e-4
+    adapt_lr: float = 1e-3
     seed: int = 0
 
 
@@ -80,11 +80,12 @@ class PretrainReport:
     caption_accuracy_before: dict[str, float] = field(default_factory=dict)
     caption_accuracy_after: dict[str, float] = field(default_factory=dict)
     started_from: str | None = None  # the shapes base whose first stages this run reused
+    first_stages: dict[str, Any] | None = None  # that base's own report
     seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
         """The figures without the config, rounded for people."""
-        figures = {k: v for k, v in asdict(self).items() if k not in ("family", "config")}
+        figures = {k: v for k, v in asdict(self).items() if k not in ("family", "config", "first_stages")}
         return {"family": self.family, **_rounded(figures)}
 
 
@@ -139,6 +140,8 @@ def pretrain_tiny(
         _autoencoder_stage(model, held_out, config, on_progress, report)
     else:
         report.started_from = str(start_from)
+        if (start_from / REPORT_FILE).is_file():
+            report.first_stages = json.loads((start_from / REPORT_FILE).read_text(encoding="utf-8"))
     before_loss = denoising_loss(model, held_out, config)
     if start_from is None:
         short_text_stage(model, config, on_progress)
