@@ -14,12 +14,24 @@ from trainer.lora_linear import FusedLoraLinear, masked_items
 
 
 def attach_lora(
-    denoiser: torch.nn.Module, *, rank: int, alpha: float, dropout: float, targets: list[str]
+    denoiser: torch.nn.Module,
+    *,
+    rank: int,
+    alpha: float,
+    dropout: float,
+    targets: list[str],
+    exclude: list[str] | None = None,
 ) -> LoraConfig:
-    """Add a trainable LoRA adapter (gaussian init, so B = 0 and the model is unchanged at step 0) and
-    keep its weights in float32 whatever the base dtype, as mixed-precision training needs."""
+    """Add a trainable LoRA adapter (gaussian init, so B = 0 and the model is unchanged at step 0) on the
+    modules whose names end in one of `targets`, except the modules named in `exclude`, and keep its
+    weights in float32 whatever the base dtype, as mixed-precision training needs."""
     config = LoraConfig(
-        r=rank, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights="gaussian", target_modules=targets
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        init_lora_weights="gaussian",
+        target_modules=targets,
+        exclude_modules=exclude or None,
     )
     # peft's hook for custom layer classes: its own LoRA linear with a faster plain case (lora_linear.py).
     config._register_custom_module({torch.nn.Linear: FusedLoraLinear})

@@ -131,12 +131,14 @@ def open_session(
     except SpecConflict as exc:
         raise SpecMismatchError(str(exc)) from exc
     resolution = spec.resolution or model.native_resolution
+    targets = spec.lora_target_modules or list(model.default_lora_targets)
     lora_config = attach_lora(
         model.denoiser,
         rank=spec.lora_rank,
         alpha=spec.effective_lora_alpha,
         dropout=spec.lora_dropout,
-        targets=spec.lora_target_modules or list(model.default_lora_targets),
+        targets=targets,
+        exclude=[name for name in model.discarded_modules() if name.endswith(tuple(targets))],
     )
     if spec.gradient_checkpointing:
         model.enable_gradient_checkpointing(model.denoiser)

@@ -24,6 +24,7 @@ from trainer.families.qwen_image import (
     pipeline_text,
 )
 from trainer.families.registry import load_family
+from trainer.lora import attach_lora
 from trainer.sampling import Renderer
 
 CPU = torch.device("cpu")
@@ -213,3 +214,22 @@ def test_the_comfyui_file_loads_in_diffusers_to_the_same_images(folder: Path, tm
     with_adapter = _draw(folder, adapter)
     torch.testing.assert_close(_draw(folder, comfy), with_adapter, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(with_adapter, _draw(folder, None), atol=1e-3)
+
+
+def test_no_lora_goes_where_the_model_discards_the_output_so_every_one_gets_a_gradient(folder: Path) -> None:
+    """The last block's text-stream output is thrown away: a LoRA there would get no gradient, and
+    data-parallel training waits for every parameter's."""
+    model = load_family(str(folder), device=CPU, weight_dtype=torch.float32)
+    targets = list(model.default_lora_targets)
+    assert "to_add_out" in targets
+    discarded = model.discarded_modules()
+    attach_lora(model.denoiser, rank=4, alpha=4.0, dropout=0.0, targets=targets, exclude=discarded)
+    latents = torch.randn(2, model.latent_channels, 4, 4, generator=torch.Generator().manual_seed(0))
+    sigmas = torch.tensor([0.3, 0.8])
+    prediction = model.predict(
+        model.denoiser, latents, sigmas, model.encode_prompts(PROMPTS), ImageGeometry.uncropped(2, 32)
+    )
+    prediction.square().mean().backward()
+    lora = {n: p for n, p in model.denoiser.named_parameters() if "lora_" in n}
+    assert not [n for n in lora if n.startswith(discarded[0] + ".")], "no LoRA on the discarded output"
+    assert lora and all(p.grad is not None for p in lora.values())

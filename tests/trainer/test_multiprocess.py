@@ -85,16 +85,16 @@ def test_one_adapter_is_written_and_diffusers_loads_it(straight: Run, tiny_sd: P
 
 
 @pytest.mark.slow
-def test_two_processes_train_a_flux_job_to_one_adapter_that_loads(
-    tiny_flux: Path, color_pairs: Path, tmp_path: Path
+def test_two_processes_train_every_family_to_one_adapter_that_loads(
+    family_name: str, tiny_model: Path, color_pairs: Path, tmp_path: Path
 ) -> None:
-    from diffusers import FluxPipeline
+    from diffusers import DiffusionPipeline
 
-    run = _launch(tiny_flux, color_pairs, tmp_path)
+    run = _launch(tiny_model, color_pairs, tmp_path)
     [started] = run.of(Started)
-    assert (started.world_size, started.model_family) == (2, "flux")  # type: ignore[attr-defined]
+    assert (started.world_size, started.model_family) == (2, family_name)  # type: ignore[attr-defined]
     assert [e.step for e in run.of(Step)] == list(range(1, STEPS + 1))  # type: ignore[attr-defined]
-    pipeline = FluxPipeline.from_pretrained(tiny_flux)
+    pipeline = DiffusionPipeline.from_pretrained(str(tiny_model))
     pipeline.load_lora_weights(tmp_path / "adapter")
     assert pipeline.get_active_adapters(), "the LoRA is attached to the pipeline"
 

@@ -183,6 +183,11 @@ class ModelFamily(ABC):
 
         return facts.native_resolution(read, facts.denoiser)
 
+    def discarded_modules(self) -> list[str]:
+        """Modules of the denoiser whose output it throws away: a LoRA there gets no gradient, which
+        would stall data-parallel training (DDP waits for every parameter's), so none is attached."""
+        return []
+
     def enable_gradient_checkpointing(self, denoiser: torch.nn.Module) -> None:
         """Recompute the denoiser's activations in the backward pass (diffusers' own switch)."""
         denoiser.enable_gradient_checkpointing()  # type: ignore[operator]

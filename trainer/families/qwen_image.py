@@ -77,6 +77,11 @@ class QwenImageFamily(FlowFamily):
     # QwenDoubleStreamAttnProcessor2_0 calls SDPA through diffusers' dispatcher (native backend).
     sdpa_processors: ClassVar[tuple[str, ...]] = ("2_0",)
 
+    def discarded_modules(self) -> list[str]:
+        # The last block computes its text stream's attention output and the model drops it.
+        last = len(self.denoiser.transformer_blocks) - 1
+        return [f"transformer_blocks.{last}.attn.to_add_out"]
+
     @classmethod
     def load_text_stack(
         cls, source: str, *, weight_dtype: torch.dtype, options: dict[str, Any]
