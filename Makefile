@@ -30,4 +30,3 @@ base-models: setup
 	.venv/bin/python -m trainer pretrain-tiny --family sd --half --denoiser-steps 3000 --out trainer/synthetic/base_models/shapes-sd
 	.venv/bin/python -m trainer pretrain-tiny --family sdxl --half --out trainer/synthetic/base_models/shapes-sdxl
 	.venv/bin/python -m trainer pretrain-tiny --family flux --half --denoiser-steps 2000 --out trainer/synthetic/base_models/shapes-flux
-	.venv/bin/python -m trainer pretrain-tiny --family sd3 --half --denoiser-steps 2000 --out trainer/synthetic/base_models/shapes-sd3

@@ -311,7 +311,7 @@ class ModelFamily(ABC):
         pipeline_cls.save_lora_weights(
             out_dir,
             weight_name=name,
-            **{self.lora_layers_argument: state, metadata_argument: config.to_dict()},
+            **{self.lora_layers_argument: state, metadata_argument: _loading_metadata(config, state)},
         )
 
 
@@ -324,3 +324,21 @@ def attention_processors(denoiser: torch.nn.Module) -> dict[str, object]:
         for name, module in denoiser.named_modules()
         if callable(getattr(module, "get_processor", None))
     }
+
+
+def _loading_metadata(config: LoraConfig, state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The adapter's peft config as the file's loader needs it (rank, alpha, targets). Where modules
+    were excluded from training, the targets become the adapted modules' own names: the loader would
+    otherwise find the excluded ones matching and warn that the file lacks them."""
+    metadata: dict[str, Any] = config.to_dict()
+    if metadata.pop("exclude_modules", None):
+        suffixes = (".lora_A.weight", ".lora_B.weight", ".lora.down.weight", ".lora.up.weight")
+        metadata["target_modules"] = sorted({_strip(key, suffixes) for key in state})
+    return metadata
+
+
+def _strip(key: str, suffixes: tuple[str, ...]) -> str:
+    for suffix in suffixes:
+        if key.endswith(suffix):
+            return key.removesuffix(suffix)
+    return key
