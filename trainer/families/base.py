@@ -281,9 +281,15 @@ class ModelFamily(ABC):
         """The denoiser's prediction for `noisy` (2B, C, h, w), same shape. `denoiser` is this family's
         denoiser or a wrapper of it (accelerate's distributed one), with or without LoRA enabled."""
 
-    @abstractmethod
     def pipeline_components(self, denoiser: torch.nn.Module) -> dict[str, Any]:
-        """The components of this family's pipeline, sharing the loaded modules, with `denoiser`."""
+        """The components of this family's pipeline, sharing the loaded modules, with `denoiser`: the
+        denoiser under its folder's name, the VAE, and the text encoders and tokenizers in pipeline
+        order as diffusers names them (text_encoder, text_encoder_2, ...)."""
+        components: dict[str, Any] = {self.facts.denoiser: denoiser, "vae": self.vae}
+        for index, (encoder, tokenizer) in enumerate(zip(self.text_encoders, self.tokenizers, strict=True)):
+            suffix = "" if index == 0 else f"_{index + 1}"
+            components |= {f"text_encoder{suffix}": encoder, f"tokenizer{suffix}": tokenizer}
+        return components
 
     def sampling_arguments(self, guidance_scale: float) -> dict[str, Any]:
         """Keyword arguments of the pipeline's __call__ for classifier-free guidance at `guidance_scale`

@@ -118,14 +118,6 @@ class ChromaFamily(FlowFamily):
         )[0]
         return unpack_latents(packed, height, width)
 
-    def pipeline_components(self, denoiser: torch.nn.Module) -> dict[str, Any]:
-        return {
-            "transformer": denoiser,
-            "vae": self.vae,
-            "text_encoder": self.text_encoders[0],
-            "tokenizer": self.tokenizers[0],
-        }
-
     def pipeline_latents(self, latents: torch.Tensor, resolution: int) -> torch.Tensor:
         """The pipeline's packed (B, tokens, 64) latents -> (B, 16, h, w)."""
         size = 2 * (resolution // (self.vae_scale_factor * 2))

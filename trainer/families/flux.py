@@ -89,16 +89,6 @@ class FluxFamily(FlowFamily):
         )[0]
         return unpack_latents(packed, noisy.shape[-2], noisy.shape[-1])
 
-    def pipeline_components(self, denoiser: torch.nn.Module) -> dict[str, Any]:
-        return {
-            "transformer": denoiser,
-            "vae": self.vae,
-            "text_encoder": self.text_encoders[0],
-            "tokenizer": self.tokenizers[0],
-            "text_encoder_2": self.text_encoders[1],
-            "tokenizer_2": self.tokenizers[1],
-        }
-
     def sampling_arguments(self, guidance_scale: float) -> dict[str, Any]:
         """FLUX.1-dev takes the guidance as an input (distilled guidance); a model without a guidance
         embedding (schnell, the shapes base) gets true classifier-free guidance against "" instead."""

@@ -185,14 +185,6 @@ class Flux2Family(FlowFamily):
         )[0]
         return tokens[:, : height * width].transpose(1, 2).reshape(n, channels, height, width)
 
-    def pipeline_components(self, denoiser: torch.nn.Module) -> dict[str, Any]:
-        return {
-            "transformer": denoiser,
-            "vae": self.vae,
-            "text_encoder": self.text_encoders[0],
-            "tokenizer": self.tokenizers[0],
-        }
-
     def pipeline_latents(self, latents: torch.Tensor, resolution: int) -> torch.Tensor:
         """klein's latent output is the VAE's (N, 32, H/8, W/8); dev's the tokens (N, h*w, 128)."""
         if not self.dev:

@@ -179,14 +179,6 @@ class QwenImageFamily(FlowFamily):
         )[0]
         return unpack_latents(packed, height, width)
 
-    def pipeline_components(self, denoiser: torch.nn.Module) -> dict[str, Any]:
-        return {
-            "transformer": denoiser,
-            "vae": self.vae,
-            "text_encoder": self.text_encoders[0],
-            "tokenizer": self.tokenizers[0],
-        }
-
     def sampling_arguments(self, guidance_scale: float) -> dict[str, Any]:
         """Nothing but a guidance-distilled model's guidance: the pipeline's default call does not guide
         (module docstring), and validation images are that call."""

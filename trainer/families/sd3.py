@@ -96,14 +96,6 @@ class SD3Family(FlowFamily):
         return prediction
 
     def pipeline_components(self, denoiser: torch.nn.Module) -> dict[str, Any]:
-        t5 = (self.text_encoders[2], self.tokenizers[2]) if self.has_t5 else (None, None)
-        return {
-            "transformer": denoiser,
-            "vae": self.vae,
-            "text_encoder": self.text_encoders[0],
-            "tokenizer": self.tokenizers[0],
-            "text_encoder_2": self.text_encoders[1],
-            "tokenizer_2": self.tokenizers[1],
-            "text_encoder_3": t5[0],
-            "tokenizer_3": t5[1],
-        }
+        # Without T5 the pipeline is told so, as it is loaded without text_encoder_3.
+        no_t5 = {} if self.has_t5 else {"text_encoder_3": None, "tokenizer_3": None}
+        return super().pipeline_components(denoiser) | no_t5

@@ -3,7 +3,7 @@ time ids per image (original size, crop, target size)."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -52,10 +52,6 @@ class SDXLFamily(UNetFamily):
             noisy, levels, conditioning["prompt_embeds"], added_cond_kwargs=added
         ).sample
         return prediction
-
-    def pipeline_components(self, denoiser: torch.nn.Module) -> dict[str, Any]:
-        second = {"text_encoder_2": self.text_encoders[1], "tokenizer_2": self.tokenizers[1]}
-        return super().pipeline_components(denoiser) | second
 
 
 def sdxl_time_ids(geometry: ImageGeometry) -> torch.Tensor:

@@ -133,14 +133,6 @@ class ZImageFamily(FlowFamily):
         scheduler_t = sigmas.float() * self.num_train_timesteps
         return (1000 - scheduler_t) / 1000
 
-    def pipeline_components(self, denoiser: torch.nn.Module) -> dict[str, Any]:
-        return {
-            "transformer": denoiser,
-            "vae": self.vae,
-            "text_encoder": self.text_encoders[0],
-            "tokenizer": self.tokenizers[0],
-        }
-
     def kohya_state(self, state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
         """`state` in ComfyUI's Z-Image naming: `diffusion_model.<comfy module>.lora.down.weight`,
         `.lora.up.weight` and `.alpha`, each block's q/k/v adapters fused into one `attention.qkv`."""
