@@ -22,6 +22,7 @@ from trainer.synthetic.tiny_flow import (
     _t5_config,
     build_t5_tokenizer,
     flux_scheduler,
+    flux_shaped,
 )
 
 # The approximator's (input channels, hidden width, layers); Chroma1-HD: (64, 5120, 5). The input is the
@@ -49,17 +50,10 @@ def build_chroma(out_dir: Path, *, preset: tiny.Preset, shapes_base: bool) -> Pa
 
 
 def chroma_transformer(shape: FlowShape, approximator: tuple[int, int, int]) -> ChromaTransformer2DModel:
-    """FLUX.1's packing (64 input features = 16 channels x 2x2, patch size 1), the preset's blocks."""
+    """FLUX.1's shape (tiny_flow.flux_shaped) and Chroma's modulation approximator."""
     channels, hidden, layers = approximator
     return ChromaTransformer2DModel(
-        patch_size=1,
-        in_channels=LATENT_CHANNELS * 4,
-        num_layers=shape.layers,
-        num_single_layers=shape.single_layers,
-        attention_head_dim=shape.head_dim,
-        num_attention_heads=shape.heads,
-        joint_attention_dim=shape.t5_hidden,
-        axes_dims_rope=shape.rope_axes,
+        **flux_shaped(shape),
         approximator_num_channels=channels,
         approximator_hidden_dim=hidden,
         approximator_layers=layers,

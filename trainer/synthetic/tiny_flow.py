@@ -181,16 +181,22 @@ def _sd3_transformer(shape: FlowShape, latent_size: int) -> SD3Transformer2DMode
     )
 
 
+def flux_shaped(shape: FlowShape) -> dict[str, Any]:
+    """The config a FLUX.1-shaped transformer (FLUX.1, Chroma) takes from `shape`: FLUX's packing (64
+    input features = 16 channels x 2x2, patch size 1), the shape's blocks, heads and T5 width."""
+    return {
+        "patch_size": 1,
+        "in_channels": LATENT_CHANNELS * 4,
+        "num_layers": shape.layers,
+        "num_single_layers": shape.single_layers,
+        "attention_head_dim": shape.head_dim,
+        "num_attention_heads": shape.heads,
+        "joint_attention_dim": shape.t5_hidden,
+        "axes_dims_rope": shape.rope_axes,
+    }
+
+
 def _flux_transformer(shape: FlowShape, *, guidance_embeds: bool) -> FluxTransformer2DModel:
     return FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=LATENT_CHANNELS * 4,
-        num_layers=shape.layers,
-        num_single_layers=shape.single_layers,
-        attention_head_dim=shape.head_dim,
-        num_attention_heads=shape.heads,
-        joint_attention_dim=shape.t5_hidden,
-        pooled_projection_dim=shape.clip_hidden,
-        guidance_embeds=guidance_embeds,
-        axes_dims_rope=shape.rope_axes,
+        **flux_shaped(shape), pooled_projection_dim=shape.clip_hidden, guidance_embeds=guidance_embeds
     )
