@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from trainer.synthetic.pretrain import (
     train_denoiser,
 )
 from trainer.synthetic.shape_autoencoder import target_latents
-from trainer.synthetic.shapes import COLOURS, Drawing, render, shape_rgb
+from trainer.synthetic.shapes import COLOURS, Drawing, random_drawing, render, shape_rgb
 
 SHORT = PretrainConfig(autoencoder_batch_size=8, autoencoder_steps=40, batch_size=8, denoiser_steps=40)
 
@@ -86,3 +87,34 @@ def test_a_padded_text_family_pretrains_short_then_adapts_at_its_pipeline_s_leng
 
     assert lengths == {"denoiser": {config.short_text_length}, "adapt": {512}}
     assert model.text_length == model.default_text_length == 512, "FluxPipeline's max_sequence_length"
+
+
+@pytest.mark.slow
+def test_a_flux2_pretraining_trains_its_vae_and_calibrates_the_batch_norm_its_pipelines_normalise_with(
+    tmp_path: Path,
+) -> None:
+    config = PretrainConfig(
+        autoencoder_batch_size=8,
+        autoencoder_steps=40,
+        batch_size=4,
+        denoiser_steps=4,
+        adapt_steps=1,
+        adapt_batch_size=2,
+    )
+    report = pretrain_tiny("flux2", tmp_path / "shapes-flux2", config, on_progress=lambda *progress: None)
+
+    assert report.reconstruction_error[1] < report.reconstruction_error[0]
+    model = load_family(
+        str(tmp_path / "shapes-flux2"), device=torch.device("cpu"), weight_dtype=torch.float32
+    )
+    rng = random.Random(1)
+    drawings = [random_drawing(rng) for _ in range(32)]
+    pixels = torch.stack(
+        [
+            torch.tensor(list(render(d, 64).getdata()), dtype=torch.float32).reshape(64, 64, 3)
+            for d in drawings
+        ]
+    ).permute(0, 3, 1, 2)
+    latents = model.to_latents(model.encode_pixels(pixels / 127.5 - 1.0)[0])
+    assert latents.shape[1] == 128 and abs(float(latents.mean())) < 0.3
+    assert 0.7 < float(latents.std()) < 1.4, "normalised by the measured batch-norm statistics"

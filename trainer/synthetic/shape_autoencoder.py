@@ -18,14 +18,15 @@ from diffusers import AutoencoderKL
 from diffusers.optimization import get_scheduler
 
 from trainer.synthetic.tiny import LATENT_LOGVAR
+from trainer.synthetic.tiny_flux2 import set_bn_statistics
 
 NORM_GROUPS = 2
 
 
 def colour_capable_vae(vae: AutoencoderKL, *, seed: int) -> AutoencoderKL:
-    """A fresh VAE of `vae`'s shape with NORM_GROUPS norm groups and a narrow posterior."""
+    """A fresh VAE of `vae`'s class and shape with NORM_GROUPS norm groups and a narrow posterior."""
     torch.manual_seed(seed)
-    fresh = AutoencoderKL.from_config({**vae.config, "norm_num_groups": NORM_GROUPS})
+    fresh: AutoencoderKL = type(vae).from_config({**vae.config, "norm_num_groups": NORM_GROUPS})
     _pin_posterior(fresh)
     return fresh
 
@@ -74,8 +75,12 @@ def train_autoencoder(
 @torch.no_grad()
 def calibrate_scaling(vae: AutoencoderKL, pixels: torch.Tensor) -> None:
     """Set the scaling factor that makes the latents of `pixels` unit-variance, as the schedule assumes
-    (and, for a VAE with a shift factor, the shift that centres them)."""
+    (and, for a VAE with a shift factor, the shift that centres them). A VAE whose pipelines normalise
+    with batch-norm statistics instead (FLUX.2's) gets those, per patchified channel."""
     latents = vae.encode(pixels).latent_dist.mean
+    if isinstance(getattr(vae, "bn", None), torch.nn.BatchNorm2d):
+        set_bn_statistics(vae, latents)
+        return
     if vae.config.get("shift_factor") is not None:
         vae.register_to_config(shift_factor=float(latents.mean()))
         latents = latents - float(latents.mean())

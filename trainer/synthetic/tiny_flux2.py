@@ -129,10 +129,16 @@ def _calibrate(vae: AutoencoderKLFlux2) -> None:
     generator = torch.Generator().manual_seed(0)
     blocks = torch.rand(16, 3, 8, 8, generator=generator) * 2 - 1
     images = torch.nn.functional.interpolate(blocks, size=(size, size), mode="nearest")
-    mean = vae.encode(images).latent_dist.mean  # (16, 32, size/8, size/8)
-    b, c, h, w = mean.shape
-    patches = mean.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, 4 * c, -1)
-    channel_mean = patches.mean(dim=(0, 2))
+    set_bn_statistics(vae, vae.encode(images).latent_dist.mean)
+
+
+@torch.no_grad()
+def set_bn_statistics(vae: AutoencoderKLFlux2, latents: torch.Tensor) -> None:
+    """bn.running_mean / running_var such that the pipelines' normalisation, (z - mean) /
+    sqrt(var + eps), gives the 2x2-patchified `latents` (N, 32, h, w) zero mean and unit variance per
+    channel."""
+    b, c, h, w = latents.shape
+    patches = latents.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, 4 * c, -1)
     channel_var = patches.var(dim=(0, 2)) - vae.config.batch_norm_eps
-    vae.bn.running_mean.copy_(channel_mean)
+    vae.bn.running_mean.copy_(patches.mean(dim=(0, 2)))
     vae.bn.running_var.copy_(channel_var.clamp_min(1e-6))
