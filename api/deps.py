@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import Unauthenticated
 from api.tenant_cache import SingleFlight, TenantCache
+from api.upload_slots import UploadSlots
 from core.db import Database, commit, rollback
 from core.models import Tenant
 from core.repositories import tenants as tenant_repo
@@ -32,6 +33,7 @@ class AppContext:
     producer: Celery
     tenants: TenantCache
     key_lookups: SingleFlight
+    upload_slots: UploadSlots
 
 
 async def get_context(request: Request) -> AppContext:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -27,6 +27,7 @@ _HTTP_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
+    408: "request_timeout",
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
@@ -40,6 +41,8 @@ class ApiError(Exception):
 
     status_code = 400
     code = "bad_request"
+    # Sent with the error's answer (Retry-After, WWW-Authenticate); name, value pairs.
+    headers: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -54,6 +57,7 @@ class ApiError(Exception):
 
 class Unauthenticated(ApiError):
     status_code, code = 401, "unauthenticated"
+    headers = (("WWW-Authenticate", "Bearer"),)
 
 
 class NotFound(ApiError):
@@ -107,8 +111,7 @@ def validation_param(error: dict[str, Any]) -> str | None:
 
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-    return error_response(exc.status_code, exc.body(), headers)
+    return error_response(exc.status_code, exc.body(), dict(exc.headers) or None)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

@@ -11,11 +11,13 @@ from api import monitoring
 from api.body_limit import BodyLimitMiddleware
 from api.deps import AppContext
 from api.errors import install_error_handlers
+from api.read_timeout import ReadTimeoutMiddleware
 from api.routes import base_models, datasets, docs, health, jobs, outputs, uploads, web, webhooks, workers
 from api.services import dataset_kinds
 from api.services import datasets as datasets_service
 from api.services.uploads import UploadStore
 from api.tenant_cache import SingleFlight, TenantCache
+from api.upload_slots import UploadSlots
 from core.db import Database
 from core.queue import make_producer
 from core.settings import Settings
@@ -43,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         producer=make_producer(settings),
         tenants=TenantCache(settings.auth_cache_seconds, pepper=settings.api_key_pepper.get_secret_value()),
         key_lookups=SingleFlight(settings.api_key_pepper.get_secret_value()),
+        upload_slots=UploadSlots(settings.max_concurrent_uploads),
     )
 
     @asynccontextmanager
@@ -63,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes + BODY_OVERHEAD_BYTES)
+    app.add_middleware(ReadTimeoutMiddleware, timeout_seconds=settings.request_read_timeout_seconds)
     app.state.context = context
     install_error_handlers(app)
     monitoring.install(app, context.database)

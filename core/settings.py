@@ -85,6 +85,18 @@ class Settings(BaseSettings):
         description="A resumable upload is refused (507) if its declared length, with what open uploads "
         "still have to receive, would leave less free than this on the data directory's disk.",
     )
+    max_concurrent_uploads: int = Field(
+        default=4,
+        ge=1,
+        description="Most uploads (POST /v1/datasets, PATCH /v1/uploads/{id}) one tenant may be sending to "
+        "one API process at the same time; 429 too_many_concurrent_uploads with Retry-After beyond.",
+    )
+    request_read_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Longest wait for the next piece of a request body: a client that sends nothing for "
+        "this long is answered 408 request_timeout and its connection closed (uvicorn has no such timeout).",
+    )
     max_pairs: int = Field(default=200_000, ge=1, description="Most preference pairs in one dataset.")
     max_image_bytes: int = Field(default=20 << 20, ge=1, description="Largest encoded image file in bytes.")
     max_image_pixels: int = Field(default=4096 * 4096, ge=1, description="Largest decoded image (w * h).")

@@ -8,7 +8,6 @@ from fastapi import APIRouter, Header, Path, Query, Request, status
 from fastapi.responses import Response, StreamingResponse
 
 from api.deps import ContextDep, CurrentTenant, SessionDep
-from api.request_stream import request_body
 from api.routes.downloads import REDIRECT_RESPONSE, file_response
 from api.schemas import INT64_MAX, DatasetOut, ErrorResponse, ListResponse, PreviewPairOut
 from api.services import datasets as service
@@ -23,13 +22,19 @@ After = Annotated[str | None, Query(description="Id of the last item of the prev
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    responses={409: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    responses={
+        408: {"model": ErrorResponse},
+        409: {"model": ErrorResponse},
+        413: {"model": ErrorResponse},
+        422: {"model": ErrorResponse},
+        429: {"model": ErrorResponse},
+    },
     # The body is parsed as it arrives (api/services/upload_form.py), not by FastAPI: its form is stated here.
     openapi_extra={
         "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": UPLOAD_FORM_SCHEMA}}}
     },
 )
-def upload_dataset(
+async def upload_dataset(
     request: Request,
     session: SessionDep,
     context: ContextDep,
@@ -55,14 +60,15 @@ def upload_dataset(
     - parquet shards (any kind): `data/train-00000-of-00004.parquet`, ... and nothing else, read in name
       order as one parquet of all their rows.
     """
-    return service.upload_dataset(
-        session,
-        context,
-        tenant,
-        body=request_body(request),
-        content_type=request.headers.get("content-type", ""),
-        idempotency_key=idempotency_key,
-    )
+    with context.upload_slots.hold(tenant.id):
+        return await service.upload_dataset(
+            session,
+            context,
+            tenant,
+            body=request.stream(),
+            content_type=request.headers.get("content-type", ""),
+            idempotency_key=idempotency_key,
+        )
 
 
 @router.get("")

@@ -10,13 +10,15 @@ from datetime import UTC, datetime
 from email.utils import formatdate
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Body, Header, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 from starlette.requests import ClientDisconnect
 
 from api.deps import ContextDep, CurrentTenant, SessionDep
 from api.errors import ApiError, InvalidRequest
-from api.request_stream import request_body
+from api.request_stream import write_body
 from api.schemas import INT64_MAX, DatasetOut, ErrorResponse
 from api.services import upload_datasets
 from api.services.upload_datasets import DatasetFromUpload
@@ -168,10 +170,12 @@ def get_upload(context: ContextDep, tenant: CurrentTenant, upload_id: str) -> Up
     status_code=status.HTTP_204_NO_CONTENT,
     responses={
         204: {"headers": UPLOAD_HEADERS},
+        408: {"model": ErrorResponse},
         409: {"model": ErrorResponse},
         412: {"model": ErrorResponse},
         413: {"model": ErrorResponse},
         415: {"model": ErrorResponse},
+        429: {"model": ErrorResponse},
     },
     openapi_extra={
         "requestBody": {
@@ -180,7 +184,7 @@ def get_upload(context: ContextDep, tenant: CurrentTenant, upload_id: str) -> Up
         }
     },
 )
-def append_to_upload(
+async def append_to_upload(
     request: Request,
     context: ContextDep,
     tenant: CurrentTenant,
@@ -197,12 +201,18 @@ def append_to_upload(
             f"a part's Content-Type must be {OFFSET_CONTENT_TYPE}", param="Content-Type"
         )
     store = UploadStore(context.settings)
-    try:
-        state = store.append(tenant.id, upload_id, offset=upload_offset, chunks=request_body(request))
-    except ClientDisconnect:
-        # Nobody is left to answer; what arrived is kept and HEAD will say so.
-        log.info("upload %s: the client went away mid-part", upload_id)
-        return Response(status_code=status.HTTP_400_BAD_REQUEST)
+    with context.upload_slots.hold(tenant.id):
+        part = await run_in_threadpool(store.open_part, tenant.id, upload_id, offset=upload_offset)
+        try:
+            await write_body(request.stream(), part.write)
+        except ClientDisconnect:
+            # Nobody is left to answer; what arrived is kept and HEAD will say so.
+            log.info("upload %s: the client went away mid-part", upload_id)
+            return Response(status_code=status.HTTP_400_BAD_REQUEST)
+        finally:
+            # Shielded: a cancelled request must still sync what arrived and release the upload's lock.
+            with anyio.CancelScope(shield=True):
+                state = await run_in_threadpool(part.close)
     return Response(status_code=status.HTTP_204_NO_CONTENT, headers=_headers(state))
 
 

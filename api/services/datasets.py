@@ -12,11 +12,12 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Iterable
+from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -68,20 +69,21 @@ def _abort_incomplete_uploads(context: AppContext) -> None:
         log.warning("not aborting incomplete uploads: %s: %s", type(exc).__name__, exc)
 
 
-def upload_dataset(
+async def upload_dataset(
     session: Session,
     context: AppContext,
     tenant: Tenant,
     *,
-    body: Iterable[bytes],
+    body: AsyncIterable[bytes],
     content_type: str,
     idempotency_key: str | None = None,
 ) -> DatasetOut:
     """Receive a multipart upload (`file`, optional `name`, `kind` and `trigger_word`) and validate and
     store its dataset; 422 with every problem if it is refused. An Idempotency-Key seen before returns that
-    dataset for the same file, name, kind and trigger word (409 otherwise)."""
-    pending = _PendingDataset(session, context, tenant)
-    with receive_form(
+    dataset for the same file, name, kind and trigger word (409 otherwise). The body is read on the event
+    loop; the blocking work (writing, checking, storing) runs in worker threads."""
+    pending = await run_in_threadpool(_PendingDataset, session, context, tenant)
+    async with receive_form(
         body,
         content_type,
         folder=pending.marker.folder,
@@ -89,7 +91,7 @@ def upload_dataset(
         max_bytes=context.settings.max_upload_bytes,
     ) as upload:
         record_upload(upload.bytes)
-        return pending.store(upload, idempotency_key)
+        return await run_in_threadpool(pending.store, upload, idempotency_key)
 
 
 def dataset_from_file(

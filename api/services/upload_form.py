@@ -12,16 +12,19 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, get_args
 
+import anyio
+from fastapi.concurrency import run_in_threadpool
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from api.errors import InvalidRequest, PayloadTooLarge
+from api.request_stream import write_body
 from trainer.dataset_format import DatasetKind
 
 FILE_FIELD = "file"
@@ -94,31 +97,56 @@ class ReceivedForm:
     fields: dict[str, str] = field(default_factory=dict)
 
 
-@contextmanager
-def receive_form(
-    chunks: Iterable[bytes], content_type: str, *, folder: Path, prefix: str, max_bytes: int
-) -> Iterator[ReceivedForm]:
-    """Parse a multipart body chunk by chunk; its `file` part goes to a new file in `folder` (removed on
-    exit). InvalidRequest (422) for a body that is not a complete form with one file part, PayloadTooLarge
-    (413) once the file passes `max_bytes`."""
+@asynccontextmanager
+async def receive_form(
+    body: AsyncIterable[bytes], content_type: str, *, folder: Path, prefix: str, max_bytes: int
+) -> AsyncIterator[ReceivedForm]:
+    """Parse a multipart body as it arrives (read on the event loop, written from a worker thread: see
+    api/request_stream.py); its `file` part goes to a new file in `folder` (removed on exit).
+    InvalidRequest (422) for a body that is not a complete form with one file part, PayloadTooLarge (413)
+    once the file passes `max_bytes`."""
     boundary = _boundary(content_type)
-    fd, name = tempfile.mkstemp(dir=folder, prefix=prefix)
-    path = Path(name)
+    form = await run_in_threadpool(_FormFile, boundary, folder=folder, prefix=prefix, max_bytes=max_bytes)
     try:
-        with os.fdopen(fd, "wb") as out:
-            receiver = _FormReceiver(out, max_bytes)
-            parser = MultipartParser(boundary, receiver.callbacks())
-            try:
-                for chunk in chunks:
-                    parser.write(chunk)
-                parser.finalize()
-            except FormParserError as exc:
-                raise InvalidRequest(
-                    f"not a valid multipart/form-data body: {exc}", param=FILE_FIELD
-                ) from exc
-        yield receiver.finish(path)
+        await write_body(body, form.write)
+        yield await run_in_threadpool(form.finish)
     finally:
-        path.unlink(missing_ok=True)
+        with anyio.CancelScope(shield=True):  # a client that hung up must not leave the file behind
+            await run_in_threadpool(form.discard)
+
+
+class _FormFile:
+    """A multipart body being parsed into a file under `folder`, chunk by chunk (`write`), then checked
+    for completeness (`finish`); `discard` removes the file."""
+
+    def __init__(self, boundary: bytes, *, folder: Path, prefix: str, max_bytes: int) -> None:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=prefix)
+        self.path = Path(name)
+        self._out = os.fdopen(fd, "wb")
+        self._receiver = _FormReceiver(self._out, max_bytes)
+        self._parser = MultipartParser(boundary, self._receiver.callbacks())
+
+    def write(self, chunk: bytes) -> None:
+        try:
+            self._parser.write(chunk)
+        except FormParserError as exc:
+            raise _not_a_form(exc) from exc
+
+    def finish(self) -> ReceivedForm:
+        try:
+            self._parser.finalize()
+        except FormParserError as exc:
+            raise _not_a_form(exc) from exc
+        self._out.close()
+        return self._receiver.finish(self.path)
+
+    def discard(self) -> None:
+        self._out.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _not_a_form(exc: FormParserError) -> InvalidRequest:
+    return InvalidRequest(f"not a valid multipart/form-data body: {exc}", param=FILE_FIELD)
 
 
 def _boundary(content_type: str) -> bytes:

@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -110,12 +110,12 @@ class UploadStore:
         folder = self._folder(tenant_id, upload_id)
         return self._state(folder, _read_info(folder))
 
-    def append(self, tenant_id: str, upload_id: str, *, offset: int, chunks: Iterable[bytes]) -> UploadState:
-        """Write `chunks` at `offset`, which must be the offset the server holds (409 otherwise, or while
-        another request writes this upload). Bytes past the declared length are refused (413) after the
-        ones that fit are kept; a body cut short keeps what arrived."""
+    def open_part(self, tenant_id: str, upload_id: str, *, offset: int) -> UploadPart:
+        """Begin writing a part at `offset`, which must be the offset the server holds (409 otherwise, or
+        while another request writes this upload). The part holds the upload's lock until it is closed."""
         folder = self._folder(tenant_id, upload_id)
-        with _locked(folder):
+        lock = _lock(folder)
+        try:
             info = _read_info(folder)
             held = (folder / DATA_FILE).stat().st_size
             if offset != held:
@@ -126,8 +126,11 @@ class UploadStore:
                 )
             if info.dataset_id is not None:
                 raise Conflict("the upload is already a dataset", param="upload_id", code="upload_finished")
-            _append_within(folder / DATA_FILE, chunks, room=info.length - held)
-            return self._state(folder, info)
+            data = os.open(folder / DATA_FILE, os.O_WRONLY | os.O_APPEND)
+        except BaseException:
+            os.close(lock)
+            raise
+        return UploadPart(self, folder, info, lock=lock, data=data, room=info.length - held)
 
     @contextmanager
     def completed(self, tenant_id: str, upload_id: str) -> Iterator[tuple[UploadState, Path]]:
@@ -218,38 +221,60 @@ class UploadStore:
         return UploadState(info, offset, _last_touched(folder) + self.expiry_seconds)
 
 
-def _append_within(path: Path, chunks: Iterable[bytes], *, room: int) -> None:
-    """Append `chunks` to `path`, at most `room` bytes; 413 for more. Synced before returning, so a
-    machine that crashes right after the answer still holds the offset it gave."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-    try:
-        for chunk in chunks:
-            if len(chunk) > room:
-                os.write(fd, chunk[:room])
-                raise PayloadTooLarge("the part goes past the upload's Upload-Length", param="Upload-Offset")
-            os.write(fd, chunk)
-            room -= len(chunk)
-    finally:
-        os.fsync(fd)
-        os.close(fd)
+class UploadPart:
+    """One part being written: the upload's lock and its data file, held until `close()`. Bytes past the
+    declared length are refused (413) after the ones that fit are kept; a part cut short keeps what
+    arrived."""
+
+    def __init__(
+        self, store: UploadStore, folder: Path, info: UploadInfo, *, lock: int, data: int, room: int
+    ) -> None:
+        self._store, self._folder, self._info = store, folder, info
+        self._lock, self._data, self._room = lock, data, room
+
+    def write(self, chunk: bytes) -> None:
+        if len(chunk) > self._room:
+            os.write(self._data, chunk[: self._room])
+            self._room = 0
+            raise PayloadTooLarge("the part goes past the upload's Upload-Length", param="Upload-Offset")
+        os.write(self._data, chunk)
+        self._room -= len(chunk)
+
+    def close(self) -> UploadState:
+        """Sync what arrived (a machine that crashes right after the answer still holds the offset it
+        gave), release the lock, and return the upload's state."""
+        try:
+            os.fsync(self._data)
+        finally:
+            os.close(self._data)
+            os.close(self._lock)
+        return self._store._state(self._folder, self._info)
 
 
 @contextmanager
 def _locked(folder: Path) -> Iterator[None]:
+    fd = _lock(folder)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def _lock(folder: Path) -> int:
+    """The upload's exclusive lock, as an open descriptor (closing it releases the lock); 409 while
+    another request holds it."""
     try:
         fd = os.open(folder / LOCK_FILE, os.O_CREAT | os.O_WRONLY, 0o600)
     except FileNotFoundError:
         raise NotFound(f"upload {folder.name!r} not found", param="upload_id") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise Conflict(
-                "another request is writing this upload", param="upload_id", code="upload_busy"
-            ) from None
-        yield
-    finally:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         os.close(fd)
+        raise Conflict(
+            "another request is writing this upload", param="upload_id", code="upload_busy"
+        ) from None
+    return fd
 
 
 def _read_info(folder: Path) -> UploadInfo:
