@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +35,7 @@ from tests.support.factories import TEST_PEPPER, auth_headers, create_dataset, c
 from tests.support.ports import free_port
 from tests.support.specs import FAST_TRAINING
 from trainer.events import Evaluation, Sample, SampleImage, Started, Step
+from trainer.families import FAMILIES
 from trainer.synthetic.demo_data import make_demo_dataset
 from worker.context import WorkerContext
 from worker.recorder import Recorder
@@ -70,14 +71,17 @@ class Service:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path) -> Iterator[Service]:
-    """The API (create_app, as `mapo serve` runs it) on a free port, on its own migrated SQLite."""
+def service(
+    tmp_path_factory: pytest.TempPathFactory, tiny_models: Callable[[str], Path]
+) -> Iterator[Service]:
+    """The API (create_app, as `mapo serve` runs it) on a free port, on its own migrated SQLite, offering a
+    tiny model of every family under serve's names (`tiny-sd`, `tiny-flux`, ...)."""
     root = tmp_path_factory.mktemp("dashboard")
     settings = Settings(
         environment="test",
         data_dir=root / "data",
         api_key_pepper=TEST_PEPPER,  # type: ignore[arg-type]
-        base_models={"tiny-sd": str(tiny_sd)},
+        base_models={f"tiny-{family}": str(tiny_models(family)) for family in FAMILIES},
         sse_poll_seconds=0.1,
     )
     settings.ensure_dirs()
@@ -492,6 +496,7 @@ def test_a_job_the_api_refuses_marks_the_field_it_names(page: Page, service: Ser
     page.click("#new-job")
     page.wait_for_selector("#job-form")
     page.select_option("#job-dataset", dataset_id)
+    page.select_option("#job-base-model", "tiny-sd")
     page.fill("#job-lr", "2")  # the API takes at most 1
     page.click("#job-form button[type=submit]")
 
@@ -553,3 +558,36 @@ def test_each_sample_image_is_labelled_with_its_prompt_and_step(page: Page, serv
     first = page.locator("#samples figure img.thumb").first
     assert first.get_attribute("alt") == f"base model: {prompts[0]}"
     page.screenshot(path=str(SCREENSHOTS / "job-samples.png"), full_page=True)
+
+
+def test_the_new_job_form_describes_every_offered_base_model_of_every_family(
+    page: Page, service: Service, tmp_path: Path
+) -> None:
+    upload(service, make_zip(tmp_path / "two.zip", valid_files(2)), "for the base-model hints")
+    offered = api_get(service, "/v1/base-models")["data"]
+    assert {model["family"] for model in offered} == set(FAMILIES), "the list offers every family"
+    page.goto(f"{service.url}/ui/#/jobs")
+    page.click("#new-job")  # a fresh form: going to the URL the page is already at would keep the old one
+    page.wait_for_selector("#job-form")
+    options = page.locator("#job-base-model option").evaluate_all("(all) => all.map((o) => o.value)")
+    assert options == [model["name"] for model in offered]
+    hint = page.locator("#job-base-model-hint")
+    first = offered[0]
+    assert first["fields"], f"the form opens on {first['name']}, a model with family fields"
+    shown_first = hint.locator("code").all_inner_texts()
+    assert shown_first == first["fields"], f"{first['name']}, shown first: {hint.inner_text()}"
+
+    for model in offered:
+        page.select_option("#job-base-model", model["name"])
+        text = hint.inner_text()
+        assert "[object" not in text, f"{model['name']}: {text}"
+        if model["fields"]:
+            assert hint.locator("code").all_inner_texts() == model["fields"], model["name"]
+            assert text.startswith("Besides the fields here, it takes "), text
+        else:
+            assert text == f"{model['name']} takes no family-specific fields."
+        resolution = page.locator("#job-resolution").get_attribute("placeholder")
+        assert resolution == f"{model['native_resolution']} (native)", model["name"]
+        methods = page.locator("#job-method option").evaluate_all("(all) => all.map((o) => o.value)")
+        assert methods == model["methods"], model["name"]
+    page.screenshot(path=str(SCREENSHOTS / "job-new-flow-hint.png"), full_page=True)

@@ -3,7 +3,7 @@
 // recipe), shown as its placeholder; the defaults are read from the API's own OpenAPI schema, so they
 // cannot drift from TrainSpec. A refusal (422) marks the field the API names.
 
-import { clear, h } from "./dom.js";
+import { append, clear, h } from "./dom.js";
 
 const METHODS = {
   mapo: ["MaPO", "margin-aware, reference-free: the chosen image's error down, the rejected one's up"],
@@ -177,10 +177,12 @@ class JobForm {
     this.method.input.value = model.methods.includes(previous) ? previous : model.methods[0];
     this.fields.get("hyperparameters.resolution").input.placeholder = model.native_resolution
       ? `${model.native_resolution} (native)` : "native";
-    clear(this.modelHint).append(model.fields.length
+    // dom.js's append, not Element.append: it flattens the nested list (Element.append would print it
+    // as "[object HTMLElement]").
+    append(clear(this.modelHint), model.fields.length
       ? ["Besides the fields here, it takes ", model.fields.map((f, i) => [i ? ", " : "", h("code", {}, f)]),
         " (set them under More hyperparameters)."]
-      : `${model.name} takes no family-specific fields.`);
+      : [`${model.name} takes no family-specific fields.`]);
     this.methodChanged();
   }
 
