@@ -8,6 +8,7 @@ from typing import Any
 from celery import Celery
 from kombu.exceptions import ChannelError
 
+from core.embedded_broker import TRANSPORT
 from core.settings import DEFAULT_QUEUE, Settings
 
 GPU_QUEUE = DEFAULT_QUEUE
@@ -49,6 +50,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery configuration common to producer and consumer."""
     return {
         "broker_url": settings.broker_url,
+        # Celery's default for filesystem:// is kombu's own transport, which is not FIFO (embedded_broker.py).
+        "broker_transport": TRANSPORT if settings.broker_url.startswith("filesystem") else None,
         "result_backend": settings.result_backend,
         "broker_transport_options": broker_transport_options(settings),
         "task_default_queue": GPU_QUEUE,

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 from kombu import Connection
 
+from core.embedded_broker import message_file_name
 from core.queue import (
     GPU_QUEUE,
     TRAIN_JOB_TASK,
@@ -13,6 +14,7 @@ from core.queue import (
     make_producer,
 )
 from core.settings import Settings
+from tests.support.broker import received_task_args
 
 
 def test_enqueue_puts_the_task_by_name_on_the_embedded_broker(tmp_path: Path) -> None:
@@ -52,3 +54,25 @@ def test_broker_priority_turns_the_scale_over_and_refuses_values_out_of_range() 
 def test_redis_queues_get_one_priority_list_per_job_priority() -> None:
     options = broker_transport_options(Settings(broker_url="redis://127.0.0.1:6379/0"))
     assert options["priority_steps"] == list(range(10))
+
+
+def test_message_file_names_sort_in_sending_order_when_the_clock_gains_a_digit() -> None:
+    # kombu's own names ("999999_…", "1000000_…") sorted the later message first at such a boundary.
+    sent = [999_999_999_999, 1_000_000_000_000, 9_999_999_999_999_999_999, 10_000_000_000_000_000_000]
+    names = [message_file_name(GPU_QUEUE, sent_at_ns=ns, unique=f"m{ns % 7}") for ns in sent]
+    assert sorted(names) == names
+    assert all(name.partition(".")[2] == f"{GPU_QUEUE}.msg" for name in names), "kombu finds the queue"
+
+
+def test_jobs_of_equal_priority_leave_the_embedded_queue_in_submission_order(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    settings.ensure_dirs()
+    producer = make_producer(settings)
+    submitted = [f"job_{n}" for n in range(12)]
+    for job_id in submitted:
+        enqueue_train_job(producer, job_id)
+
+    files = sorted(p.name for p in settings.broker_dir.glob(f"*.{GPU_QUEUE}.msg"))
+    assert len(files) == len(submitted)
+    assert all(len(name.partition("_")[0]) == 20 for name in files), f"not the FIFO transport: {files}"
+    assert [args[0] for args in received_task_args(settings)] == submitted
