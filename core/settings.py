@@ -76,6 +76,18 @@ class Settings(BaseSettings):
         ge=60,
         description="A resumable upload untouched for this long is removed with the bytes it received.",
     )
+    upload_start_expiry_seconds: int = Field(
+        default=600,
+        ge=1,
+        description="A resumable upload that has received no byte for this long after it was created is "
+        "removed, and the disk it reserved freed (uploads that send nothing must not hold it for a day).",
+    )
+    max_reserved_upload_bytes: int = Field(
+        default=8 << 30,
+        ge=1,
+        description="Most bytes one tenant's open resumable uploads may have reserved on the disk and not "
+        "yet received (their declared lengths less what arrived); a new upload past it is refused (507).",
+    )
     max_open_uploads: int = Field(
         default=8, ge=1, description="Most resumable uploads a tenant may have open (not yet a dataset)."
     )

@@ -28,6 +28,7 @@ After = Annotated[str | None, Query(description="Id of the last item of the prev
         413: {"model": ErrorResponse},
         422: {"model": ErrorResponse},
         429: {"model": ErrorResponse},
+        507: {"model": ErrorResponse},
     },
     # The body is parsed as it arrives (api/services/upload_form.py), not by FastAPI: its form is stated here.
     openapi_extra={
@@ -67,8 +68,15 @@ async def upload_dataset(
             tenant,
             body=request.stream(),
             content_type=request.headers.get("content-type", ""),
+            declared_bytes=_content_length(request),
             idempotency_key=idempotency_key,
         )
+
+
+def _content_length(request: Request) -> int:
+    """The body's declared size; 0 for a chunked body (its bytes are checked as they are written)."""
+    declared = request.headers.get("content-length", "")
+    return int(declared) if declared.isdigit() else 0
 
 
 @router.get("")

@@ -32,6 +32,7 @@ from api.services.downloads import IMAGE_MEDIA_TYPES, FileDownload, stored_downl
 from api.services.inflight import InflightUpload, sweep_abandoned_uploads
 from api.services.ingest import IngestLimits, IngestRejected, IngestReport, ingest_upload
 from api.services.upload_form import MAX_NAME_CHARS, MAX_TRIGGER_CHARS, ReceivedForm, receive_form
+from api.services.uploads import UploadStore
 from core.db import after_commit, after_rollback
 from core.models import Dataset, Tenant, new_id
 from core.repositories import datasets as dataset_repo
@@ -76,12 +77,16 @@ async def upload_dataset(
     *,
     body: AsyncIterable[bytes],
     content_type: str,
+    declared_bytes: int = 0,
     idempotency_key: str | None = None,
 ) -> DatasetOut:
     """Receive a multipart upload (`file`, optional `name`, `kind` and `trigger_word`) and validate and
     store its dataset; 422 with every problem if it is refused. An Idempotency-Key seen before returns that
-    dataset for the same file, name, kind and trigger word (409 otherwise). The body is read on the event
-    loop; the blocking work (writing, checking, storing) runs in worker threads."""
+    dataset for the same file, name, kind and trigger word (409 otherwise). 507 before a byte is read if
+    the `declared_bytes` (Content-Length) do not fit beside what open resumable uploads were promised.
+    The body is read on the event loop; the blocking work (writing, checking, storing) runs in worker
+    threads."""
+    await run_in_threadpool(UploadStore(context.settings).check_room, declared_bytes)
     pending = await run_in_threadpool(_PendingDataset, session, context, tenant)
     async with receive_form(
         body,

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, create_model
 from sqlalchemy.orm import Session
 
 from api.deps import AppContext
-from api.errors import Conflict, NotFound
+from api.errors import Conflict, DatasetRejected, NotFound
 from api.schemas import DatasetOut
 from api.services import datasets
 from api.services.uploads import UploadStore
@@ -44,21 +44,27 @@ def dataset_from_upload(
     session: Session, context: AppContext, tenant: Tenant, upload_id: str, body: BaseModel
 ) -> DatasetOut:
     """Check and store the complete upload `upload_id` as a dataset with the fields of `body`; its bytes
-    are freed once the dataset is committed."""
+    are freed once the dataset is committed, and at once, with the upload, if its content is refused."""
     store = UploadStore(context.settings)
     fields: dict[str, Any] = body.model_dump(exclude_unset=True)
     with store.completed(tenant.id, upload_id) as (state, data):
         if state.info.dataset_id is not None:
             return _made_before(session, tenant, state.info.dataset_id)
-        dataset = datasets.dataset_from_file(
-            session,
-            context,
-            tenant,
-            source=data,
-            filename=state.info.filename,
-            fields=fields,
-            idempotency_key=idempotency_key(upload_id),
-        )
+        try:
+            dataset = datasets.dataset_from_file(
+                session,
+                context,
+                tenant,
+                source=data,
+                filename=state.info.filename,
+                fields=fields,
+                idempotency_key=idempotency_key(upload_id),
+            )
+        except DatasetRejected:
+            # Its bytes can never become a dataset: free them and the tenant's place now, not in a day.
+            # (A refused field, by contrast, leaves the upload as it was, to be tried with other fields.)
+            store.remove_refused(state)
+            raise
     after_commit(session, lambda: store.mark_dataset(tenant.id, upload_id, dataset.id))
     return dataset
 

@@ -12,7 +12,11 @@ once; the kernel drops it when a process dies, however it dies.
 
 Disk is reserved when an upload is created: one whose declared length, added to what every open upload
 still has to receive, would leave less than `min_free_disk_bytes` free is refused (507), so accepted
-uploads cannot fill the disk between them. Uploads untouched for `upload_expiry_seconds` are removed.
+uploads cannot fill the disk between them; a one-shot upload checks its declared size the same way
+(`check_room`). One tenant's open uploads may reserve at most `max_reserved_upload_bytes`, so one tenant
+cannot take the whole disk from the others. Uploads untouched for `upload_expiry_seconds` are removed, and
+those that received nothing after `upload_start_expiry_seconds`; an expired upload is gone at once (404)
+even before a sweep removes its folder. An upload whose dataset is refused (422) is removed with its bytes.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class UploadInfo:
 
 @dataclass(frozen=True)
 class UploadState:
+    tenant_id: str
     info: UploadInfo
     offset: int
     expires_at: float
@@ -72,6 +77,7 @@ class _OpenUploads:
 
     of_tenant: int = 0
     pending_bytes: int = 0
+    pending_of_tenant: int = 0
 
 
 class UploadStore:
@@ -81,6 +87,8 @@ class UploadStore:
         self.root = settings.tmp_dir / "uploads"
         self.max_bytes = settings.max_upload_bytes
         self.expiry_seconds = settings.upload_expiry_seconds
+        self.start_expiry_seconds = settings.upload_start_expiry_seconds
+        self.max_reserved_bytes = settings.max_reserved_upload_bytes
         self.max_open = settings.max_open_uploads
         self.min_free_bytes = settings.min_free_disk_bytes
 
@@ -93,6 +101,13 @@ class UploadStore:
         if open_uploads.of_tenant >= self.max_open:
             raise TooManyUploads(
                 f"{self.max_open} uploads are already open; finish or delete one first", param="Upload-Length"
+            )
+        if open_uploads.pending_of_tenant + length > self.max_reserved_bytes:
+            raise InsufficientStorage(
+                f"your open uploads may still receive {open_uploads.pending_of_tenant} bytes, and a tenant's "
+                f"may reserve at most {self.max_reserved_bytes} (MAPO_MAX_RESERVED_UPLOAD_BYTES); finish or "
+                "delete one (GET /v1/uploads lists them)",
+                param="Upload-Length",
             )
         self._reserve(length, pending=open_uploads.pending_bytes)
         tenant_dir = self.root / tenant_id
@@ -163,10 +178,20 @@ class UploadStore:
         """Remove every upload untouched for the expiry time (and not being written); returns their ids."""
         return [folder.name for folder in self.root.glob("*/*") if self._expire_if_stale(folder)]
 
+    def check_room(self, length: int) -> None:
+        """507 unless `length` more bytes (a one-shot upload's) fit beside what the open uploads were
+        promised, keeping `min_free_bytes` free."""
+        self._reserve(length, pending=self._sweep(None).pending_bytes)
+
+    def remove_refused(self, state: UploadState) -> None:
+        """Remove an upload whose dataset was refused, bytes and all, while `completed` holds it: it can
+        never become a dataset, so it must hold neither disk nor one of the tenant's places."""
+        shutil.rmtree(self.root / state.tenant_id / state.info.id)
+
     def _expire_if_stale(self, folder: Path) -> bool:
         """Remove `folder` if its upload is past its expiry and not being written; True if removed."""
         try:
-            if _last_touched(folder) + self.expiry_seconds > time.time():
+            if self._state(folder, _read_info(folder)).expires_at > time.time():
                 return False
             with _locked(folder):
                 shutil.rmtree(folder)
@@ -174,7 +199,7 @@ class UploadStore:
         except (Conflict, NotFound, FileNotFoundError):
             return False  # being written, or removed by another process meanwhile
 
-    def _sweep(self, tenant_id: str) -> _OpenUploads:
+    def _sweep(self, tenant_id: str | None) -> _OpenUploads:
         """One pass over every tenant's uploads: the expired ones are removed, and the open ones (not yet
         a dataset) counted for `tenant_id` and summed for the bytes they may still bring."""
         open_uploads = _OpenUploads()
@@ -186,8 +211,11 @@ class UploadStore:
             except NotFound:
                 continue
             if state.info.dataset_id is None:
-                open_uploads.pending_bytes += state.info.length - state.offset
-                open_uploads.of_tenant += folder.parent.name == tenant_id
+                pending = state.info.length - state.offset
+                open_uploads.pending_bytes += pending
+                if folder.parent.name == tenant_id:
+                    open_uploads.of_tenant += 1
+                    open_uploads.pending_of_tenant += pending
         return open_uploads
 
     def _reserve(self, length: int, *, pending: int) -> None:
@@ -196,10 +224,9 @@ class UploadStore:
         self.root.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(self.root).free
         if free - pending - length < self.min_free_bytes:
+            # No figures of the host's: its free space is not a tenant's business.
             raise InsufficientStorage(
-                f"the server cannot hold {length} more bytes now ({free} free, {pending} promised to "
-                f"open uploads, {self.min_free_bytes} kept free)",
-                param="Upload-Length",
+                f"the server cannot hold {length} more bytes now; retry later", param="Upload-Length"
             )
 
     def _folder(self, tenant_id: str, upload_id: str) -> Path:
@@ -207,7 +234,7 @@ class UploadStore:
         if not (upload_id.startswith("up_") and upload_id[3:].isalnum() and len(upload_id) <= 64):
             raise NotFound(f"upload {upload_id!r} not found", param="upload_id")
         folder = self.root / tenant_id / upload_id
-        if not (folder / INFO_FILE).is_file():
+        if not (folder / INFO_FILE).is_file() or self._expire_if_stale(folder):
             raise NotFound(f"upload {upload_id!r} not found", param="upload_id")
         return folder
 
@@ -218,7 +245,9 @@ class UploadStore:
             raise NotFound(f"upload {info.id!r} not found", param="upload_id") from None
         if info.dataset_id is not None:
             offset = info.length  # its bytes were freed once it became a dataset
-        return UploadState(info, offset, _last_touched(folder) + self.expiry_seconds)
+        # One that never received a byte may be a reservation nobody fills: it goes soon.
+        expiry = self.expiry_seconds if offset else min(self.start_expiry_seconds, self.expiry_seconds)
+        return UploadState(folder.parent.name, info, offset, _last_touched(folder) + expiry)
 
 
 class UploadPart:

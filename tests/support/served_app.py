@@ -53,6 +53,21 @@ def read_answer(sock: socket.socket) -> bytes:
     return received
 
 
+def read_response(sock: socket.socket) -> tuple[int, bytes]:
+    """The status and body of the one response the server sends on `sock` (its Content-Length long)."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection after {received!r}"
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    while len(body) < int(headers.get("content-length", "0")):
+        body += sock.recv(65536)
+    return int(lines[0].split()[1]), body
+
+
 def wait_for(condition: Callable[[], bool], what: str, *, timeout: float = 30) -> None:
     """Wait until `condition()` is true; fail naming `what` after `timeout` seconds (a ceiling)."""
     deadline = time.monotonic() + timeout
