@@ -53,9 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         _error(str(exc))
         return EXIT_USAGE
     except MapoAPIError as exc:
-        _error(str(exc))
-        for problem in exc.body.get("problems", [])[:20]:
-            _error(f"  {problem}")
+        for line in api_error_lines(exc):
+            _error(line)
         return EXIT_ERROR
     except MapoError as exc:
         _error(str(exc))
@@ -63,6 +62,33 @@ def main(argv: list[str] | None = None) -> int:
     except httpx.TransportError as exc:
         _error(f"cannot reach {api_url(args)}: {exc} (is `mapo serve` running?)")
         return EXIT_ERROR
+
+
+SHOWN_PROBLEMS = 20
+
+
+def api_error_lines(exc: MapoAPIError) -> list[str]:
+    """What the API refused, each thing once: the dataset's problems or the body's invalid fields one per
+    line under a heading (the error's message repeats the first few in one line), else the error itself."""
+    problems: list[dict[str, Any]] = exc.body.get("problems") or []
+    if problems:
+        heading = f"{exc.status} {exc.code}: {len(problems)} problem(s); fix them and upload again:"
+        lines = [f"  {_problem_line(problem)}" for problem in problems[:SHOWN_PROBLEMS]]
+        more = [f"  ... and {len(problems) - SHOWN_PROBLEMS} more"] if len(problems) > SHOWN_PROBLEMS else []
+        return [heading, *lines, *more]
+    details: list[dict[str, Any]] = exc.body.get("details") or []
+    if len(details) > 1:
+        heading = f"{exc.status} {exc.code}: {len(details)} invalid fields:"
+        # pydantic starts the message of a check written in code with "Value error, ".
+        return [heading, *(f"  {d['param']}: {d['message'].removeprefix('Value error, ')}" for d in details)]
+    return [str(exc)]
+
+
+def _problem_line(problem: dict[str, Any]) -> str:
+    """`row 3, field chosen: reason`, as the API's message words a problem."""
+    where = [f"row {problem['row']}"] if problem.get("row") is not None else []
+    where += [f"field {problem['field']}"] if problem.get("field") is not None else []
+    return f"{', '.join(where)}: {problem['reason']}" if where else str(problem["reason"])
 
 
 def _command_of(argv: list[str]) -> str | None:
@@ -525,9 +551,23 @@ def cmd_samples(args: argparse.Namespace) -> int:
         samples = mapo.samples(args.job)
         for s in samples:
             mapo.download_sample(args.job, s["id"], file_of(s))
-    print(f"{len(samples)} images in {out_dir}")
+        why_none = "" if samples else f": {why_no_samples(mapo, args.job)}"
+    print(f"{len(samples)} images in {out_dir}{why_none}")
     columns = sheet_columns(samples)
     if columns:
         before_after_sheet(columns, file_of).save(out_dir / "sheet.png")
         print(f"before/after sheet: {out_dir / 'sheet.png'}")
     return EXIT_OK
+
+
+def why_no_samples(mapo: MapoClient, job_id: str) -> str:
+    """Why a job has no validation images (yet)."""
+    job = mapo.get_job(job_id)
+    if not (job.get("validation") or {}).get("prompts"):
+        return (
+            "the job has no validation prompts, so it renders no images (create a job with "
+            "validation.prompts, e.g. --set 'validation.prompts=[a red circle]', to get before/after images)"
+        )
+    if job["status"] in ("queued", "running", "cancelling"):
+        return f"none rendered yet: the job is {job['status']} (the base model's images come when it starts)"
+    return f"the job ended {job['status']} before rendering any"

@@ -23,9 +23,19 @@ from rich.table import Table
 from client.sdk import JSON, MapoClient
 
 
+def keyed_table(key: str, keys: list[str], *headers: str) -> Table:
+    """A table whose first column holds what the next command takes (an id, a name): it never shrinks,
+    wraps or ends in "…" (a cut id cannot be copied); on a narrow terminal the other columns wrap first."""
+    table = Table()
+    table.add_column(key, no_wrap=True, min_width=max(map(len, keys), default=len(key)))
+    for header in headers:
+        table.add_column(header, overflow="fold")
+    return table
+
+
 def datasets_table(datasets: list[JSON]) -> Table:
     """id, name, status, pairs and creation time of each dataset."""
-    table = Table("id", "name", "status", "pairs", "created")
+    table = keyed_table("id", [d["id"] for d in datasets], "name", "status", "pairs", "created")
     for d in datasets:
         table.add_row(d["id"], d["name"], d["status"], str(d["num_pairs"]), _local_time(d["created_at"]))
     return table
@@ -33,7 +43,7 @@ def datasets_table(datasets: list[JSON]) -> Table:
 
 def jobs_table(jobs: list[JSON]) -> Table:
     """id, status, progress, eta and creation time of each job."""
-    table = Table("id", "status", "progress", "eta", "created")
+    table = keyed_table("id", [job["id"] for job in jobs], "status", "progress", "eta", "created")
     for job in jobs:
         progress = job["progress"]
         table.add_row(
@@ -48,7 +58,7 @@ def jobs_table(jobs: list[JSON]) -> Table:
 
 def workers_table(workers: list[JSON]) -> Table:
     """id, status, queues, device/GPUs and last heartbeat of each worker."""
-    table = Table("id", "status", "queues", "gpus", "version", "last seen")
+    table = keyed_table("id", [w["id"] for w in workers], "status", "queues", "gpus", "version", "last seen")
     for w in workers:
         gpus = f"{w['gpu_count']}x {w['gpu_model']} ({w['gpu_memory_mb']} MiB)" if w["gpu_count"] else "cpu"
         last_seen = _local_time(w["last_seen_at"], seconds=True)
@@ -58,7 +68,8 @@ def workers_table(workers: list[JSON]) -> Table:
 
 def base_models_table(models: list[JSON]) -> Table:
     """name, family, prediction type, native resolution and family-specific fields of each base model."""
-    table = Table("name", "family", "predicts", "native px", "family fields")
+    names = [m["name"] for m in models]
+    table = keyed_table("name", names, "family", "predicts", "native px", "family fields")
     for m in models:
         native = str(m["native_resolution"]) if m["native_resolution"] else "-"
         fields = ", ".join(m["fields"]) or "-"
@@ -68,7 +79,8 @@ def base_models_table(models: list[JSON]) -> Table:
 
 def keys_table(keys: list[JSON]) -> Table:
     """id, tenant, public prefix, label, creation, last use and revocation of each API key."""
-    table = Table("id", "tenant", "prefix", "label", "created", "last used", "revoked")
+    headers = ("tenant", "prefix", "label", "created", "last used", "revoked")
+    table = keyed_table("id", [key["id"] for key in keys], *headers)
     for key in keys:
         table.add_row(
             key["id"],

@@ -17,6 +17,7 @@ from PIL import Image
 
 from core.db import Database
 from core.settings import Settings
+from tests.support.archives import jsonl, make_zip, pair_row, valid_files
 from tests.support.commands import REPO_ROOT, mapo, service_env
 from tests.support.processes import ApiServer
 from tests.support.recording import JobWriter
@@ -251,3 +252,73 @@ def test_help_documents_every_demo_data_option_and_marks_the_required_ones(tmp_p
     assert "required unless the --spec file has base_model" in create
     keys = " ".join(mapo("keys", "create", "--help", env=env).stdout.split())
     assert "(required)" in keys
+
+
+def test_lists_show_every_id_whole_on_an_80_column_terminal(api_server: ApiServer, tmp_path: Path) -> None:
+    demo = tmp_path / "demo.zip"
+    mapo("demo-data", str(demo), "--pairs", "2", "--resolution", "16", env=api_server.env)
+    long_name = "a dataset whose name is long enough to crowd the table on a narrow terminal"
+    upload = mapo("datasets", "upload", str(demo), "--name", long_name, env=api_server.env)
+    dataset_id = upload.stdout.split()[0]
+    writer = JobWriter(api_server.data_dir, api_server.tenant, total_steps=2000)
+    writer.steps(1, eta_seconds=3600)
+    narrow = {**api_server.env, "COLUMNS": "80"}
+
+    for command, wanted in ((("datasets", "list"), dataset_id), (("jobs", "list"), writer.job_id)):
+        listed = mapo(*command, env=narrow)
+        assert listed.returncode == 0, listed.stderr
+        assert max(len(line) for line in listed.stdout.splitlines()) <= 80
+        assert any(wanted in line for line in listed.stdout.splitlines()), listed.stdout
+        assert "…" not in listed.stdout, listed.stdout
+    writer.close()
+
+
+def test_jobs_create_shows_every_invalid_field_once(api_server: ApiServer) -> None:
+    created = mapo(
+        *("jobs", "create", "--dataset", "ds_any", "--base-model", "tiny-sd", "--steps", "0"),
+        *("--set", "learning_rate=2", "--set", "train_batch_size=0"),
+        env=api_server.env,
+    )
+    assert created.returncode == 1
+    lines = created.stderr.splitlines()
+    assert lines[0] == "mapo: 422 invalid_request: 3 invalid fields:", created.stderr
+    named = sorted(line.split()[1].rstrip(":") for line in lines[1:])
+    assert named == [
+        "hyperparameters.learning_rate",
+        "hyperparameters.max_train_steps",
+        "hyperparameters.train_batch_size",
+    ], created.stderr
+
+
+def test_a_refused_upload_prints_each_problem_once_in_words(api_server: ApiServer, tmp_path: Path) -> None:
+    files = valid_files(1)
+    files["pairs.jsonl"] = jsonl(
+        [
+            pair_row(0),
+            {"prompt": "missing file", "chosen": "images/nope.png", "rejected": "images/0_c.png"},
+            {"prompt": "   ", "chosen": "images/0_w.png", "rejected": "images/0_c.png"},
+        ]
+    )
+    refused = mapo("datasets", "upload", str(make_zip(tmp_path / "broken.zip", files)), env=api_server.env)
+    assert refused.returncode == 1
+    lines = [line for line in refused.stderr.splitlines() if line.startswith("mapo:")]
+    assert lines[0] == "mapo: 422 dataset_rejected: 2 problem(s); fix them and upload again:", refused.stderr
+    assert lines[1].startswith("mapo:   row 1, field chosen: "), refused.stderr
+    assert lines[2] == "mapo:   row 2, field prompt: prompt is empty", refused.stderr
+    assert len(lines) == 3 and "{'" not in refused.stderr, refused.stderr
+
+
+def test_samples_of_a_job_without_validation_prompts_says_why_it_has_none(
+    api_server: ApiServer, tmp_path: Path
+) -> None:
+    writer = JobWriter(api_server.data_dir, api_server.tenant, total_steps=2)
+    writer.steps(2)
+    writer.finish()
+    out = tmp_path / "samples"
+    saved = mapo("samples", writer.job_id, "-o", str(out), env=api_server.env)
+    assert saved.returncode == 0, saved.stderr
+    assert saved.stdout.splitlines() == [
+        f"0 images in {out}: the job has no validation prompts, so it renders no images (create a job with "
+        "validation.prompts, e.g. --set 'validation.prompts=[a red circle]', to get before/after images)"
+    ]
+    writer.close()
