@@ -167,6 +167,25 @@ def test_only_images_and_their_captions_are_extracted(tmp_path: Path) -> None:
     assert ingest(upload, tmp_path / "ds").num_pairs == 1
 
 
+@pytest.mark.parametrize("folder", ["", "shoot/"])
+def test_a_caption_folder_sent_as_pairs_is_told_to_send_kind_targets(tmp_path: Path, folder: str) -> None:
+    files = {f"{folder}cat1.png": png(), f"{folder}cat1.txt": b"a cat", f"{folder}cat2.png": png()}
+    upload = make_zip(tmp_path / "up.zip", files)
+    with pytest.raises(IngestRejected) as caught:
+        ingest_upload(upload, upload.name, tmp_path / "ds", kind="pairs")
+    [problem] = caught.value.problems
+    assert problem.reason.startswith("this looks like a caption folder"), problem.reason
+    assert "send kind=targets (and trigger_word" in problem.reason
+
+
+def test_images_without_captions_sent_as_pairs_are_not_called_a_caption_folder(tmp_path: Path) -> None:
+    upload = make_zip(tmp_path / "up.zip", {"cat1.png": png(), "notes.txt": b"not a caption"})
+    with pytest.raises(IngestRejected) as caught:
+        ingest_upload(upload, upload.name, tmp_path / "ds", kind="pairs")
+    [problem] = caught.value.problems
+    assert "nor folders w/ and l/" in problem.reason and "caption folder" not in problem.reason
+
+
 def test_captioned_images_are_not_an_avoid_upload(tmp_path: Path) -> None:
     upload = make_zip(tmp_path / "up.zip", {"a.png": png(), "a.txt": b"a dog"})
     with pytest.raises(IngestRejected) as caught:

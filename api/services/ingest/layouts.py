@@ -90,6 +90,11 @@ def detect_layout(names: set[str], collector: PairCollector) -> Layout:
     if collector.kind == "pairs":
         if folders:
             return Layout("pair_folders", folders[0])
+        if _is_caption_folder(names):
+            collector.fatal(
+                "this looks like a caption folder (images with same-name .txt captions): send kind=targets "
+                "(and trigger_word, the word the adapter learns, if the captions should teach one)"
+            )
         collector.fatal(
             "archive has no pairs.jsonl or pairs.csv, nor folders w/ and l/ of chosen and rejected images, "
             "at its root or in its single top-level folder"
@@ -114,6 +119,11 @@ def _parquet_shards(names: set[str], collector: PairCollector) -> Layout:
             "archive of parquet shards holds nothing else, and images need a manifest or a folder layout"
         )
     return Layout("parquet_shards", "")
+
+
+def _is_caption_folder(names: set[str]) -> bool:
+    """Whether some image has a caption file of the same name beside it, as the captions layout reads."""
+    return any(stem(name) + CAPTION_SUFFIX in names for name in names if is_image_name(name))
 
 
 def _has_folder(names: set[str], folder: str) -> bool:
