@@ -591,3 +591,45 @@ def test_the_new_job_form_describes_every_offered_base_model_of_every_family(
         methods = page.locator("#job-method option").evaluate_all("(all) => all.map((o) => o.value)")
         assert methods == model["methods"], model["name"]
     page.screenshot(path=str(SCREENSHOTS / "job-new-flow-hint.png"), full_page=True)
+
+
+def test_a_caption_folder_uploaded_from_the_form_takes_a_trigger_word_and_the_hints_follow_the_kind(
+    page: Page, service: Service, tmp_path: Path
+) -> None:
+    captions = {"cat1.png": png(), "cat1.txt": b"a photo of [trigger] cat", "cat2.png": png()}
+    archive = make_zip(tmp_path / "cats.zip", captions | {"cat2.txt": b"a cat asleep"})
+    page.goto(f"{service.url}/ui/#/datasets")
+    page.reload()
+    file_hint = page.locator("#upload-file-hint")
+    hints = {}
+    for kind in ("pairs", "targets", "avoid"):
+        page.select_option("#upload-kind", kind)
+        hints[kind] = file_hint.inner_text()
+        assert page.locator("#upload-trigger-word").is_visible() == (kind == "targets"), kind
+    assert "w/ and l/" in hints["pairs"] and ".txt captions" in hints["targets"], hints
+    assert "generation_prompt" in hints["avoid"] and len(set(hints.values())) == 3, hints
+
+    page.select_option("#upload-kind", "targets")
+    page.set_input_files("#upload-file", str(archive))
+    page.fill("#upload-trigger-word", "sks")
+    page.click("#upload button[type=submit]")
+    page.wait_for_selector("#upload-result[data-dataset]")
+    dataset_id = page.locator("#upload-result").get_attribute("data-dataset")
+    dataset = api_get(service, f"/v1/datasets/{dataset_id}")
+    assert dataset["kind"] == "targets"
+    assert [p["prompt"] for p in dataset["preview"]] == ["a photo of sks cat", "sks a cat asleep"]
+    assert page.locator("#upload-trigger-word").is_hidden(), "the form is back to kind pairs"
+    page.screenshot(path=str(SCREENSHOTS / "dataset-uploaded-captions.png"), full_page=True)
+
+
+def test_a_caption_folder_uploaded_as_pairs_is_told_to_send_kind_targets(
+    page: Page, service: Service, tmp_path: Path
+) -> None:
+    archive = make_zip(tmp_path / "cats.zip", {"cat1.png": png(), "cat1.txt": b"a cat"})
+    page.goto(f"{service.url}/ui/#/datasets")
+    page.reload()
+    page.set_input_files("#upload-file", str(archive))
+    page.click("#upload button[type=submit]")
+    page.wait_for_selector("#upload-problems tbody tr")
+    problem = page.locator("#upload-problems tbody td").nth(2).inner_text()
+    assert problem.startswith("this looks like a caption folder") and "kind=targets" in problem, problem

@@ -6,10 +6,20 @@ import { clear, formatBytes, formatTime, h } from "./dom.js";
 const PAGE = 24;
 // What POST /v1/datasets takes (README, Datasets); `accept` only filters the file picker.
 const FORMATS = ".zip,.tar,.gz,.tgz,.parquet";
+// Each kind: its label, what its rows are, and what the file holds (README, Datasets).
 const KINDS = {
-  pairs: ["pairs", "rows of prompt, chosen and rejected image"],
-  targets: ["targets", "rows of prompt and the image wanted; the base model draws the rejected one"],
-  avoid: ["avoid", "rows of prompt, the image to steer away from and the generation_prompt of the chosen one"],
+  pairs: [
+    "pairs", "rows of prompt, chosen and rejected image",
+    "a .zip or .tar(.gz) with pairs.jsonl or pairs.csv (prompt, chosen, rejected) and the images, or folders w/ and l/ of chosen and rejected images; or a Pick-a-Pic .parquet",
+  ],
+  targets: [
+    "targets", "rows of prompt and the image wanted; the base model draws the rejected one",
+    "a .zip or .tar(.gz) of images with same-name .txt captions (cat1.png + cat1.txt), or with pairs.jsonl or pairs.csv (prompt, image); or a .parquet (prompt, image)",
+  ],
+  avoid: [
+    "avoid", "rows of prompt, the image to steer away from and the generation_prompt of the chosen one",
+    "a .zip or .tar(.gz) with pairs.jsonl or pairs.csv (prompt, image, generation_prompt) and the images; or a .parquet with those columns",
+  ],
 };
 
 export async function datasetsPage({ root, api, signal, showError }) {
@@ -51,7 +61,7 @@ export async function datasetsPage({ root, api, signal, showError }) {
   await load();
 }
 
-/** The upload form: file, name and kind; a refusal lists each problem with its row and field. */
+/** The upload form: file, name, kind and (kind targets) trigger word; a refusal lists each problem with its row and field. */
 function uploadForm({ api, signal, onUploaded }) {
   const file = h("input", {
     type: "file", id: "upload-file", name: "file", accept: FORMATS, required: true,
@@ -63,7 +73,22 @@ function uploadForm({ api, signal, onUploaded }) {
   const kind = h("select", { id: "upload-kind", name: "kind", "aria-describedby": "upload-kind-hint" },
     Object.entries(KINDS).map(([value, [label]]) => h("option", { value }, label)));
   const kindHint = h("p", { class: "hint", id: "upload-kind-hint" });
-  const describeKind = () => { kindHint.textContent = KINDS[kind.value][1]; };
+  const fileHint = h("p", { class: "hint", id: "upload-file-hint" });
+  // Only captioned images (kind targets) take a trigger word; disabled, the field is not sent.
+  const trigger = h("input", {
+    type: "text", id: "upload-trigger-word", name: "trigger_word", maxlength: 100, autocomplete: "off",
+    placeholder: "e.g. sks", "aria-describedby": "upload-trigger-word-hint",
+  });
+  const triggerField = h("div", { class: "field", id: "upload-trigger-word-field" },
+    h("label", { for: "upload-trigger-word" }, "Trigger word"), trigger,
+    h("p", { class: "hint", id: "upload-trigger-word-hint" },
+      "captioned images: the word the adapter learns, put in each caption at [trigger], else in front"));
+  const describeKind = () => {
+    const [, rows, files] = KINDS[kind.value];
+    kindHint.textContent = rows;
+    fileHint.textContent = `${files} (README, Datasets)`;
+    triggerField.hidden = trigger.disabled = kind.value !== "targets";
+  };
   kind.addEventListener("change", describeKind);
   describeKind();
   const submit = h("button", { type: "submit", class: "primary" }, "Upload");
@@ -73,11 +98,10 @@ function uploadForm({ api, signal, onUploaded }) {
   const form = h("form", { id: "upload", class: "card upload-form" },
     h("h2", {}, "Upload a dataset"),
     h("div", { class: "form-grid" },
-      h("div", { class: "field" }, h("label", { for: "upload-file" }, "File"), file,
-        h("p", { class: "hint", id: "upload-file-hint" },
-          "a .zip or .tar(.gz) with pairs.jsonl or pairs.csv and the images, or a Pick-a-Pic .parquet (README, Datasets)")),
+      h("div", { class: "field" }, h("label", { for: "upload-file" }, "File"), file, fileHint),
       h("div", { class: "field" }, h("label", { for: "upload-name" }, "Name"), name),
-      h("div", { class: "field" }, h("label", { for: "upload-kind" }, "Kind"), kind, kindHint)),
+      h("div", { class: "field" }, h("label", { for: "upload-kind" }, "Kind"), kind, kindHint),
+      triggerField),
     h("div", { class: "actions" }, submit, progress),
     result,
     error);
@@ -85,6 +109,7 @@ function uploadForm({ api, signal, onUploaded }) {
     event.preventDefault();
     const data = new FormData(form);
     if (!name.value.trim()) data.delete("name"); // the API names it after the file
+    if (!trigger.value.trim()) data.delete("trigger_word");
     result.hidden = error.hidden = true;
     submit.disabled = true;
     progress.hidden = false;
