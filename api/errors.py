@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -19,6 +20,7 @@ from trainer.spec import SpecConflict
 log = logging.getLogger(__name__)
 
 DATABASE_RETRY_AFTER_SECONDS = 5
+DISK_FULL_RETRY_AFTER_SECONDS = 60
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -166,6 +168,28 @@ async def _unstorable_value(_: Request, exc: Exception) -> JSONResponse:
     return error_response(422, body)
 
 
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+async def _os_error(request: Request, exc: Exception) -> JSONResponse:
+    # A write that found the disk (or the quota) full: whatever the route, the client is told so and may
+    # retry later; every writer cleans up after itself on the way out (scratch files, the request's
+    # rollback hooks), so nothing half-written stays. No figure of the host's is given. The connection is
+    # closed: the rest of an upload's body was not read.
+    assert isinstance(exc, OSError)
+    if exc.errno not in DISK_FULL_ERRNOS:
+        return await _unexpected(request, exc)
+    log.warning("a write found the disk full: %s", exc)
+    body = {
+        "code": "insufficient_storage",
+        "message": "the server's disk is full; retry later",
+        "param": None,
+    }
+    return error_response(
+        507, body, {"Retry-After": str(DISK_FULL_RETRY_AFTER_SECONDS), "Connection": "close"}
+    )
+
+
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return error_response(500, {"code": "internal_error", "message": "internal server error", "param": None})
@@ -181,4 +205,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(InterfaceError, _database_unavailable)
     app.add_exception_handler(PoolTimeout, _database_busy)
     app.add_exception_handler(DataError, _unstorable_value)
+    app.add_exception_handler(OSError, _os_error)
     app.add_exception_handler(Exception, _unexpected)

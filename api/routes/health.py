@@ -21,5 +21,6 @@ async def healthz() -> HealthOut:
 
 @router.get("/readyz", responses={503: {"model": ErrorResponse}})
 def readyz(context: ContextDep) -> ReadyOut:
-    """The database and the broker are reachable."""
+    """The database and the broker are reachable, and the data directory's disk keeps
+    MAPO_MIN_FREE_DISK_BYTES free (503 naming the first that fails)."""
     return check_ready(context)

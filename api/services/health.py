@@ -1,6 +1,9 @@
-"""Liveness and readiness: the API is ready when its database and its broker answer."""
+"""Liveness and readiness: the API is ready when its database and its broker answer and its disk has
+room."""
 
 from __future__ import annotations
+
+import shutil
 
 from kombu.connection import Connection
 from sqlalchemy import text
@@ -22,7 +25,21 @@ def check_ready(context: AppContext) -> ReadyOut:
         _ping_broker(context)
     except Exception as exc:
         raise Unavailable(f"broker unreachable: {type(exc).__name__}: {exc}", param="broker") from None
-    return ReadyOut(checks={"database": "ok", "broker": "ok"})
+    _check_disk(context)
+    return ReadyOut(checks={"database": "ok", "broker": "ok", "disk": "ok"})
+
+
+def _check_disk(context: AppContext) -> None:
+    """503 while the data directory's disk (or the local storage's) has less than min_free_disk_bytes
+    free: uploads would be refused, so a load balancer should send them elsewhere. No figures: the probe
+    needs no key."""
+    settings = context.settings
+    folders = [settings.tmp_dir] + ([] if settings.storage_url else [settings.storage_root])
+    for folder in folders:
+        if shutil.disk_usage(folder).free < settings.min_free_disk_bytes:
+            raise Unavailable(
+                "the data directory's disk has less than MAPO_MIN_FREE_DISK_BYTES free", param="disk"
+            )
 
 
 def _ping_broker(context: AppContext) -> None:

@@ -42,9 +42,15 @@ class InflightUpload:
         # Locked under a name no sweep looks at, then renamed: a sweep never sees it unlocked.
         pending = folder / f"{dataset_id}.pending"
         self._fd = os.open(pending, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        os.write(self._fd, storage_key.encode())
-        os.replace(pending, self.path)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            os.write(self._fd, storage_key.encode())
+            os.replace(pending, self.path)
+        except OSError:
+            # A full disk fails the write: no marker, then, and nothing left under the pending name.
+            os.close(self._fd)
+            pending.unlink(missing_ok=True)
+            raise
 
     @property
     def folder(self) -> Path:

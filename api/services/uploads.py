@@ -263,10 +263,10 @@ class UploadPart:
 
     def write(self, chunk: bytes) -> None:
         if len(chunk) > self._room:
-            os.write(self._data, chunk[: self._room])
+            _write_all(self._data, chunk[: self._room])
             self._room = 0
             raise PayloadTooLarge("the part goes past the upload's Upload-Length", param="Upload-Offset")
-        os.write(self._data, chunk)
+        _write_all(self._data, chunk)
         self._room -= len(chunk)
 
     def close(self) -> UploadState:
@@ -278,6 +278,14 @@ class UploadPart:
             os.close(self._data)
             os.close(self._lock)
         return self._store._state(self._folder, self._info)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of `data`: a disk that fills up makes a write short first, and only the next one fails
+    (ENOSPC, answered 507); the offset is the file's size either way, so the client resumes from it."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 @contextmanager
