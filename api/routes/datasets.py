@@ -74,7 +74,7 @@ async def upload_dataset(
 
 
 def _content_length(request: Request) -> int:
-    """The body's declared size; 0 for a chunked body (its bytes are checked as they are written)."""
+    """The body's declared size; 0 for a chunked body, which only a full disk stops (507 as it writes)."""
     declared = request.headers.get("content-length", "")
     return int(declared) if declared.isdigit() else 0
 
