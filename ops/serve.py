@@ -136,6 +136,9 @@ def _holder(lock: TextIO) -> str:
     return lock.read().strip() or "unknown"
 
 
+OTHER_PORT = 8001  # what the port-clash message suggests (and README's example)
+
+
 def check_port_free(host: str, port: int) -> None:
     """ServeError if something already listens on (host, port), before any child starts: otherwise the
     readiness probe would reach that server and call this instance ready."""
@@ -146,7 +149,9 @@ def check_port_free(host: str, port: int) -> None:
             probe.bind((host or "0.0.0.0", port))
         except OSError as exc:
             raise ServeError(
-                f"{host}:{port} is in use ({exc.strerror}); is another server running?"
+                f"{host}:{port} is in use ({exc.strerror}); is another server running? To serve beside it: "
+                f"mapo serve --port {OTHER_PORT}, and export MAPO_API_URL=http://{host}:{OTHER_PORT} for "
+                "the mapo commands"
             ) from None
 
 

@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ops.serve import BUILT_MARKER, TINY_MODELS, build_tiny_models
+from ops.serve import BUILT_MARKER, OTHER_PORT, TINY_MODELS, ServeError, build_tiny_models, check_port_free
 from tests.support.commands import REPO_ROOT, service_env
 from tests.support.ports import free_port
 from trainer.synthetic.demo_data import write_demo_upload
@@ -198,3 +199,16 @@ def test_log_level_debug_shows_each_request_and_celerys_output(data_dir: Path, t
         serve.wait_for(r"\[queues\]")
     finally:
         serve.kill_all()
+
+
+def test_a_port_in_use_is_refused_with_how_to_serve_on_another_and_reach_it() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ServeError) as refused:
+            check_port_free("127.0.0.1", port)
+    message = str(refused.value)
+    assert f"127.0.0.1:{port} is in use" in message
+    assert f"mapo serve --port {OTHER_PORT}" in message
+    assert f"MAPO_API_URL=http://127.0.0.1:{OTHER_PORT}" in message
