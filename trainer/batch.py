@@ -1,4 +1,5 @@
-"""The training batch: B preference pairs in the [chosen_1..B; rejected_1..B] layout.
+"""The training batch: B preference pairs in the [chosen_1..B; rejected_1..B] layout (or the chosen
+images alone, after `chosen_half`).
 
 A batch holds either pixels and prompts (encoded each step) or, from the latent cache, each image's
 latent distribution and the prompts' conditioning. The geometry (original size, crop) is the chosen
@@ -30,6 +31,20 @@ class PairBatch:
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def chosen_half(self) -> PairBatch:
+        """The batch with its chosen images alone (the first half of pixels or latents), for a loss that
+        never reads the rejected ones."""
+
+        def first_half(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[: len(self)]
+
+        return replace(
+            self,
+            pixels=first_half(self.pixels),
+            latent_mean=first_half(self.latent_mean),
+            latent_std=first_half(self.latent_std),
+        )
 
     def to(self, device: torch.device, non_blocking: bool = False) -> PairBatch:
         """The batch on `device` (accelerate's loaders call this to place each batch)."""

@@ -24,7 +24,7 @@ from trainer.errors import CheckpointError, NonFiniteLossError
 from trainer.events import Artifact, Checkpoint, Compile, Event, Finished, Started, Step
 from trainer.export import save_diffusers_lora, save_kohya_lora
 from trainer.fast_floor import reapply_adamw_options
-from trainer.objective import prepare_inputs, read_terms, training_terms
+from trainer.objective import prepare_inputs, read_terms, training_terms, trains_on_chosen_only
 from trainer.session import TrainingSession, open_session
 from trainer.spec import TrainSpec
 
@@ -147,7 +147,9 @@ def _micro_step(session: TrainingSession, batch: PairBatch, step: int) -> dict[s
     the device: reading them here would make the host wait for the device every micro-step."""
     accelerator = session.accelerator
     with accelerator.accumulate(session.denoiser):
-        inputs = prepare_inputs(session.model, batch, session.resolution)
+        inputs = prepare_inputs(
+            session.model, batch, session.resolution, chosen_only=trains_on_chosen_only(session.spec)
+        )
         loss, terms = training_terms(session.spec, session.denoiser, session.model, inputs)
         accelerator.backward(loss)
         if accelerator.sync_gradients:

@@ -4,6 +4,7 @@ noise, the main one reports and writes, and a stopped run resumes to the same ad
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,10 +36,12 @@ class Run:
         return [e for e in self.events if isinstance(e, kind)]
 
 
-def _launch(base_model: Path, dataset: Path, out: Path, *, stop_after_step: int = STEPS) -> Run:
+def _launch(
+    base_model: Path, dataset: Path, out: Path, *, stop_after_step: int = STEPS, method: str = "mapo"
+) -> Run:
     """Two processes train STEPS steps; a stop is requested once `stop_after_step` is reported."""
     events: list[Event] = []
-    spec = tiny_spec(base_model, gpus=2, max_train_steps=STEPS, checkpoint_every_n_steps=4)
+    spec = tiny_spec(base_model, gpus=2, max_train_steps=STEPS, checkpoint_every_n_steps=4, method=method)
 
     def should_stop() -> bool:
         return any(isinstance(e, Step) and e.step >= stop_after_step for e in events)
@@ -97,6 +100,17 @@ def test_two_processes_train_every_family_to_one_adapter_that_loads(
     pipeline = DiffusionPipeline.from_pretrained(str(tiny_model))
     pipeline.load_lora_weights(tmp_path / "adapter")
     assert pipeline.get_active_adapters(), "the LoRA is attached to the pipeline"
+
+
+@pytest.mark.slow
+def test_two_processes_train_sft_on_the_chosen_half_to_one_adapter(
+    tiny_sdxl: Path, color_pairs: Path, tmp_path: Path
+) -> None:
+    run = _launch(tiny_sdxl, color_pairs, tmp_path, method="sft")
+    steps = run.of(Step)
+    assert [e.step for e in steps] == list(range(1, STEPS + 1))  # type: ignore[attr-defined]
+    assert all(math.isfinite(e.metrics["loss"]) for e in steps)  # type: ignore[attr-defined]
+    assert (tmp_path / "adapter" / "pytorch_lora_weights.safetensors").is_file()
 
 
 @pytest.mark.slow

@@ -258,7 +258,7 @@ class ModelFamily(ABC):
 
     @abstractmethod
     def draw_levels(self, num: int, *, latents: torch.Tensor) -> torch.Tensor:
-        """(num,) noise levels for training, drawn from the global RNG; `latents` (2num, C, h, w) give
+        """(num,) noise levels for training, drawn from the global RNG; `latents` (k·num, C, h, w) give
         device and size (FLUX's shift depends on the image's token count)."""
 
     @abstractmethod
@@ -267,7 +267,8 @@ class ModelFamily(ABC):
 
     @abstractmethod
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, levels: torch.Tensor) -> Noised:
-        """Noisy input and regression target; all three arguments have the image axis first (2B)."""
+        """Noisy input and regression target; all three arguments have the image axis first (2B, or B
+        where a step takes the chosen images alone)."""
 
     @abstractmethod
     def predict(
@@ -278,8 +279,9 @@ class ModelFamily(ABC):
         conditioning: Conditioning,
         geometry: ImageGeometry,
     ) -> torch.Tensor:
-        """The denoiser's prediction for `noisy` (2B, C, h, w), same shape. `denoiser` is this family's
-        denoiser or a wrapper of it (accelerate's distributed one), with or without LoRA enabled."""
+        """The denoiser's prediction for `noisy` (2B, C, h, w), or (B, C, h, w) for the chosen images
+        alone, same shape. `denoiser` is this family's denoiser or a wrapper of it (accelerate's
+        distributed one), with or without LoRA enabled."""
 
     def pipeline_components(self, denoiser: torch.nn.Module) -> dict[str, Any]:
         """The components of this family's pipeline, sharing the loaded modules, with `denoiser`: the
