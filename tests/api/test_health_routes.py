@@ -13,7 +13,7 @@ def test_healthz_answers_ok(client: TestClient) -> None:
 def test_readyz_checks_database_and_embedded_broker(client: TestClient) -> None:
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.json()["checks"] == {"database": "ok", "broker": "ok"}
+    assert response.json()["checks"] == {"database": "ok", "broker": "ok", "disk": "ok"}
 
 
 def test_readyz_is_503_naming_the_broker_when_it_is_unreachable(

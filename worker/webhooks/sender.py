@@ -9,6 +9,7 @@ and so the signature are this attempt's.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -80,18 +81,17 @@ def _claim(db: Database, settings: Settings, delivery_id: str, number: int) -> M
 
 
 def post(message: Message, *, msg_id: str, number: int, timeout: float) -> AttemptResult:
-    """POST the signed body once; the answer's body is never read (nor stored, nor shown)."""
+    """POST the signed body once; the answer's body is never read (nor stored, nor shown). `timeout`
+    bounds the whole attempt, from connecting to the last byte of the answer's headers."""
     started_at, clock = utcnow(), time.monotonic()
     headers = webhook_headers(message.secrets, msg_id=msg_id, timestamp=int(time.time()), body=message.body)
     status: int | None = None
     error: str | None = None
     try:
-        with (
-            httpx.Client(timeout=timeout, follow_redirects=False) as client,
-            client.stream("POST", message.url, content=message.body, headers=headers) as response,
-        ):
-            status = response.status_code
-    except httpx.TimeoutException:
+        # httpx's timeouts bound each network operation, so a receiver dripping its answer one byte at a
+        # time kept this thread for as long as it liked; a deadline on the whole attempt does not reset.
+        status = asyncio.run(asyncio.wait_for(_post_once(message, headers, timeout), timeout))
+    except (httpx.TimeoutException, TimeoutError):
         error = f"no answer within {timeout:g} s"
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc}"
@@ -99,6 +99,15 @@ def post(message: Message, *, msg_id: str, number: int, timeout: float) -> Attem
         error = f"answered HTTP {status}" + (" (redirects are not followed)" if 300 <= status < 400 else "")
     duration_ms = (time.monotonic() - clock) * 1000
     return AttemptResult(number, started_at, duration_ms, response_status=status, error=error)
+
+
+async def _post_once(message: Message, headers: dict[str, str], timeout: float) -> int:
+    """The answer's status, once its headers are in (the stream is closed unread)."""
+    async with (
+        httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client,
+        client.stream("POST", message.url, content=message.body, headers=headers) as response,
+    ):
+        return response.status_code
 
 
 def decide(result: AttemptResult, settings: Settings) -> Outcome:
