@@ -106,7 +106,7 @@ class UploadStore:
             raise InsufficientStorage(
                 f"your open uploads may still receive {open_uploads.pending_of_tenant} bytes, and a tenant's "
                 f"may reserve at most {self.max_reserved_bytes} (MAPO_MAX_RESERVED_UPLOAD_BYTES); finish or "
-                "delete one (GET /v1/uploads lists them)",
+                "delete one",
                 param="Upload-Length",
             )
         self._reserve(length, pending=open_uploads.pending_bytes)
