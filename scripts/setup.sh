@@ -13,5 +13,7 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 # torch first and on its own, so no other requirement can pull a different build.
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
-.venv/bin/python -m pip install --quiet -e ".[${EXTRAS}]"
+# setuptools warns on every editable install that a folder named like a package may shadow it (a banner
+# of asterisks on each `make run` and `make test`); ours are the packages, so the warning is filtered.
+PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install --quiet -e ".[${EXTRAS}]"
 echo "mapo-service installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
