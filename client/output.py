@@ -23,13 +23,17 @@ from rich.table import Table
 from client.sdk import JSON, MapoClient
 
 
-def keyed_table(key: str, keys: list[str], *headers: str) -> Table:
+def keyed_table(key: str, keys: list[str], *headers: str, whole: dict[str, list[str]] | None = None) -> Table:
     """A table whose first column holds what the next command takes (an id, a name): it never shrinks,
-    wraps or ends in "…" (a cut id cannot be copied); on a narrow terminal the other columns wrap first."""
+    wraps or ends in "…" (a cut id cannot be copied), nor do the columns of `whole` (header -> values);
+    on a narrow terminal the other columns wrap first."""
+    kept = {key: keys, **(whole or {})}
     table = Table()
-    table.add_column(key, no_wrap=True, min_width=max(map(len, keys), default=len(key)))
-    for header in headers:
-        table.add_column(header, overflow="fold")
+    for header in (key, *headers):
+        if header in kept:
+            table.add_column(header, no_wrap=True, min_width=max(map(len, [header, *kept[header]])))
+        else:
+            table.add_column(header, overflow="fold")
     return table
 
 
@@ -80,12 +84,14 @@ def base_models_table(models: list[JSON]) -> Table:
 def keys_table(keys: list[JSON]) -> Table:
     """id, tenant, public prefix, label, creation, last use and revocation of each API key."""
     headers = ("tenant", "prefix", "label", "created", "last used", "revoked")
-    table = keyed_table("id", [key["id"] for key in keys], *headers)
-    for key in keys:
+    # `mapo keys revoke` takes the id or the prefix.
+    prefixes = [f"{key['prefix']}…" for key in keys]
+    table = keyed_table("id", [key["id"] for key in keys], *headers, whole={"prefix": prefixes})
+    for key, prefix in zip(keys, prefixes, strict=True):
         table.add_row(
             key["id"],
             key["tenant"],
-            f"{key['prefix']}…",
+            prefix,
             key["label"],
             _local_time(key["created_at"]),
             _local_time(key["last_used_at"]) if key["last_used_at"] else "-",

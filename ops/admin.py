@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
 from datetime import datetime
 from typing import NamedTuple
 
@@ -12,10 +15,22 @@ from core.repositories import tenants as tenant_repo
 from core.settings import Settings
 
 
-def migrate(settings: Settings) -> None:
-    """Create the embedded folders and bring the database schema up to the newest migration."""
+def migrate(settings: Settings, *, quiet: bool = False) -> None:
+    """Create the embedded folders and bring the database schema up to the newest migration. Alembic logs
+    each migration it runs; `quiet` keeps that back (commands that only need the schema, such as `keys`),
+    and shows it if the upgrade fails."""
     settings.ensure_dirs()
-    migrations.upgrade(settings.sqlalchemy_url)
+    if not quiet:
+        migrations.upgrade(settings.sqlalchemy_url)
+        return
+    captured = io.StringIO()
+    try:
+        # Alembic's log handler is made inside the upgrade, on the stderr of that moment.
+        with contextlib.redirect_stderr(captured):
+            migrations.upgrade(settings.sqlalchemy_url)
+    except Exception:
+        sys.stderr.write(captured.getvalue())
+        raise
 
 
 def create_key(settings: Settings, tenant_name: str, *, label: str = "") -> str:

@@ -97,7 +97,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_keys_create(args: argparse.Namespace) -> int:
     """Create a key; it is the last word printed, so scripts can take it with `| awk '{print $NF}'`."""
     settings = Settings()
-    admin.migrate(settings)  # so that this works on a fresh data dir, before the first `mapo serve`
+    admin.migrate(settings, quiet=True)  # so that this works on a fresh data dir, before `mapo serve`
     key = admin.create_key(settings, args.tenant, label=args.label)
     print(f"API key for tenant {args.tenant!r} (shown only once, keep it safe): {key}")
     return EXIT_OK
@@ -106,7 +106,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 def cmd_keys_list(args: argparse.Namespace) -> int:
     """List keys by prefix, tenant, label and dates."""
     settings = Settings()
-    admin.migrate(settings)
+    admin.migrate(settings, quiet=True)
     keys = admin.list_keys(settings, tenant_name=args.tenant)
     if args.json:
         print(json.dumps([key._asdict() for key in keys], indent=2))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
-import io
 import json
 import os
 import shutil
@@ -70,7 +69,7 @@ def serve(*, host: str, port: int, log_level: str = DEFAULT_LOG_LEVEL) -> int:
             held.enter_context(instance_lock(settings.data_dir))
             check_port_free(host, port)
             log(f"data in {settings.data_dir}")
-            _migrate(settings, verbose=threshold(log_level) <= threshold("info"))
+            admin.migrate(settings, quiet=threshold(log_level) > threshold("info"))
             base_models = offered_base_models(settings)
             log(f"base models: {', '.join(sorted(base_models))}")
             announce_first_key(settings)
@@ -78,20 +77,6 @@ def serve(*, host: str, port: int, log_level: str = DEFAULT_LOG_LEVEL) -> int:
             log(f"cannot start: {exc}")
             return 1
         return _supervise(settings, base_models, host=host, port=port, log_level=log_level)
-
-
-def _migrate(settings: Settings, *, verbose: bool) -> None:
-    """Alembic logs each migration it runs; kept back unless `verbose`, and shown if the upgrade fails."""
-    if verbose:
-        admin.migrate(settings)
-        return
-    captured = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(captured):
-            admin.migrate(settings)
-    except Exception:
-        sys.stderr.write(captured.getvalue())
-        raise
 
 
 def _supervise(

@@ -25,6 +25,16 @@ def test_keys_create_prints_a_working_key_as_its_last_word(tmp_path: Path) -> No
     database.dispose()
 
 
+def test_keys_commands_on_a_fresh_data_dir_print_no_migration_log(tmp_path: Path) -> None:
+    env = service_env(tmp_path / "data")
+    created = mapo_ops("keys", "create", "--tenant", "alice", env=env)
+    listed = mapo_ops("keys", "list", env=env)
+    for result in (created, listed):
+        assert result.returncode == 0, result.stderr
+        assert "alembic" not in result.stdout + result.stderr, result.stdout + result.stderr
+    assert created.stdout.count("\n") == 1, created.stdout
+
+
 def test_migrate_creates_the_database(tmp_path: Path) -> None:
     result = mapo_ops("migrate", env=service_env(tmp_path / "data"))
     assert result.returncode == 0, result.stderr
