@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from trainer.cache_store import CacheStore
 from trainer.data import Augment
 from trainer.dataset_format import PairRecord
 from trainer.encoding import build_cache
@@ -20,13 +21,25 @@ from trainer.objective import PairInputs, denoising_errors
 
 
 class HeldOutEvaluator:
-    """Scores held-out pairs; build once (it encodes the pairs), call `evaluate` at any step."""
+    """Scores held-out pairs; build once (it encodes the pairs, or reads them from `store`), call
+    `evaluate` at any step."""
 
     def __init__(
-        self, family: ModelFamily, root: Path, pairs: list[PairRecord], *, resolution: int, seed: int
+        self,
+        family: ModelFamily,
+        root: Path,
+        pairs: list[PairRecord],
+        *,
+        resolution: int,
+        seed: int,
+        store: CacheStore | None = None,
     ):
         self.family = family
-        cache = build_cache(family, root, pairs, Augment(resolution, random_crop=False, hflip=False))
+        augment = Augment(resolution, random_crop=False, hflip=False)
+        if store is None:
+            cache = build_cache(family, root, pairs, augment)
+        else:
+            cache = store.load_or_build(family, root, pairs, augment)
         self.latents = family.to_latents(torch.stack([m[0] for m in cache.means]))  # (N, 2, C, h, w)
         self.conditioning = cache.conditioning
         self.geometry = ImageGeometry(cache.original_sizes, cache.crop_top_lefts, resolution)

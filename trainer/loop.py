@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from trainer import checkpoints
+from trainer import cache_store, checkpoints
 from trainer.batch import PairBatch
 from trainer.compiling import CompilePlan, compile_blocks
 from trainer.errors import CheckpointError, NonFiniteLossError
@@ -76,6 +76,8 @@ def train(
     if every is None or step % every:  # otherwise _after_step has just evaluated this step
         session.run_evaluation(step=step, emit=emit, force=True)
     adapter, kohya = _export(session, output_dir, emit)
+    if session.accelerator.is_main_process:
+        cache_store.discard(output_dir)  # only a resume reads it, and a finished job does not resume
     emit(Finished(step=step, total_steps=spec.max_train_steps, stopped=False))
     return TrainResult(step, spec.max_train_steps, False, adapter, kohya, metrics)
 

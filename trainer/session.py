@@ -23,10 +23,11 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 
 from trainer.batch import PairBatch
+from trainer.cache_store import CACHE_DIR, CacheStore
 from trainer.compiling import eager
 from trainer.data import Augment, EpochSampler, PairDataset, collate_pairs, load_pairs, split_pairs
 from trainer.dataset_format import PairRecord
-from trainer.encoding import CachedPairDataset, build_cache, collate_cached
+from trainer.encoding import CachedPairDataset, collate_cached
 from trainer.errors import CheckpointError, SpecMismatchError, WorldSizeError
 from trainer.evaluation import HeldOutEvaluator
 from trainer.events import Caching, Evaluation, Event, Sample
@@ -144,7 +145,8 @@ def open_session(
         model.enable_gradient_checkpointing(model.denoiser)
     prepare_denoiser(model.denoiser, accelerator.device)
     report = on_event if on_event is not None and accelerator.is_main_process else None
-    data = _build_data(spec, model, dataset_dir, resolution, on_event=report)
+    store = _cache_store(spec, output_dir, writes=accelerator.is_main_process)
+    data = _build_data(spec, model, dataset_dir, resolution, store=store, on_event=report)
     trainable = trainable_parameters(model.denoiser)
     optimizer, lr_scheduler = _build_optimizer(spec, trainable, accelerator.num_processes)
     _checkpoint_only_lora_weights(accelerator)
@@ -159,7 +161,7 @@ def open_session(
     evaluator = None
     if data.eval_pairs and accelerator.is_main_process:
         evaluator = HeldOutEvaluator(
-            model, dataset_dir, data.eval_pairs, resolution=resolution, seed=spec.seed
+            model, dataset_dir, data.eval_pairs, resolution=resolution, seed=spec.seed, store=store
         )
     return TrainingSession(
         spec=spec,
@@ -195,6 +197,13 @@ def epoch_loader(loader: Any, sampler: EpochSampler, epoch: int, *, skip_batches
     loader.set_epoch(epoch)
     sampler.set_epoch(epoch)
     return loader
+
+
+def _cache_store(spec: TrainSpec, output_dir: Path, *, writes: bool) -> CacheStore:
+    """The job's latent caches beside its checkpoints, so a resumed job reads what it encoded before."""
+    return CacheStore(
+        output_dir / CACHE_DIR, base_model=spec.base_model, options=spec.family_options(), writes=writes
+    )
 
 
 def _check_world_size(spec: TrainSpec, accelerator: Accelerator) -> None:
@@ -245,9 +254,11 @@ def _build_data(
     dataset_dir: Path,
     resolution: int,
     *,
+    store: CacheStore,
     on_event: Callable[[Event], None] | None = None,
 ) -> _Data:
-    """Split off the held-out pairs, then a loader over the rest: pixels, or cached latents."""
+    """Split off the held-out pairs, then a loader over the rest: pixels, or cached latents (read from
+    `store` where an earlier run of the job stored them)."""
     pairs = load_pairs(dataset_dir)
     train_idx, eval_idx = split_pairs(len(pairs), spec.eval_fraction, spec.seed)
     train_pairs = [pairs[i] for i in train_idx]
@@ -255,7 +266,8 @@ def _build_data(
     dataset: Dataset[dict[str, Any]]
     collate: Callable[[list[dict[str, Any]]], PairBatch]
     if spec.latent_cache()[0]:
-        cache = build_cache(model, dataset_dir, train_pairs, augment, on_progress=_cache_progress(on_event))
+        progress = _cache_progress(on_event)
+        cache = store.load_or_build(model, dataset_dir, train_pairs, augment, on_progress=progress)
         dataset = CachedPairDataset(cache, hflip=spec.hflip, seed=spec.seed)
         collate = collate_cached
     else:

@@ -21,7 +21,7 @@ from trainer.events import Artifact, Event, Finished, Started, Step
 from trainer.families.registry import load_family
 from trainer.launch import LaunchResult, RankFailedError, train_data_parallel
 from trainer.loop import train
-from trainer.session import _build_data, epoch_loader
+from trainer.session import _build_data, _cache_store, epoch_loader
 
 STEPS = 12
 
@@ -164,12 +164,15 @@ def test_a_spec_for_two_gpus_refuses_to_run_in_one_process(
         train(tiny_spec(tiny_sd, gpus=2), color_pairs, tmp_path, on_event=lambda e: None)
 
 
-def test_each_rank_gets_its_own_share_of_every_epoch(tiny_sd: Path, color_pairs: Path) -> None:
+def test_each_rank_gets_its_own_share_of_every_epoch(
+    tiny_sd: Path, color_pairs: Path, tmp_path: Path
+) -> None:
     spec = tiny_spec(tiny_sd, gpus=2)
+    store = _cache_store(spec, tmp_path, writes=False)
     model = load_family(str(tiny_sd), device=torch.device("cpu"), weight_dtype=torch.float32)
     shares = []
     for rank in (0, 1):
-        loader = _build_data(spec, model, color_pairs, 32).loader
+        loader = _build_data(spec, model, color_pairs, 32, store=store).loader
         shard = prepare_data_loader(loader, num_processes=2, process_index=rank, put_on_device=False)
         shard.set_epoch(0)
         shares.append([int(i) for batch in shard for i in batch.indices])
@@ -179,16 +182,17 @@ def test_each_rank_gets_its_own_share_of_every_epoch(tiny_sd: Path, color_pairs:
 
 
 def test_a_rank_resumed_mid_epoch_sees_the_rest_of_that_epoch_s_order(
-    tiny_sd: Path, color_pairs: Path
+    tiny_sd: Path, color_pairs: Path, tmp_path: Path
 ) -> None:
     # accelerate's skipping loader of several processes does not pass set_epoch on to the sampler: a run
     # resumed mid-epoch replayed epoch 0's order and ended with a different adapter than an unbroken run.
     spec = tiny_spec(tiny_sd, gpus=2)
+    store = _cache_store(spec, tmp_path, writes=False)
     model = load_family(str(tiny_sd), device=torch.device("cpu"), weight_dtype=torch.float32)
     for rank in (0, 1):
         orders = []
         for skip in (0, 1):
-            data = _build_data(spec, model, color_pairs, 32)
+            data = _build_data(spec, model, color_pairs, 32, store=store)
             shard = prepare_data_loader(data.loader, num_processes=2, process_index=rank, put_on_device=False)
             loader = epoch_loader(shard, data.sampler, 1, skip_batches=skip)
             orders.append([[int(i) for i in batch.indices] for batch in loader])
