@@ -26,12 +26,20 @@ from core.db import Database
 from core.queue import make_producer
 from core.repositories import events as event_repo
 from core.repositories import jobs as job_repo
+from core.repositories import workers as worker_repo
 from core.settings import Settings
 from core.storage import LocalStorage, job_key
 from tests.support.archives import jsonl, make_zip, pair_row, png, target_files, valid_files
 from tests.support.availability import unavailable
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
-from tests.support.factories import TEST_PEPPER, auth_headers, create_dataset, create_job, create_tenant
+from tests.support.factories import (
+    TEST_PEPPER,
+    advertisement,
+    auth_headers,
+    create_dataset,
+    create_job,
+    create_tenant,
+)
 from tests.support.ports import free_port
 from tests.support.specs import FAST_TRAINING
 from trainer.events import Evaluation, Sample, SampleImage, Started, Step
@@ -633,3 +641,44 @@ def test_a_caption_folder_uploaded_as_pairs_is_told_to_send_kind_targets(
     page.wait_for_selector("#upload-problems tbody tr")
     problem = page.locator("#upload-problems tbody td").nth(2).inner_text()
     assert problem.startswith("this looks like a caption folder") and "kind=targets" in problem, problem
+
+
+def test_the_new_job_form_starts_from_a_short_run_when_every_online_worker_is_a_cpu(
+    page: Page, service: Service, tmp_path: Path
+) -> None:
+    dataset_id = upload(service, make_zip(tmp_path / "two.zip", valid_files(2)), "for a CPU job")
+    fields = ("#job-steps", "#job-lr", "#job-batch")
+    page.goto(f"{service.url}/ui/#/jobs")
+    page.click("#new-job")
+    page.wait_for_selector("#job-form")
+    # No worker online: the API's defaults, the GPU recipe, in the placeholders.
+    assert page.locator("#job-device").input_value() == "cuda"
+    assert [page.locator(f).input_value() for f in fields] == ["", "", ""]
+    assert "No worker is online" in page.locator("#job-device-hint").inner_text()
+
+    with service.database.session_scope() as session:
+        worker_repo.register_worker(
+            session, advertisement("cpu@laptop", device="cpu", gpu_model=None, gpu_count=0)
+        )
+    try:
+        page.goto(f"{service.url}/ui/#/jobs")
+        page.click("#new-job")
+        page.wait_for_selector("#job-form")
+        assert page.locator("#job-device").input_value() == "cpu"
+        assert page.locator("#job-device-hint").inner_text() == "Online workers: 1 on a CPU."
+        assert [page.locator(f).input_value() for f in fields] == ["60", "0.001", "4"]
+        page.select_option("#job-device", "cuda")
+        assert [page.locator(f).input_value() for f in fields] == ["", "", ""]
+        page.select_option("#job-device", "cpu")
+        page.select_option("#job-dataset", dataset_id)
+        page.select_option("#job-base-model", "tiny-sd")
+        page.click("#job-form button[type=submit]")
+        page.wait_for_url("**/ui/#/jobs/job_*")
+        job = api_get(service, f"/v1/jobs/{page.url.rsplit('/', 1)[-1]}")
+        chosen = {
+            k: job["hyperparameters"][k] for k in ("max_train_steps", "learning_rate", "train_batch_size")
+        }
+        assert chosen == {"max_train_steps": 60, "learning_rate": 1e-3, "train_batch_size": 4}
+    finally:
+        with service.database.session_scope() as session:
+            worker_repo.mark_stopped(session, "cpu@laptop")

@@ -1,7 +1,8 @@
 // The new-job form: a dataset, a base model and method, the hyperparameters people change most, and the
 // validation prompts. A field left empty is not sent, so it takes the API's default (the MaPO reference
 // recipe), shown as its placeholder; the defaults are read from the API's own OpenAPI schema, so they
-// cannot drift from TrainSpec. A refusal (422) marks the field the API names.
+// cannot drift from TrainSpec. Steps, learning rate and batch size start filled with a short run when every
+// online worker is a CPU ("Defaults for"). A refusal (422) marks the field the API names.
 
 import { append, clear, h } from "./dom.js";
 
@@ -34,12 +35,20 @@ const VALIDATION_FIELDS = [
   { id: "job-inference-steps", param: "validation.num_inference_steps", label: "Denoising steps per image", integer: true },
 ];
 const EXTRA_PARAM = "hyperparameters"; // the JSON box: any other TrainSpec field
+// What the number fields start from, per device. Left empty they take the API's defaults, the reference
+// recipe for a GPU (2,000 steps at learning rate 1e-5), which keeps a CPU busy for hours; the CPU's are
+// the quickstart's short run, minutes on the shipped shapes-* models.
+const DEVICE_DEFAULTS = {
+  cuda: { label: "GPU: the reference recipe", values: {} },
+  cpu: { label: "CPU: a short run (60 steps at 1e-3, batch 4)", values: { "job-steps": 60, "job-lr": 1e-3, "job-batch": 4 } },
+};
 
 export async function newJobPage({ root, api, signal }, datasetId) {
-  const [datasets, models, defaults] = await Promise.all([
+  const [datasets, models, defaults, workers] = await Promise.all([
     readyDatasets(api, signal, datasetId),
     api.json("/v1/base-models", { signal }),
     specDefaults(signal),
+    api.json("/v1/workers?status=online", { signal }),
   ]);
   root.append(
     h("nav", { class: "crumbs" }, h("a", { href: "#/jobs" }, "Jobs"), " / new"),
@@ -51,7 +60,7 @@ export async function newJobPage({ root, api, signal }, datasetId) {
       : h("p", {}, "This server offers no base model (the operator sets them in MAPO_BASE_MODELS).")));
     return;
   }
-  const form = new JobForm({ api, datasets, models: models.data, defaults });
+  const form = new JobForm({ api, datasets, models: models.data, defaults, workers: workers.data });
   form.preselect(datasetId);
   root.append(form.el);
 }
@@ -89,8 +98,20 @@ async function specDefaults(signal) {
   }
 }
 
+/** The device whose defaults the form starts from: the CPU's when every online worker trains on one. */
+function likelyDevice(workers) {
+  return workers.length && workers.every((w) => w.device === "cpu") ? "cpu" : "cuda";
+}
+
+function workersHint(workers) {
+  if (!workers.length) return "No worker is online: the job waits for one.";
+  const cpus = workers.filter((w) => w.device === "cpu").length;
+  const gpus = workers.length - cpus;
+  return `Online workers: ${[gpus && `${gpus} on a GPU`, cpus && `${cpus} on a CPU`].filter(Boolean).join(", ")}.`;
+}
+
 class JobForm {
-  constructor({ api, datasets, models, defaults }) {
+  constructor({ api, datasets, models, defaults, workers }) {
     Object.assign(this, { api, models, defaults });
     this.fields = new Map(); // param → { input, error, spec }
     this.dataset = this.choice("job-dataset", "dataset_id", "Dataset",
@@ -99,6 +120,8 @@ class JobForm {
       models.map((m) => [m.name, `${m.name} (${m.family ?? "family unknown"}${m.native_resolution ? `, ${m.native_resolution}px` : ""})`]));
     this.method = this.choice("job-method", "method", "Method", [], " ");
     this.modelHint = h("p", { class: "hint", id: "job-base-model-hint" });
+    this.device = this.choice("job-device", "device", "Defaults for",
+      Object.entries(DEVICE_DEFAULTS).map(([value, { label }]) => [value, label]), workersHint(workers));
     this.numbers = NUMBER_FIELDS.map((spec) => this.number(spec));
     this.prompts = this.textarea("job-prompts", "validation.prompts", "Validation prompts",
       "one per line; each is rendered with and without the LoRA", 4);
@@ -112,7 +135,7 @@ class JobForm {
       this.modelHint,
       h("h2", {}, "Hyperparameters"),
       h("p", { class: "muted" }, "Empty fields take the default shown in them."),
-      h("div", { class: "form-grid" }, this.numbers.map((f) => f.wrap)),
+      h("div", { class: "form-grid" }, this.device.wrap, this.numbers.map((f) => f.wrap)),
       h("h2", {}, "Validation images"),
       h("div", { class: "form-grid" }, this.prompts.wrap, this.validation.map((f) => f.wrap)),
       h("details", { class: "extra" }, h("summary", {}, "More hyperparameters"),
@@ -121,6 +144,9 @@ class JobForm {
       h("div", { class: "actions" }, this.submit));
     this.model.input.addEventListener("change", () => this.modelChanged());
     this.method.input.addEventListener("change", () => this.methodChanged());
+    this.device.input.addEventListener("change", () => this.deviceChanged());
+    this.device.input.value = likelyDevice(workers);
+    this.deviceChanged();
     this.el.addEventListener("submit", (event) => {
       event.preventDefault();
       this.send();
@@ -184,6 +210,14 @@ class JobForm {
         " (set them under More hyperparameters)."]
       : [`${model.name} takes no family-specific fields.`]);
     this.methodChanged();
+  }
+
+  /** Fill the number fields with the chosen device's starting values (empty: the API's defaults). */
+  deviceChanged() {
+    const { values } = DEVICE_DEFAULTS[this.device.input.value];
+    for (const id of new Set(Object.values(DEVICE_DEFAULTS).flatMap((d) => Object.keys(d.values)))) {
+      this.numbers.find((f) => f.input.id === id).input.value = values[id] ?? "";
+    }
   }
 
   methodChanged() {
