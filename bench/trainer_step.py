@@ -3,6 +3,7 @@
     python -m bench.trainer_step                    # tiny and small SDXL, 64 and 128 px, cached or not
     python -m bench.trainer_step --presets small --resolutions 128 --steps 30
     python -m bench.trainer_step --families sd3 flux --presets small --resolutions 128
+    python -m bench.trainer_step --families sd flux --presets small --resolutions 128 --methods sft mapo
     python -m bench.trainer_step --presets full --resolutions 1024 --gradient-checkpointing   # on a GPU
     python -m bench.trainer_step --variants --presets small --resolutions 128 --rounds 12  # faster floor
 
@@ -59,7 +60,7 @@ def main() -> None:
         for resolution in args.resolutions:
             data = _dataset(resolution, args.pairs)
             for cache in CACHE_CHOICES[args.cache]:
-                for method in METHODS:
+                for method in args.methods:
                     rows.append(
                         _child(
                             {
@@ -107,6 +108,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--pairs", type=int, default=16, help="pairs in the synthetic dataset")
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--cache", choices=sorted(CACHE_CHOICES), default="both", help="latent cache rows")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="methods timed")
     parser.add_argument("--variants", action="store_true", help="time floor variants side by side instead")
     parser.add_argument("--rounds", type=int, default=12, help="--variants: interleaved rounds (median)")
     parser.add_argument("--compile", action="store_true", help="--variants: add torch.compile (minutes)")
