@@ -26,7 +26,7 @@ def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
     log = (root / "api.log").open("wb")
     server = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 300  # a ceiling: uvicorn importing the app on a loaded machine
     while not is_ready(url):
         assert server.poll() is None and time.monotonic() < deadline, (root / "api.log").read_text()
         time.sleep(0.2)

@@ -154,7 +154,8 @@ def test_a_job_delivered_while_the_database_is_down_runs_once_it_is_back(
     log = tmp_path / "worker.log"
     with running_worker(settings, log):
         enqueue_train_job(make_producer(settings), job_id)
-        time.sleep(6)  # the delivery fails to claim the job and is retried with backoff
+        # The delivery fails to claim the job and is retried with backoff (however long load delays it).
+        wait_for_line(log, "Retry in", timeout=300)
         postgres.start()
         job = finished(database, job_id)
     text = log.read_text(errors="replace")

@@ -17,7 +17,7 @@ def service_env(data_dir: Path, **extra: str) -> dict[str, str]:
     return {**env, "MAPO_DATA_DIR": str(data_dir), "COLUMNS": "200", **extra}
 
 
-def mapo(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def mapo(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run `python -m client ARGS` from the repository root, as a user would run `mapo ARGS`."""
     return subprocess.run(
         [sys.executable, "-m", "client", *args],
@@ -29,7 +29,7 @@ def mapo(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.Com
     )
 
 
-def mapo_ops(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def mapo_ops(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run `python -m ops ARGS` from the repository root, as an operator would run `mapo-ops ARGS`."""
     return subprocess.run(
         [sys.executable, "-m", "ops", *args],

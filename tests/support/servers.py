@@ -27,8 +27,13 @@ from ops.local_s3 import LocalS3Server, WeedMissingError
 from tests.support.availability import unavailable
 from tests.support.ports import free_port
 
+# Ceilings, not budgets: a server that starts or stops sooner is waited on no longer, and a loaded machine
+# (initdb, pg_ctl and Redis on 2 busy cores) must not turn a slow start into a failed test. pg_ctl's own
+# wait is 60 s unless told (-t).
+SERVER_CEILING_S = 300
 
-def _wait_for_port(port: int, *, up: bool, timeout: float = 30.0) -> None:
+
+def _wait_for_port(port: int, *, up: bool, timeout: float = SERVER_CEILING_S) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -151,12 +156,25 @@ class PrivatePostgres:
         listen = ",".join(dict.fromkeys(["127.0.0.1", self.address]))
         extra = "".join(f" -c {option}" for option in self.options)
         options = f"-p {self.port} -c listen_addresses={listen} -k {self.data}{extra}"
-        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-w", "-l", str(self.data / "log"), "start")
+        log = str(self.data / "log")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            str(SERVER_CEILING_S),
+            "-l",
+            log,
+            "start",
+        )
         _wait_for_port(self.port, up=True)
 
     def stop(self) -> None:
         """Fast shutdown: open connections are cut, as in a real restart."""
-        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", str(SERVER_CEILING_S), "stop")
         _wait_for_port(self.port, up=False)
 
     def close(self) -> None:

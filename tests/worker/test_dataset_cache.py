@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-import time
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -74,7 +74,7 @@ def test_a_missing_dataset_fails_and_leaves_no_entry(source: LocalStorage, tmp_p
 
 
 def _evict_when_released(root: Path, max_bytes: int, start: Any) -> list[str]:
-    start.wait()
+    start.wait()  # a barrier: every process, and the test, are here before any evicts
     return [p.name for p in DatasetCache(root, max_bytes=max_bytes).evict()]
 
 
@@ -89,11 +89,14 @@ def test_worker_processes_evicting_at_once_all_succeed_and_remove_each_entry_onc
             (entry / "images" / f"{i}.png").write_bytes(b"x" * 100)
         (entry / COMPLETE).touch()
     context = get_context("spawn")
-    start = context.Manager().Event()
+    start = context.Manager().Barrier(4 + 1)
     with ProcessPoolExecutor(4, mp_context=context) as pool:
         futures = [pool.submit(_evict_when_released, root, 0, start) for _ in range(4)]
-        time.sleep(2)  # every process is up and waiting
-        start.set()
+        # Released once all four processes are up and waiting, however long a loaded machine takes.
+        try:
+            start.wait(timeout=300)
+        except threading.BrokenBarrierError:
+            raise AssertionError("waited 300 s for the four evicting processes to start") from None
         evicted = [name for future in futures for name in future.result(timeout=120)]
     assert sorted(evicted) == sorted(
         DatasetCache(root, 0).entry(f"datasets/{n}").name for n in range(entries)

@@ -184,17 +184,22 @@ def test_a_recorder_whose_job_another_worker_took_over_writes_nothing_into_it_an
         assert not store.exists(f"{key}/{CHECKPOINTS_DIR}/{PREFIX}4/{STATE_FILE}"), "uploaded for w:2's job"
 
 
-class SlowUploads:
-    """The real object store behind a slow link: every checkpoint upload takes `seconds` longer."""
+UPLOAD_CEILING_S = 120  # a ceiling, not a budget: each wait below ends when its event happens
 
-    def __init__(self, store: Storage, seconds: float) -> None:
-        self.store, self.seconds = store, seconds
+
+class HeldUploads:
+    """The real object store behind a link that stalls: a checkpoint upload starts (`entered`) and waits
+    until the test `release`s it."""
+
+    def __init__(self, store: Storage) -> None:
+        self.store, self.entered, self.release = store, threading.Event(), threading.Event()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
 
     def put_tree(self, key: str, source: Path, *, last: str | None = None) -> None:
-        time.sleep(self.seconds)
+        self.entered.set()
+        assert self.release.wait(UPLOAD_CEILING_S), "the test never released the held upload"
         self.store.put_tree(key, source, last=last)
 
 
@@ -205,19 +210,23 @@ def test_the_heartbeat_goes_on_while_a_slow_checkpoint_upload_runs(
     job = claimed_job(session, database)
     local = tmp_path / "work"
     checkpoint = checkpoint_on_disk(local)
-    store = SlowUploads(build_storage(settings), seconds=3.0)
+    store = HeldUploads(build_storage(settings))
     key = job_key(job.tenant_id, job.id)
-    slow: Any = store
-    recorder = recorder_of(job, database, settings, flush_seconds=0.2, store=slow, local=local).start()
+    held: Any = store
+    recorder = recorder_of(job, database, settings, flush_seconds=0.2, store=held, local=local).start()
     recorder(Checkpoint(step=4, path=str(checkpoint)))
-    time.sleep(1.0)  # the flusher is now inside the 3 s upload
-    before = _heartbeat_at(session, job.id)
-    time.sleep(1.0)
-    during = _heartbeat_at(session, job.id)
-    assert not output_repo.list_checkpoints(session, job.id), "the upload is still running"
+    try:
+        assert store.entered.wait(UPLOAD_CEILING_S), "the flusher never started the checkpoint upload"
+        before = _heartbeat_at(session, job.id)
+        deadline = time.monotonic() + UPLOAD_CEILING_S
+        while _heartbeat_at(session, job.id) <= before:
+            assert time.monotonic() < deadline, f"no heartbeat in {UPLOAD_CEILING_S} s of a held upload"
+            time.sleep(0.05)
+        assert not output_repo.list_checkpoints(session, job.id), "the upload is still held"
+    finally:
+        store.release.set()
     recorder.close()
 
-    assert during > before, "no heartbeat while the checkpoint uploaded"
     assert [c.step for c in output_repo.list_checkpoints(session, job.id)] == [4]
     assert store.exists(f"{key}/{CHECKPOINTS_DIR}/{PREFIX}4/{STATE_FILE}")
     assert not recorder.lease.stop_requested.is_set()
