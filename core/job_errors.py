@@ -27,6 +27,7 @@ class JobErrorCode(StrEnum):
     GENERATION_FAILED = "generation_failed"
     WORLD_SIZE_MISMATCH = "world_size_mismatch"
     RANK_FAILED = "rank_failed"
+    PRECISION_UNAVAILABLE = "precision_unavailable"
     # The worker itself.
     NOT_ENOUGH_GPUS = "not_enough_gpus"
     OUTPUTS_NOT_STORED = "outputs_not_stored"
@@ -49,6 +50,8 @@ JOB_ERROR_MEANINGS: dict[JobErrorCode, str] = {
     JobErrorCode.WORLD_SIZE_MISMATCH: "the run had a different number of processes than `gpus` asks for",
     JobErrorCode.RANK_FAILED: "a training process of a multi-GPU run died without a typed error "
     "(a crash, a kill, out of memory)",
+    JobErrorCode.PRECISION_UNAVAILABLE: "the job's base_precision or text_encoder_precision cannot run "
+    "on the device of the worker that took it (fp8 needs a CUDA GPU of compute capability 8.9 or more)",
     JobErrorCode.NOT_ENOUGH_GPUS: "the job asks for more GPUs (`gpus`) than the worker that took it has",
     JobErrorCode.OUTPUTS_NOT_STORED: "training ended but its last outputs (the adapter among them) "
     "could not be stored or recorded",

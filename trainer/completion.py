@@ -48,7 +48,7 @@ from trainer.dataset_format import (
 )
 from trainer.errors import GenerationError, InvalidDatasetError
 from trainer.events import Event, Preparing
-from trainer.families.registry import load_family
+from trainer.families.registry import load_base
 from trainer.sampling import Renderer
 from trainer.spec import TrainSpec
 
@@ -70,9 +70,13 @@ class GenerationKey(BaseModel):
     num_inference_steps: int
     guidance_scale: float
     seed_namespace: str
+    # The base drawn at a quantized precision draws (slightly) other images. Left out of the digest when
+    # None, so that folders drawn before the field existed keep their names.
+    base_precision: str | None = None
 
     def digest(self) -> str:
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+        unset = {"base_precision"} if self.base_precision is None else set()
+        return hashlib.sha256(self.model_dump_json(exclude=unset).encode()).hexdigest()[:16]
 
 
 def _never() -> bool:
@@ -110,6 +114,7 @@ def complete_dataset(
         num_inference_steps=spec.generation.num_inference_steps,
         guidance_scale=spec.generation.guidance_scale,
         seed_namespace=seed_namespace,
+        base_precision=spec.base_precision,
     )
     out = dataset_dir / GENERATED_DIR / key.digest()
     if (out / MANIFEST_FILE).is_file():
@@ -187,9 +192,7 @@ class _Drawer:
         cuda = torch.cuda.is_available()
         self.device = torch.device("cuda" if cuda else "cpu")
         self.dtype = _DTYPES[spec.mixed_precision if cuda else "no"]
-        family = load_family(
-            spec.base_model, device=self.device, weight_dtype=self.dtype, options=spec.family_options()
-        )
+        family = load_base(spec, self.device, self.dtype)
         self.resolution = spec.resolution or family.native_resolution
         self.settings = spec.generation
         self.renderer: Renderer | None = Renderer.build(family, family.denoiser)

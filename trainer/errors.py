@@ -45,3 +45,10 @@ class SpecMismatchError(TrainingError):
     """The spec sets a field that the base model's family does not take (the API could not tell)."""
 
     code = "invalid_spec"
+
+
+class PrecisionUnavailableError(TrainingError):
+    """The spec asks for a base or text-encoder precision this worker's device cannot run (fp8 needs
+    a CUDA GPU of compute capability 8.9 or more)."""
+
+    code = "precision_unavailable"

@@ -57,6 +57,9 @@ class Started:
     effective_batch_size: int | None = None
     cache_latents: bool = False
     cache_reason: str = ""
+    # How the frozen denoiser and text encoders are held: "fp32", "bf16", "fp16", "int8", "nf4" or "fp8".
+    base_precision: str = "fp32"
+    text_encoder_precision: str = "fp32"
     type: Literal["started"] = "started"
 
 

@@ -288,6 +288,8 @@ def _started_event(session: TrainingSession, start_step: int) -> Started:
         * spec.gradient_accumulation_steps,
         cache_latents=cached,
         cache_reason=reason,
+        base_precision=session.base_precision,
+        text_encoder_precision=session.text_encoder_precision,
     )
 
 

@@ -21,10 +21,13 @@ def attach_lora(
     dropout: float,
     targets: list[str],
     exclude: list[str] | None = None,
+    fused: bool = True,
 ) -> LoraConfig:
     """Add a trainable LoRA adapter (gaussian init, so B = 0 and the model is unchanged at step 0) on the
     modules whose names end in one of `targets`, except the modules named in `exclude`, and keep its
-    weights in float32 whatever the base dtype, as mixed-precision training needs."""
+    weights in float32 whatever the base dtype, as mixed-precision training needs. `fused` uses our
+    faster LoRA linear (lora_linear.py); a quantized base takes peft's own layer for its quantized class
+    (bitsandbytes' and torchao's linears are `nn.Linear` subclasses, so ours would otherwise claim them)."""
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha,
@@ -34,7 +37,8 @@ def attach_lora(
         exclude_modules=exclude or None,
     )
     # peft's hook for custom layer classes: its own LoRA linear with a faster plain case (lora_linear.py).
-    config._register_custom_module({torch.nn.Linear: FusedLoraLinear})
+    if fused:
+        config._register_custom_module({torch.nn.Linear: FusedLoraLinear})
     try:
         denoiser.add_adapter(config)  # type: ignore[operator]
     except ValueError as exc:
@@ -65,8 +69,10 @@ def trainable_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 def frozen_dtype(module: torch.nn.Module) -> torch.dtype:
-    """The dtype of the frozen base weights (the LoRA's stay float32): what inputs are cast to."""
-    return next(p for p in module.parameters() if not p.requires_grad).dtype
+    """The dtype of the frozen base weights (the LoRA's stay float32): what inputs are cast to. A
+    quantized base's packed 4-bit weights are bytes; its float parts (norms, biases, and what it keeps
+    unquantized) are held in the dtype it computes in."""
+    return next(p for p in module.parameters() if not p.requires_grad and p.is_floating_point()).dtype
 
 
 def lora_layers(module: torch.nn.Module) -> list[LoraLayer]:

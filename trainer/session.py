@@ -32,9 +32,10 @@ from trainer.errors import CheckpointError, SpecMismatchError, WorldSizeError
 from trainer.evaluation import HeldOutEvaluator
 from trainer.events import Caching, Evaluation, Event, Sample
 from trainer.families.base import ModelFamily
-from trainer.families.registry import load_family
+from trainer.families.registry import load_base
 from trainer.fast_floor import adamw_options, prepare_denoiser
 from trainer.lora import attach_lora, trainable_parameters
+from trainer.quantization import is_quantized, precision_of
 from trainer.sampling import Renderer, render
 from trainer.spec import SpecConflict, TrainSpec
 
@@ -59,6 +60,8 @@ class TrainingSession:
     num_train_pairs: int
     num_eval_pairs: int
     evaluator: HeldOutEvaluator | None
+    base_precision: str
+    text_encoder_precision: str
     last_checkpoint_step: int = 0
     _renderer: Renderer | None = field(default=None, repr=False)
 
@@ -124,9 +127,7 @@ def open_session(
     )
     _check_world_size(spec, accelerator)
     set_seed(spec.seed)  # the same on every process: one LoRA init, one train/eval split
-    model = load_family(
-        spec.base_model, device=accelerator.device, weight_dtype=DTYPES[mixed], options=spec.family_options()
-    )
+    model = load_base(spec, accelerator.device, DTYPES[mixed])
     try:
         spec.check_family(model.name)
     except SpecConflict as exc:
@@ -135,6 +136,7 @@ def open_session(
     targets = spec.lora_target_modules or list(model.default_lora_targets)
     lora_config = attach_lora(
         model.denoiser,
+        fused=not is_quantized(model.denoiser),
         rank=spec.lora_rank,
         alpha=spec.effective_lora_alpha,
         dropout=spec.lora_dropout,
@@ -180,6 +182,8 @@ def open_session(
         num_train_pairs=data.num_train_pairs,
         num_eval_pairs=len(data.eval_pairs),
         evaluator=evaluator,
+        base_precision=precision_of(spec.base_precision, DTYPES[mixed]).name,
+        text_encoder_precision=precision_of(spec.text_encoder_precision, DTYPES[mixed]).name,
     )
 
 

@@ -22,6 +22,10 @@ MAX_MODULE_NAME_CHARS = 200
 # Every float of a spec is finite: inf or nan would pass a bound and then train on nonsense.
 FINITE = ConfigDict(extra="forbid", allow_inf_nan=False)
 MixedPrecision = Literal["no", "fp16", "bf16"]
+# How a frozen component's weights are held (trainer/quantization.py): a float dtype, or quantized weights
+# that compute in the mixed-precision dtype; "auto" lets the plan pick (trainer/plan.py).
+BasePrecision = Literal["auto", "fp32", "bf16", "fp16", "int8", "nf4", "fp8"]
+TextEncoderPrecision = Literal["fp32", "bf16", "fp16", "int8", "nf4"]
 LRScheduler = Literal["constant", "constant_with_warmup", "linear", "cosine"]
 # The flow families' noise-level schemes (trainer/families/flow.py reads them; no torch here).
 WeightingScheme = Literal["logit_normal", "mode", "uniform", "sigma_sqrt", "cosmap"]
@@ -94,8 +98,9 @@ class TrainSpec(BaseModel):
     base_model: str = Field(
         min_length=1,
         max_length=1000,
-        description="Diffusers folder (local path) or hub id of an SD 1.x/2.x, SDXL, SD3/SD3.5 or FLUX.1 "
-        "base model; its family is read from its model_index.json.",
+        description="Diffusers folder (local path) or hub id of a base model of one of the families "
+        f"({', '.join(facts.label for facts in FAMILIES.values())}); its family is read from its "
+        "model_index.json.",
         examples=["stabilityai/stable-diffusion-xl-base-1.0"],
     )
     method: Method = Field(
@@ -226,6 +231,22 @@ class TrainSpec(BaseModel):
         default="fp16",
         description="Autocast dtype on CUDA; base weights are stored in it, LoRA weights stay float32. "
         "On a machine without CUDA training runs in float32 and the Started event says so.",
+    )
+    base_precision: BasePrecision | None = Field(
+        default=None,
+        description="How the frozen denoiser's weights are held. fp32/bf16/fp16: that float dtype; int8: "
+        "torchao int8 weight-only (about half of bf16's memory); nf4: bitsandbytes 4-bit NormalFloat with "
+        "double quantization (QLoRA, about a third); fp8: torchao float8 weight-only, CUDA GPUs of compute "
+        "capability 8.9 or more only. Quantized weights compute in the mixed-precision dtype and the LoRA "
+        "trains in float32 on top; the adapter is saved in float and loads on the unquantized base. "
+        "auto: the least lossy precision that fits the job's plan (POST /v1/jobs/estimate). "
+        "None: the mixed-precision dtype (float32 without CUDA).",
+    )
+    text_encoder_precision: TextEncoderPrecision | None = Field(
+        default=None,
+        description="How the text encoders' weights are held while they encode (with the latent cache on, "
+        "they encode once at the start and are then freed): a float dtype, or int8 / nf4 as for "
+        "base_precision. None: the mixed-precision dtype (float32 without CUDA).",
     )
     gradient_checkpointing: bool = Field(default=False, description="Trade compute for UNet memory.")
     compile_denoiser: bool | Literal["auto"] = Field(

@@ -115,7 +115,8 @@ def describe(event: Event) -> str:
         return (
             f"training {event.model_family} at {event.resolution}px on {event.num_train_pairs} pairs "
             f"({event.num_eval_pairs} held out){parallel}, {event.trainable_parameters:,} LoRA parameters, "
-            f"latent cache {'on' if event.cache_latents else 'off'} ({event.cache_reason})"
+            f"latent cache {'on' if event.cache_latents else 'off'} ({event.cache_reason}), base weights "
+            f"{event.base_precision}"
         )
     if isinstance(event, Compile):
         return (

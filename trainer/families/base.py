@@ -20,6 +20,7 @@ from peft.utils import get_peft_model_state_dict
 
 from trainer.errors import ModelLoadError
 from trainer.families import FAMILIES, FamilyFacts, FamilyName
+from trainer.families.loading import Loading
 
 
 @dataclass
@@ -122,18 +123,16 @@ class ModelFamily(ABC):
         self.text_length = self.default_text_length
 
     @classmethod
-    def load(cls, source: str, *, weight_dtype: torch.dtype, options: dict[str, Any]) -> ModelFamily:
-        """Load the components of `source` (a diffusers folder or hub id), on the CPU: the denoiser and
-        text encoders in `weight_dtype`, the VAE in float32. `options` are the spec's family-specific
-        fields (None where unset)."""
+    def load(cls, loading: Loading, *, options: dict[str, Any]) -> ModelFamily:
+        """Load the components of `loading.source` (a diffusers folder or hub id): the denoiser and text
+        encoders at their precisions (quantized ones straight onto the device, the rest on the CPU), the
+        VAE in float32. `options` are the spec's family-specific fields (None where unset)."""
+        source = loading.source
         try:
-            subfolder = FAMILIES[cls.name].denoiser
-            denoiser = cls.denoiser_class.from_pretrained(
-                source, subfolder=subfolder, torch_dtype=weight_dtype
-            )
+            denoiser = loading.denoiser_model(cls.denoiser_class, FAMILIES[cls.name].denoiser)
             vae = cls.vae_class.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32)
             scheduler = cls.scheduler_class.from_pretrained(source, subfolder="scheduler")
-            encoders, tokenizers = cls.load_text_stack(source, weight_dtype=weight_dtype, options=options)
+            encoders, tokenizers = cls.load_text_stack(loading, options=options)
         except (OSError, ValueError, KeyError) as exc:
             raise ModelLoadError(f"cannot load base model {source!r}: {exc}") from exc
         return cls(
@@ -148,10 +147,9 @@ class ModelFamily(ABC):
 
     @classmethod
     @abstractmethod
-    def load_text_stack(
-        cls, source: str, *, weight_dtype: torch.dtype, options: dict[str, Any]
-    ) -> tuple[list[Any], list[Any]]:
-        """The family's text encoders (in `weight_dtype`) and their tokenizers, in pipeline order."""
+    def load_text_stack(cls, loading: Loading, *, options: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+        """The family's text encoders (each through `loading.text_encoder`) and their tokenizers, in
+        pipeline order."""
 
     @property
     def facts(self) -> FamilyFacts:

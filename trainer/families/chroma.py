@@ -50,6 +50,7 @@ from trainer.families import FamilyName
 from trainer.families.base import Conditioning, ImageGeometry
 from trainer.families.flow import FlowFamily
 from trainer.families.flux import image_ids, pack_latents, unpack_latents
+from trainer.families.loading import Loading
 
 
 class ChromaFamily(FlowFamily):
@@ -63,14 +64,10 @@ class ChromaFamily(FlowFamily):
     sdpa_processors: ClassVar[tuple[str, ...]] = ("2_0", "FluxAttnProcessor")
 
     @classmethod
-    def load_text_stack(
-        cls, source: str, *, weight_dtype: torch.dtype, options: dict[str, Any]
-    ) -> tuple[list[Any], list[Any]]:
+    def load_text_stack(cls, loading: Loading, *, options: dict[str, Any]) -> tuple[list[Any], list[Any]]:
         """T5 is the pipeline's `text_encoder` / `tokenizer` (not FLUX's `_2`)."""
-        encoders: list[Any] = [
-            T5EncoderModel.from_pretrained(source, subfolder="text_encoder", torch_dtype=weight_dtype)
-        ]
-        tokenizers: list[Any] = [T5TokenizerFast.from_pretrained(source, subfolder="tokenizer")]
+        encoders: list[Any] = [loading.text_encoder(T5EncoderModel, "text_encoder")]
+        tokenizers: list[Any] = [T5TokenizerFast.from_pretrained(loading.source, subfolder="tokenizer")]
         return encoders, tokenizers
 
     @torch.no_grad()

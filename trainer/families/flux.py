@@ -20,6 +20,7 @@ from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokeniz
 from trainer.families import FamilyName
 from trainer.families.base import Conditioning, ImageGeometry
 from trainer.families.flow import FlowFamily
+from trainer.families.loading import Loading
 from trainer.families.text import clip_ids, token_ids
 
 DEFAULT_GUIDANCE = 3.5
@@ -39,12 +40,11 @@ class FluxFamily(FlowFamily):
         self.guidance = DEFAULT_GUIDANCE if guidance is None else float(guidance)
 
     @classmethod
-    def load_text_stack(
-        cls, source: str, *, weight_dtype: torch.dtype, options: dict[str, Any]
-    ) -> tuple[list[Any], list[Any]]:
+    def load_text_stack(cls, loading: Loading, *, options: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+        source = loading.source
         encoders: list[Any] = [
-            CLIPTextModel.from_pretrained(source, subfolder="text_encoder", torch_dtype=weight_dtype),
-            T5EncoderModel.from_pretrained(source, subfolder="text_encoder_2", torch_dtype=weight_dtype),
+            loading.text_encoder(CLIPTextModel, "text_encoder"),
+            loading.text_encoder(T5EncoderModel, "text_encoder_2"),
         ]
         tokenizers: list[Any] = [
             CLIPTokenizer.from_pretrained(source, subfolder="tokenizer"),

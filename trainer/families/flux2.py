@@ -50,6 +50,7 @@ from transformers import AutoProcessor, AutoTokenizer, Mistral3ForConditionalGen
 from trainer.families import FamilyName
 from trainer.families.base import Conditioning, ImageGeometry
 from trainer.families.flow import FlowFamily, sigmas_at
+from trainer.families.loading import Loading
 
 MAX_SEQUENCE_LENGTH = 512  # both pipelines' default max_sequence_length
 KLEIN_TEXT_LAYERS = (9, 18, 27)
@@ -92,15 +93,12 @@ class Flux2Family(FlowFamily):
         self.guidance = DEFAULT_GUIDANCE if guidance is None else float(guidance)
 
     @classmethod
-    def load_text_stack(
-        cls, source: str, *, weight_dtype: torch.dtype, options: dict[str, Any]
-    ) -> tuple[list[Any], list[Any]]:
+    def load_text_stack(cls, loading: Loading, *, options: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+        source = loading.source
         if pipeline_class_of(source) == DEV_PIPELINE:
-            encoder: Any = Mistral3ForConditionalGeneration.from_pretrained(
-                source, subfolder="text_encoder", torch_dtype=weight_dtype
-            )
+            encoder = loading.text_encoder(Mistral3ForConditionalGeneration, "text_encoder")
             return [encoder], [AutoProcessor.from_pretrained(source, subfolder="tokenizer")]
-        encoder = Qwen3ForCausalLM.from_pretrained(source, subfolder="text_encoder", torch_dtype=weight_dtype)
+        encoder = loading.text_encoder(Qwen3ForCausalLM, "text_encoder")
         return [encoder], [AutoTokenizer.from_pretrained(source, subfolder="tokenizer")]
 
     @property

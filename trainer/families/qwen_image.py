@@ -54,6 +54,7 @@ from trainer.families import FamilyName
 from trainer.families.base import Conditioning, ImageGeometry
 from trainer.families.flow import FlowFamily
 from trainer.families.flux import pack_latents, unpack_latents
+from trainer.families.loading import Loading
 
 # QwenImagePipeline.__init__: prompt_template_encode and prompt_template_encode_start_idx.
 PROMPT_TEMPLATE = (
@@ -83,13 +84,9 @@ class QwenImageFamily(FlowFamily):
         return [f"transformer_blocks.{last}.attn.to_add_out"]
 
     @classmethod
-    def load_text_stack(
-        cls, source: str, *, weight_dtype: torch.dtype, options: dict[str, Any]
-    ) -> tuple[list[Any], list[Any]]:
-        encoder = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            source, subfolder="text_encoder", dtype=weight_dtype
-        )
-        return [encoder], [Qwen2Tokenizer.from_pretrained(source, subfolder="tokenizer")]
+    def load_text_stack(cls, loading: Loading, *, options: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+        encoder = loading.text_encoder(Qwen2_5_VLForConditionalGeneration, "text_encoder")
+        return [encoder], [Qwen2Tokenizer.from_pretrained(loading.source, subfolder="tokenizer")]
 
     @property
     def vae_scale_factor(self) -> int:

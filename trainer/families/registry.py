@@ -13,8 +13,12 @@ import torch
 from diffusers import DiffusionPipeline
 
 from trainer.errors import ModelLoadError
+from trainer.errors import PrecisionUnavailableError as PrecisionUnavailable
 from trainer.families import FAMILIES, FamilyName, UnknownFamilyError, family_of_pipeline, read_family
 from trainer.families.base import ModelFamily
+from trainer.families.loading import Loading
+from trainer.quantization import PrecisionUnavailableError, check_device, precision_of
+from trainer.spec import TrainSpec
 
 
 @cache
@@ -46,13 +50,49 @@ def family_of(source: str) -> FamilyName:
 
 
 def load_family(
-    source: str, *, device: torch.device, weight_dtype: torch.dtype, options: dict[str, Any] | None = None
+    source: str,
+    *,
+    device: torch.device,
+    weight_dtype: torch.dtype,
+    options: dict[str, Any] | None = None,
+    base_precision: str | None = None,
+    text_encoder_precision: str | None = None,
 ) -> ModelFamily:
-    """Load `source` frozen, in eval mode, on `device`: denoiser and text encoders in `weight_dtype`, the
-    VAE in float32 (SDXL's VAE overflows in fp16)."""
-    family = family_class(family_of(source)).load(source, weight_dtype=weight_dtype, options=options or {})
+    """Load `source` frozen, in eval mode, on `device`: the denoiser and text encoders at the spec's
+    `base_precision` / `text_encoder_precision` (None: `weight_dtype`; a quantized one computes in
+    `weight_dtype`), the VAE in float32 (SDXL's VAE overflows in fp16)."""
+    loading = Loading(
+        source,
+        device,
+        denoiser=precision_of(base_precision, weight_dtype),
+        text=precision_of(text_encoder_precision, weight_dtype),
+    )
+    check_device(loading.denoiser, device, field="base_precision")
+    check_device(loading.text, device, field="text_encoder_precision")
+    family = family_class(family_of(source)).load(loading, options=options or {})
     for module in (family.denoiser, family.vae, *family.text_encoders):
         module.requires_grad_(False)
         module.eval()
-        module.to(device)
+        if _device_of(module) != device:  # bitsandbytes' were loaded onto it (and refuse `.to`)
+            module.to(device)
     return family
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def load_base(spec: TrainSpec, device: torch.device, compute_dtype: torch.dtype) -> ModelFamily:
+    """The spec's base model on `device`, its frozen parts at the spec's precisions, computing in
+    `compute_dtype`."""
+    try:
+        return load_family(
+            spec.base_model,
+            device=device,
+            weight_dtype=compute_dtype,
+            options=spec.family_options(),
+            base_precision=spec.base_precision,
+            text_encoder_precision=spec.text_encoder_precision,
+        )
+    except PrecisionUnavailableError as exc:
+        raise PrecisionUnavailable(str(exc)) from exc

@@ -18,6 +18,7 @@ from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderMo
 from trainer.families import FamilyName
 from trainer.families.base import Conditioning, ImageGeometry
 from trainer.families.flow import FlowFamily
+from trainer.families.loading import Loading
 from trainer.families.text import CLIP_LENGTH, clip_ids, token_ids
 
 
@@ -31,19 +32,17 @@ class SD3Family(FlowFamily):
     repeated_blocks: ClassVar[tuple[str, ...]] = ("JointTransformerBlock",)
 
     @classmethod
-    def load_text_stack(
-        cls, source: str, *, weight_dtype: torch.dtype, options: dict[str, Any]
-    ) -> tuple[list[Any], list[Any]]:
+    def load_text_stack(cls, loading: Loading, *, options: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+        source = loading.source
         encoders: list[Any] = [
-            CLIPTextModelWithProjection.from_pretrained(source, subfolder=sub, torch_dtype=weight_dtype)
+            loading.text_encoder(CLIPTextModelWithProjection, sub)
             for sub in ("text_encoder", "text_encoder_2")
         ]
         tokenizers: list[Any] = [
             CLIPTokenizer.from_pretrained(source, subfolder=sub) for sub in ("tokenizer", "tokenizer_2")
         ]
         if options.get("use_t5") is not False:
-            t5 = T5EncoderModel.from_pretrained(source, subfolder="text_encoder_3", torch_dtype=weight_dtype)
-            encoders.append(t5)
+            encoders.append(loading.text_encoder(T5EncoderModel, "text_encoder_3"))
             tokenizers.append(T5TokenizerFast.from_pretrained(source, subfolder="tokenizer_3"))
         return encoders, tokenizers
 

@@ -15,6 +15,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 
 from trainer.export import to_kohya
 from trainer.families.base import ModelFamily, Noised
+from trainer.families.loading import Loading
 
 EVALUATION_TIMESTEPS = (100, 300, 500, 700, 900)
 
@@ -28,18 +29,12 @@ class UNetFamily(ModelFamily):
     second_encoder: ClassVar[bool] = False
 
     @classmethod
-    def load_text_stack(
-        cls, source: str, *, weight_dtype: torch.dtype, options: dict[str, Any]
-    ) -> tuple[list[Any], list[Any]]:
-        encoders: list[Any] = [
-            CLIPTextModel.from_pretrained(source, subfolder="text_encoder", torch_dtype=weight_dtype)
-        ]
+    def load_text_stack(cls, loading: Loading, *, options: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+        source = loading.source
+        encoders: list[Any] = [loading.text_encoder(CLIPTextModel, "text_encoder")]
         tokenizers: list[Any] = [CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")]
         if cls.second_encoder:
-            second = CLIPTextModelWithProjection.from_pretrained(
-                source, subfolder="text_encoder_2", torch_dtype=weight_dtype
-            )
-            encoders.append(second)
+            encoders.append(loading.text_encoder(CLIPTextModelWithProjection, "text_encoder_2"))
             tokenizers.append(CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2"))
         return encoders, tokenizers
 

@@ -46,6 +46,7 @@ from transformers import Qwen2Tokenizer, Qwen3Model
 from trainer.families import FamilyName
 from trainer.families.base import Conditioning, ImageGeometry
 from trainer.families.flow import FlowFamily
+from trainer.families.loading import Loading
 
 MAX_SEQUENCE_LENGTH = 512  # ZImagePipeline's default max_sequence_length
 COMFY_PREFIX = "diffusion_model."
@@ -68,11 +69,9 @@ class ZImageFamily(FlowFamily):
     sdpa_processors: ClassVar[tuple[str, ...]] = ("2_0", "ZSingleStreamAttnProcessor")
 
     @classmethod
-    def load_text_stack(
-        cls, source: str, *, weight_dtype: torch.dtype, options: dict[str, Any]
-    ) -> tuple[list[Any], list[Any]]:
-        encoder = Qwen3Model.from_pretrained(source, subfolder="text_encoder", torch_dtype=weight_dtype)
-        return [encoder], [Qwen2Tokenizer.from_pretrained(source, subfolder="tokenizer")]
+    def load_text_stack(cls, loading: Loading, *, options: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+        encoder = loading.text_encoder(Qwen3Model, "text_encoder")
+        return [encoder], [Qwen2Tokenizer.from_pretrained(loading.source, subfolder="tokenizer")]
 
     def chat_texts(self, prompts: list[str]) -> list[str]:
         """The pipeline's template around each prompt (a new list: the pipeline's own overwrites its
