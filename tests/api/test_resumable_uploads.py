@@ -3,7 +3,6 @@ that makes a complete upload a dataset through the one-shot upload's checks."""
 
 from __future__ import annotations
 
-import base64
 import fcntl
 import hashlib
 import os
@@ -12,7 +11,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
@@ -23,35 +21,7 @@ from client.sdk import MapoClient
 from core.settings import Settings
 from tests.support.archives import pairs_zip
 from tests.support.factories import auth_headers
-
-TUS = {"Tus-Resumable": "1.0.0"}
-PART = {**TUS, "Content-Type": "application/offset+octet-stream"}
-
-
-def create(client: TestClient, headers: dict[str, str], length: int, filename: str = "pairs.zip") -> str:
-    meta = f"filename {base64.b64encode(filename.encode()).decode()}"
-    response = client.post(
-        "/v1/uploads", headers={**headers, **TUS, "Upload-Length": str(length), "Upload-Metadata": meta}
-    )
-    assert response.status_code == 201, response.text
-    assert response.headers["Location"] == f"/v1/uploads/{response.json()['id']}"
-    assert response.headers["Upload-Offset"] == "0"
-    return str(response.json()["id"])
-
-
-def patch(
-    client: TestClient, headers: dict[str, str], upload_id: str, offset: int, data: bytes
-) -> httpx.Response:
-    return client.patch(
-        f"/v1/uploads/{upload_id}", content=data, headers={**headers, **PART, "Upload-Offset": str(offset)}
-    )
-
-
-def offset(client: TestClient, headers: dict[str, str], upload_id: str) -> int:
-    response = client.head(f"/v1/uploads/{upload_id}", headers={**headers, **TUS})
-    assert response.status_code == 200, response.status_code
-    assert response.headers["Cache-Control"] == "no-store"
-    return int(response.headers["Upload-Offset"])
+from tests.support.tus import TUS, create, offset, patch
 
 
 @pytest.fixture

@@ -17,10 +17,10 @@ from sqlalchemy.orm import Session
 
 from api.main import create_app
 from core.settings import Settings
-from tests.api.test_resumable_uploads import TUS, create, patch
 from tests.support.archives import pairs_zip
 from tests.support.factories import auth_headers
 from tests.support.served_app import read_response, send_head, served
+from tests.support.tus import TUS, create, patch
 
 
 @pytest.fixture

@@ -4,11 +4,9 @@ checkpoint written before stays intact (a new run resumes from it)."""
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,52 +15,13 @@ from sqlalchemy.orm import Session
 from core.models import Job
 from core.repositories import jobs as job_repo
 from core.storage import job_key
-from tests.support.availability import unavailable
+from tests.support.disks import fill
 from trainer import checkpoints
 from trainer.events import Event, Started
 from trainer.loop import train
 from trainer.spec import TrainSpec
 from worker.context import WorkerContext
 from worker.runner import run_job
-
-DISK_BYTES = 64 << 20
-
-
-@pytest.fixture
-def mount_small_disk() -> Iterator[Callable[[Path], None]]:
-    """Mount a real 64 MiB filesystem (tmpfs) on a folder, for a test to fill; unmounted afterwards."""
-    mounted: list[Path] = []
-
-    def mount(folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES}", "tmpfs", str(folder)], capture_output=True
-        )
-        if done.returncode != 0:
-            unavailable(
-                f"cannot mount a tmpfs to fill ({done.stderr.decode().strip()}); disk-full test skipped"
-            )
-        mounted.append(folder)
-
-    yield mount
-    for folder in mounted:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
-
-
-def fill(disk: Path) -> Path:
-    """Write until the filesystem is full; returns the filler file (delete it to free the space)."""
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_CREAT | os.O_WRONLY)
-    try:
-        for block in (1 << 20, 4096, 1):
-            try:
-                while True:
-                    os.write(fd, b"\0" * block)
-            except OSError:
-                pass
-    finally:
-        os.close(fd)
-    return filler
 
 
 def tree_digest(folder: Path) -> dict[str, str]:

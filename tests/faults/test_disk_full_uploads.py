@@ -14,14 +14,12 @@ from sqlalchemy.orm import Session
 
 from api.main import create_app
 from core.settings import Settings
-from tests.api.test_resumable_uploads import create, offset, patch
-from tests.faults import test_disk_full
 from tests.support.archives import pairs_zip
+from tests.support.disks import fill
 from tests.support.factories import auth_headers
+from tests.support.tus import create, offset, patch
 
 BOUNDARY = "xyz"
-fill = test_disk_full.fill
-mount_small_disk = test_disk_full.mount_small_disk  # the fixture, shared
 
 
 def form_body(archive: bytes) -> bytes:
