@@ -1,7 +1,9 @@
 """Validation images: the spec's prompts rendered from a fixed seed, with the LoRA and without it.
 
 The base model's images (LoRA off) do not change during training, so they are rendered once per run and
-reported at step 0; the LoRA's images are rendered at each validation step and at the end.
+reported at step 0; the LoRA's images are rendered at each validation step and at the end. A Renderer
+given `PromptEmbeddings` draws its prompts from those, and its pipeline then needs no text encoder (a
+cached job frees them once everything it conditions on is encoded).
 """
 
 from __future__ import annotations
@@ -14,25 +16,55 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline
 
+from trainer.encoding import encode_all_prompts
 from trainer.events import SampleImage
-from trainer.families.base import ModelFamily
+from trainer.families.base import Conditioning, ModelFamily
 from trainer.lora import inference_mode, lora_switched_off
 from trainer.spec import ValidationSpec
+
+# Text arguments of a sampling call that embeddings replace (FLUX's true CFG names its negative "").
+TEXT_ARGUMENTS = ("negative_prompt",)
+
+
+@dataclass(frozen=True)
+class PromptEmbeddings:
+    """Prompts encoded up front, with the negative prompt's conditioning (the family's `unconditional`),
+    on the CPU: what a pipeline draws them from once the text encoders are gone."""
+
+    prompts: list[str]
+    conditioning: Conditioning  # of `prompts`, in order
+    negative: Conditioning  # one row
+
+    @staticmethod
+    def encode(family: ModelFamily, prompts: list[str]) -> PromptEmbeddings:
+        negative = family.unconditional(1).to(torch.device("cpu"))
+        return PromptEmbeddings(list(prompts), encode_all_prompts(family, prompts), negative)
+
+    def of(self, prompts: list[str]) -> Conditioning:
+        """The conditioning of `prompts` (each one encoded up front), in their order."""
+        missing = [prompt for prompt in prompts if prompt not in self.prompts]
+        if missing:
+            raise KeyError(f"prompts not encoded before the text encoders were freed: {missing}")
+        return Conditioning.cat([self.conditioning.select(self.prompts.index(p)) for p in prompts])
 
 
 @dataclass
 class Renderer:
     """A family's text-to-image pipeline sharing the loaded modules (only the inference scheduler is
-    read anew), with `denoiser` (the LoRA-carrying one while training)."""
+    read anew), with `denoiser` (the LoRA-carrying one while training). With `embeddings` it draws the
+    prompts from them instead of their text."""
 
     family: ModelFamily
     pipeline: Any
+    embeddings: PromptEmbeddings | None = None
 
     @staticmethod
-    def build(family: ModelFamily, denoiser: torch.nn.Module) -> Renderer:
+    def build(
+        family: ModelFamily, denoiser: torch.nn.Module, embeddings: PromptEmbeddings | None = None
+    ) -> Renderer:
         pipeline = DiffusionPipeline.from_pretrained(family.source, **family.pipeline_components(denoiser))
         pipeline.set_progress_bar_config(disable=True)
-        return Renderer(family, pipeline)
+        return Renderer(family, pipeline, embeddings)
 
     @property
     def denoiser(self) -> Any:
@@ -66,15 +98,28 @@ class Renderer:
         """One PIL image per prompt, in one pipeline call; prompt i's noise from a CPU generator seeded
         seeds[i]."""
         latents = self.pipeline(
-            prompt=prompts,  # by name: FLUX.2's pipelines take a reference image first
             num_inference_steps=num_inference_steps,
             height=resolution,
             width=resolution,
             generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
             output_type="latent",
-            **self.family.sampling_arguments(guidance_scale),
+            **self._prompt_arguments(prompts, guidance_scale),
         ).images
         return self._decode(self.family.pipeline_latents(latents, resolution))
+
+    def _prompt_arguments(self, prompts: list[str], guidance_scale: float) -> dict[str, Any]:
+        """The prompts (by name: FLUX.2's pipelines take a reference image first) and guidance of a
+        call: the texts, or with `embeddings` their conditioning on the denoiser's device."""
+        arguments = self.family.sampling_arguments(guidance_scale)
+        if self.embeddings is None:
+            return {"prompt": prompts, **arguments}
+        device = next(self.denoiser.parameters()).device
+        negative = None
+        if self.family.guides_against_negative(guidance_scale):
+            negative = self.embeddings.negative.repeat(len(prompts)).to(device)
+        conditioning = self.embeddings.of(prompts).to(device)
+        plain = {name: value for name, value in arguments.items() if name not in TEXT_ARGUMENTS}
+        return plain | self.family.pipeline_embeddings(conditioning, negative)
 
     def _decode(self, latents: torch.Tensor) -> list[Any]:
         """Decode in float32 whatever the denoiser's dtype: the VAE is kept in float32 (SDXL's overflows

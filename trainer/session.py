@@ -6,6 +6,7 @@ side jobs (validation images, held-out evaluation) and hand out each epoch's dat
 
 from __future__ import annotations
 
+import gc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from trainer.families.registry import load_base
 from trainer.fast_floor import adamw_options, prepare_denoiser
 from trainer.lora import attach_lora, trainable_parameters
 from trainer.quantization import is_quantized, precision_of
-from trainer.sampling import Renderer, render
+from trainer.sampling import PromptEmbeddings, Renderer, render
 from trainer.spec import SpecConflict, TrainSpec
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -62,6 +63,8 @@ class TrainingSession:
     evaluator: HeldOutEvaluator | None
     base_precision: str
     text_encoder_precision: str
+    # The validation prompts encoded up front, where the text encoders were freed after the cache.
+    prompt_embeddings: PromptEmbeddings | None = None
     last_checkpoint_step: int = 0
     _renderer: Renderer | None = field(default=None, repr=False)
 
@@ -92,7 +95,7 @@ class TrainingSession:
         if not validation.prompts or not self.accelerator.is_main_process:
             return
         if self._renderer is None:
-            self._renderer = Renderer.build(self.model, self.lora_denoiser)
+            self._renderer = Renderer.build(self.model, self.lora_denoiser, self.prompt_embeddings)
         # The base model's images (LoRA off) never change: rendered once, reported at step 0.
         folder, shown_step = ("base", 0) if initial else (f"step-{step:06d}", step)
         with eager():  # a few sampling calls would not earn back their recompiles
@@ -165,6 +168,7 @@ def open_session(
         evaluator = HeldOutEvaluator(
             model, dataset_dir, data.eval_pairs, resolution=resolution, seed=spec.seed, store=store
         )
+    prompt_embeddings = _encode_the_rest_and_free_text_encoders(spec, model, accelerator)
     return TrainingSession(
         spec=spec,
         accelerator=accelerator,
@@ -184,6 +188,7 @@ def open_session(
         evaluator=evaluator,
         base_precision=precision_of(spec.base_precision, DTYPES[mixed]).name,
         text_encoder_precision=precision_of(spec.text_encoder_precision, DTYPES[mixed]).name,
+        prompt_embeddings=prompt_embeddings,
     )
 
 
@@ -208,6 +213,27 @@ def _cache_store(spec: TrainSpec, output_dir: Path, *, writes: bool) -> CacheSto
     return CacheStore(
         output_dir / CACHE_DIR, base_model=spec.base_model, options=spec.family_options(), writes=writes
     )
+
+
+def _encode_the_rest_and_free_text_encoders(
+    spec: TrainSpec, model: ModelFamily, accelerator: Accelerator
+) -> PromptEmbeddings | None:
+    """With the latent cache, the text encoders are done once the training and held-out pairs are
+    encoded: the validation prompts are encoded too (on the main process, which renders them) and the
+    encoders freed, so the run holds only what its step uses. Without the cache every step encodes its
+    prompts, and the encoders stay."""
+    if not spec.latent_cache()[0]:
+        return None
+    embeddings = None
+    if spec.validation.prompts and accelerator.is_main_process:
+        embeddings = PromptEmbeddings.encode(model, spec.validation.prompts)
+    model.free_text_encoders()
+    # Reference counting frees them already (on every tiny family); the collector's pass is for whatever
+    # a reference cycle may still hold, and CUDA's caching allocator keeps freed blocks until told.
+    gc.collect()
+    if accelerator.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return embeddings
 
 
 def _check_world_size(spec: TrainSpec, accelerator: Accelerator) -> None:

@@ -104,6 +104,12 @@ class ModelFamily(ABC):
     # Tokens a padded text encoder reads a prompt as: the pipeline's default max_sequence_length, which
     # training must use (its transformer attends to the padding). None: the family has no such choice.
     default_text_length: ClassVar[int | None] = None
+    # Which argument of the pipeline's __call__ takes each Conditioning tensor, for the prompts and for
+    # the negative prompt: (prompt's, negative's). A family whose pipeline names them otherwise says so.
+    pipeline_embedding_names: ClassVar[dict[str, tuple[str, str]]] = {
+        "prompt_embeds": ("prompt_embeds", "negative_prompt_embeds"),
+        "pooled": ("pooled_prompt_embeds", "negative_pooled_prompt_embeds"),
+    }
 
     def __init__(
         self,
@@ -286,7 +292,9 @@ class ModelFamily(ABC):
         denoiser under its folder's name, the VAE, and the text encoders and tokenizers in pipeline
         order as diffusers names them (text_encoder, text_encoder_2, ...)."""
         components: dict[str, Any] = {self.facts.denoiser: denoiser, "vae": self.vae}
-        for index, (encoder, tokenizer) in enumerate(zip(self.text_encoders, self.tokenizers, strict=True)):
+        # Freed encoders are passed as None: the pipeline then takes embeddings (`pipeline_embeddings`).
+        encoders = self.text_encoders or [None] * len(self.tokenizers)
+        for index, (encoder, tokenizer) in enumerate(zip(encoders, self.tokenizers, strict=True)):
             suffix = "" if index == 0 else f"_{index + 1}"
             components |= {f"text_encoder{suffix}": encoder, f"tokenizer{suffix}": tokenizer}
         return components
@@ -295,6 +303,33 @@ class ModelFamily(ABC):
         """Keyword arguments of the pipeline's __call__ for classifier-free guidance at `guidance_scale`
         (and whatever else the family's pipeline needs, a text length, say)."""
         return {"guidance_scale": guidance_scale}
+
+    def guides_against_negative(self, guidance_scale: float) -> bool:
+        """Whether the pipeline, called with `sampling_arguments(guidance_scale)`, runs classifier-free
+        guidance against a negative prompt, whose embeddings it must then be given too. Default: the
+        diffusers rule `guidance_scale > 1`."""
+        return guidance_scale > 1.0
+
+    def pipeline_embeddings(
+        self, conditioning: Conditioning, negative: Conditioning | None
+    ) -> dict[str, Any]:
+        """Keyword arguments of the pipeline's __call__ that stand in for its prompt texts: the N prompts'
+        `conditioning` and, where the call guides (`guides_against_negative`), the `negative` prompt's
+        (N rows), each tensor under the name `pipeline_embedding_names` gives it. With them the pipeline
+        needs no text encoder."""
+        arguments: dict[str, Any] = {}
+        for name, tensor in conditioning.tensors.items():
+            prompt_argument, negative_argument = self.pipeline_embedding_names[name]
+            arguments[prompt_argument] = tensor
+            if negative is not None:
+                arguments[negative_argument] = negative[name]
+        return arguments
+
+    def free_text_encoders(self) -> None:
+        """Drop this family's references to its text encoders, once all it will condition on is encoded
+        (the latent cache, the held-out pairs, the validation prompts), so that their memory can go back.
+        The tokenizers stay: host-side and small. `encode_prompts` cannot be called afterwards."""
+        self.text_encoders = []
 
     def pipeline_latents(self, latents: torch.Tensor, resolution: int) -> torch.Tensor:
         """A pipeline's output_type='latent' result -> (B, C, h, w) latents (FLUX's come packed)."""

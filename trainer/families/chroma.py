@@ -62,6 +62,11 @@ class ChromaFamily(FlowFamily):
     repeated_blocks: ClassVar[tuple[str, ...]] = ("ChromaTransformerBlock", "ChromaSingleTransformerBlock")
     # Chroma's attention modules are FluxAttention with FluxAttnProcessor (SDPA via diffusers' dispatcher).
     sdpa_processors: ClassVar[tuple[str, ...]] = ("2_0", "FluxAttnProcessor")
+    # The pipeline takes our text mask as it is (encode_prompt passes prompt_attention_mask through).
+    pipeline_embedding_names: ClassVar[dict[str, tuple[str, str]]] = {
+        "prompt_embeds": ("prompt_embeds", "negative_prompt_embeds"),
+        "mask": ("prompt_attention_mask", "negative_prompt_attention_mask"),
+    }
 
     @classmethod
     def load_text_stack(cls, loading: Loading, *, options: dict[str, Any]) -> tuple[list[Any], list[Any]]:

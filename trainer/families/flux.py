@@ -96,6 +96,10 @@ class FluxFamily(FlowFamily):
             return {"guidance_scale": guidance_scale}
         return {"true_cfg_scale": guidance_scale, "negative_prompt": ""}
 
+    def guides_against_negative(self, guidance_scale: float) -> bool:
+        """Only the true classifier-free guidance of `sampling_arguments` has a negative prompt."""
+        return not self.guidance_embeds and guidance_scale > 1.0
+
     def pipeline_latents(self, latents: torch.Tensor, resolution: int) -> torch.Tensor:
         size = 2 * (resolution // (self.vae_scale_factor * 2))
         return unpack_latents(latents, size, size)

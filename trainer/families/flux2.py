@@ -183,6 +183,11 @@ class Flux2Family(FlowFamily):
         )[0]
         return tokens[:, : height * width].transpose(1, 2).reshape(n, channels, height, width)
 
+    def guides_against_negative(self, guidance_scale: float) -> bool:
+        """klein guides against "" above 1 (its pipeline ignores the negative when is_distilled); dev's
+        pipeline has no negative prompt: its guidance is an input of the transformer."""
+        return not self.dev and guidance_scale > 1.0
+
     def pipeline_latents(self, latents: torch.Tensor, resolution: int) -> torch.Tensor:
         """klein's latent output is the VAE's (N, 32, H/8, W/8); dev's the tokens (N, h*w, 128)."""
         if not self.dev:

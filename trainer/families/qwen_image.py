@@ -181,6 +181,20 @@ class QwenImageFamily(FlowFamily):
         (module docstring), and validation images are that call."""
         return {"guidance_scale": guidance_scale} if self.denoiser.config.guidance_embeds else {}
 
+    def guides_against_negative(self, guidance_scale: float) -> bool:
+        """Never: `sampling_arguments` asks for no true CFG (module docstring), and a negative's
+        embeddings alone would turn it on at the pipeline's default true_cfg_scale of 4."""
+        return False
+
+    def pipeline_embeddings(
+        self, conditioning: Conditioning, negative: Conditioning | None
+    ) -> dict[str, Any]:
+        """Embeddings and mask cut to the longest prompt, as `encode_prompt` gives them (the pipeline
+        itself drops a mask that masks nothing)."""
+        cut = pipeline_text(conditioning["prompt_embeds"], conditioning["prompt_mask"])[0].shape[1]
+        mask = (conditioning["prompt_mask"][:, :cut] > 0).long()
+        return {"prompt_embeds": conditioning["prompt_embeds"][:, :cut], "prompt_embeds_mask": mask}
+
     def pipeline_latents(self, latents: torch.Tensor, resolution: int) -> torch.Tensor:
         """The pipeline's packed (B, N, 64) output -> (B, 16, h, w)."""
         size = 2 * (resolution // (self.vae_scale_factor * 2))

@@ -48,7 +48,8 @@ class SD3Family(FlowFamily):
 
     @property
     def has_t5(self) -> bool:
-        return len(self.text_encoders) == 3
+        # Counted on the tokenizers, which stay when the text encoders are freed.
+        return len(self.tokenizers) == 3
 
     @property
     def t5_tokens(self) -> int:

@@ -125,6 +125,19 @@ class ZImageFamily(FlowFamily):
         )[0]
         return -torch.stack(outputs).squeeze(2)
 
+    def guides_against_negative(self, guidance_scale: float) -> bool:
+        """ZImagePipeline guides whenever `guidance_scale > 0` (module docstring)."""
+        return guidance_scale > 0.0
+
+    def pipeline_embeddings(
+        self, conditioning: Conditioning, negative: Conditioning | None
+    ) -> dict[str, Any]:
+        """The pipeline takes lists of (L_i, D) caption embeddings, each holding only its prompt's tokens."""
+        arguments: dict[str, Any] = {"prompt_embeds": _captions(conditioning)}
+        if negative is not None:
+            arguments["negative_prompt_embeds"] = _captions(negative)
+        return arguments
+
     def model_timestep(self, sigmas: torch.Tensor) -> torch.Tensor:
         """(N,) sigmas -> the transformer's t = (1000 - t_sched) / 1000, t_sched = sigma * 1000, in
         float32 and in the pipeline's order of operations (the model scales t by 1000 again, so a
@@ -163,6 +176,10 @@ def unpad_captions(embeds: torch.Tensor, mask: torch.Tensor) -> list[torch.Tenso
     (L_i, D) tensors holding only each caption's tokens."""
     keep = mask > 0.5
     return [rows[kept] for rows, kept in zip(embeds, keep, strict=True)]
+
+
+def _captions(conditioning: Conditioning) -> list[torch.Tensor]:
+    return unpad_captions(conditioning["prompt_embeds"], conditioning["prompt_mask"])
 
 
 def lora_pairs(state: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
