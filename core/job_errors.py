@@ -31,6 +31,7 @@ class JobErrorCode(StrEnum):
     # The worker itself.
     NOT_ENOUGH_GPUS = "not_enough_gpus"
     OUTPUTS_NOT_STORED = "outputs_not_stored"
+    WORKER_LOST_REPEATEDLY = "worker_lost_repeatedly"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -55,6 +56,9 @@ JOB_ERROR_MEANINGS: dict[JobErrorCode, str] = {
     JobErrorCode.NOT_ENOUGH_GPUS: "the job asks for more GPUs (`gpus`) than the worker that took it has",
     JobErrorCode.OUTPUTS_NOT_STORED: "training ended but its last outputs (the adapter among them) "
     "could not be stored or recorded",
+    JobErrorCode.WORKER_LOST_REPEATEDLY: "the job's training process died every time it ran (killed, out "
+    "of memory, a crash, its worker lost) as many times as `MAPO_MAX_WORKER_LOSSES` allows; the message "
+    "names the last cause seen",
     JobErrorCode.INTERNAL_ERROR: "an unexpected error in the worker; the message names it",
 }
 

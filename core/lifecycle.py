@@ -7,6 +7,9 @@ queue ──► queued ──claim──► running ──finish──► succee
             └─request_cancel─► cancelled
 ```
 
+A job whose training process dies (`take_back_lost`) is requeued like one whose worker stops, but the
+loss is counted: the loss that reaches the limit fails it (`worker_lost_repeatedly`) instead.
+
 Each transition does, in the caller's transaction: the conditional UPDATE (its WHERE clause names the
 states it may leave, so of two processes racing on one row only one wins, see core/repositories/jobs.py),
 the event row that says so in the job's log, the webhook deliveries of the hooks that asked for it
@@ -51,11 +54,14 @@ class JobFailure:
 @dataclass(frozen=True)
 class RequeueReason:
     """Why a held job goes back to the queue, in the words of its event log: `requeued` when it does,
-    `cancelled` (at `cancelled_level`) when a cancel was pending and the job ends cancelled instead."""
+    `cancelled` (at `cancelled_level`) when a cancel was pending and the job ends cancelled instead.
+    `lost` is the cause when its training process died (counted by `take_back_lost`); None for a
+    graceful hand-back, which costs the job nothing."""
 
     requeued: str
     cancelled: str
     cancelled_level: EventLevel
+    lost: str | None = None
 
 
 WORKER_SHUTTING_DOWN = RequeueReason(
@@ -67,9 +73,14 @@ WORKER_SHUTTING_DOWN = RequeueReason(
 
 def heartbeat_lost(timeout_seconds: float) -> RequeueReason:
     """The reason for a job whose worker stopped heartbeating for over `timeout_seconds` (it died)."""
-    why = f"its worker stopped heartbeating for over {timeout_seconds:.0f} s"
+    return process_lost(f"its worker stopped heartbeating for over {timeout_seconds:.0f} s")
+
+
+def process_lost(cause: str) -> RequeueReason:
+    """The reason for a job whose training process died of `cause` (e.g. "its training process was
+    killed by SIGKILL: out of memory ...")."""
     return RequeueReason(
-        requeued=f"requeued: {why}", cancelled=f"cancelled: {why}", cancelled_level="warning"
+        requeued=f"requeued: {cause}", cancelled=f"cancelled: {cause}", cancelled_level="warning", lost=cause
     )
 
 
@@ -135,6 +146,39 @@ def requeue(
         event_repo.append_event(session, job_id, "cancelled", reason.cancelled, level=reason.cancelled_level)
         outbox.record_event(session, job_id, "cancelled", producer=producer)
     return status
+
+
+def take_back_lost(
+    session: Session,
+    job_id: str,
+    *,
+    reason: RequeueReason,
+    producer: Celery,
+    max_losses: int,
+    worker_id: str | None = None,
+    stale_before: datetime | None = None,
+) -> JobStatus | None:
+    """A held job whose training process died (`reason.lost`): count the loss, then requeue it (or honour
+    its cancel) as `requeue` does, unless this was loss number `max_losses`: then it fails with
+    worker_lost_repeatedly naming the count and this last cause, instead of dying again after another
+    full reload. Held as `requeue` asks; returns the new status, or None (nothing written)."""
+    if reason.lost is None:
+        raise ValueError("take_back_lost is for a job whose process died; requeue hands one back")
+    if not job_repo.count_loss(session, job_id, worker_id=worker_id, stale_before=stale_before):
+        return None
+    job = job_repo.get_job_any_tenant(session, job_id)
+    assert job is not None and job.worker_id is not None, "a held job has its worker"
+    if job.status != JobStatus.RUNNING or job.worker_losses < max_losses:
+        return requeue(session, job_id, reason=reason, producer=producer, worker_id=job.worker_id)
+    message = (
+        f"its training process died {job.worker_losses} times, each after a full reload "
+        f"(MAPO_MAX_WORKER_LOSSES is {max_losses}); the last time {reason.lost}"
+    )
+    failure = JobFailure(JobErrorCode.WORKER_LOST_REPEATEDLY, message)
+    finish(
+        session, job_id, outcome=JobStatus.FAILED, worker_id=job.worker_id, producer=producer, failure=failure
+    )
+    return JobStatus.FAILED
 
 
 def finish(

@@ -139,6 +139,13 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = Field(
         default=30.0, gt=0, description="How often each worker looks for jobs whose worker died."
     )
+    max_worker_losses: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="How many times a job's training process may die (killed, out of memory, a crash, its "
+        "worker lost) before the job fails with worker_lost_repeatedly instead of being requeued again.",
+    )
     broker_timeout_seconds: float = Field(default=2.0, gt=0, description="Readiness probe broker timeout.")
     webhook_timeout_seconds: float = Field(
         default=10.0, gt=0, description="How long a webhook receiver has to answer one attempt."

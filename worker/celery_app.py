@@ -9,13 +9,17 @@ never wait behind a training.
 
 from __future__ import annotations
 
+import logging
 import subprocess
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 from celery.signals import (
     celeryd_init,
+    task_failure,
+    task_received,
     worker_process_init,
     worker_ready,
     worker_shutdown,
@@ -65,6 +69,8 @@ class MainProcess:
 
     reconciler: Reconciler | None = None
     webhook_sender: subprocess.Popen[bytes] | None = None
+    # The cgroup's OOM kill count when the running task was received (worker/process_deaths.py).
+    oom_kills_at_start: int | None = None
 
 
 _main = MainProcess()
@@ -95,6 +101,7 @@ def _start_reconciler(sender: Any, **_: Any) -> None:
         worker_id=sender.hostname,
         heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
         interval_seconds=settings.reconcile_interval_seconds,
+        max_worker_losses=settings.max_worker_losses,
         advertisement=advertisement(sender.hostname, queues),
         work_dir=settings.work_dir,
     ).start()
@@ -133,6 +140,44 @@ def _stop_reconciler(**_: Any) -> None:
         from worker.webhooks.sidecar import stop_sender
 
         stop_sender(sender)
+
+
+@task_received.connect
+def _note_oom_kills(**_: Any) -> None:
+    """In the main process, as a job's message arrives (one at a time): the OOM kill count to compare
+    with if its pool child dies."""
+    from worker.process_deaths import oom_kill_count
+
+    _main.oom_kills_at_start = oom_kill_count()
+
+
+@task_failure.connect
+def _take_back_from_dead_child(
+    task_id: str, exception: BaseException, args: tuple[Any, ...] = (), **_: Any
+) -> None:
+    """In the main process, when the pool child running a job died (killed, out of memory, a crash): take
+    the job back at once with the cause named, counting the loss, instead of after the heartbeat timeout.
+    The reconciler still does it then if this fails (say the database is away)."""
+    from celery.exceptions import WorkerLostError
+
+    reconciler = _main.reconciler
+    if not isinstance(exception, WorkerLostError) or reconciler is None or not args:
+        return
+    from worker.process_deaths import describe_death, oom_kill_count
+
+    cause = describe_death(
+        str(exception), oom_kills_before=_main.oom_kills_at_start, oom_kills_after=oom_kill_count()
+    )
+    job_id = str(args[0])
+
+    def take_back() -> None:
+        try:
+            reconciler.take_back_from_dead_child(job_id, cause)
+        except Exception:
+            logging.getLogger(__name__).warning("job %s: could not take it back", job_id, exc_info=True)
+
+    # A thread: the consumer's loop must not wait on the database.
+    threading.Thread(target=take_back, name=f"take-back-{task_id}", daemon=True).start()
 
 
 @worker_process_init.connect

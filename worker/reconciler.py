@@ -39,26 +39,48 @@ from worker.staging import sweep_work_dir
 log = logging.getLogger(__name__)
 
 
-def reconcile(db: Database, producer: Celery, *, heartbeat_timeout_seconds: float) -> list[str]:
-    """Requeue (or finish cancelling) every job whose heartbeat is stale; returns their ids."""
+def reconcile(
+    db: Database, producer: Celery, *, heartbeat_timeout_seconds: float, max_worker_losses: int
+) -> list[str]:
+    """Requeue (or finish cancelling) every job whose heartbeat is stale, counting the loss (the one that
+    reaches `max_worker_losses` fails it: `lifecycle.take_back_lost`); returns their ids."""
     stale_before = utcnow() - timedelta(seconds=heartbeat_timeout_seconds)
     with db.session_scope() as session:
         candidates = job_repo.stale_job_ids(session, stale_before=stale_before)
     reason = lifecycle.heartbeat_lost(heartbeat_timeout_seconds)
-    return [job_id for job_id in candidates if _take_back(db, producer, job_id, stale_before, reason)]
+    taken = [
+        job_id
+        for job_id in candidates
+        if _take_back(db, producer, job_id, reason, max_worker_losses, stale_before=stale_before)
+    ]
+    return taken
 
 
 def _take_back(
-    db: Database, producer: Celery, job_id: str, stale_before: datetime, reason: lifecycle.RequeueReason
+    db: Database,
+    producer: Celery,
+    job_id: str,
+    reason: lifecycle.RequeueReason,
+    max_worker_losses: int,
+    *,
+    stale_before: datetime | None = None,
+    worker_id: str | None = None,
 ) -> bool:
     with db.session_scope() as session:
-        # Conditional on the heartbeat still being stale: a worker that just came back keeps its job.
-        status = lifecycle.requeue(
-            session, job_id, reason=reason, producer=producer, stale_before=stale_before
+        # Conditional on the heartbeat still being stale (or on `worker_id` still holding the job): a
+        # worker that just came back keeps its job.
+        status = lifecycle.take_back_lost(
+            session,
+            job_id,
+            reason=reason,
+            producer=producer,
+            max_losses=max_worker_losses,
+            stale_before=stale_before,
+            worker_id=worker_id,
         )
     if status is None:
         return False
-    log.warning("job %s: its worker was lost; now %s", job_id, status)
+    log.warning("job %s: %s; now %s", job_id, reason.lost, status)
     return True
 
 
@@ -107,6 +129,7 @@ class Reconciler:
     worker_id: str
     heartbeat_timeout_seconds: float
     interval_seconds: float
+    max_worker_losses: int
     advertisement: dict[str, Any] | None = None
     work_dir: Path | None = None
     _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
@@ -117,10 +140,27 @@ class Reconciler:
         outputs of ended jobs from `work_dir` (if given, `sweep_work_dir`)."""
         if self.advertisement is not None:
             advertise(self.db, self.advertisement)
-        reconcile(self.db, self.producer, heartbeat_timeout_seconds=self.heartbeat_timeout_seconds)
+        reconcile(
+            self.db,
+            self.producer,
+            heartbeat_timeout_seconds=self.heartbeat_timeout_seconds,
+            max_worker_losses=self.max_worker_losses,
+        )
         resend_lost_jobs(self.db, self.producer, waited_seconds=self.heartbeat_timeout_seconds)
         if self.work_dir is not None:
             sweep_work_dir(self.db, self.work_dir)
+
+    def take_back_from_dead_child(self, job_id: str, cause: str) -> bool:
+        """A pool child of this worker died running `job_id` of `cause`: take the job back now, the loss
+        counted (`lifecycle.take_back_lost`), rather than after the heartbeat timeout. Only while one of
+        this worker's processes still holds it; whether it did."""
+        with self.db.session_scope() as session:
+            job = job_repo.get_job_any_tenant(session, job_id)
+            held_by = None if job is None else job.worker_id
+        if held_by is None or not held_by.startswith(f"{self.worker_id}:"):
+            return False
+        reason = lifecycle.process_lost(cause)
+        return _take_back(self.db, self.producer, job_id, reason, self.max_worker_losses, worker_id=held_by)
 
     def start(self) -> Reconciler:
         """`tick` now and every `interval_seconds` in a daemon thread, until `stop`."""

@@ -95,6 +95,9 @@ class Job(Base):
     worker_id: Mapped[str | None] = mapped_column(String(255), default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     attempts: Mapped[int] = mapped_column(default=0)
+    # Times its training process died while it ran (killed, out of memory, its worker lost; a graceful
+    # hand-back does not count): at Settings.max_worker_losses the job fails instead of being requeued.
+    worker_losses: Mapped[int] = mapped_column(default=0, server_default="0")
     last_event_seq: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)

@@ -167,6 +167,20 @@ def requeue_job(
     return _changed(session, cancelling)
 
 
+def count_loss(
+    session: Session, job_id: str, *, worker_id: str | None = None, stale_before: datetime | None = None
+) -> bool:
+    """Count one death of the training process of a held job (running or cancelling), only if
+    `worker_id` holds it or (with `stale_before`) its heartbeat is older than that. The UPDATE locks the
+    row, so what the transaction does next cannot race another worker's take-back. False if not held so."""
+    stmt = update(Job).where(Job.id == job_id, Job.status.in_(HELD_STATUSES))
+    if worker_id is not None:
+        stmt = stmt.where(Job.worker_id == worker_id)
+    if stale_before is not None:
+        stmt = stmt.where(Job.heartbeat_at < stale_before)
+    return _changed(session, stmt.values(worker_losses=Job.worker_losses + 1))
+
+
 def stale_job_ids(session: Session, *, stale_before: datetime) -> list[str]:
     """Jobs a worker holds (running or cancelling) whose heartbeat is older than `stale_before`."""
     stmt = select(Job.id).where(Job.status.in_(HELD_STATUSES), Job.heartbeat_at < stale_before)

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,9 +47,12 @@ def is_ready(url: str) -> bool:
 
 
 @contextmanager
-def running_worker(settings: Settings, log_path: Path, **extra_env: str) -> Iterator[subprocess.Popen[bytes]]:
+def running_worker(
+    settings: Settings, log_path: Path, *, prefix: Sequence[str] = (), **extra_env: str
+) -> Iterator[subprocess.Popen[bytes]]:
     """A real `celery worker` process (in a session of its own, so a test can kill it and its pool child
-    together) configured like `settings`; stopped with SIGTERM on exit if still alive."""
+    together) configured like `settings`, its command after `prefix` (one that execs the rest); stopped
+    with SIGTERM on exit if still alive."""
     env = {
         **os.environ,
         "MAPO_ENVIRONMENT": "test",
@@ -62,6 +65,7 @@ def running_worker(settings: Settings, log_path: Path, **extra_env: str) -> Iter
         **extra_env,
     }
     command = [
+        *prefix,
         sys.executable,
         "-m",
         "celery",

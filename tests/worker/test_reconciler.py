@@ -50,7 +50,7 @@ def test_stale_running_job_is_requeued_and_trains(
     _hold(session, job, status="running", heartbeat_age_s=600)
     _hold(session, fresh, status="running", heartbeat_age_s=1)
     producer = make_producer(ctx.settings)
-    assert reconcile(ctx.db, producer, heartbeat_timeout_seconds=120) == [job.id]
+    assert reconcile(ctx.db, producer, heartbeat_timeout_seconds=120, max_worker_losses=3) == [job.id]
     assert _status(session, job.id) == "queued" and _status(session, fresh.id) == "running"
     last = event_repo.list_events(session, job.id, after=None, limit=50).items[-1]
     assert last.type == "requeued" and last.level == "warning"
@@ -62,7 +62,9 @@ def test_stale_cancelling_job_ends_cancelled(
 ) -> None:
     job = make_job()
     _hold(session, job, status="cancelling", heartbeat_age_s=600)
-    assert reconcile(ctx.db, make_producer(ctx.settings), heartbeat_timeout_seconds=120) == [job.id]
+    assert reconcile(
+        ctx.db, make_producer(ctx.settings), heartbeat_timeout_seconds=120, max_worker_losses=3
+    ) == [job.id]
     assert _status(session, job.id) == "cancelled"
 
 
@@ -188,7 +190,7 @@ def test_a_stale_job_is_requeued_on_its_own_queue(
     session.execute(update(Job).where(Job.id == job.id).values(queue="mapo.gpu.h100"))
     _hold(session, job, status="running", heartbeat_age_s=600)
     producer = make_producer(ctx.settings)
-    assert reconcile(ctx.db, producer, heartbeat_timeout_seconds=120) == [job.id]
+    assert reconcile(ctx.db, producer, heartbeat_timeout_seconds=120, max_worker_losses=3) == [job.id]
     assert waiting_message_count(producer, "mapo.gpu.h100") == 1
     assert waiting_message_count(producer, "mapo.gpu") == 0
 
