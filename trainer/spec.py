@@ -315,12 +315,20 @@ class TrainSpec(BaseModel):
         return {name: getattr(self, name) for name in sorted(FAMILY_SPECIFIC_FIELDS)}
 
     def check_family(self, family: FamilyName) -> None:
-        """Raise SpecConflict naming the first family-specific field set that `family` does not take."""
-        accepted = FAMILIES[family].fields
-        for name in sorted(FAMILY_SPECIFIC_FIELDS - accepted):
+        """Raise SpecConflict naming the first family-specific field set that `family` does not take, or
+        a resolution that is not a multiple of the family's `resolution_multiple`."""
+        facts = FAMILIES[family]
+        for name in sorted(FAMILY_SPECIFIC_FIELDS - facts.fields):
             if getattr(self, name) is not None:
-                takers = ", ".join(f for f, facts in FAMILIES.items() if name in facts.fields)
+                takers = ", ".join(f for f, other in FAMILIES.items() if name in other.fields)
                 raise SpecConflict(name, f"{name} applies to {takers} base models, not to {family}")
+        multiple = facts.resolution_multiple
+        if self.resolution is not None and self.resolution % multiple:
+            raise SpecConflict(
+                "resolution",
+                f"resolution must be a multiple of {multiple} for {facts.label} base models (their latents "
+                f"are cut into patches), got {self.resolution}",
+            )
 
     def latent_cache(self) -> tuple[bool, str]:
         """Whether this run caches latents and text embeddings, and why (for the started event)."""

@@ -70,3 +70,22 @@ def test_a_field_the_base_model_s_family_does_not_take_is_422_naming_it(
 
     flux = {**body, "base_model": "flux", "hyperparameters": {"guidance": 2.0, "weighting_scheme": "mode"}}
     assert models_client.post("/v1/jobs", json=flux, headers=headers).status_code == 201
+
+
+def test_a_flow_model_s_resolution_off_its_patch_multiple_is_422_naming_it(
+    models_client: TestClient, session: Session
+) -> None:
+    tenant = create_tenant(session)
+    dataset = create_dataset(session, tenant_id=tenant.id)
+    session.commit()
+    headers = auth_headers(session, tenant)
+    body = {"dataset_id": dataset.id, "base_model": "flux", "hyperparameters": {"resolution": 72}}
+    response = models_client.post("/v1/jobs", json=body, headers=headers)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["param"] == "hyperparameters.resolution" and "multiple of 16" in error["message"]
+
+    on_the_multiple = {**body, "hyperparameters": {"resolution": 80}}
+    assert models_client.post("/v1/jobs", json=on_the_multiple, headers=headers).status_code == 201
+    unet = {**body, "base_model": "sdxl"}  # a UNet takes any multiple of 8
+    assert models_client.post("/v1/jobs", json=unet, headers=headers).status_code == 201

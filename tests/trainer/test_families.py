@@ -15,6 +15,7 @@ from tests.support.adapters import adapter_files
 from trainer import losses
 from trainer.errors import ModelLoadError
 from trainer.export import from_kohya
+from trainer.families import FAMILIES
 from trainer.families.base import ImageGeometry, ModelFamily
 from trainer.families.registry import load_family
 from trainer.lora import attach_lora, trainable_parameters
@@ -202,3 +203,18 @@ def test_the_sd3_comfyui_file_names_every_adapted_module_and_round_trips(
     for key, value in diffusers.items():
         module = key.removeprefix("transformer.").replace(".lora_A.weight", ".lora.down.weight")
         torch.testing.assert_close(state[module.replace(".lora_B.weight", ".lora.up.weight")], value)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_a_resolution_off_the_family_s_multiple_is_refused_naming_it(name: str) -> None:
+    facts = FAMILIES[name]
+    # Every flow family cuts its latents (VAE factor 8) into 2x2 patches: FLUX, SD3 and the newer ones.
+    assert facts.resolution_multiple == (16 if facts.objective == "flow_matching" else 8)
+    TrainSpec(base_model="x", resolution=facts.resolution_multiple * 5).check_family(name)
+    off = TrainSpec(base_model="x", resolution=facts.resolution_multiple * 5 + 8)
+    if facts.resolution_multiple == 8:
+        off.check_family(name)
+        return
+    with pytest.raises(SpecConflict, match=f"multiple of 16 for .*, got {off.resolution}") as caught:
+        off.check_family(name)
+    assert caught.value.field == "resolution"

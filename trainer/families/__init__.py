@@ -50,8 +50,10 @@ class FamilyFacts:
     """What a job spec, the API and the tests may know of a family without loading it.
 
     `fields` lists the TrainSpec fields that apply only to some families and apply to this one; a spec
-    that sets one of the others is refused. `tiny_builder` is "module:function" of the builder of its
-    tiny random pipeline (signature of trainer.synthetic.tiny.TinyBuilder).
+    that sets one of the others is refused. `resolution_multiple` is what a training resolution must be
+    a multiple of: the VAE's downsampling (8), times the patch size for transformers that cut latents into
+    2x2 patches (16). `tiny_builder` is "module:function" of the builder of its tiny random pipeline
+    (signature of trainer.synthetic.tiny.TinyBuilder).
     """
 
     name: FamilyName
@@ -61,6 +63,7 @@ class FamilyFacts:
     denoiser: Literal["unet", "transformer"]
     fields: frozenset[str]
     native_resolution: Callable[[ConfigReader, str], int]
+    resolution_multiple: int
     tiny_builder: str
 
     @property
@@ -83,6 +86,7 @@ _ROWS = [
         denoiser="unet",
         fields=frozenset(),
         native_resolution=denoiser_size_times_vae_factor,
+        resolution_multiple=8,
         tiny_builder="trainer.synthetic.tiny:build_sd",
     ),
     FamilyFacts(
@@ -93,6 +97,7 @@ _ROWS = [
         denoiser="unet",
         fields=frozenset(),
         native_resolution=denoiser_size_times_vae_factor,
+        resolution_multiple=8,
         tiny_builder="trainer.synthetic.tiny:build_sdxl",
     ),
     FamilyFacts(
@@ -103,6 +108,7 @@ _ROWS = [
         denoiser="transformer",
         fields=FLOW_FIELDS | {"use_t5"},
         native_resolution=denoiser_size_times_vae_factor,
+        resolution_multiple=16,
         tiny_builder="trainer.synthetic.tiny_flow:build_sd3",
     ),
     FamilyFacts(
@@ -113,6 +119,7 @@ _ROWS = [
         denoiser="transformer",
         fields=FLOW_FIELDS | {"guidance"},
         native_resolution=vae_sample_size,
+        resolution_multiple=16,
         tiny_builder="trainer.synthetic.tiny_flow:build_flux",
     ),
     FamilyFacts(
@@ -123,6 +130,7 @@ _ROWS = [
         denoiser="transformer",
         fields=FLOW_FIELDS | {"guidance"},
         native_resolution=fixed_resolution(1024),
+        resolution_multiple=16,
         tiny_builder="trainer.synthetic.tiny_flux2:build_flux2",
     ),
     FamilyFacts(
@@ -133,6 +141,7 @@ _ROWS = [
         denoiser="transformer",
         fields=FLOW_FIELDS,
         native_resolution=fixed_resolution(1024),
+        resolution_multiple=16,
         tiny_builder="trainer.synthetic.tiny_z_image:build_z_image",
     ),
     FamilyFacts(
@@ -143,6 +152,7 @@ _ROWS = [
         denoiser="transformer",
         fields=FLOW_FIELDS,
         native_resolution=fixed_resolution(1024),
+        resolution_multiple=16,
         tiny_builder="trainer.synthetic.tiny_qwen_image:build_qwen_image",
     ),
     FamilyFacts(
@@ -153,6 +163,7 @@ _ROWS = [
         denoiser="transformer",
         fields=FLOW_FIELDS,
         native_resolution=vae_sample_size,
+        resolution_multiple=16,
         tiny_builder="trainer.synthetic.tiny_chroma:build_chroma",
     ),
 ]
