@@ -397,3 +397,55 @@ class BaseModelOut(BaseModel):
         description="Family-specific hyperparameters it accepts besides the common ones (a job that sets "
         "one it does not accept is a 422 naming the field)."
     )
+
+
+class RecipeOut(BaseModel):
+    """The settings that decide a job's memory, as the plan would run them (`auto` resolved)."""
+
+    base_precision: str = Field(description="fp32, bf16, fp16, int8, nf4 or fp8.")
+    text_encoder_precision: str
+    gradient_checkpointing: bool
+    cache_latents: bool = Field(description="Whether the text encoders are freed after encoding the cache.")
+    train_batch_size: int
+    resolution: int
+
+
+class MemoryOut(BaseModel):
+    """Estimated bytes per device; the peak is that of the step or of loading, whichever is larger."""
+
+    peak_device_bytes: int = Field(description="GPU memory (on a CPU worker: its RAM, as peak_host_bytes).")
+    peak_host_bytes: int = Field(description="Host RAM of the training process.")
+    denoiser_bytes: int
+    text_encoders_bytes: int
+    vae_bytes: int
+    lora_training_state_bytes: int = Field(description="LoRA weights, gradients and AdamW's moments.")
+    activations_bytes: int
+    runtime_bytes: int = Field(description="The CUDA context and allocator slack, or the Python runtime.")
+
+
+class DeviceEstimateOut(BaseModel):
+    """The plan on one class of the registered workers' devices."""
+
+    device_class: str = Field(examples=["H100"], description="The GPU (or cpu) class; prices are per class.")
+    device: Literal["cpu", "cuda"]
+    gpu_memory_mb: int | None = Field(description="Memory of each device in MiB, as the workers advertise.")
+    recipe: RecipeOut
+    memory: MemoryOut
+    fits: bool | None = Field(description="Whether the peak fits the device; null: memory unknown.")
+    step_seconds: float | None = Field(description="One optimizer step; null for a class of unknown speed.")
+    total_seconds: float | None = Field(description="max_train_steps steps.")
+    gpu_hour_price: float | None = Field(description="Price per device-hour (MAPO_GPU_HOUR_PRICES).")
+    cost: float | None = Field(description="total time x gpus x price; null without a price or a time.")
+    workers: list[str] = Field(description="Ids of the workers of this class that could take the job.")
+
+
+class EstimateOut(BaseModel):
+    """What a job would take before it runs: the recipe, memory, time and cost per device class, and which
+    registered workers could take it (serve its queue, have its `gpus`, and fit its peak)."""
+
+    recipe: RecipeOut = Field(description="On the fastest class that can take it, else a GPU of any size.")
+    memory: MemoryOut
+    devices: list[DeviceEstimateOut] = Field(description="One entry per class of the registered workers.")
+    workers: list[str] = Field(description="Every worker that could take the job.")
+    smallest_recipe: RecipeOut = Field(description="Least memory: nf4 base and text encoders, checkpointing.")
+    smallest_memory: MemoryOut

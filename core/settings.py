@@ -116,6 +116,12 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Base-model names a job may ask for, mapped to a local diffusers folder or hub id.",
     )
+    gpu_hour_prices: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict,
+        description="Price of one device-hour per device class, as POST /v1/jobs/estimate names the "
+        'classes (H100, A100, L4, RTX 4090, ..., cpu), e.g. {"H100": 2.5, "L4": 0.8}: an estimate\'s cost '
+        "is its total time x gpus x this price; a class without a price gets no cost.",
+    )
     api_key_pepper: SecretStr = Field(
         default=SecretStr(DEV_PEPPER), description="Secret mixed into every stored API-key hash."
     )

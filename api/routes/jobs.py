@@ -13,7 +13,17 @@ from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ContextDep, CurrentTenant, ReadSessionDep, SessionDep
-from api.schemas import INT32_MAX, ErrorResponse, EventOut, JobCreate, JobOut, ListResponse, MetricsOut
+from api.schemas import (
+    INT32_MAX,
+    ErrorResponse,
+    EstimateOut,
+    EventOut,
+    JobCreate,
+    JobOut,
+    ListResponse,
+    MetricsOut,
+)
+from api.services import estimates as estimate_service
 from api.services import events as event_service
 from api.services import jobs as service
 from api.services import outputs as output_service
@@ -31,6 +41,13 @@ With `Accept: text/event-stream` the same events come as Server-Sent Events: fir
 stream once the job has finished and its last event is sent. Each message carries `id:` (the event's id,
 the same as in the paged log), `event:` (its type) and `data:` (the event as JSON); comment lines keep an
 idle connection open. A client that reconnects with the last id it received gets every event once."""
+ESTIMATE_DESCRIPTION = """Takes the body of `POST /v1/jobs` and creates nothing. Returns the recipe the job
+would run (`base_precision: auto` resolved to the least lossy precision that fits), its estimated peak device
+and host memory, and per class of the registered workers' devices: the step and total time, the cost at
+the operator's price per device-hour (MAPO_GPU_HOUR_PRICES), and which workers could take it. Memory is
+counted from the base model's safetensors headers; activations and time are modelled
+(docs/memory.md, "How the plan is made"). 422 `estimate_unavailable` when the base model has no local
+safetensors folder to count."""
 
 
 @router.post(
@@ -50,8 +67,17 @@ def create_job(
         ),
     ] = None,
 ) -> JobOut:
-    """Create a training job; it is queued once this request commits."""
+    """Create a training job; it is queued once this request commits (422 `does_not_fit` when the
+    registered workers that could take it all advertise their memory and its plan fits none)."""
     return service.create_job(session, context, tenant, body, idempotency_key=idempotency_key)
+
+
+@router.post("/estimate", responses={422: {"model": ErrorResponse}}, description=ESTIMATE_DESCRIPTION)
+def estimate_job(
+    session: SessionDep, context: ContextDep, tenant: CurrentTenant, body: JobCreate
+) -> EstimateOut:
+    """Estimate a job before creating it: recipe, memory, time and cost per device class."""
+    return estimate_service.estimate_job(session, context, body)
 
 
 @router.get("")

@@ -22,6 +22,7 @@ from api.schemas import (
 )
 from api.services.base_models import check_fields_apply
 from api.services.datasets import require_dataset
+from api.services.estimates import check_fits
 from core import lifecycle
 from core.db import after_commit
 from core.job_errors import error_code
@@ -50,6 +51,7 @@ def create_job(
         if existing is not None:
             return _replayed(existing, request_hash)
     require_dataset(session, tenant, body.dataset_id)  # 404 for a missing or another tenant's dataset
+    check_fits(session, context, body, queue=queue)
     job = _new_job(tenant, body, queue=queue, idempotency_key=idempotency_key, request_hash=request_hash)
     try:
         lifecycle.queue(session, job, producer=context.producer)
