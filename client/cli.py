@@ -262,6 +262,12 @@ def _add_job_commands(commands: Subparsers, common: argparse.ArgumentParser) -> 
     create.add_argument("--queue", help="training queue, e.g. one per GPU class (see `mapo workers`)")
     create.add_argument("--priority", type=int, help="0-9, higher starts first within its queue")
     create.add_argument("--idempotency-key", help="repeat the create safely")
+    create.add_argument(
+        "--estimate",
+        action="store_true",
+        help="create nothing: print the job's recipe, peak memory, and time, cost and the workers that "
+        "could take it per device class",
+    )
     create.set_defaults(handler=cmd_jobs_create)
     listing = sub.add_parser("list", parents=[common], help="your jobs, newest first")
     listing.add_argument("--status", choices=JOB_STATUSES)
@@ -436,12 +442,23 @@ def cmd_jobs_create(args: argparse.Namespace) -> int:
     ]
     if missing:
         raise UsageError(f"jobs create needs {' and '.join(missing)} (or the field in --spec)")
+    if args.estimate:
+        return _print_estimate(args, body)
     with client_from(args) as mapo:
         job = mapo.create_job(**body, idempotency_key=args.idempotency_key)
         families = {m["name"]: m["family"] for m in mapo.list_base_models()}
     steps = job["progress"]["total_steps"]
     family = families.get(job["base_model"]) or "family unknown"
     print(f"{job['id']} {job['status']}: {job['method']} on {job['base_model']} ({family}), {steps} steps")
+    return EXIT_OK
+
+
+def _print_estimate(args: argparse.Namespace, body: dict[str, Any]) -> int:
+    from client.estimates import estimate_lines
+
+    with client_from(args) as mapo:
+        estimate = mapo.estimate_job(**body)
+    print("\n".join(estimate_lines(estimate)))
     return EXIT_OK
 
 

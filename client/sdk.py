@@ -187,22 +187,25 @@ class MapoClient:
     ) -> JSON:
         """Create a training job (on `queue`, default the server's first; `priority` 0-9, higher first);
         a repeated `idempotency_key` with the same body returns the same job."""
-        body: JSON = {
-            "dataset_id": dataset_id,
-            "base_model": base_model,
-            "method": method,
-            "hyperparameters": dict(hyperparameters or {}),
-            "validation": dict(validation or {}),
-            "metadata": dict(metadata or {}),
-            "seed": seed,
-            "priority": priority,
-        }
-        if queue is not None:
-            body["queue"] = queue
-        if webhooks:
-            body["webhooks"] = [dict(hook) for hook in webhooks]
+        body = _job_body(
+            dataset_id=dataset_id,
+            base_model=base_model,
+            method=method,
+            hyperparameters=hyperparameters,
+            validation=validation,
+            webhooks=webhooks,
+            metadata=metadata,
+            seed=seed,
+            queue=queue,
+            priority=priority,
+        )
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self._json("POST", "/v1/jobs", json=body, headers=headers)
+
+    def estimate_job(self, **job: Any) -> JSON:
+        """What the job `create_job(**job)` would create would take, creating nothing: its recipe, peak
+        memory, and time, cost and the workers that could take it per device class."""
+        return self._json("POST", "/v1/jobs/estimate", json=_job_body(**job))
 
     def webhook_secret(self) -> JSON:
         """Your webhook signing secret (`whsec_…`), created on first use; verify deliveries with it."""
@@ -439,3 +442,34 @@ def _save(response: httpx.Response, path: Path) -> str:
             digest.update(chunk)
             out.write(chunk)
     return digest.hexdigest()
+
+
+def _job_body(
+    *,
+    dataset_id: str,
+    base_model: str,
+    method: str = "mapo",
+    hyperparameters: Mapping[str, Any] | None = None,
+    validation: Mapping[str, Any] | None = None,
+    webhooks: Sequence[Mapping[str, Any]] = (),
+    metadata: Mapping[str, str] | None = None,
+    seed: int = 0,
+    queue: str | None = None,
+    priority: int = 0,
+) -> JSON:
+    """The POST /v1/jobs body of these fields (queue and webhooks only when given)."""
+    body: JSON = {
+        "dataset_id": dataset_id,
+        "base_model": base_model,
+        "method": method,
+        "hyperparameters": dict(hyperparameters or {}),
+        "validation": dict(validation or {}),
+        "metadata": dict(metadata or {}),
+        "seed": seed,
+        "priority": priority,
+    }
+    if queue is not None:
+        body["queue"] = queue
+    if webhooks:
+        body["webhooks"] = [dict(hook) for hook in webhooks]
+    return body
