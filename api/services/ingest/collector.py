@@ -9,6 +9,26 @@ from api.services.ingest.report import IngestRejected, IngestReport, PreviewPair
 from trainer.dataset_format import DatasetWriter, EncodedImage
 
 PREVIEW_PAIRS = 5
+NOT_TEXT = (
+    "holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape, or bytes that are not UTF-8), "
+    "which is not text"
+)
+
+
+def is_text(value: object) -> bool:
+    """Whether every string in `value` (a JSON value: keys and items too) can be stored and shown, that is
+    encoded as UTF-8: JSON's \\ud800 escape without its pair decodes to a str that cannot."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(is_text(key) and is_text(item) for key, item in value.items())
+    if isinstance(value, list):
+        return all(is_text(item) for item in value)
+    return True
 
 
 class StopIngest(Exception):
@@ -61,12 +81,21 @@ class PairCollector:
         """Count a pair whose labels express no preference."""
         self.dropped_ties += 1
 
+    def check_text(self, row: int, record: dict[str, object]) -> bool:
+        """Whether every field of a JSON row is text (`is_text`); reports each one that is not."""
+        bad = [field for field, value in record.items() if not (is_text(field) and is_text(value))]
+        for field in bad:
+            self.report(row, field.encode("utf-8", "backslashreplace").decode("utf-8"), NOT_TEXT)
+        return not bad
+
     def check_prompt(self, row: int, field: str, value: object) -> str | None:
         """The prompt if it is usable, else None after recording why not."""
         if value is None:
             self.report(row, field, "missing value")
         elif not isinstance(value, str):
             self.report(row, field, f"must be a string, not {type(value).__name__}")
+        elif not is_text(value):
+            self.report(row, field, NOT_TEXT)
         elif not value.strip():
             self.report(row, field, "prompt is empty")
         elif len(value) > MAX_PROMPT_CHARS:

@@ -70,7 +70,7 @@ def _jsonl_records(path: Path, collector: PairCollector) -> Iterator[tuple[int, 
                 record = None
             if record is not None and not isinstance(record, dict):
                 collector.report(row, None, "not a JSON object")
-            elif record is not None:
+            elif record is not None and collector.check_text(row, record):
                 yield row, record
             row += 1
 

@@ -78,11 +78,30 @@ def read_rows(
             _check_declared_size(parquet.metadata, upload.stat().st_size, collector)
             for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=present):
                 budget.spend(int(batch.nbytes))
-                yield from batch.to_pylist()
+                yield from _rows_of(batch)
     except LimitExceeded as exc:
         collector.fatal(str(exc))
     except (pa.ArrowException, OSError) as exc:
         collector.fatal(f"not a readable parquet file: {exc}")
+
+
+def _rows_of(batch: pa.RecordBatch) -> list[dict[str, Any]]:
+    """The batch's rows as dicts. Parquet does not check that a text column holds UTF-8: where one does
+    not, its values are decoded with surrogateescape, so that the prompt check names the row and field
+    (`PairCollector.check_prompt`) instead of the whole read failing."""
+    try:
+        rows: list[dict[str, Any]] = batch.to_pylist()
+        return rows
+    except UnicodeDecodeError:
+        columns = [_values(batch.column(i)) for i in range(batch.num_columns)]
+        return [dict(zip(batch.schema.names, values, strict=True)) for values in zip(*columns, strict=True)]
+
+
+def _values(column: pa.Array) -> list[Any]:
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        raw = column.cast(pa.large_binary()).to_pylist()
+        return [None if value is None else value.decode("utf-8", "surrogateescape") for value in raw]
+    return list(column.to_pylist())
 
 
 def _check_schema(
