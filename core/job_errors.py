@@ -28,6 +28,7 @@ class JobErrorCode(StrEnum):
     WORLD_SIZE_MISMATCH = "world_size_mismatch"
     RANK_FAILED = "rank_failed"
     PRECISION_UNAVAILABLE = "precision_unavailable"
+    OUT_OF_MEMORY = "out_of_memory"
     # The worker itself.
     NOT_ENOUGH_GPUS = "not_enough_gpus"
     OUTPUTS_NOT_STORED = "outputs_not_stored"
@@ -53,6 +54,9 @@ JOB_ERROR_MEANINGS: dict[JobErrorCode, str] = {
     "(a crash, a kill, out of memory)",
     JobErrorCode.PRECISION_UNAVAILABLE: "the job's base_precision or text_encoder_precision cannot run "
     "on the device of the worker that took it (fp8 needs a CUDA GPU of compute capability 8.9 or more)",
+    JobErrorCode.OUT_OF_MEMORY: "the job ran out of memory: CUDA out of memory on its GPU, or the host "
+    "refusing a tensor; the message says how much was asked for (a smaller train_batch_size, resolution "
+    "or base_precision needs less)",
     JobErrorCode.NOT_ENOUGH_GPUS: "the job asks for more GPUs (`gpus`) than the worker that took it has",
     JobErrorCode.OUTPUTS_NOT_STORED: "training ended but its last outputs (the adapter among them) "
     "could not be stored or recorded",

@@ -153,15 +153,18 @@ def _note_oom_kills(**_: Any) -> None:
 
 @task_failure.connect
 def _take_back_from_dead_child(
-    task_id: str, exception: BaseException, args: tuple[Any, ...] = (), **_: Any
+    sender: Any, task_id: str, exception: BaseException, args: tuple[Any, ...] = (), **_: Any
 ) -> None:
     """In the main process, when the pool child running a job died (killed, out of memory, a crash): take
     the job back at once with the cause named, counting the loss, instead of after the heartbeat timeout.
     The reconciler still does it then if this fails (say the database is away)."""
     from celery.exceptions import WorkerLostError
 
+    from core.queue import TRAIN_JOB_TASK
+
     reconciler = _main.reconciler
-    if not isinstance(exception, WorkerLostError) or reconciler is None or not args:
+    lost = isinstance(exception, WorkerLostError) and getattr(sender, "name", None) == TRAIN_JOB_TASK
+    if not lost or reconciler is None or not args:
         return
     from worker.process_deaths import describe_death, oom_kill_count
 

@@ -23,6 +23,7 @@ from trainer.spec import TrainSpec
 from worker import shutdown
 from worker.context import WorkerContext
 from worker.devices import available_gpus, check_fits
+from worker.memory_errors import out_of_memory
 from worker.recorder import Recorder
 from worker.retry import retry_transient
 from worker.staging import JobOutputs, local_dirs, share_generated, staged_inputs
@@ -106,11 +107,12 @@ def _train(ctx: WorkerContext, job_id: str, plan: Plan) -> Outcome:
         if stopped:
             status = "requeued" if shutdown.requested() else JobStatus.CANCELLED
     except TrainingError as exc:
-        status, failure = JobStatus.FAILED, _training_failure(exc)
+        status, failure = JobStatus.FAILED, _out_of_memory(exc) or _training_failure(exc)
     except Exception as exc:
         log.exception("job %s crashed", job_id)
         status = JobStatus.FAILED
-        failure = JobFailure(JobErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+        unexpected = JobFailure(JobErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+        failure = _out_of_memory(exc) or unexpected
     finally:
         try:
             recorder.close()
@@ -128,6 +130,12 @@ def _train(ctx: WorkerContext, job_id: str, plan: Plan) -> Outcome:
     if status == "requeued":
         return _hand_back(ctx, job_id)
     return _finish(ctx, job_id, status, failure)
+
+
+def _out_of_memory(exc: BaseException) -> JobFailure | None:
+    """An `out_of_memory` failure if an allocation failure (CUDA's or the host's) ended the job."""
+    message = out_of_memory(exc)
+    return None if message is None else JobFailure(JobErrorCode.OUT_OF_MEMORY, message)
 
 
 def _training_failure(exc: TrainingError) -> JobFailure:
