@@ -37,23 +37,25 @@ CPU_4BIT_BLOCK = 64  # bitsandbytes' CPU kernel packs input features in blocks o
 # Least lossy first: what `auto` tries in turn. fp8 only where the device class has float8 tensor cores.
 AUTO_ORDER = ("float", "fp8", "int8", "nf4")
 LORA_BYTES_PER_PARAMETER = 4 * 4  # float32 weight, gradient and AdamW's two moments
-# Measured by bench/plan_coefficients.py on the small presets (CPU, float32): activation bytes kept for
-# backward per image = coefficient x latent pixels x sum of the denoiser's linear output widths x the
-# compute dtype's bytes. Gradient checkpointing keeps the blocks' inputs only.
+# Measured by bench/plan_coefficients.py on the small presets at 128 px (CPU, float32; docs/memory.md):
+# activation bytes kept for backward per image = coefficient x latent pixels x sum of the denoiser's linear
+# output widths x the compute dtype's bytes. Chroma's is not measured yet (1.0). Gradient checkpointing
+# keeps the blocks' inputs only: its share is assumed, not measured.
 ACTIVATION_COEFFICIENT: dict[FamilyName, float] = {
-    "sd": 1.0,
-    "sdxl": 1.0,
-    "sd3": 1.0,
-    "flux": 1.0,
-    "flux2": 1.0,
-    "z_image": 1.0,
-    "qwen_image": 1.0,
+    "sd": 0.363,
+    "sdxl": 0.353,
+    "sd3": 1.108,
+    "flux": 2.636,
+    "flux2": 4.891,
+    "z_image": 1.259,
+    "qwen_image": 0.46,
     "chroma": 1.0,
 }
 CHECKPOINTED_ACTIVATION_SHARE = 0.3
-# What the process holds besides the model: the Python runtime with torch, diffusers and transformers
-# imported, on the host (measured RSS); on a GPU, the CUDA context and the allocator's slack.
-RUNTIME_HOST_BYTES = 514 * 2**20
+# What the process holds besides the model: on the host, a training process's floor (the imports alone
+# are 514 MiB of RSS; the data loader, accelerate and the kernels' buffers bring it to about 600 MiB,
+# fitted to bench/plan_coefficients' small-preset peaks); on a GPU, the CUDA context and allocator slack.
+RUNTIME_HOST_BYTES = 600 * 2**20
 CUDA_RESERVED_BYTES = int(1.0 * GiB)
 # A UNet runs most of its parameters on downsampled feature maps: its forward FLOPs per latent pixel are
 # about this share of 2 x parameters (SDXL: ~6 TFLOPs per 128x128 latent); a flow transformer runs every

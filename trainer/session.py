@@ -28,6 +28,7 @@ from trainer.cache_store import CACHE_DIR, CacheStore
 from trainer.compiling import eager
 from trainer.data import Augment, EpochSampler, PairDataset, collate_pairs, load_pairs, split_pairs
 from trainer.dataset_format import PairRecord
+from trainer.device_plan import resolve_auto
 from trainer.encoding import CachedPairDataset, collate_cached
 from trainer.errors import CheckpointError, SpecMismatchError, WorldSizeError
 from trainer.evaluation import HeldOutEvaluator
@@ -129,6 +130,7 @@ def open_session(
         mixed_precision=mixed, gradient_accumulation_steps=spec.gradient_accumulation_steps
     )
     _check_world_size(spec, accelerator)
+    spec = resolve_auto(spec, accelerator.device)  # so the session and its started event hold the choice
     set_seed(spec.seed)  # the same on every process: one LoRA init, one train/eval split
     model = load_base(spec, accelerator.device, DTYPES[mixed])
     try:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline
 
+from trainer.device_plan import resolve_auto
 from trainer.errors import ModelLoadError
 from trainer.errors import PrecisionUnavailableError as PrecisionUnavailable
 from trainer.families import FAMILIES, FamilyName, UnknownFamilyError, family_of_pipeline, read_family
@@ -84,7 +85,8 @@ def _device_of(module: torch.nn.Module) -> torch.device:
 
 def load_base(spec: TrainSpec, device: torch.device, compute_dtype: torch.dtype) -> ModelFamily:
     """The spec's base model on `device`, its frozen parts at the spec's precisions, computing in
-    `compute_dtype`."""
+    `compute_dtype` (`base_precision: auto` resolved against `device` by the job's plan)."""
+    spec = resolve_auto(spec, device)
     try:
         return load_family(
             spec.base_model,
