@@ -51,6 +51,12 @@ ACTIVATION_COEFFICIENT: dict[FamilyName, float] = {
     "qwen_image": 0.46,
     "chroma": 1.0,
 }
+# On CUDA a flow transformer's attention is fused (SDPA) and keeps no tokens x tokens matrix, which the
+# CPU's measured coefficients include: there a transformer keeps about 34 bytes x tokens x hidden per block
+# at 16 bits (Korthikanti et al. 2022, without the attention-matrix term), and a block's linear output
+# widths sum to about 30 x hidden, with a token per 4 latent pixels: 34 / 30 / 4 / 2 bytes = 0.14.
+# Derived, not measured (no GPU in the bench yet); UNets keep their CPU coefficient on CUDA too.
+CUDA_TRANSFORMER_ACTIVATION_COEFFICIENT = 0.14
 CHECKPOINTED_ACTIVATION_SHARE = 0.3
 # What the process holds besides the model: on the host, a training process's floor (the imports alone
 # are 514 MiB of RSS; the data loader, accelerate and the kernels' buffers bring it to about 600 MiB,
@@ -272,7 +278,7 @@ def memory_estimate(
     )
     vae = weights.vae.elements * FLOAT_BYTES["fp32"]
     lora = lora_parameters(spec, weights) * LORA_BYTES_PER_PARAMETER
-    activations = activation_bytes(spec, weights, recipe, compute)
+    activations = activation_bytes(spec, weights, recipe, device.kind)
     # With the cache on, the text encoders encode at the start and are freed before the first step.
     step_text = 0 if recipe.cache_latents else text
     # Loading holds every component and, while one is built, its checkpoint's largest file read whole.
@@ -338,15 +344,21 @@ def latent_pixels(resolution: int) -> int:
     return (resolution // 8) ** 2
 
 
-def activation_bytes(spec: TrainSpec, weights: BaseModelWeights, recipe: Recipe, compute: str) -> int:
-    """What the step keeps for backward: per image, the family's coefficient x latent pixels x the sum of
-    the denoiser's linear output widths x the compute dtype's bytes."""
+def activation_bytes(spec: TrainSpec, weights: BaseModelWeights, recipe: Recipe, kind: DeviceKind) -> int:
+    """What the step keeps for backward: per image, the family's coefficient on `kind` x latent pixels x
+    the sum of the denoiser's linear output widths x the compute dtype's bytes."""
     widths = sum(layer.out_features for layer in weights.denoiser.linears)
-    per_image = ACTIVATION_COEFFICIENT[weights.family] * latent_pixels(recipe.resolution) * widths
-    per_image *= FLOAT_BYTES[compute]
+    per_image = activation_coefficient(weights.family, kind) * latent_pixels(recipe.resolution) * widths
+    per_image *= FLOAT_BYTES[compute_precision(spec, kind)]
     if recipe.gradient_checkpointing:
         per_image *= CHECKPOINTED_ACTIVATION_SHARE
     return int(per_image * images_per_step(spec, recipe))
+
+
+def activation_coefficient(family: FamilyName, kind: DeviceKind) -> float:
+    if kind == "cuda" and FAMILIES[family].denoiser == "transformer":
+        return min(CUDA_TRANSFORMER_ACTIVATION_COEFFICIENT, ACTIVATION_COEFFICIENT[family])
+    return ACTIVATION_COEFFICIENT[family]
 
 
 def forward_flops(weights: BaseModelWeights, resolution: int) -> float:
