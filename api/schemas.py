@@ -441,7 +441,8 @@ class DeviceEstimateOut(BaseModel):
 
 class EstimateOut(BaseModel):
     """What a job would take before it runs: the recipe, memory, time and cost per device class, and which
-    registered workers could take it (serve its queue, have its `gpus`, and fit its peak)."""
+    registered workers could take it (serve its queue, have its `gpus`, and fit its peak or advertise no
+    memory)."""
 
     recipe: RecipeOut = Field(description="On the fastest class that can take it, else a GPU of any size.")
     memory: MemoryOut

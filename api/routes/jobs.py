@@ -43,8 +43,10 @@ the same as in the paged log), `event:` (its type) and `data:` (the event as JSO
 idle connection open. A client that reconnects with the last id it received gets every event once."""
 ESTIMATE_DESCRIPTION = """Takes the body of `POST /v1/jobs` and creates nothing. Returns the recipe the job
 would run (`base_precision: auto` resolved to the least lossy precision that fits), its estimated peak device
-and host memory, and per class of the registered workers' devices: the step and total time, the cost at
-the operator's price per device-hour (MAPO_GPU_HOUR_PRICES), and which workers could take it. Memory is
+and host memory, and per class of the devices of the registered workers that serve its queue and have its
+`gpus` (stopped ones left out): the step and total time, the cost at the operator's price per device-hour
+(MAPO_GPU_HOUR_PRICES), and which of them could take it (those whose memory fits its peak, and those that
+advertise no memory: CPU workers). Memory is
 counted from the base model's safetensors headers; activations and time are modelled
 (docs/memory.md, "How the plan is made"). 422 `estimate_unavailable` when the base model has no local
 safetensors folder to count."""
