@@ -39,8 +39,8 @@ AUTO_ORDER = ("float", "fp8", "int8", "nf4")
 LORA_BYTES_PER_PARAMETER = 4 * 4  # float32 weight, gradient and AdamW's two moments
 # Measured by bench/plan_coefficients.py on the small presets at 128 px (CPU, float32; docs/memory.md):
 # activation bytes kept for backward per image = coefficient x latent pixels x sum of the denoiser's linear
-# output widths x the compute dtype's bytes. Chroma's is not measured yet (1.0). Gradient checkpointing
-# keeps the blocks' inputs only: its share is assumed, not measured.
+# output widths x the compute dtype's bytes. Gradient checkpointing keeps the blocks' inputs only: its
+# share is assumed, not measured.
 ACTIVATION_COEFFICIENT: dict[FamilyName, float] = {
     "sd": 0.363,
     "sdxl": 0.353,
@@ -49,7 +49,7 @@ ACTIVATION_COEFFICIENT: dict[FamilyName, float] = {
     "flux2": 4.891,
     "z_image": 1.259,
     "qwen_image": 0.46,
-    "chroma": 1.0,
+    "chroma": 4.715,
 }
 # On CUDA a flow transformer's attention is fused (SDPA) and keeps no tokens x tokens matrix, which the
 # CPU's measured coefficients include: there a transformer keeps about 34 bytes x tokens x hidden per block
