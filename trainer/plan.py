@@ -55,8 +55,11 @@ ACTIVATION_COEFFICIENT: dict[FamilyName, float] = {
 # CPU's measured coefficients include: there a transformer keeps about 34 bytes x tokens x hidden per block
 # at 16 bits (Korthikanti et al. 2022, without the attention-matrix term), and a block's linear output
 # widths sum to about 30 x hidden, with a token per 4 latent pixels: 34 / 30 / 4 / 2 bytes = 0.14.
-# Derived, not measured (no GPU in the bench yet); UNets keep their CPU coefficient on CUDA too.
+# Derived, not measured. A UNet's on CUDA is fitted to the one real-size GPU peak on record
+# (docs/benchmarks.md: SDXL, 1024 px, MaPO cached, batch 2, checkpointing, H100: 19.1 GB), with the
+# checkpointing share below folded in.
 CUDA_TRANSFORMER_ACTIVATION_COEFFICIENT = 0.14
+CUDA_UNET_ACTIVATION_COEFFICIENT = 0.194
 CHECKPOINTED_ACTIVATION_SHARE = 0.3
 # What the process holds besides the model: on the host, a training process's floor (the imports alone
 # are 514 MiB of RSS; the data loader, accelerate and the kernels' buffers bring it to about 600 MiB,
@@ -64,13 +67,15 @@ CHECKPOINTED_ACTIVATION_SHARE = 0.3
 RUNTIME_HOST_BYTES = 600 * 2**20
 CUDA_RESERVED_BYTES = int(1.0 * GiB)
 # A UNet runs most of its parameters on downsampled feature maps: its forward FLOPs per latent pixel are
-# about this share of 2 x parameters (SDXL: ~6 TFLOPs per 128x128 latent); a flow transformer runs every
-# linear on every token of its 2x2 patches.
-UNET_PIXEL_SHARE = 0.07
+# about this share of 2 x parameters (SDXL: 4.9 TFLOP per 1024 px image, from FlopCounterMode's 78.4
+# TFLOP per checkpointed step of 4 images in docs/benchmarks.md); a flow transformer runs every linear on
+# every token of its 2x2 patches.
+UNET_PIXEL_SHARE = 0.058
 TRANSFORMER_PIXELS_PER_TOKEN = 4
 # Effective training throughput (TFLOP/s): the bf16 dense tensor-core peak of each class's datasheet
-# times the share a LoRA step reaches (bench/trainer_step.py's TFLOP/s column: about 0.35 on an H100).
-# The CPU figure is the measured small-preset throughput of bench/plan_coefficients.py.
+# times the share a LoRA step reaches: 9.8% measured on an H100 (docs/benchmarks.md: real-size SDXL MaPO
+# cached at 1024 px, 97 TFLOP/s), taken for every class.
+# The CPU's: the small SDXL's MaPO cached step at 128 px in docs/benchmarks.md (403 ms for ~9.3 GFLOP).
 GPU_PEAK_TFLOPS = {
     "H200": 989.0,
     "H100": 989.0,
@@ -85,8 +90,8 @@ GPU_PEAK_TFLOPS = {
     "V100": 125.0,
     "T4": 65.0,
 }
-GPU_STEP_UTILIZATION = 0.35
-CPU_EFFECTIVE_TFLOPS = 0.05
+GPU_STEP_UTILIZATION = 0.098
+CPU_EFFECTIVE_TFLOPS = 0.023
 FP8_CLASSES = frozenset({"H200", "H100", "L40S", "L40", "L4", "RTX 4090"})
 # Default LoRA targets per family, as the families' `default_lora_targets` (a test holds them equal).
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
@@ -356,9 +361,11 @@ def activation_bytes(spec: TrainSpec, weights: BaseModelWeights, recipe: Recipe,
 
 
 def activation_coefficient(family: FamilyName, kind: DeviceKind) -> float:
-    if kind == "cuda" and FAMILIES[family].denoiser == "transformer":
-        return min(CUDA_TRANSFORMER_ACTIVATION_COEFFICIENT, ACTIVATION_COEFFICIENT[family])
-    return ACTIVATION_COEFFICIENT[family]
+    if kind == "cpu":
+        return ACTIVATION_COEFFICIENT[family]
+    if FAMILIES[family].denoiser == "unet":
+        return CUDA_UNET_ACTIVATION_COEFFICIENT
+    return min(CUDA_TRANSFORMER_ACTIVATION_COEFFICIENT, ACTIVATION_COEFFICIENT[family])
 
 
 def forward_flops(weights: BaseModelWeights, resolution: int) -> float:
