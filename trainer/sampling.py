@@ -112,7 +112,8 @@ class Renderer:
         call: the texts, or with `embeddings` their conditioning on the denoiser's device."""
         arguments = self.family.sampling_arguments(guidance_scale)
         if self.embeddings is None:
-            return {"prompt": prompts, **arguments}
+            # A copy: Z-Image's pipeline templates the list it is given in place, the caller's list.
+            return {"prompt": list(prompts), **arguments}
         device = next(self.denoiser.parameters()).device
         negative = None
         if self.family.guides_against_negative(guidance_scale):

@@ -120,3 +120,19 @@ def test_flux_true_guidance_draws_the_same_from_embeddings_as_from_text(tmp_path
         for renderer in (from_text, from_embeddings)
     ]
     assert np.abs(_pixels(drawn[0]) - _pixels(drawn[1])).max() <= 1
+
+
+def test_a_batch_of_prompts_of_different_lengths_draws_the_same_from_embeddings(tiny_model: Path) -> None:
+    """Several prompts in one call: the rows batch, the negative repeats, the masks pad the shorter one."""
+    family = load_family(str(tiny_model), device=torch.device("cpu"), weight_dtype=torch.float32)
+    prompts = ["a red circle", "a small blue square beside a large green triangle on a white background"]
+    renderers = (
+        Renderer.build(family, family.denoiser),
+        Renderer.build(family, family.denoiser, PromptEmbeddings.encode(family, prompts)),
+    )
+    from_text, from_embeddings = (
+        renderer.images(prompts, seeds=[1, 2], resolution=32, num_inference_steps=2, guidance_scale=5.0)
+        for renderer in renderers
+    )
+    for text_image, embeddings_image in zip(from_text, from_embeddings, strict=True):
+        assert np.abs(_pixels(text_image) - _pixels(embeddings_image)).max() <= 1

@@ -190,10 +190,13 @@ class QwenImageFamily(FlowFamily):
         self, conditioning: Conditioning, negative: Conditioning | None
     ) -> dict[str, Any]:
         """Embeddings and mask cut to the longest prompt, as `encode_prompt` gives them (the pipeline
-        itself drops a mask that masks nothing)."""
-        cut = pipeline_text(conditioning["prompt_embeds"], conditioning["prompt_mask"])[0].shape[1]
-        mask = (conditioning["prompt_mask"][:, :cut] > 0).long()
-        return {"prompt_embeds": conditioning["prompt_embeds"][:, :cut], "prompt_embeds_mask": mask}
+        itself drops a mask that masks nothing). No negative: these calls never guide (above)."""
+        kept = conditioning["prompt_mask"] > 0
+        longest = int(kept.sum(dim=1).max())
+        return {
+            "prompt_embeds": conditioning["prompt_embeds"][:, :longest],
+            "prompt_embeds_mask": kept[:, :longest].long(),
+        }
 
     def pipeline_latents(self, latents: torch.Tensor, resolution: int) -> torch.Tensor:
         """The pipeline's packed (B, N, 64) output -> (B, 16, h, w)."""
