@@ -58,7 +58,15 @@ def encode_pixels(
 
 def sample_latents(family: ModelFamily, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """One draw from the latent distribution, shifted and scaled as the denoiser was trained on."""
-    return family.to_latents(mean + std * torch.randn_like(mean))
+    return family.to_latents(mean + std * standard_normal(mean))
+
+
+def standard_normal(like: torch.Tensor) -> torch.Tensor:
+    """Gaussian noise of `like`'s shape, dtype and device, drawn in row-major order whatever `like`'s
+    memory layout. `randn_like` follows the layout: the VAE's channels-last output and the same values
+    read back contiguous from a stored cache would draw each element different noise, and a resumed
+    run would no longer repeat the uninterrupted one."""
+    return torch.randn(like.shape, dtype=like.dtype, device=like.device)
 
 
 @dataclass
@@ -98,8 +106,10 @@ def build_cache(
         pixels = torch.stack([im.pixels for row in images for im in row])
         mean, std = encode_pixels(family, pixels, per_call=per_call)
         per_pair = (len(chunk), len(flips), 2, *mean.shape[1:])
-        means += list(mean.cpu().reshape(per_pair).unbind(0))
-        stds += list(std.cpu().reshape(per_pair).unbind(0))
+        # Row-major, as a stored cache reads back (cache_store.py): the VAE's output is channels-last, and
+        # the denoiser's kernels round differently on the two layouts, so a resumed run would drift.
+        means += list(mean.cpu().contiguous().reshape(per_pair).unbind(0))
+        stds += list(std.cpu().contiguous().reshape(per_pair).unbind(0))
         sizes += [row[0].original_size for row in images]
         crops += [row[0].crop_top_left for row in images]
         grid = (mean.shape[-2], mean.shape[-1])

@@ -14,7 +14,7 @@ import torch
 
 from trainer import losses
 from trainer.batch import PairBatch
-from trainer.encoding import encode_pixels, images_per_call, sample_latents
+from trainer.encoding import encode_pixels, images_per_call, sample_latents, standard_normal
 from trainer.families.base import Conditioning, ImageGeometry, ModelFamily
 from trainer.fast_floor import fold_reference_pays
 from trainer.lora import frozen_dtype, lora_masked, lora_switched_off
@@ -134,7 +134,7 @@ def training_terms(
     the same loss and gradients as the chosen half of a full pass, at half its cost."""
     num_pairs = inputs.num_pairs
     # Drawn before the method is looked at, so every method sees the same noise from the same seed.
-    noise = torch.randn_like(inputs.latents[:num_pairs])
+    noise = standard_normal(inputs.latents[:num_pairs])
     levels = family.draw_levels(num_pairs, latents=inputs.latents)
     if trains_on_chosen_only(spec):
         chosen = denoising_errors(denoiser, family, inputs.chosen_half(), noise=noise, levels=levels)
