@@ -101,6 +101,9 @@ def test_mapo_trains_every_family_on_a_quantized_base_from_about_the_float_error
 def test_dpo_and_sft_train_on_a_quantized_unet_and_transformer(
     tiny_sdxl: Path, tiny_flux: Path, precision: str, method: str, color_pairs: Path, tmp_path: Path
 ) -> None:
+    # DPO with checkpointing: its reference is a pass of its own (not folded into the policy's) in inference
+    # mode, the first call of each quantized layer: where bitsandbytes would repack a 4-bit weight for
+    # inference (trainer/families/loading.py keeps it from doing so).
     for base in (tiny_sdxl, tiny_flux):
         _, events = _train(
             base,
@@ -109,6 +112,7 @@ def test_dpo_and_sft_train_on_a_quantized_unet_and_transformer(
             method=method,
             base_precision=precision,
             max_train_steps=2,
+            gradient_checkpointing=method == "dpo",
         )
         losses = _metric(events, "loss")
         assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
@@ -158,3 +162,19 @@ def test_fp8_is_refused_on_a_machine_without_a_recent_cuda_gpu_naming_the_field_
 ) -> None:
     with pytest.raises(PrecisionUnavailableError, match=r"base_precision fp8 .* device is cpu"):
         train(tiny_spec(tiny_sd, base_precision="fp8"), color_pairs, tmp_path, on_event=lambda event: None)
+
+
+@pytest.mark.parametrize("method", ["mapo", "dpo"])
+def test_every_lora_layer_on_a_4bit_base_learns_from_the_first_step(
+    tiny_sd: Path, method: str, color_pairs: Path, tmp_path: Path
+) -> None:
+    """B starts at zero, so after one AdamW step a LoRA layer's B is non-zero exactly when its gradient
+    was: every adapted layer gets one through the 4-bit layers after it."""
+    result, _ = _train(tiny_sd, color_pairs, tmp_path, method=method, base_precision="nf4", max_train_steps=1)
+    adapter = load_file(str(result.adapter_path))  # type: ignore[attr-defined]
+    ups = {
+        name: tensor for name, tensor in adapter.items() if name.endswith(("lora_B.weight", "lora.up.weight"))
+    }
+    assert ups and all(tensor.abs().sum() > 0 for tensor in ups.values()), [
+        name for name, tensor in ups.items() if tensor.abs().sum() == 0
+    ]

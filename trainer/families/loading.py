@@ -40,12 +40,14 @@ class Loading:
         if self.denoiser.quantized:
             meta = meta_diffusers_model(model_class, self.source, subfolder)
             config = diffusers_config(self.denoiser, self.device, meta)
-        return model_class.from_pretrained(
+        model = model_class.from_pretrained(
             self.source,
             subfolder=subfolder,
             torch_dtype=self.denoiser.storage_dtype,
             **_quantized_arguments(config, self.device),
         )
+        keep_4bit_weights_trainable(model)
+        return model
 
     def text_encoder(self, model_class: Any, subfolder: str) -> Any:
         """A transformers text encoder, at the text encoders' precision."""
@@ -77,3 +79,14 @@ def _device_map_target(device: torch.device) -> int | str:
     if device.type == "cuda":
         return device.index if device.index is not None else torch.cuda.current_device()
     return device.type
+
+
+def keep_4bit_weights_trainable(model: torch.nn.Module) -> None:
+    """bitsandbytes' `Linear4bit` on an AVX512-BF16 CPU repacks its weight, for good, into an
+    inference-only layout the first time it runs in eval mode on an input without gradients, and from then
+    on computes without autograd: the input gradient the LoRA layers before it need would be gone, and
+    DPO's reference pass (inference mode) fails on the in-place repack. A frozen base that trains is in
+    eval mode and meets such inputs, so the repack is switched off (its flag is per layer)."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
