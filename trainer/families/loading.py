@@ -89,4 +89,4 @@ def keep_4bit_weights_trainable(model: torch.nn.Module) -> None:
     eval mode and meets such inputs, so the repack is switched off (its flag is per layer)."""
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
+            setattr(module, "support_avx512bf16_for_cpu", False)  # noqa: B010  # a bitsandbytes flag
