@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench.plan_coefficients import peak_rss_bytes
 from bench.trainer_step import _dataset, _model
 from trainer.families import FAMILIES
 
@@ -120,11 +120,7 @@ def _run_one(config: dict[str, Any]) -> dict[str, Any]:
             on_event=lambda e: times.append(e.metrics["step_time_s"]) if isinstance(e, Step) else None,
         )
     cuda = torch.cuda.is_available()
-    peak = (
-        torch.cuda.max_memory_allocated()
-        if cuda
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    )
+    peak = torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes()
     # Measured after the peak was read, in bf16 as a GPU holds a base: the float parts of a quantized
     # denoiser are in its compute dtype, which is float32 on the CPU.
     bf16, cpu = torch.bfloat16, torch.device("cpu")

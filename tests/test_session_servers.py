@@ -93,8 +93,15 @@ def _start_probe(tmp_path: Path, *, hold_seconds: float) -> tuple[subprocess.Pop
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,  # a process group of its own, as a terminal's foreground job is
+        # Ctrl-C reaches a terminal's foreground job even where this suite runs as a background job
+        # (`make test &`, nohup), whose shell hands its children SIGINT ignored.
+        preexec_fn=_interruptible,
     )
     return process, report
+
+
+def _interruptible() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _assert_nothing_left(report: dict[str, Any]) -> None:

@@ -79,7 +79,7 @@ def estimate_job(
     session: SessionDep, context: ContextDep, tenant: CurrentTenant, body: JobCreate
 ) -> EstimateOut:
     """Estimate a job before creating it: recipe, memory, time and cost per device class."""
-    return estimate_service.estimate_job(session, context, body)
+    return estimate_service.estimate_job(session, context, tenant, body)
 
 
 @router.get("")

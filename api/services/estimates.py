@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 from api.deps import AppContext
 from api.errors import InvalidRequest
 from api.schemas import DeviceEstimateOut, EstimateOut, JobCreate, MemoryOut, RecipeOut
-from core.models import Worker
+from api.services.datasets import require_dataset
+from core.models import Tenant, Worker
 from core.repositories import workers as worker_repo
 from trainer.families.describe import model_folder
 from trainer.plan import (
@@ -34,8 +35,10 @@ MiB = 2**20
 ANY_GPU = DeviceClass("GPU", "cuda", None, None)
 
 
-def estimate_job(session: Session, context: AppContext, body: JobCreate) -> EstimateOut:
-    """The estimate of `body` (422 `estimate_unavailable` where the base model's weights cannot be read)."""
+def estimate_job(session: Session, context: AppContext, tenant: Tenant, body: JobCreate) -> EstimateOut:
+    """The estimate of `body` (422 `estimate_unavailable` where the base model's weights cannot be read;
+    404 for a dataset that is missing or another tenant's, as creating the job would answer)."""
+    require_dataset(session, tenant, body.dataset_id)
     spec, weights = _spec_and_weights(context, body)
     if weights is None:
         message = f"base_model {body.base_model!r} has no local safetensors folder to count its weights from"

@@ -60,6 +60,9 @@ def calls(owned: Owned) -> dict[tuple[str, str], Call]:
             "GET", f"/v1/datasets/{ds}/pairs/0/chosen", {}
         ),
         ("POST", "/v1/jobs"): Call("POST", "/v1/jobs", {"json": {"dataset_id": ds, "base_model": "tiny-sd"}}),
+        ("POST", "/v1/jobs/estimate"): Call(
+            "POST", "/v1/jobs/estimate", {"json": {"dataset_id": ds, "base_model": "tiny-sd"}}
+        ),
         ("GET", "/v1/jobs"): Call("GET", "/v1/jobs", {}),
         ("GET", "/v1/jobs/{job_id}"): Call("GET", f"/v1/jobs/{job}", {}),
         ("DELETE", "/v1/jobs/{job_id}"): Call("DELETE", f"/v1/jobs/{job}", {}),
