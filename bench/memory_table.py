@@ -23,12 +23,11 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from bench.plan_coefficients import peak_rss_bytes
-from bench.trainer_step import _dataset, _model
+from bench.trainer_step import _dataset, _model, step_times
 from trainer.families import FAMILIES
 
 PRECISIONS = ("fp32", "int8", "nf4")
@@ -92,33 +91,21 @@ def _child(config: dict[str, Any]) -> dict[str, Any] | None:
 def _run_one(config: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from trainer.events import Step
     from trainer.families.registry import load_family
-    from trainer.loop import train
     from trainer.spec import TrainSpec
 
     precision = None if config["precision"] == "fp32" else config["precision"]
-    spec = TrainSpec(
+    times = step_times(config, base_precision=precision)
+    spec = TrainSpec(  # what step_times trained, for the planner
         base_model=config["model"],
         method=config["method"],
         resolution=config["resolution"],
         train_batch_size=2,
         gradient_accumulation_steps=1,
-        max_train_steps=config["steps"] + config["warmup"],
-        learning_rate=1e-4,
         lora_rank=4,
         mixed_precision="bf16",
         base_precision=precision,
-        checkpoint_every_n_steps=10_000,
     )
-    times: list[float] = []
-    with tempfile.TemporaryDirectory() as out:
-        train(
-            spec,
-            Path(config["data"]),
-            Path(out),
-            on_event=lambda e: times.append(e.metrics["step_time_s"]) if isinstance(e, Step) else None,
-        )
     cuda = torch.cuda.is_available()
     peak = torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes()
     # Measured after the peak was read, in bf16 as a GPU holds a base: the float parts of a quantized

@@ -215,6 +215,17 @@ def _run_one(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _train_times(config: dict[str, Any]) -> list[float]:
+    return step_times(
+        config,
+        cache_latents=config["cache"],
+        gradient_checkpointing=config.get("gradient_checkpointing", False),
+        hflip=True,
+    )
+
+
+def step_times(config: dict[str, Any], **fields: Any) -> list[float]:
+    """Every optimizer step's wall time of a real `train()` of `config` (model, method, resolution, data,
+    steps + warmup) at the bench's setting, 2 pairs per step and LoRA rank 4, with `fields` on top."""
     from trainer.events import Step
     from trainer.loop import train
     from trainer.spec import TrainSpec
@@ -230,9 +241,7 @@ def _train_times(config: dict[str, Any]) -> list[float]:
         lora_rank=4,
         mixed_precision="bf16",
         checkpoint_every_n_steps=10_000,
-        cache_latents=config["cache"],
-        gradient_checkpointing=config.get("gradient_checkpointing", False),
-        hflip=True,
+        **fields,
     )
     times: list[float] = []
     with tempfile.TemporaryDirectory() as out:
