@@ -33,7 +33,7 @@ FLOAT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 BYTES_PER_WEIGHT = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "nf4": 0.5, "fp8": 1.0}
 NF4_BLOCK = 64  # bitsandbytes' 4-bit block: one absmax per 64 weights
 NF4_DOUBLE_QUANT_BLOCK = 256  # double quantization: the absmaxes in 8 bits, one float32 per 256 of them
-CPU_4BIT_BLOCK = 64  # bitsandbytes' CPU kernel packs input features in blocks of 64 (trainer/quantization.py)
+CPU_4BIT_BLOCK = 64  # bitsandbytes' CPU kernel packs input features in blocks of 64 (quantization.py)
 # Least lossy first: what `auto` tries in turn. fp8 only where the device class has float8 tensor cores.
 AUTO_ORDER = ("float", "fp8", "int8", "nf4")
 LORA_BYTES_PER_PARAMETER = 4 * 4  # float32 weight, gradient and AdamW's two moments

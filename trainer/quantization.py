@@ -28,13 +28,11 @@ from typing import Any, Literal
 import torch
 from accelerate import init_empty_weights
 
+from trainer.plan import CPU_4BIT_BLOCK  # the planner counts the same layers as float
+
 Quantized = Literal["int8", "nf4", "fp8"]
 FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 QUANTIZED: tuple[Quantized, ...] = ("int8", "nf4", "fp8")
-# Bytes of one weight of a linear layer, and what a quantized layer keeps per weight on top (scales):
-# int8 keeps one float scale per output row, nf4 one absmax per 64 weights (double-quantized to 8 bits).
-BYTES_PER_WEIGHT = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "nf4": 0.5, "fp8": 1.0}
-CPU_4BIT_BLOCK = 64
 FP8_MIN_CAPABILITY = (8, 9)
 
 
