@@ -4,9 +4,6 @@ worker: it prints the plan and creates nothing."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,10 +13,10 @@ import pytest
 from core.db import Database
 from core.repositories import workers as worker_repo
 from core.settings import Settings
-from tests.support.commands import REPO_ROOT, mapo, service_env
+from tests.support.api_process import served_api
+from tests.support.commands import mapo, service_env
 from tests.support.factories import advertisement
-from tests.support.ports import free_port
-from tests.support.processes import ApiServer, is_ready
+from tests.support.processes import ApiServer
 
 
 @pytest.fixture(scope="module")
@@ -34,22 +31,10 @@ def estimating_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiS
         MAPO_BASE_MODELS=json.dumps({"tiny-sdxl": str(model)}),
         MAPO_GPU_HOUR_PRICES=json.dumps({"H100": 2.0}),
     )
-    key = mapo("keys", "create", "--tenant", "cli", env=env).stdout.split()[-1]
-    with Database(Settings(data_dir=root / "data")).session_scope() as session:
-        worker_repo.register_worker(session, advertisement("gpu1@h1", queues=["mapo.gpu"]))
-    port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port)]
-    log = (root / "api.log").open("wb")
-    server = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300  # a ceiling: uvicorn importing the app on a loaded machine
-    while not is_ready(url):
-        assert server.poll() is None and time.monotonic() < deadline, (root / "api.log").read_text()
-        time.sleep(0.2)
-    yield ApiServer(url, key, "cli", root / "data", {**env, "MAPO_API_URL": url, "MAPO_API_KEY": key})
-    server.terminate()
-    server.wait(timeout=30)
-    log.close()
+    with served_api(root, env) as server:  # its key command migrates the database first
+        with Database(Settings(data_dir=root / "data")).session_scope() as session:
+            worker_repo.register_worker(session, advertisement("gpu1@h1", queues=["mapo.gpu"]))
+        yield server
 
 
 def test_jobs_create_estimate_prints_recipe_memory_time_cost_and_workers_and_creates_nothing(
