@@ -14,7 +14,6 @@ from trainer.quantization import (
     diffusers_config,
     meta_diffusers_model,
     meta_transformers_model,
-    precision_of,
     transformers_config,
 )
 
@@ -27,12 +26,6 @@ class Loading:
     device: torch.device
     denoiser: Precision
     text: Precision
-
-    @staticmethod
-    def plain(source: str, dtype: torch.dtype, device: torch.device | None = None) -> Loading:
-        """Every component in the float `dtype` (today's loading)."""
-        precision = precision_of(None, dtype)
-        return Loading(source, device or torch.device("cpu"), precision, precision)
 
     def denoiser_model(self, model_class: Any, subfolder: str) -> Any:
         """The UNet or transformer, at the denoiser's precision."""
